@@ -1,0 +1,1 @@
+//! The embedded Rust API: build a workflow in code. STUB — being written.

@@ -1,0 +1,97 @@
+//! The journal store: where executions and their facts are kept durably.
+//!
+//! Every implementation (redb on the agent, in-memory for tests and `exec`, SQL on the hub)
+//! passes the one conformance suite in [`conformance`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timestamp};
+
+/// One write; a batch of writes is applied atomically.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreWrite {
+    /// A new execution with its summary and its first fact (`Fact::Started`, sequence 0).
+    Create {
+        record: ExecutionRecord,
+        started: Fact,
+    },
+    /// Appends a fact at `seq` (1, 2, … in order) to an existing execution's journal.
+    Append {
+        id: ExecutionId,
+        seq: u32,
+        fact: Fact,
+    },
+    /// Replaces an execution's summary (status change, finish).
+    Update(ExecutionRecord),
+    /// Sets a small runtime value (cron last tick, de-dup marks, …). `None` deletes it.
+    PutMeta { key: String, value: Option<Vec<u8>> },
+}
+
+/// Which executions to list, newest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExecutionQuery {
+    pub workflow: Option<String>,
+    pub status: Option<ExecutionStatus>,
+    /// Only executions with an id lower than this (the cursor of the previous page).
+    pub before: Option<ExecutionId>,
+    pub limit: usize,
+}
+
+/// How long finished executions are kept. Running and queued ones are never pruned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many finished executions (the newest).
+    pub keep: usize,
+    /// Drop finished executions older than this.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: 10_000,
+            max_age: Some(Duration::from_secs(7 * 86_400)),
+        }
+    }
+}
+
+/// Store failures. `Corrupt` means data on disk did not decode: it is reported, never
+/// trusted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("execution {0} does not exist")]
+    NotFound(ExecutionId),
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A durable journal of executions.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies `batch` atomically and returns once it is durable. Concurrent callers are
+    /// group-committed: many batches share one commit.
+    async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError>;
+
+    /// Executions that are not finished (running and queued), oldest first, with their
+    /// journals: what recovery replays after a restart.
+    async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError>;
+
+    async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError>;
+
+    /// The journal of one execution, in order.
+    async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError>;
+
+    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionRecord>, StoreError>;
+
+    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Removes finished executions (and their journals) beyond `retention`; returns how many.
+    async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError>;
+}

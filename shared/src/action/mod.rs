@@ -72,7 +72,7 @@ pub enum Effect {
 pub struct SettingSpec {
     pub name: &'static str,
     pub required: bool,
-    /// JSON Schema type name(s): `string`, `object`, `["string","object"]` …
+    /// JSON Schema type name (`string`, `object` …); empty for any value.
     pub json_type: &'static str,
     pub description: &'static str,
 }
@@ -125,4 +125,25 @@ impl ActionRegistry {
         specs.sort_by_key(|s| s.kind);
         specs
     }
+}
+
+pub mod exec;
+pub mod file_read;
+pub mod file_write;
+pub mod http;
+pub mod log;
+pub mod mqtt_publish;
+pub mod transform;
+
+/// The specs of the built-in actions, for the validator, the JSON Schema and the designer.
+pub fn builtin_specs() -> Vec<&'static ActionSpec> {
+    vec![
+        &exec::SPEC,
+        &file_read::SPEC,
+        &file_write::SPEC,
+        &http::SPEC,
+        &log::SPEC,
+        &mqtt_publish::SPEC,
+        &transform::SPEC,
+    ]
 }

@@ -1,6 +1,24 @@
 //! The engine: a pure state machine per execution, advanced by facts, and the driver that
 //! performs its commands.
+//!
+//! - [`journal`]: ids, events, facts and records — what is stored.
+//! - [`machine`]: the pure, deterministic state machine ([`Machine`]).
+//! - `interpret`: DSL.md's step semantics, run by the machine.
+//! - [`backoff`]: retry delays with deterministic jitter.
+//! - [`runtime`]: the driver — performs actions, timers, waits, calls and emits, journals
+//!   facts before side effects, recovers after a restart, enforces `concurrency`.
 
+pub mod backoff;
+mod catalog;
+mod interpret;
 pub mod journal;
+pub mod machine;
+pub mod runtime;
+mod scope;
 
+pub use interpret::resolve_inputs;
 pub use journal::*;
+pub use machine::{ActionCommand, Command, Completion, Machine};
+pub use catalog::Catalog;
+pub use runtime::{EventBus, Runtime, RuntimeConfig, Submission, SubmitError};
+pub use scope::Environment;

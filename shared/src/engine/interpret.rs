@@ -1,0 +1,682 @@
+//! The interpreter: DSL.md's step semantics as async Rust, driven by [`super::machine`].
+//!
+//! Rules that keep it deterministic (and so replayable):
+//! - every suspension is an effect whose key derives from the step's path and attempt;
+//! - combinators poll their children in declaration order;
+//! - time comes from the fact being applied (`Shared::now`), randomness from hashes.
+//!
+//! Paths: a top-level step is its id (or its index); nested blocks extend the parent's path:
+//! `/child`, `.branch`, `[item]`, `#iteration`, `?case`, `!catch`, and `~attempt` when a
+//! retried block runs again, so every effect of every attempt has its own key.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::future::{Either, poll_fn, select};
+
+use crate::expr::{Expr, Template};
+use crate::flow::{
+    ForeachStep, InputType, Join, LoopCondition, LoopStep, ParallelStep, Retry, Setting, SleepStep, Step, StepKind,
+    Workflow, parse_duration,
+};
+use crate::{Map, Value};
+
+use super::backoff::retry_delay;
+use super::journal::{ErrorInfo, Event, ExecutionId, ExecutionStatus, Outcome, StepStatus, Timestamp};
+use super::machine::{ActionCommand, Command, Completion, Handle, Resolution, StepView, WaitSpec};
+use super::scope::Locals;
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a block or step ended, when it did not fail.
+pub(crate) enum Flow {
+    /// Ran, with this output.
+    Ran(Value),
+    /// Its `if`/`unless` said no: the block's output stays what it was.
+    Skipped,
+    /// A `return` step: the execution finishes now with this output.
+    Return(Value),
+}
+
+type Run = Result<Flow, ErrorInfo>;
+
+struct Ctx {
+    h: Handle,
+    workflow: Arc<Workflow>,
+    execution: String,
+}
+
+/// Runs a whole execution: inputs, variables, steps (under the workflow timeout), output,
+/// and `on_failure` when it fails.
+pub(crate) async fn run_execution(h: Handle, workflow: Arc<Workflow>) -> Completion {
+    let execution = h.lock().id.to_string();
+    let ctx = Ctx { h, workflow: workflow.clone(), execution };
+    let result = match prepare(&ctx) {
+        Ok(()) => {
+            let body = run_block(&ctx, &workflow.steps, String::new(), Locals::default());
+            match workflow.timeout {
+                Some(limit) => with_timeout(&ctx, "timeout".into(), limit, body).await,
+                None => body.await,
+            }
+        }
+        Err(error) => Err(error),
+    };
+    let result = result.and_then(|flow| match flow {
+        Flow::Return(value) => Ok(value),
+        Flow::Ran(last) => finish_output(&ctx, last),
+        Flow::Skipped => finish_output(&ctx, Value::Null),
+    });
+    match result {
+        Ok(output) => Completion { status: ExecutionStatus::Succeeded, output, error: None },
+        Err(error) => {
+            if !workflow.on_failure.is_empty() {
+                let locals = Locals::default().with("error", error.to_value());
+                // The execution has failed whatever its handler does; a failing handler is
+                // visible in its own steps.
+                let _ = run_block(&ctx, &workflow.on_failure, "on_failure".into(), locals).await;
+            }
+            Completion { status: ExecutionStatus::Failed, output: Value::Null, error: Some(error) }
+        }
+    }
+}
+
+/// Checks inputs against their declarations (defaults applied) and sets initial variables.
+fn prepare(ctx: &Ctx) -> Result<(), ErrorInfo> {
+    let given = ctx.h.lock().globals.inputs.clone();
+    let inputs = resolve_inputs(&ctx.workflow, given)?;
+    ctx.h.lock().globals.inputs = inputs;
+    for (name, template) in &ctx.workflow.vars {
+        let value = ctx.eval(template, &Locals::default())?;
+        if let Value::Object(vars) = &mut ctx.h.lock().globals.vars {
+            vars.insert(name.clone(), value);
+        }
+    }
+    Ok(())
+}
+
+/// Applies input declarations: defaults for missing inputs, type checks, unknown names refused.
+pub fn resolve_inputs(workflow: &Workflow, given: Value) -> Result<Value, ErrorInfo> {
+    let mut given = match given {
+        Value::Null => Map::new(),
+        Value::Object(map) => map,
+        other => return Err(ErrorInfo::new("input", format!("inputs must be an object, got {other}"))),
+    };
+    let mut out = Map::new();
+    for spec in &workflow.inputs {
+        match given.remove(&spec.name) {
+            Some(value) if spec.ty.accepts(&value) => {
+                out.insert(spec.name.clone(), value);
+            }
+            Some(value) => {
+                let message = format!("input {:?} must be {}, got {value}", spec.name, article(spec.ty));
+                return Err(ErrorInfo::new("input", message));
+            }
+            None => match &spec.default {
+                Some(default) => {
+                    out.insert(spec.name.clone(), default.clone());
+                }
+                None => return Err(ErrorInfo::new("input", format!("missing required input {:?}", spec.name))),
+            },
+        }
+    }
+    if let Some(name) = given.keys().next() {
+        return Err(ErrorInfo::new("input", format!("unknown input {name:?}")));
+    }
+    Ok(Value::Object(out))
+}
+
+fn article(ty: InputType) -> String {
+    match ty {
+        InputType::Integer | InputType::Object | InputType::Array => format!("an {}", ty.name()),
+        _ => format!("a {}", ty.name()),
+    }
+}
+
+fn finish_output(ctx: &Ctx, last: Value) -> Result<Value, ErrorInfo> {
+    match &ctx.workflow.output {
+        Some(template) => ctx.eval(template, &Locals::default()),
+        None => Ok(last),
+    }
+}
+
+impl Ctx {
+    fn eval(&self, template: &Template, locals: &Locals) -> Result<Value, ErrorInfo> {
+        if let Template::Literal(value) = template {
+            return Ok(value.clone());
+        }
+        let shared = self.h.lock();
+        template.eval(&shared.view(locals)).map_err(|e| ErrorInfo::new("expression", e.message))
+    }
+
+    fn eval_bool(&self, expr: &Expr, locals: &Locals) -> Result<bool, ErrorInfo> {
+        let shared = self.h.lock();
+        expr.eval_bool(&shared.view(locals)).map_err(|e| ErrorInfo::new("expression", e.message))
+    }
+
+    fn duration(&self, setting: &Setting<Duration>, locals: &Locals) -> Result<Duration, ErrorInfo> {
+        match setting {
+            Setting::Fixed(d) => Ok(*d),
+            Setting::Dynamic(expr) => {
+                let value = {
+                    let shared = self.h.lock();
+                    expr.eval(&shared.view(locals)).map_err(|e| ErrorInfo::new("expression", e.message))?
+                };
+                value_to_duration(&value)
+            }
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.h.lock().now
+    }
+
+    fn record(&self, step: &Step, view: StepView) {
+        if let Some(id) = &step.id {
+            self.h.lock().record_step(id.as_str(), view);
+        }
+    }
+}
+
+/// A duration computed at run time: a duration string, or a number of seconds.
+fn value_to_duration(value: &Value) -> Result<Duration, ErrorInfo> {
+    match value {
+        Value::String(text) => parse_duration(text).map_err(|e| ErrorInfo::new("expression", e.to_string())),
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| ErrorInfo::new("expression", format!("invalid duration {n}"))),
+        other => Err(ErrorInfo::new("expression", format!("expected a duration like \"10s\", got {other}"))),
+    }
+}
+
+/// Races `body` against a durable timer; the loser is dropped (and so cancelled).
+async fn with_timeout<'a>(ctx: &'a Ctx, key: String, limit: Duration, body: Boxed<'a, Run>) -> Run {
+    let at = ctx.now().plus(limit);
+    let timer = ctx.h.effect(Command::StartTimer { key, at });
+    match select(body, timer).await {
+        Either::Left((result, _timer)) => result,
+        Either::Right((_, _body)) => {
+            let mut error = ErrorInfo::new("timeout", format!("timed out after {}", crate::flow::format_duration(limit)));
+            error.retryable = true;
+            Err(error)
+        }
+    }
+}
+
+fn run_block<'a>(ctx: &'a Ctx, steps: &'a [Step], path: String, locals: Locals) -> Boxed<'a, Run> {
+    Box::pin(async move {
+        let mut last = Value::Null;
+        for (index, step) in steps.iter().enumerate() {
+            let name = step.id.as_ref().map_or_else(|| index.to_string(), |id| id.to_string());
+            let step_path = if path.is_empty() { name } else { format!("{path}/{name}") };
+            match run_step(ctx, step, step_path, locals.clone()).await? {
+                Flow::Ran(output) => last = output,
+                Flow::Skipped => {}
+                Flow::Return(value) => return Ok(Flow::Return(value)),
+            }
+        }
+        Ok(Flow::Ran(last))
+    })
+}
+
+/// Marks a step with an id `cancelled` if its future is dropped while it runs.
+struct RunningGuard<'a> {
+    ctx: &'a Ctx,
+    step: &'a Step,
+    attempts: u32,
+    armed: bool,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let view = StepView { status: StepStatus::Cancelled, output: Value::Null, error: None, attempts: self.attempts };
+            self.ctx.record(self.step, view);
+        }
+    }
+}
+
+fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> Boxed<'a, Run> {
+    Box::pin(async move {
+        let label = step.id.as_ref().map_or_else(|| path.clone(), |id| id.to_string());
+        let with_step = |mut e: ErrorInfo| {
+            e.step.get_or_insert_with(|| label.clone());
+            e
+        };
+        let skipped = match (&step.when, &step.unless) {
+            (Some(when), _) if !ctx.eval_bool(when, &locals).map_err(with_step)? => true,
+            (_, Some(unless)) if ctx.eval_bool(unless, &locals).map_err(with_step)? => true,
+            _ => false,
+        };
+        if skipped {
+            ctx.record(step, StepView { status: StepStatus::Skipped, output: Value::Null, error: None, attempts: 0 });
+            return Ok(Flow::Skipped);
+        }
+        let default_retry = Retry::default();
+        let retry = step.retry.as_ref().unwrap_or(&default_retry);
+        let mut attempt = 1;
+        let mut guard = RunningGuard { ctx, step, attempts: 1, armed: step.id.is_some() };
+        loop {
+            guard.attempts = attempt;
+            ctx.record(step, StepView { status: StepStatus::Running, output: Value::Null, error: None, attempts: attempt });
+            let body = run_kind(ctx, step, &path, &locals, attempt);
+            let result = match &step.timeout {
+                Some(setting) => match ctx.duration(setting, &locals) {
+                    Ok(limit) => with_timeout(ctx, format!("{path}@{attempt}#timeout"), limit, body).await,
+                    Err(e) => Err(e),
+                },
+                None => body.await,
+            };
+            let error = match result {
+                Ok(Flow::Return(value)) => {
+                    guard.armed = false;
+                    let view = StepView { status: StepStatus::Succeeded, output: value.clone(), error: None, attempts: attempt };
+                    ctx.record(step, view);
+                    return Ok(Flow::Return(value));
+                }
+                Ok(Flow::Ran(result)) => match step_output(ctx, step, &locals, result) {
+                    Ok(output) => {
+                        guard.armed = false;
+                        let view = StepView { status: StepStatus::Succeeded, output: output.clone(), error: None, attempts: attempt };
+                        ctx.record(step, view);
+                        return Ok(Flow::Ran(output));
+                    }
+                    Err(e) => with_step(e),
+                },
+                Ok(Flow::Skipped) => unreachable!("a step kind never reports skipped"),
+                Err(e) => with_step(e),
+            };
+            if attempt < retry.attempts && should_retry(ctx, retry, &error, &locals) {
+                let key = format!("{path}@{attempt}#retry");
+                let delay = retry_delay(retry, attempt + 1, &format!("{}:{key}", ctx.execution));
+                let at = ctx.now().plus(delay);
+                ctx.h.effect(Command::StartTimer { key, at }).await;
+                attempt += 1;
+                continue;
+            }
+            guard.armed = false;
+            let view = StepView { status: StepStatus::Failed, output: Value::Null, error: Some(error.clone()), attempts: attempt };
+            ctx.record(step, view);
+            return match &step.catch {
+                Some(handler) => {
+                    let handler_locals = locals.with("error", error.to_value());
+                    match run_block(ctx, handler, format!("{path}!catch"), handler_locals).await? {
+                        Flow::Skipped => Ok(Flow::Ran(Value::Null)),
+                        flow => Ok(flow),
+                    }
+                }
+                None => Err(error),
+            };
+        }
+    })
+}
+
+fn should_retry(ctx: &Ctx, retry: &Retry, error: &ErrorInfo, locals: &Locals) -> bool {
+    match &retry.when {
+        Some(condition) => ctx.eval_bool(condition, &locals.with("error", error.to_value())).unwrap_or(false),
+        None => error.retryable,
+    }
+}
+
+fn step_output(ctx: &Ctx, step: &Step, locals: &Locals, result: Value) -> Result<Value, ErrorInfo> {
+    match &step.output {
+        Some(template) => ctx.eval(template, &locals.with("result", result)),
+        None => Ok(result),
+    }
+}
+
+/// The path under which a block nested in this step runs on this attempt.
+fn block_path(path: &str, attempt: u32) -> String {
+    if attempt == 1 { path.to_string() } else { format!("{path}~{attempt}") }
+}
+
+fn run_kind<'a>(ctx: &'a Ctx, step: &'a Step, path: &str, locals: &Locals, attempt: u32) -> Boxed<'a, Run> {
+    let base = block_path(path, attempt);
+    let path = path.to_string();
+    let locals = locals.clone();
+    Box::pin(async move {
+        match &step.kind {
+            StepKind::Action(action) => {
+                let idempotency_key = format!("{}:{path}", ctx.execution);
+                let mut execution = ctx.h.lock().globals.execution.clone();
+                execution["attempt"] = Value::from(attempt);
+                execution["idempotency_key"] = Value::from(idempotency_key.clone());
+                let input = ctx.eval(&action.with, &locals.with("execution", execution))?;
+                let command = ActionCommand {
+                    key: format!("{path}@{attempt}"),
+                    action: action.action.clone(),
+                    input,
+                    attempt,
+                    step: step.id.as_ref().map_or_else(|| path.clone(), |id| id.to_string()),
+                    idempotency_key,
+                };
+                outcome(ctx.h.effect(Command::RunAction(command)).await)
+            }
+            StepKind::Set(assignments) => {
+                let mut assigned = Map::new();
+                for (name, template) in assignments {
+                    let value = ctx.eval(template, &locals)?;
+                    if let Value::Object(vars) = &mut ctx.h.lock().globals.vars {
+                        vars.insert(name.clone(), value.clone());
+                    }
+                    assigned.insert(name.clone(), value);
+                }
+                Ok(Flow::Ran(Value::Object(assigned)))
+            }
+            StepKind::Switch(switch) => {
+                for (index, case) in switch.cases.iter().enumerate() {
+                    if ctx.eval_bool(&case.when, &locals)? {
+                        return ran(run_block(ctx, &case.steps, format!("{base}?{index}"), locals).await?);
+                    }
+                }
+                match &switch.default {
+                    Some(steps) => ran(run_block(ctx, steps, format!("{base}?default"), locals).await?),
+                    None => Ok(Flow::Ran(Value::Null)),
+                }
+            }
+            StepKind::Parallel(parallel) => run_parallel(ctx, parallel, base, locals).await,
+            StepKind::Foreach(foreach) => run_foreach(ctx, foreach, base, locals).await,
+            StepKind::Loop(looping) => run_loop(ctx, looping, base, locals).await,
+            StepKind::Call(call) => {
+                let input = ctx.eval(&call.input, &locals)?;
+                let key = format!("{path}@{attempt}");
+                let child = ExecutionId::derived(ctx.h.lock().id, &key);
+                let command = Command::StartChild {
+                    key,
+                    child,
+                    workflow: call.workflow.clone(),
+                    version: call.version,
+                    input,
+                    wait: call.wait,
+                };
+                match ctx.h.effect(command).await {
+                    Resolution::ChildStarted(id) => Ok(Flow::Ran(serde_json::json!({ "execution": id.to_string() }))),
+                    other => outcome(other),
+                }
+            }
+            StepKind::Sleep(sleep) => {
+                let at = match sleep {
+                    SleepStep::For(setting) => ctx.now().plus(ctx.duration(setting, &locals)?),
+                    SleepStep::Until(template) => value_to_timestamp(&ctx.eval(template, &locals)?)?,
+                };
+                ctx.h.effect(Command::StartTimer { key: format!("{path}@{attempt}#sleep"), at }).await;
+                Ok(Flow::Ran(Value::Null))
+            }
+            StepKind::Wait(wait) => {
+                let key = format!("{path}@{attempt}#wait");
+                let spec = WaitSpec { matches: wait.matches.clone(), locals: locals.clone() };
+                ctx.h.lock().waits.insert(key.clone(), spec);
+                let waiting: Boxed<'a, Run> = Box::pin(async move {
+                    let command = Command::AwaitEvent { key, pattern: wait.event.clone() };
+                    match ctx.h.effect(command).await {
+                        Resolution::Event(event) => Ok(Flow::Ran(event.to_value())),
+                        other => outcome(other),
+                    }
+                });
+                match &wait.timeout {
+                    Some(setting) => {
+                        let limit = ctx.duration(setting, &locals)?;
+                        with_timeout(ctx, format!("{path}@{attempt}#wait-timeout"), limit, waiting).await
+                    }
+                    None => waiting.await,
+                }
+            }
+            StepKind::Emit(emit) => {
+                let event_type = match ctx.eval(&emit.event_type, &locals)? {
+                    Value::String(s) => s,
+                    other => return Err(ErrorInfo::new("expression", format!("emit type must be a string, got {other}"))),
+                };
+                let data = ctx.eval(&emit.data, &locals)?;
+                let topic = match &emit.topic {
+                    Some(t) => Some(value_text(ctx.eval(t, &locals)?)),
+                    None => None,
+                };
+                let key = format!("{path}@{attempt}");
+                let now = ctx.now();
+                let event = Event {
+                    id: format!("{}:{key}", ctx.execution),
+                    event_type,
+                    source: format!("reactor:workflow/{}", ctx.workflow.name),
+                    time: now.to_rfc3339(),
+                    data,
+                    meta: serde_json::json!({ "execution": ctx.execution }),
+                };
+                outcome(ctx.h.effect(Command::Emit { key, event, topic }).await)
+            }
+            StepKind::Group(steps) => ran(run_block(ctx, steps, base, locals).await?),
+            StepKind::Fail { message } => {
+                let message = value_text(ctx.eval(message, &locals)?);
+                let mut error = ErrorInfo::new("fail", message);
+                error.retryable = true;
+                Err(error)
+            }
+            StepKind::Return(template) => Ok(Flow::Return(ctx.eval(template, &locals)?)),
+        }
+    })
+}
+
+/// A block that finished normally reports `Ran` (a skipped-only block ran with null output).
+fn ran(flow: Flow) -> Run {
+    Ok(match flow {
+        Flow::Skipped => Flow::Ran(Value::Null),
+        flow => flow,
+    })
+}
+
+fn outcome(resolution: Resolution) -> Run {
+    match resolution {
+        Resolution::Finished(Outcome::Succeeded(value)) => Ok(Flow::Ran(value)),
+        Resolution::Finished(Outcome::Failed(error)) => Err(error),
+        other => Err(ErrorInfo::new("internal", format!("unexpected resolution {other:?}"))),
+    }
+}
+
+fn value_text(value: Value) -> String {
+    match value {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn value_to_timestamp(value: &Value) -> Result<Timestamp, ErrorInfo> {
+    match value {
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Timestamp(t.timestamp_millis()))
+            .map_err(|e| ErrorInfo::new("expression", format!("sleep until {text:?}: not an RFC 3339 time ({e})"))),
+        Value::Number(n) => n
+            .as_i64()
+            .map(Timestamp)
+            .ok_or_else(|| ErrorInfo::new("expression", format!("sleep until {n}: expected milliseconds since the epoch"))),
+        other => Err(ErrorInfo::new("expression", format!("sleep until expects a timestamp, got {other}"))),
+    }
+}
+
+async fn run_parallel(ctx: &Ctx, parallel: &ParallelStep, path: String, locals: Locals) -> Run {
+    let mut running: Vec<Option<Boxed<'_, Run>>> = parallel
+        .branches
+        .iter()
+        .map(|b| Some(run_block(ctx, &b.steps, format!("{path}.{}", b.name), locals.clone())))
+        .collect();
+    let total = running.len();
+    let mut finished = Map::new();
+    let mut succeeded = Map::new();
+    let mut failures: Vec<ErrorInfo> = Vec::new();
+    poll_fn(|cx| {
+        for index in 0..total {
+            let Some(branch) = running[index].as_mut() else { continue };
+            let Poll::Ready(result) = branch.as_mut().poll(cx) else { continue };
+            running[index] = None;
+            let name = parallel.branches[index].name.clone();
+            let decided = match result {
+                Ok(Flow::Return(value)) => Some(Ok(Flow::Return(value))),
+                Ok(flow) => {
+                    let output = match flow {
+                        Flow::Ran(v) => v,
+                        _ => Value::Null,
+                    };
+                    finished.insert(name.clone(), serde_json::json!({ "status": "succeeded", "output": output }));
+                    succeeded.insert(name, output);
+                    None
+                }
+                Err(error) => {
+                    let entry = serde_json::json!({ "status": "failed", "output": Value::Null, "error": error.to_value() });
+                    finished.insert(name, entry);
+                    failures.push(error);
+                    None
+                }
+            };
+            let remaining = running.iter().filter(|b| b.is_some()).count();
+            let decided = decided.or_else(|| decide_join(ctx, &parallel.join, &locals, &finished, &succeeded, &failures, remaining));
+            if let Some(result) = decided {
+                // The join is decided: the branches still running are cancelled (dropped).
+                running.iter_mut().for_each(|b| *b = None);
+                return Poll::Ready(result);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether a `parallel` is decided after a branch finished.
+fn decide_join(
+    ctx: &Ctx,
+    join: &Join,
+    locals: &Locals,
+    finished: &Map,
+    succeeded: &Map,
+    failures: &[ErrorInfo],
+    remaining: usize,
+) -> Option<Run> {
+    let success = || Ok(Flow::Ran(Value::Object(succeeded.clone())));
+    let all_failed = || {
+        let first = failures.first().map_or(String::new(), |e| format!(": {}", e.message));
+        let mut error = ErrorInfo::new("parallel", format!("{} of {} branches failed{first}", failures.len(), finished.len()));
+        error.retryable = failures.iter().any(|e| e.retryable);
+        Err(error)
+    };
+    match join {
+        Join::All => match failures.last() {
+            Some(error) => Some(Err(error.clone())),
+            None if remaining == 0 => Some(success()),
+            None => None,
+        },
+        Join::Any => {
+            if !succeeded.is_empty() {
+                Some(success())
+            } else if remaining == 0 {
+                Some(all_failed())
+            } else {
+                None
+            }
+        }
+        Join::First => Some(match failures.last() {
+            Some(error) if succeeded.is_empty() => Err(error.clone()),
+            _ => success(),
+        }),
+        Join::Count(needed) => {
+            let needed = *needed as usize;
+            if succeeded.len() >= needed {
+                Some(success())
+            } else if succeeded.len() + remaining < needed {
+                Some(all_failed())
+            } else {
+                None
+            }
+        }
+        Join::When(condition) => {
+            let locals = locals.with("branches", Value::Object(finished.clone()));
+            match ctx.eval_bool(condition, &locals) {
+                Ok(true) => Some(success()),
+                Err(error) => Some(Err(error)),
+                Ok(false) if remaining == 0 => Some(Err(ErrorInfo::new(
+                    "parallel",
+                    "every branch finished and the join condition never held",
+                ))),
+                Ok(false) => None,
+            }
+        }
+    }
+}
+
+async fn run_foreach(ctx: &Ctx, foreach: &ForeachStep, path: String, locals: Locals) -> Run {
+    let items = match ctx.eval(&foreach.items, &locals)? {
+        Value::Array(items) => items,
+        Value::Null => Vec::new(),
+        other => return Err(ErrorInfo::new("expression", format!("foreach needs a list, got {other}"))),
+    };
+    let limit = foreach.concurrency.max(1) as usize;
+    let mut outputs: Vec<Value> = vec![Value::Null; items.len()];
+    let mut running: Vec<(usize, Boxed<'_, Run>)> = Vec::new();
+    let mut next = 0;
+    poll_fn(|cx| {
+        loop {
+            while running.len() < limit && next < items.len() {
+                let scope = locals.with("index", Value::from(next)).with(foreach.item_name.clone(), items[next].clone());
+                running.push((next, run_block(ctx, &foreach.steps, format!("{path}[{next}]"), scope)));
+                next += 1;
+            }
+            let mut progressed = false;
+            let mut index = 0;
+            while index < running.len() {
+                let Poll::Ready(result) = running[index].1.as_mut().poll(cx) else {
+                    index += 1;
+                    continue;
+                };
+                let (position, _) = running.remove(index);
+                progressed = true;
+                match result {
+                    Ok(Flow::Ran(output)) => outputs[position] = output,
+                    Ok(Flow::Skipped) => {}
+                    Ok(Flow::Return(value)) => {
+                        running.clear();
+                        return Poll::Ready(Ok(Flow::Return(value)));
+                    }
+                    Err(error) => {
+                        running.clear();
+                        return Poll::Ready(Err(error));
+                    }
+                }
+            }
+            if running.is_empty() && next >= items.len() {
+                return Poll::Ready(Ok(Flow::Ran(Value::Array(std::mem::take(&mut outputs)))));
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}
+
+async fn run_loop(ctx: &Ctx, looping: &LoopStep, path: String, locals: Locals) -> Run {
+    let mut last = Value::Null;
+    let mut iteration: u32 = 0;
+    loop {
+        let scope = locals.with("index", Value::from(iteration));
+        if let LoopCondition::While(condition) = &looping.condition
+            && !ctx.eval_bool(condition, &scope)?
+        {
+            return Ok(Flow::Ran(last));
+        }
+        if iteration >= looping.max {
+            let message = format!("loop reached max {} iterations before its condition ended it", looping.max);
+            return Err(ErrorInfo::new("loop_max", message));
+        }
+        match run_block(ctx, &looping.steps, format!("{path}#{iteration}"), scope.clone()).await? {
+            Flow::Ran(output) => last = output,
+            Flow::Skipped => {}
+            Flow::Return(value) => return Ok(Flow::Return(value)),
+        }
+        iteration += 1;
+        if let LoopCondition::Until(condition) = &looping.condition
+            && ctx.eval_bool(condition, &scope)?
+        {
+            return Ok(Flow::Ran(last));
+        }
+    }
+}

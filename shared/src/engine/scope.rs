@@ -1,0 +1,95 @@
+//! The names expressions see while an execution runs.
+//!
+//! [`Globals`] hold what every expression of an execution sees (`event`, `inputs`, `vars`,
+//! `steps`, `execution`, `env`, `secrets`, `device`); [`Locals`] chain the names a block binds
+//! (`item`/`index` in `foreach`, `error` in `catch`, `branches` in a join, `result` in a step's
+//! `output`), innermost first.
+
+use std::sync::Arc;
+
+use crate::expr::Scope;
+use crate::{Map, Value};
+
+/// What the runtime lends an execution and does not journal: allow-listed environment
+/// variables, secrets resolved at run time, and the device identity.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    pub env: Value,
+    pub secrets: Value,
+    pub device: Value,
+}
+
+impl Environment {
+    pub fn empty() -> Environment {
+        Environment {
+            env: Value::Object(Map::new()),
+            secrets: Value::Object(Map::new()),
+            device: Value::Null,
+        }
+    }
+}
+
+/// Execution-wide names.
+#[derive(Debug)]
+pub(crate) struct Globals {
+    pub event: Value,
+    pub inputs: Value,
+    pub vars: Value,
+    pub steps: Value,
+    pub execution: Value,
+    pub environment: Arc<Environment>,
+}
+
+/// A chain of block-local names, innermost first. Cheap to extend and share.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Locals(Option<Arc<LocalFrame>>);
+
+#[derive(Debug)]
+struct LocalFrame {
+    name: String,
+    value: Value,
+    parent: Locals,
+}
+
+impl Locals {
+    pub fn with(&self, name: impl Into<String>, value: Value) -> Locals {
+        Locals(Some(Arc::new(LocalFrame { name: name.into(), value, parent: self.clone() })))
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        let mut frame = self.0.as_deref();
+        while let Some(f) = frame {
+            if f.name == name {
+                return Some(&f.value);
+            }
+            frame = f.parent.0.as_deref();
+        }
+        None
+    }
+}
+
+/// Globals and locals seen together.
+pub(crate) struct View<'a> {
+    pub globals: &'a Globals,
+    pub locals: &'a Locals,
+}
+
+impl Scope for View<'_> {
+    fn lookup(&self, name: &str) -> Option<&Value> {
+        if let Some(value) = self.locals.get(name) {
+            return Some(value);
+        }
+        let g = self.globals;
+        match name {
+            "event" => Some(&g.event),
+            "inputs" => Some(&g.inputs),
+            "vars" => Some(&g.vars),
+            "steps" => Some(&g.steps),
+            "execution" => Some(&g.execution),
+            "env" => Some(&g.environment.env),
+            "secrets" => Some(&g.environment.secrets),
+            "device" => Some(&g.environment.device),
+            _ => None,
+        }
+    }
+}

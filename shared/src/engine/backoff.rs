@@ -14,7 +14,12 @@ pub fn retry_delay(retry: &Retry, next_attempt: u32, seed: &str) -> Duration {
     let raw = match retry.backoff {
         Backoff::Fixed => base,
         Backoff::Linear => base * f64::from(n),
-        Backoff::Exponential => base * retry.factor.max(1.0).powi(n.saturating_sub(1).min(64) as i32),
+        Backoff::Exponential => {
+            base * retry
+                .factor
+                .max(1.0)
+                .powi(n.saturating_sub(1).min(64) as i32)
+        }
     };
     let capped = match retry.max_delay {
         Some(max) => raw.min(max.as_secs_f64()),
@@ -46,16 +51,28 @@ mod tests {
     use super::*;
 
     fn retry(backoff: Backoff, jitter: bool) -> Retry {
-        Retry { attempts: 10, backoff, delay: Duration::from_millis(100), jitter, ..Retry::default() }
+        Retry {
+            attempts: 10,
+            backoff,
+            delay: Duration::from_millis(100),
+            jitter,
+            ..Retry::default()
+        }
     }
 
     #[test]
     fn fixed_linear_exponential() {
         let ms = |r: &Retry, n| retry_delay(r, n, "k").as_millis();
         let fixed = retry(Backoff::Fixed, false);
-        assert_eq!([ms(&fixed, 2), ms(&fixed, 3), ms(&fixed, 4)], [100, 100, 100]);
+        assert_eq!(
+            [ms(&fixed, 2), ms(&fixed, 3), ms(&fixed, 4)],
+            [100, 100, 100]
+        );
         let linear = retry(Backoff::Linear, false);
-        assert_eq!([ms(&linear, 2), ms(&linear, 3), ms(&linear, 4)], [100, 200, 300]);
+        assert_eq!(
+            [ms(&linear, 2), ms(&linear, 3), ms(&linear, 4)],
+            [100, 200, 300]
+        );
         let exp = retry(Backoff::Exponential, false);
         assert_eq!([ms(&exp, 2), ms(&exp, 3), ms(&exp, 4)], [100, 200, 400]);
     }
@@ -72,8 +89,17 @@ mod tests {
         let r = retry(Backoff::Fixed, true);
         let a = retry_delay(&r, 2, "exec-1/step@1");
         assert_eq!(a, retry_delay(&r, 2, "exec-1/step@1"));
-        let spread: Vec<_> = (0..100).map(|i| retry_delay(&r, 2, &format!("seed{i}"))).collect();
-        assert!(spread.iter().all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_millis(100)));
-        assert!(spread.iter().any(|d| *d != spread[0]), "jitter spreads delays");
+        let spread: Vec<_> = (0..100)
+            .map(|i| retry_delay(&r, 2, &format!("seed{i}")))
+            .collect();
+        assert!(
+            spread
+                .iter()
+                .all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_millis(100))
+        );
+        assert!(
+            spread.iter().any(|d| *d != spread[0]),
+            "jitter spreads delays"
+        );
     }
 }

@@ -14,7 +14,10 @@ pub struct Catalog {
 impl Catalog {
     /// Adds (or replaces) `workflow` under its name and version.
     pub fn insert(&mut self, workflow: Arc<Workflow>) {
-        self.by_name.entry(workflow.name.to_string()).or_default().insert(workflow.version, workflow);
+        self.by_name
+            .entry(workflow.name.to_string())
+            .or_default()
+            .insert(workflow.version, workflow);
     }
 
     /// Stops offering `name` to new events. Old versions stay loaded while executions use them.
@@ -33,7 +36,11 @@ impl Catalog {
 
     /// The newest version of every workflow.
     pub fn latest(&self) -> Vec<Arc<Workflow>> {
-        let mut all: Vec<_> = self.by_name.values().filter_map(|v| v.values().next_back().cloned()).collect();
+        let mut all: Vec<_> = self
+            .by_name
+            .values()
+            .filter_map(|v| v.values().next_back().cloned())
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }

@@ -19,13 +19,15 @@ use futures::future::{Either, poll_fn, select};
 
 use crate::expr::{Expr, Template};
 use crate::flow::{
-    ForeachStep, InputType, Join, LoopCondition, LoopStep, ParallelStep, Retry, Setting, SleepStep, Step, StepKind,
-    Workflow, parse_duration,
+    ForeachStep, InputType, Join, LoopCondition, LoopStep, ParallelStep, Retry, Setting, SleepStep,
+    Step, StepKind, Workflow, parse_duration,
 };
 use crate::{Map, Value};
 
 use super::backoff::retry_delay;
-use super::journal::{ErrorInfo, Event, ExecutionId, ExecutionStatus, Outcome, StepStatus, Timestamp};
+use super::journal::{
+    ErrorInfo, Event, ExecutionId, ExecutionStatus, Outcome, StepStatus, Timestamp,
+};
 use super::machine::{ActionCommand, Command, Completion, Handle, Resolution, StepView, WaitSpec};
 use super::scope::Locals;
 
@@ -53,7 +55,11 @@ struct Ctx {
 /// and `on_failure` when it fails.
 pub(crate) async fn run_execution(h: Handle, workflow: Arc<Workflow>) -> Completion {
     let execution = h.lock().id.to_string();
-    let ctx = Ctx { h, workflow: workflow.clone(), execution };
+    let ctx = Ctx {
+        h,
+        workflow: workflow.clone(),
+        execution,
+    };
     let result = match prepare(&ctx) {
         Ok(()) => {
             let body = run_block(&ctx, &workflow.steps, String::new(), Locals::default());
@@ -70,7 +76,11 @@ pub(crate) async fn run_execution(h: Handle, workflow: Arc<Workflow>) -> Complet
         Flow::Skipped => finish_output(&ctx, Value::Null),
     });
     match result {
-        Ok(output) => Completion { status: ExecutionStatus::Succeeded, output, error: None },
+        Ok(output) => Completion {
+            status: ExecutionStatus::Succeeded,
+            output,
+            error: None,
+        },
         Err(error) => {
             if !workflow.on_failure.is_empty() {
                 let locals = Locals::default().with("error", error.to_value());
@@ -78,7 +88,11 @@ pub(crate) async fn run_execution(h: Handle, workflow: Arc<Workflow>) -> Complet
                 // visible in its own steps.
                 let _ = run_block(&ctx, &workflow.on_failure, "on_failure".into(), locals).await;
             }
-            Completion { status: ExecutionStatus::Failed, output: Value::Null, error: Some(error) }
+            Completion {
+                status: ExecutionStatus::Failed,
+                output: Value::Null,
+                error: Some(error),
+            }
         }
     }
 }
@@ -102,7 +116,12 @@ pub fn resolve_inputs(workflow: &Workflow, given: Value) -> Result<Value, ErrorI
     let mut given = match given {
         Value::Null => Map::new(),
         Value::Object(map) => map,
-        other => return Err(ErrorInfo::new("input", format!("inputs must be an object, got {other}"))),
+        other => {
+            return Err(ErrorInfo::new(
+                "input",
+                format!("inputs must be an object, got {other}"),
+            ));
+        }
     };
     let mut out = Map::new();
     for spec in &workflow.inputs {
@@ -111,14 +130,23 @@ pub fn resolve_inputs(workflow: &Workflow, given: Value) -> Result<Value, ErrorI
                 out.insert(spec.name.clone(), value);
             }
             Some(value) => {
-                let message = format!("input {:?} must be {}, got {value}", spec.name, article(spec.ty));
+                let message = format!(
+                    "input {:?} must be {}, got {value}",
+                    spec.name,
+                    article(spec.ty)
+                );
                 return Err(ErrorInfo::new("input", message));
             }
             None => match &spec.default {
                 Some(default) => {
                     out.insert(spec.name.clone(), default.clone());
                 }
-                None => return Err(ErrorInfo::new("input", format!("missing required input {:?}", spec.name))),
+                None => {
+                    return Err(ErrorInfo::new(
+                        "input",
+                        format!("missing required input {:?}", spec.name),
+                    ));
+                }
             },
         }
     }
@@ -148,21 +176,29 @@ impl Ctx {
             return Ok(value.clone());
         }
         let shared = self.h.lock();
-        template.eval(&shared.view(locals)).map_err(|e| ErrorInfo::new("expression", e.message))
+        template
+            .eval(&shared.view(locals))
+            .map_err(|e| ErrorInfo::new("expression", e.message))
     }
 
     fn eval_bool(&self, expr: &Expr, locals: &Locals) -> Result<bool, ErrorInfo> {
         let shared = self.h.lock();
-        expr.eval_bool(&shared.view(locals)).map_err(|e| ErrorInfo::new("expression", e.message))
+        expr.eval_bool(&shared.view(locals))
+            .map_err(|e| ErrorInfo::new("expression", e.message))
     }
 
-    fn duration(&self, setting: &Setting<Duration>, locals: &Locals) -> Result<Duration, ErrorInfo> {
+    fn duration(
+        &self,
+        setting: &Setting<Duration>,
+        locals: &Locals,
+    ) -> Result<Duration, ErrorInfo> {
         match setting {
             Setting::Fixed(d) => Ok(*d),
             Setting::Dynamic(expr) => {
                 let value = {
                     let shared = self.h.lock();
-                    expr.eval(&shared.view(locals)).map_err(|e| ErrorInfo::new("expression", e.message))?
+                    expr.eval(&shared.view(locals))
+                        .map_err(|e| ErrorInfo::new("expression", e.message))?
                 };
                 value_to_duration(&value)
             }
@@ -183,13 +219,18 @@ impl Ctx {
 /// A duration computed at run time: a duration string, or a number of seconds.
 fn value_to_duration(value: &Value) -> Result<Duration, ErrorInfo> {
     match value {
-        Value::String(text) => parse_duration(text).map_err(|e| ErrorInfo::new("expression", e.to_string())),
+        Value::String(text) => {
+            parse_duration(text).map_err(|e| ErrorInfo::new("expression", e.to_string()))
+        }
         Value::Number(n) => n
             .as_f64()
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64)
             .ok_or_else(|| ErrorInfo::new("expression", format!("invalid duration {n}"))),
-        other => Err(ErrorInfo::new("expression", format!("expected a duration like \"10s\", got {other}"))),
+        other => Err(ErrorInfo::new(
+            "expression",
+            format!("expected a duration like \"10s\", got {other}"),
+        )),
     }
 }
 
@@ -200,7 +241,10 @@ async fn with_timeout<'a>(ctx: &'a Ctx, key: String, limit: Duration, body: Boxe
     match select(body, timer).await {
         Either::Left((result, _timer)) => result,
         Either::Right((_, _body)) => {
-            let mut error = ErrorInfo::new("timeout", format!("timed out after {}", crate::flow::format_duration(limit)));
+            let mut error = ErrorInfo::new(
+                "timeout",
+                format!("timed out after {}", crate::flow::format_duration(limit)),
+            );
             error.retryable = true;
             Err(error)
         }
@@ -211,8 +255,15 @@ fn run_block<'a>(ctx: &'a Ctx, steps: &'a [Step], path: String, locals: Locals) 
     Box::pin(async move {
         let mut last = Value::Null;
         for (index, step) in steps.iter().enumerate() {
-            let name = step.id.as_ref().map_or_else(|| index.to_string(), |id| id.to_string());
-            let step_path = if path.is_empty() { name } else { format!("{path}/{name}") };
+            let name = step
+                .id
+                .as_ref()
+                .map_or_else(|| index.to_string(), |id| id.to_string());
+            let step_path = if path.is_empty() {
+                name
+            } else {
+                format!("{path}/{name}")
+            };
             match run_step(ctx, step, step_path, locals.clone()).await? {
                 Flow::Ran(output) => last = output,
                 Flow::Skipped => {}
@@ -234,7 +285,12 @@ struct RunningGuard<'a> {
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let view = StepView { status: StepStatus::Cancelled, output: Value::Null, error: None, attempts: self.attempts };
+            let view = StepView {
+                status: StepStatus::Cancelled,
+                output: Value::Null,
+                error: None,
+                attempts: self.attempts,
+            };
             self.ctx.record(self.step, view);
         }
     }
@@ -242,7 +298,10 @@ impl Drop for RunningGuard<'_> {
 
 fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> Boxed<'a, Run> {
     Box::pin(async move {
-        let label = step.id.as_ref().map_or_else(|| path.clone(), |id| id.to_string());
+        let label = step
+            .id
+            .as_ref()
+            .map_or_else(|| path.clone(), |id| id.to_string());
         let with_step = |mut e: ErrorInfo| {
             e.step.get_or_insert_with(|| label.clone());
             e
@@ -253,20 +312,43 @@ fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> B
             _ => false,
         };
         if skipped {
-            ctx.record(step, StepView { status: StepStatus::Skipped, output: Value::Null, error: None, attempts: 0 });
+            ctx.record(
+                step,
+                StepView {
+                    status: StepStatus::Skipped,
+                    output: Value::Null,
+                    error: None,
+                    attempts: 0,
+                },
+            );
             return Ok(Flow::Skipped);
         }
         let default_retry = Retry::default();
         let retry = step.retry.as_ref().unwrap_or(&default_retry);
         let mut attempt = 1;
-        let mut guard = RunningGuard { ctx, step, attempts: 1, armed: step.id.is_some() };
+        let mut guard = RunningGuard {
+            ctx,
+            step,
+            attempts: 1,
+            armed: step.id.is_some(),
+        };
         loop {
             guard.attempts = attempt;
-            ctx.record(step, StepView { status: StepStatus::Running, output: Value::Null, error: None, attempts: attempt });
+            ctx.record(
+                step,
+                StepView {
+                    status: StepStatus::Running,
+                    output: Value::Null,
+                    error: None,
+                    attempts: attempt,
+                },
+            );
             let body = run_kind(ctx, step, &path, &locals, attempt);
             let result = match &step.timeout {
                 Some(setting) => match ctx.duration(setting, &locals) {
-                    Ok(limit) => with_timeout(ctx, format!("{path}@{attempt}#timeout"), limit, body).await,
+                    Ok(limit) => {
+                        with_timeout(ctx, format!("{path}@{attempt}#timeout"), limit, body).await
+                    }
                     Err(e) => Err(e),
                 },
                 None => body.await,
@@ -274,14 +356,24 @@ fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> B
             let error = match result {
                 Ok(Flow::Return(value)) => {
                     guard.armed = false;
-                    let view = StepView { status: StepStatus::Succeeded, output: value.clone(), error: None, attempts: attempt };
+                    let view = StepView {
+                        status: StepStatus::Succeeded,
+                        output: value.clone(),
+                        error: None,
+                        attempts: attempt,
+                    };
                     ctx.record(step, view);
                     return Ok(Flow::Return(value));
                 }
                 Ok(Flow::Ran(result)) => match step_output(ctx, step, &locals, result) {
                     Ok(output) => {
                         guard.armed = false;
-                        let view = StepView { status: StepStatus::Succeeded, output: output.clone(), error: None, attempts: attempt };
+                        let view = StepView {
+                            status: StepStatus::Succeeded,
+                            output: output.clone(),
+                            error: None,
+                            attempts: attempt,
+                        };
                         ctx.record(step, view);
                         return Ok(Flow::Ran(output));
                     }
@@ -299,7 +391,12 @@ fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> B
                 continue;
             }
             guard.armed = false;
-            let view = StepView { status: StepStatus::Failed, output: Value::Null, error: Some(error.clone()), attempts: attempt };
+            let view = StepView {
+                status: StepStatus::Failed,
+                output: Value::Null,
+                error: Some(error.clone()),
+                attempts: attempt,
+            };
             ctx.record(step, view);
             return match &step.catch {
                 Some(handler) => {
@@ -317,7 +414,9 @@ fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> B
 
 fn should_retry(ctx: &Ctx, retry: &Retry, error: &ErrorInfo, locals: &Locals) -> bool {
     match &retry.when {
-        Some(condition) => ctx.eval_bool(condition, &locals.with("error", error.to_value())).unwrap_or(false),
+        Some(condition) => ctx
+            .eval_bool(condition, &locals.with("error", error.to_value()))
+            .unwrap_or(false),
         None => error.retryable,
     }
 }
@@ -331,10 +430,20 @@ fn step_output(ctx: &Ctx, step: &Step, locals: &Locals, result: Value) -> Result
 
 /// The path under which a block nested in this step runs on this attempt.
 fn block_path(path: &str, attempt: u32) -> String {
-    if attempt == 1 { path.to_string() } else { format!("{path}~{attempt}") }
+    if attempt == 1 {
+        path.to_string()
+    } else {
+        format!("{path}~{attempt}")
+    }
 }
 
-fn run_kind<'a>(ctx: &'a Ctx, step: &'a Step, path: &str, locals: &Locals, attempt: u32) -> Boxed<'a, Run> {
+fn run_kind<'a>(
+    ctx: &'a Ctx,
+    step: &'a Step,
+    path: &str,
+    locals: &Locals,
+    attempt: u32,
+) -> Boxed<'a, Run> {
     let base = block_path(path, attempt);
     let path = path.to_string();
     let locals = locals.clone();
@@ -351,7 +460,10 @@ fn run_kind<'a>(ctx: &'a Ctx, step: &'a Step, path: &str, locals: &Locals, attem
                     action: action.action.clone(),
                     input,
                     attempt,
-                    step: step.id.as_ref().map_or_else(|| path.clone(), |id| id.to_string()),
+                    step: step
+                        .id
+                        .as_ref()
+                        .map_or_else(|| path.clone(), |id| id.to_string()),
                     idempotency_key,
                 };
                 outcome(ctx.h.effect(Command::RunAction(command)).await)
@@ -370,11 +482,15 @@ fn run_kind<'a>(ctx: &'a Ctx, step: &'a Step, path: &str, locals: &Locals, attem
             StepKind::Switch(switch) => {
                 for (index, case) in switch.cases.iter().enumerate() {
                     if ctx.eval_bool(&case.when, &locals)? {
-                        return ran(run_block(ctx, &case.steps, format!("{base}?{index}"), locals).await?);
+                        return ran(
+                            run_block(ctx, &case.steps, format!("{base}?{index}"), locals).await?,
+                        );
                     }
                 }
                 match &switch.default {
-                    Some(steps) => ran(run_block(ctx, steps, format!("{base}?default"), locals).await?),
+                    Some(steps) => {
+                        ran(run_block(ctx, steps, format!("{base}?default"), locals).await?)
+                    }
                     None => Ok(Flow::Ran(Value::Null)),
                 }
             }
@@ -394,24 +510,39 @@ fn run_kind<'a>(ctx: &'a Ctx, step: &'a Step, path: &str, locals: &Locals, attem
                     wait: call.wait,
                 };
                 match ctx.h.effect(command).await {
-                    Resolution::ChildStarted(id) => Ok(Flow::Ran(serde_json::json!({ "execution": id.to_string() }))),
+                    Resolution::ChildStarted(id) => Ok(Flow::Ran(
+                        serde_json::json!({ "execution": id.to_string() }),
+                    )),
                     other => outcome(other),
                 }
             }
             StepKind::Sleep(sleep) => {
                 let at = match sleep {
                     SleepStep::For(setting) => ctx.now().plus(ctx.duration(setting, &locals)?),
-                    SleepStep::Until(template) => value_to_timestamp(&ctx.eval(template, &locals)?)?,
+                    SleepStep::Until(template) => {
+                        value_to_timestamp(&ctx.eval(template, &locals)?)?
+                    }
                 };
-                ctx.h.effect(Command::StartTimer { key: format!("{path}@{attempt}#sleep"), at }).await;
+                ctx.h
+                    .effect(Command::StartTimer {
+                        key: format!("{path}@{attempt}#sleep"),
+                        at,
+                    })
+                    .await;
                 Ok(Flow::Ran(Value::Null))
             }
             StepKind::Wait(wait) => {
                 let key = format!("{path}@{attempt}#wait");
-                let spec = WaitSpec { matches: wait.matches.clone(), locals: locals.clone() };
+                let spec = WaitSpec {
+                    matches: wait.matches.clone(),
+                    locals: locals.clone(),
+                };
                 ctx.h.lock().waits.insert(key.clone(), spec);
                 let waiting: Boxed<'a, Run> = Box::pin(async move {
-                    let command = Command::AwaitEvent { key, pattern: wait.event.clone() };
+                    let command = Command::AwaitEvent {
+                        key,
+                        pattern: wait.event.clone(),
+                    };
                     match ctx.h.effect(command).await {
                         Resolution::Event(event) => Ok(Flow::Ran(event.to_value())),
                         other => outcome(other),
@@ -420,7 +551,13 @@ fn run_kind<'a>(ctx: &'a Ctx, step: &'a Step, path: &str, locals: &Locals, attem
                 match &wait.timeout {
                     Some(setting) => {
                         let limit = ctx.duration(setting, &locals)?;
-                        with_timeout(ctx, format!("{path}@{attempt}#wait-timeout"), limit, waiting).await
+                        with_timeout(
+                            ctx,
+                            format!("{path}@{attempt}#wait-timeout"),
+                            limit,
+                            waiting,
+                        )
+                        .await
                     }
                     None => waiting.await,
                 }
@@ -428,7 +565,12 @@ fn run_kind<'a>(ctx: &'a Ctx, step: &'a Step, path: &str, locals: &Locals, attem
             StepKind::Emit(emit) => {
                 let event_type = match ctx.eval(&emit.event_type, &locals)? {
                     Value::String(s) => s,
-                    other => return Err(ErrorInfo::new("expression", format!("emit type must be a string, got {other}"))),
+                    other => {
+                        return Err(ErrorInfo::new(
+                            "expression",
+                            format!("emit type must be a string, got {other}"),
+                        ));
+                    }
                 };
                 let data = ctx.eval(&emit.data, &locals)?;
                 let topic = match &emit.topic {
@@ -471,7 +613,10 @@ fn outcome(resolution: Resolution) -> Run {
     match resolution {
         Resolution::Finished(Outcome::Succeeded(value)) => Ok(Flow::Ran(value)),
         Resolution::Finished(Outcome::Failed(error)) => Err(error),
-        other => Err(ErrorInfo::new("internal", format!("unexpected resolution {other:?}"))),
+        other => Err(ErrorInfo::new(
+            "internal",
+            format!("unexpected resolution {other:?}"),
+        )),
     }
 }
 
@@ -486,12 +631,22 @@ fn value_to_timestamp(value: &Value) -> Result<Timestamp, ErrorInfo> {
     match value {
         Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
             .map(|t| Timestamp(t.timestamp_millis()))
-            .map_err(|e| ErrorInfo::new("expression", format!("sleep until {text:?}: not an RFC 3339 time ({e})"))),
-        Value::Number(n) => n
-            .as_i64()
-            .map(Timestamp)
-            .ok_or_else(|| ErrorInfo::new("expression", format!("sleep until {n}: expected milliseconds since the epoch"))),
-        other => Err(ErrorInfo::new("expression", format!("sleep until expects a timestamp, got {other}"))),
+            .map_err(|e| {
+                ErrorInfo::new(
+                    "expression",
+                    format!("sleep until {text:?}: not an RFC 3339 time ({e})"),
+                )
+            }),
+        Value::Number(n) => n.as_i64().map(Timestamp).ok_or_else(|| {
+            ErrorInfo::new(
+                "expression",
+                format!("sleep until {n}: expected milliseconds since the epoch"),
+            )
+        }),
+        other => Err(ErrorInfo::new(
+            "expression",
+            format!("sleep until expects a timestamp, got {other}"),
+        )),
     }
 }
 
@@ -499,7 +654,14 @@ async fn run_parallel(ctx: &Ctx, parallel: &ParallelStep, path: String, locals: 
     let mut running: Vec<Option<Boxed<'_, Run>>> = parallel
         .branches
         .iter()
-        .map(|b| Some(run_block(ctx, &b.steps, format!("{path}.{}", b.name), locals.clone())))
+        .map(|b| {
+            Some(run_block(
+                ctx,
+                &b.steps,
+                format!("{path}.{}", b.name),
+                locals.clone(),
+            ))
+        })
         .collect();
     let total = running.len();
     let mut finished = Map::new();
@@ -554,8 +716,17 @@ fn decide_join(
 ) -> Option<Run> {
     let success = || Ok(Flow::Ran(Value::Object(succeeded.clone())));
     let all_failed = || {
-        let first = failures.first().map_or(String::new(), |e| format!(": {}", e.message));
-        let mut error = ErrorInfo::new("parallel", format!("{} of {} branches failed{first}", failures.len(), finished.len()));
+        let first = failures
+            .first()
+            .map_or(String::new(), |e| format!(": {}", e.message));
+        let mut error = ErrorInfo::new(
+            "parallel",
+            format!(
+                "{} of {} branches failed{first}",
+                failures.len(),
+                finished.len()
+            ),
+        );
         error.retryable = failures.iter().any(|e| e.retryable);
         Err(error)
     };
@@ -607,7 +778,12 @@ async fn run_foreach(ctx: &Ctx, foreach: &ForeachStep, path: String, locals: Loc
     let items = match ctx.eval(&foreach.items, &locals)? {
         Value::Array(items) => items,
         Value::Null => Vec::new(),
-        other => return Err(ErrorInfo::new("expression", format!("foreach needs a list, got {other}"))),
+        other => {
+            return Err(ErrorInfo::new(
+                "expression",
+                format!("foreach needs a list, got {other}"),
+            ));
+        }
     };
     let limit = foreach.concurrency.max(1) as usize;
     let mut outputs: Vec<Value> = vec![Value::Null; items.len()];
@@ -616,8 +792,13 @@ async fn run_foreach(ctx: &Ctx, foreach: &ForeachStep, path: String, locals: Loc
     poll_fn(|cx| {
         loop {
             while running.len() < limit && next < items.len() {
-                let scope = locals.with("index", Value::from(next)).with(foreach.item_name.clone(), items[next].clone());
-                running.push((next, run_block(ctx, &foreach.steps, format!("{path}[{next}]"), scope)));
+                let scope = locals
+                    .with("index", Value::from(next))
+                    .with(foreach.item_name.clone(), items[next].clone());
+                running.push((
+                    next,
+                    run_block(ctx, &foreach.steps, format!("{path}[{next}]"), scope),
+                ));
                 next += 1;
             }
             let mut progressed = false;
@@ -664,10 +845,20 @@ async fn run_loop(ctx: &Ctx, looping: &LoopStep, path: String, locals: Locals) -
             return Ok(Flow::Ran(last));
         }
         if iteration >= looping.max {
-            let message = format!("loop reached max {} iterations before its condition ended it", looping.max);
+            let message = format!(
+                "loop reached max {} iterations before its condition ended it",
+                looping.max
+            );
             return Err(ErrorInfo::new("loop_max", message));
         }
-        match run_block(ctx, &looping.steps, format!("{path}#{iteration}"), scope.clone()).await? {
+        match run_block(
+            ctx,
+            &looping.steps,
+            format!("{path}#{iteration}"),
+            scope.clone(),
+        )
+        .await?
+        {
             Flow::Ran(output) => last = output,
             Flow::Skipped => {}
             Flow::Return(value) => return Ok(Flow::Return(value)),

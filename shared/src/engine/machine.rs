@@ -22,7 +22,10 @@ use crate::flow::Workflow;
 use crate::{Map, Value};
 
 use super::interpret;
-use super::journal::{ErrorInfo, Event, ExecutionId, ExecutionStatus, Fact, Outcome, StepRecord, StepStatus, Timestamp};
+use super::journal::{
+    ErrorInfo, Event, ExecutionId, ExecutionStatus, Fact, Outcome, StepRecord, StepStatus,
+    Timestamp,
+};
 use super::scope::{Environment, Globals, Locals, View};
 
 /// Something the driver must do for the machine.
@@ -37,9 +40,20 @@ pub enum Command {
     AwaitEvent { key: String, pattern: String },
     /// Start (or find, after a restart) the child execution `child`. With `wait`, apply its
     /// end as `Fact::EffectFinished`; without, apply `Fact::ChildStarted` once it is recorded.
-    StartChild { key: String, child: ExecutionId, workflow: String, version: Option<u32>, input: Value, wait: bool },
+    StartChild {
+        key: String,
+        child: ExecutionId,
+        workflow: String,
+        version: Option<u32>,
+        input: Value,
+        wait: bool,
+    },
     /// Publish an event; apply `Fact::EffectFinished` once it is published.
-    Emit { key: String, event: Event, topic: Option<String> },
+    Emit {
+        key: String,
+        event: Event,
+        topic: Option<String>,
+    },
     /// The effect `key` is no longer wanted (a lost race, a timeout, a cancel): stop it and
     /// apply nothing more for it.
     Cancel { key: String },
@@ -114,7 +128,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn request(&mut self, command: Command) {
-        self.pending.insert(command.key().to_string(), command.clone());
+        self.pending
+            .insert(command.key().to_string(), command.clone());
         self.commands.push(command);
     }
 
@@ -123,12 +138,17 @@ impl Shared {
         self.resolved.remove(key);
         self.waits.remove(key);
         if self.pending.remove(key).is_some() {
-            self.commands.push(Command::Cancel { key: key.to_string() });
+            self.commands.push(Command::Cancel {
+                key: key.to_string(),
+            });
         }
     }
 
     pub fn view<'a>(&'a self, locals: &'a Locals) -> View<'a> {
-        View { globals: &self.globals, locals }
+        View {
+            globals: &self.globals,
+            locals,
+        }
     }
 
     /// Records a step with an id as `steps.<id>`.
@@ -142,9 +162,15 @@ impl Shared {
         }
         if let Value::Object(steps) = &mut self.globals.steps {
             let mut entry = Map::new();
-            entry.insert("status".into(), serde_json::to_value(record.status).unwrap_or(Value::Null));
+            entry.insert(
+                "status".into(),
+                serde_json::to_value(record.status).unwrap_or(Value::Null),
+            );
             entry.insert("output".into(), record.output);
-            entry.insert("error".into(), record.error.map(|e| e.to_value()).unwrap_or(Value::Null));
+            entry.insert(
+                "error".into(),
+                record.error.map(|e| e.to_value()).unwrap_or(Value::Null),
+            );
             entry.insert("attempts".into(), Value::from(record.attempts));
             steps.insert(id.to_string(), Value::Object(entry));
         }
@@ -166,14 +192,20 @@ pub(crate) struct Handle(Arc<Mutex<Shared>>);
 impl Handle {
     pub fn lock(&self) -> MutexGuard<'_, Shared> {
         // A poisoned lock means the interpreter panicked: a broken invariant, not bad input.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Suspends until the effect `command` names resolves. The command is emitted now.
     pub fn effect(&self, command: Command) -> EffectFuture {
         let key = command.key().to_string();
         self.lock().request(command);
-        EffectFuture { handle: self.clone(), key, done: false }
+        EffectFuture {
+            handle: self.clone(),
+            key,
+            done: false,
+        }
     }
 }
 
@@ -230,8 +262,20 @@ impl Machine {
     ///
     /// # Panics
     /// If `started` is not a `Fact::Started` (a broken caller invariant).
-    pub fn start(workflow: Arc<Workflow>, id: ExecutionId, started: &Fact, environment: Arc<Environment>) -> Machine {
-        let Fact::Started { event, inputs, version, at, .. } = started else {
+    pub fn start(
+        workflow: Arc<Workflow>,
+        id: ExecutionId,
+        started: &Fact,
+        environment: Arc<Environment>,
+    ) -> Machine {
+        let Fact::Started {
+            event,
+            inputs,
+            version,
+            at,
+            ..
+        } = started
+        else {
             panic!("an execution starts with Fact::Started");
         };
         let execution = serde_json::json!({
@@ -262,14 +306,24 @@ impl Machine {
         };
         let handle = Handle(Arc::new(Mutex::new(shared)));
         let root = Box::pin(interpret::run_execution(handle.clone(), workflow.clone()));
-        let mut machine = Machine { handle, root: Some(root), completion: None, workflow };
+        let mut machine = Machine {
+            handle,
+            root: Some(root),
+            completion: None,
+            workflow,
+        };
         machine.poll();
         machine
     }
 
     /// Rebuilds an execution's state by replaying its journal. Afterwards,
     /// [`Machine::outstanding`] lists the effects still to perform.
-    pub fn replay(workflow: Arc<Workflow>, id: ExecutionId, journal: &[Fact], environment: Arc<Environment>) -> Option<Machine> {
+    pub fn replay(
+        workflow: Arc<Workflow>,
+        id: ExecutionId,
+        journal: &[Fact],
+        environment: Arc<Environment>,
+    ) -> Option<Machine> {
         let (first, rest) = journal.split_first()?;
         if !matches!(first, Fact::Started { .. }) {
             return None;
@@ -290,7 +344,9 @@ impl Machine {
             shared.now = shared.now.max(fact.at());
             let (key, resolution) = match fact {
                 Fact::Started { .. } | Fact::EffectStarted { .. } => return,
-                Fact::EffectFinished { key, outcome, .. } => (key, Resolution::Finished(outcome.clone())),
+                Fact::EffectFinished { key, outcome, .. } => {
+                    (key, Resolution::Finished(outcome.clone()))
+                }
                 Fact::TimerFired { key, .. } => (key, Resolution::TimerFired),
                 Fact::EventReceived { key, event, .. } => (key, Resolution::Event(event.clone())),
                 Fact::ChildStarted { key, child, .. } => (key, Resolution::ChildStarted(*child)),
@@ -311,7 +367,9 @@ impl Machine {
     }
 
     fn poll(&mut self) {
-        let Some(root) = self.root.as_mut() else { return };
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(completion) = root.as_mut().poll(&mut cx) {
             self.root = None;
@@ -326,7 +384,12 @@ impl Machine {
         // Dropping the interpreter drops every suspended effect, which emits their cancels
         // and marks running steps cancelled.
         self.root = None;
-        let reason = self.handle.lock().cancel_requested.clone().unwrap_or_default();
+        let reason = self
+            .handle
+            .lock()
+            .cancel_requested
+            .clone()
+            .unwrap_or_default();
         self.completion = Some(Completion {
             status: ExecutionStatus::Cancelled,
             output: Value::Null,
@@ -352,13 +415,17 @@ impl Machine {
     /// counts as no match.
     pub fn offer_event(&self, key: &str, event: &Event) -> bool {
         let shared = self.handle.lock();
-        let (Some(Command::AwaitEvent { pattern, .. }), Some(wait)) = (shared.pending.get(key), shared.waits.get(key)) else {
+        let (Some(Command::AwaitEvent { pattern, .. }), Some(wait)) =
+            (shared.pending.get(key), shared.waits.get(key))
+        else {
             return false;
         };
         if !glob_match(pattern, &event.event_type) {
             return false;
         }
-        let Some(matches) = &wait.matches else { return true };
+        let Some(matches) = &wait.matches else {
+            return true;
+        };
         let locals = wait.locals.with("event", event.to_value());
         matches.eval_bool(&shared.view(&locals)).unwrap_or(false)
     }
@@ -379,7 +446,9 @@ impl Machine {
     /// Steps with an id, in the order they first ran, as `exec` and the API show them.
     pub fn step_records(&self) -> Vec<(String, StepRecord)> {
         let shared = self.handle.lock();
-        let Value::Object(steps) = &shared.globals.steps else { return Vec::new() };
+        let Value::Object(steps) = &shared.globals.steps else {
+            return Vec::new();
+        };
         steps
             .iter()
             .map(|(id, value)| {
@@ -387,8 +456,14 @@ impl Machine {
                     .get("status")
                     .and_then(|s| serde_json::from_value(s.clone()).ok())
                     .unwrap_or(StepStatus::Running);
-                let error = value.get("error").and_then(|e| serde_json::from_value(e.clone()).ok());
-                let (started_at, finished_at) = shared.timing.get(id).copied().map_or((None, None), |(s, f)| (Some(s), f));
+                let error = value
+                    .get("error")
+                    .and_then(|e| serde_json::from_value(e.clone()).ok());
+                let (started_at, finished_at) = shared
+                    .timing
+                    .get(id)
+                    .copied()
+                    .map_or((None, None), |(s, f)| (Some(s), f));
                 let record = StepRecord {
                     status,
                     output: value.get("output").cloned().unwrap_or(Value::Null),

@@ -16,9 +16,12 @@ pub mod machine;
 pub mod runtime;
 mod scope;
 
+pub use catalog::Catalog;
 pub use interpret::resolve_inputs;
 pub use journal::*;
 pub use machine::{ActionCommand, Command, Completion, Machine};
-pub use catalog::Catalog;
 pub use runtime::{EventBus, Runtime, RuntimeConfig, Submission, SubmitError};
 pub use scope::Environment;
+
+#[cfg(test)]
+mod tests;

@@ -65,7 +65,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_running: 4096, retention: Retention::default(), prune_every: 1024 }
+        RuntimeConfig {
+            max_running: 4096,
+            retention: Retention::default(),
+            prune_every: 1024,
+        }
     }
 }
 
@@ -145,16 +149,25 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.inner.config).finish()
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish()
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Runtime {
-    pub fn new(store: Arc<dyn Store>, actions: ActionRegistry, environment: Environment, config: RuntimeConfig) -> Runtime {
+    pub fn new(
+        store: Arc<dyn Store>,
+        actions: ActionRegistry,
+        environment: Environment,
+        config: RuntimeConfig,
+    ) -> Runtime {
         Runtime {
             inner: Arc::new(Inner {
                 store,
@@ -177,22 +190,37 @@ impl Runtime {
 
     /// Sends emitted events to `bus` as well as to local `wait` steps. Call before starting.
     pub fn with_bus(self, bus: Arc<dyn EventBus>) -> Runtime {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| panic!("with_bus must be called before the runtime is shared"));
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_bus must be called before the runtime is shared"));
         inner.bus = bus;
-        Runtime { inner: Arc::new(inner) }
+        Runtime {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Loads (or replaces) a workflow version.
     pub fn load(&self, workflow: Workflow) {
-        self.inner.catalog.write().unwrap_or_else(|p| p.into_inner()).insert(Arc::new(workflow));
+        self.inner
+            .catalog
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Arc::new(workflow));
     }
 
     pub fn workflow(&self, name: &str, version: Option<u32>) -> Option<Arc<Workflow>> {
-        self.inner.catalog.read().unwrap_or_else(|p| p.into_inner()).get(name, version)
+        self.inner
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name, version)
     }
 
     pub fn workflows(&self) -> Vec<Arc<Workflow>> {
-        self.inner.catalog.read().unwrap_or_else(|p| p.into_inner()).latest()
+        self.inner
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .latest()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -205,8 +233,15 @@ impl Runtime {
 
     /// Starts an execution of the newest version of `workflow` for `event`. Returns once the
     /// execution is durably recorded (or skipped / dropped).
-    pub async fn submit(&self, workflow: &str, event: Event, inputs: Value) -> Result<Submission, SubmitError> {
-        let wf = self.workflow(workflow, None).ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        event: Event,
+        inputs: Value,
+    ) -> Result<Submission, SubmitError> {
+        let wf = self
+            .workflow(workflow, None)
+            .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
         if !admitted(&wf, &event, &inputs, &self.inner.environment)? {
             self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Submission::Skipped);
@@ -277,10 +312,17 @@ impl Runtime {
                 }
             }
             if let Some(old) = replaced {
-                self.cancel(old, "replaced by a newer execution (concurrency overflow: replace)").await;
+                self.cancel(
+                    old,
+                    "replaced by a newer execution (concurrency overflow: replace)",
+                )
+                .await;
             }
             if record.status == ExecutionStatus::Queued {
-                self.inner.store.write(vec![StoreWrite::Create { record, started }]).await?;
+                self.inner
+                    .store
+                    .write(vec![StoreWrite::Create { record, started }])
+                    .await?;
                 return Ok(Submission::Accepted(id));
             }
         }
@@ -290,8 +332,19 @@ impl Runtime {
             permit = self.inner.permits.clone().acquire_owned() => permit.map_err(|_| SubmitError::ShuttingDown)?,
         };
         let machine = Machine::start(wf, id, &started, self.inner.environment.clone());
-        let create = StoreWrite::Create { record: record.clone(), started };
-        let driver = Driver::new(self.clone(), machine, record, 0, vec![create], VecDeque::new(), permit);
+        let create = StoreWrite::Create {
+            record: record.clone(),
+            started,
+        };
+        let driver = Driver::new(
+            self.clone(),
+            machine,
+            record,
+            0,
+            vec![create],
+            VecDeque::new(),
+            permit,
+        );
         driver.begin().await?;
         self.inner.stats.started.fetch_add(1, Ordering::Relaxed);
         Ok(Submission::Accepted(id))
@@ -300,7 +353,10 @@ impl Runtime {
     /// Waits until execution `id` has finished and returns its record.
     pub async fn wait(&self, id: ExecutionId) -> Result<ExecutionRecord, StoreError> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.subscribers).entry(id).or_default().push(tx);
+        lock(&self.inner.subscribers)
+            .entry(id)
+            .or_default()
+            .push(tx);
         if let Some(record) = self.inner.store.execution(id).await?
             && record.status.is_finished()
         {
@@ -312,7 +368,10 @@ impl Runtime {
     /// Requests cancellation of a running or queued execution.
     pub async fn cancel(&self, id: ExecutionId, reason: &str) -> bool {
         let inbox = lock(&self.inner.running).get(&id).map(|r| r.inbox.clone());
-        let fact = Fact::CancelRequested { reason: reason.to_string(), at: Timestamp::now() };
+        let fact = Fact::CancelRequested {
+            reason: reason.to_string(),
+            at: Timestamp::now(),
+        };
         match inbox {
             Some(inbox) => inbox.send(Input::Fact(fact)).await.is_ok(),
             None => false,
@@ -329,7 +388,12 @@ impl Runtime {
         for (id, key) in targets {
             let inbox = lock(&self.inner.running).get(&id).map(|r| r.inbox.clone());
             if let Some(inbox) = inbox {
-                let _ = inbox.send(Input::Offer { key, event: event.clone() }).await;
+                let _ = inbox
+                    .send(Input::Offer {
+                        key,
+                        event: event.clone(),
+                    })
+                    .await;
             }
         }
     }
@@ -346,9 +410,15 @@ impl Runtime {
                 failed.finished_at = Some(Timestamp::now());
                 failed.error = Some(ErrorInfo::new(
                     "internal",
-                    format!("workflow {} version {} is no longer loaded", record.workflow, record.version),
+                    format!(
+                        "workflow {} version {} is no longer loaded",
+                        record.workflow, record.version
+                    ),
                 ));
-                self.inner.store.write(vec![StoreWrite::Update(failed)]).await?;
+                self.inner
+                    .store
+                    .write(vec![StoreWrite::Update(failed)])
+                    .await?;
                 continue;
             };
             if let (Some(_), Some(key)) = (&wf.concurrency, &record.concurrency_key) {
@@ -365,9 +435,19 @@ impl Runtime {
         Ok(count)
     }
 
-    async fn resume(&self, wf: Arc<Workflow>, mut record: ExecutionRecord, journal: Vec<Fact>) -> Result<(), StoreError> {
-        let Some(machine) = Machine::replay(wf, record.id, &journal, self.inner.environment.clone()) else {
-            return Err(StoreError::Corrupt(format!("execution {} has no start fact", record.id)));
+    async fn resume(
+        &self,
+        wf: Arc<Workflow>,
+        mut record: ExecutionRecord,
+        journal: Vec<Fact>,
+    ) -> Result<(), StoreError> {
+        let Some(machine) =
+            Machine::replay(wf, record.id, &journal, self.inner.environment.clone())
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "execution {} has no start fact",
+                record.id
+            )));
         };
         let mut writes = Vec::new();
         if record.status == ExecutionStatus::Queued {
@@ -375,9 +455,23 @@ impl Runtime {
             writes.push(StoreWrite::Update(record.clone()));
         }
         let outstanding: VecDeque<Command> = machine.outstanding().into();
-        let permit = self.inner.permits.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let seq = u32::try_from(journal.len().saturating_sub(1)).unwrap_or(u32::MAX);
-        let driver = Driver::new(self.clone(), machine, record, seq, writes, outstanding, permit);
+        let driver = Driver::new(
+            self.clone(),
+            machine,
+            record,
+            seq,
+            writes,
+            outstanding,
+            permit,
+        );
         driver.begin().await
     }
 
@@ -398,10 +492,15 @@ impl Runtime {
         };
         lock(&self.inner.running).remove(&record.id);
         lock(&self.inner.waiters).retain(|(id, _), _| *id != record.id);
-        for subscriber in lock(&self.inner.subscribers).remove(&record.id).unwrap_or_default() {
+        for subscriber in lock(&self.inner.subscribers)
+            .remove(&record.id)
+            .unwrap_or_default()
+        {
             let _ = subscriber.send(record.clone());
         }
-        let done = stats.succeeded.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed) + stats.cancelled.load(Ordering::Relaxed);
+        let done = stats.succeeded.load(Ordering::Relaxed)
+            + stats.failed.load(Ordering::Relaxed)
+            + stats.cancelled.load(Ordering::Relaxed);
         if self.inner.config.prune_every > 0 && done.is_multiple_of(self.inner.config.prune_every) {
             let store = self.inner.store.clone();
             let retention = self.inner.config.retention;
@@ -419,7 +518,9 @@ impl Runtime {
     fn release_slot(&self, record: &ExecutionRecord, key: String) {
         let next = {
             let mut slots = lock(&self.inner.slots);
-            let Some(slot) = slots.get_mut(&(record.workflow.clone(), key)) else { return };
+            let Some(slot) = slots.get_mut(&(record.workflow.clone(), key)) else {
+                return;
+            };
             slot.running.retain(|id| *id != record.id);
             let next = slot.queue.pop_front();
             if let Some(next) = next {
@@ -453,21 +554,37 @@ impl Runtime {
 }
 
 /// Evaluates the workflow-level `if` / `unless` against an event.
-fn admitted(wf: &Workflow, event: &Event, inputs: &Value, environment: &Arc<Environment>) -> Result<bool, SubmitError> {
+fn admitted(
+    wf: &Workflow,
+    event: &Event,
+    inputs: &Value,
+    environment: &Arc<Environment>,
+) -> Result<bool, SubmitError> {
     if wf.when.is_none() && wf.unless.is_none() {
         return Ok(true);
     }
     let globals = event_globals(wf, event, inputs, environment);
     let locals = Locals::default();
-    let view = View { globals: &globals, locals: &locals };
+    let view = View {
+        globals: &globals,
+        locals: &locals,
+    };
     if let Some(when) = &wf.when {
-        let ok = when.eval_bool(&view).map_err(|e| SubmitError::Expression { what: "if", message: e.message })?;
+        let ok = when.eval_bool(&view).map_err(|e| SubmitError::Expression {
+            what: "if",
+            message: e.message,
+        })?;
         if !ok {
             return Ok(false);
         }
     }
     if let Some(unless) = &wf.unless {
-        let hit = unless.eval_bool(&view).map_err(|e| SubmitError::Expression { what: "unless", message: e.message })?;
+        let hit = unless
+            .eval_bool(&view)
+            .map_err(|e| SubmitError::Expression {
+                what: "unless",
+                message: e.message,
+            })?;
         if hit {
             return Ok(false);
         }
@@ -475,14 +592,29 @@ fn admitted(wf: &Workflow, event: &Event, inputs: &Value, environment: &Arc<Envi
     Ok(true)
 }
 
-fn concurrency_key(wf: &Workflow, event: &Event, inputs: &Value, environment: &Arc<Environment>) -> Result<Option<String>, SubmitError> {
-    let Some(concurrency) = &wf.concurrency else { return Ok(None) };
-    let Some(template) = &concurrency.key else { return Ok(Some(String::new())) };
+fn concurrency_key(
+    wf: &Workflow,
+    event: &Event,
+    inputs: &Value,
+    environment: &Arc<Environment>,
+) -> Result<Option<String>, SubmitError> {
+    let Some(concurrency) = &wf.concurrency else {
+        return Ok(None);
+    };
+    let Some(template) = &concurrency.key else {
+        return Ok(Some(String::new()));
+    };
     let globals = event_globals(wf, event, inputs, environment);
     let locals = Locals::default();
     let value = template
-        .eval(&View { globals: &globals, locals: &locals })
-        .map_err(|e| SubmitError::Expression { what: "concurrency key", message: e.message })?;
+        .eval(&View {
+            globals: &globals,
+            locals: &locals,
+        })
+        .map_err(|e| SubmitError::Expression {
+            what: "concurrency key",
+            message: e.message,
+        })?;
     Ok(Some(match value {
         Value::String(s) => s,
         other => other.to_string(),
@@ -490,8 +622,14 @@ fn concurrency_key(wf: &Workflow, event: &Event, inputs: &Value, environment: &A
 }
 
 /// The names visible before an execution exists (workflow `if`, `unless`, concurrency key).
-fn event_globals(wf: &Workflow, event: &Event, inputs: &Value, environment: &Arc<Environment>) -> Globals {
-    let inputs = super::interpret::resolve_inputs(wf, inputs.clone()).unwrap_or_else(|_| inputs.clone());
+fn event_globals(
+    wf: &Workflow,
+    event: &Event,
+    inputs: &Value,
+    environment: &Arc<Environment>,
+) -> Globals {
+    let inputs =
+        super::interpret::resolve_inputs(wf, inputs.clone()).unwrap_or_else(|_| inputs.clone());
     Globals {
         event: event.to_value(),
         inputs,
@@ -505,9 +643,23 @@ fn event_globals(wf: &Workflow, event: &Event, inputs: &Value, environment: &Arc
 /// Something to start once the journal is flushed.
 enum Launch {
     Action(ActionCommand),
-    Timer { key: String, at: Timestamp },
-    Child { key: String, child: ExecutionId, workflow: String, version: Option<u32>, input: Value, wait: bool },
-    Emit { key: String, event: Event, topic: Option<String> },
+    Timer {
+        key: String,
+        at: Timestamp,
+    },
+    Child {
+        key: String,
+        child: ExecutionId,
+        workflow: String,
+        version: Option<u32>,
+        input: Value,
+        wait: bool,
+    },
+    Emit {
+        key: String,
+        event: Event,
+        topic: Option<String>,
+    },
 }
 
 /// One execution's task state.
@@ -535,13 +687,29 @@ impl Driver {
         permit: OwnedSemaphorePermit,
     ) -> Driver {
         let (sender, inbox) = mpsc::channel(INBOX_CAPACITY);
-        Driver { runtime, machine, record, seq, buffer, queue, effects: HashMap::new(), inbox, sender, _permit: permit }
+        Driver {
+            runtime,
+            machine,
+            record,
+            seq,
+            buffer,
+            queue,
+            effects: HashMap::new(),
+            inbox,
+            sender,
+            _permit: permit,
+        }
     }
 
     /// Runs the pure prefix, makes the execution durable, then continues as a task.
     async fn begin(mut self) -> Result<(), StoreError> {
         let id = self.record.id;
-        lock(&self.runtime.inner.running).insert(id, Running { inbox: self.sender.clone() });
+        lock(&self.runtime.inner.running).insert(
+            id,
+            Running {
+                inbox: self.sender.clone(),
+            },
+        );
         let launches = self.settle().await;
         if let Err(error) = self.flush().await {
             lock(&self.runtime.inner.running).remove(&id);
@@ -574,12 +742,19 @@ impl Driver {
                         continue;
                     }
                     lock(&self.runtime.inner.waiters).remove(&(self.record.id, key.clone()));
-                    Fact::EventReceived { key, event, at: Timestamp::now() }
+                    Fact::EventReceived {
+                        key,
+                        event,
+                        at: Timestamp::now(),
+                    }
                 }
             };
             let relevant = match &fact {
                 Fact::CancelRequested { .. } => true,
-                Fact::EffectFinished { key, .. } | Fact::TimerFired { key, .. } | Fact::EventReceived { key, .. } | Fact::ChildStarted { key, .. } => {
+                Fact::EffectFinished { key, .. }
+                | Fact::TimerFired { key, .. }
+                | Fact::EventReceived { key, .. }
+                | Fact::ChildStarted { key, .. } => {
                     self.effects.remove(key);
                     self.machine.is_pending(key)
                 }
@@ -613,7 +788,11 @@ impl Driver {
     fn apply(&mut self, fact: Fact) {
         self.seq += 1;
         self.machine.apply(&fact);
-        self.buffer.push(StoreWrite::Append { id: self.record.id, seq: self.seq, fact });
+        self.buffer.push(StoreWrite::Append {
+            id: self.record.id,
+            seq: self.seq,
+            fact,
+        });
     }
 
     /// Performs commands until the machine waits on the outside world; returns the side
@@ -622,21 +801,47 @@ impl Driver {
         let mut launches = Vec::new();
         loop {
             self.queue.extend(self.machine.take_commands());
-            let Some(command) = self.queue.pop_front() else { break };
+            let Some(command) = self.queue.pop_front() else {
+                break;
+            };
             match command {
                 Command::RunAction(action) => {
-                    let effect = self.runtime.inner.actions.get(&action.action).map(|a| a.spec().effect);
+                    let effect = self
+                        .runtime
+                        .inner
+                        .actions
+                        .get(&action.action)
+                        .map(|a| a.spec().effect);
                     match effect {
                         Some(Effect::Pure) | None => {
-                            let outcome = perform(&self.runtime, &self.record, &action, CancellationToken::new()).await;
+                            let outcome = perform(
+                                &self.runtime,
+                                &self.record,
+                                &action,
+                                CancellationToken::new(),
+                            )
+                            .await;
                             let at = Timestamp::now();
-                            self.apply(Fact::EffectFinished { key: action.key, attempt: action.attempt, outcome, at });
+                            self.apply(Fact::EffectFinished {
+                                key: action.key,
+                                attempt: action.attempt,
+                                outcome,
+                                at,
+                            });
                         }
                         Some(Effect::SideEffect) => {
                             let at = Timestamp::now();
                             self.seq += 1;
-                            let fact = Fact::EffectStarted { key: action.key.clone(), attempt: action.attempt, at };
-                            self.buffer.push(StoreWrite::Append { id: self.record.id, seq: self.seq, fact });
+                            let fact = Fact::EffectStarted {
+                                key: action.key.clone(),
+                                attempt: action.attempt,
+                                at,
+                            };
+                            self.buffer.push(StoreWrite::Append {
+                                id: self.record.id,
+                                seq: self.seq,
+                                fact,
+                            });
                             launches.push(Launch::Action(action));
                         }
                     }
@@ -645,10 +850,26 @@ impl Driver {
                 Command::AwaitEvent { key, pattern } => {
                     lock(&self.runtime.inner.waiters).insert((self.record.id, key), pattern);
                 }
-                Command::StartChild { key, child, workflow, version, input, wait } => {
-                    launches.push(Launch::Child { key, child, workflow, version, input, wait });
+                Command::StartChild {
+                    key,
+                    child,
+                    workflow,
+                    version,
+                    input,
+                    wait,
+                } => {
+                    launches.push(Launch::Child {
+                        key,
+                        child,
+                        workflow,
+                        version,
+                        input,
+                        wait,
+                    });
                 }
-                Command::Emit { key, event, topic } => launches.push(Launch::Emit { key, event, topic }),
+                Command::Emit { key, event, topic } => {
+                    launches.push(Launch::Emit { key, event, topic })
+                }
                 Command::Cancel { key } => {
                     if let Some(token) = self.effects.remove(&key) {
                         token.cancel();
@@ -687,44 +908,80 @@ impl Driver {
                 Launch::Action(action) => {
                     let key = action.key.clone();
                     let cancel = token.clone();
-                    (key, Box::pin(async move {
-                        let outcome = perform(&runtime, &record, &action, cancel).await;
-                        let fact = Fact::EffectFinished { key: action.key, attempt: action.attempt, outcome, at: Timestamp::now() };
-                        let _ = inbox.send(Input::Fact(fact)).await;
-                    }))
+                    (
+                        key,
+                        Box::pin(async move {
+                            let outcome = perform(&runtime, &record, &action, cancel).await;
+                            let fact = Fact::EffectFinished {
+                                key: action.key,
+                                attempt: action.attempt,
+                                outcome,
+                                at: Timestamp::now(),
+                            };
+                            let _ = inbox.send(Input::Fact(fact)).await;
+                        }),
+                    )
                 }
                 Launch::Timer { key, at } => {
                     let cancel = token.clone();
-                    (key.clone(), Box::pin(async move {
-                        let wait = std::time::Duration::from_millis(u64::try_from(at.0 - Timestamp::now().0).unwrap_or(0));
-                        tokio::select! {
-                            biased;
-                            () = cancel.cancelled() => {}
-                            () = tokio::time::sleep(wait) => {
-                                let fact = Fact::TimerFired { key, at: Timestamp::now().max(at) };
-                                let _ = inbox.send(Input::Fact(fact)).await;
+                    (
+                        key.clone(),
+                        Box::pin(async move {
+                            let wait = std::time::Duration::from_millis(
+                                u64::try_from(at.0 - Timestamp::now().0).unwrap_or(0),
+                            );
+                            tokio::select! {
+                                biased;
+                                () = cancel.cancelled() => {}
+                                () = tokio::time::sleep(wait) => {
+                                    let fact = Fact::TimerFired { key, at: Timestamp::now().max(at) };
+                                    let _ = inbox.send(Input::Fact(fact)).await;
+                                }
                             }
-                        }
-                    }))
+                        }),
+                    )
                 }
-                Launch::Child { key, child, workflow, version, input, wait } => (key.clone(), Box::pin(async move {
-                    let fact = run_child(&runtime, id, key, child, workflow, version, input, wait).await;
-                    let _ = inbox.send(Input::Fact(fact)).await;
-                })),
-                Launch::Emit { key, event, topic } => (key.clone(), Box::pin(async move {
-                    let outcome = match runtime.inner.bus.publish(&event, topic.as_deref()).await {
-                        Ok(()) => {
-                            runtime.deliver(&event).await;
-                            Outcome::Succeeded(serde_json::json!({ "id": event.id }))
-                        }
-                        Err(message) => {
-                            let mut error = ErrorInfo::new("emit", message);
-                            error.retryable = true;
-                            Outcome::Failed(error)
-                        }
-                    };
-                    let _ = inbox.send(Input::Fact(Fact::EffectFinished { key, attempt: 1, outcome, at: Timestamp::now() })).await;
-                })),
+                Launch::Child {
+                    key,
+                    child,
+                    workflow,
+                    version,
+                    input,
+                    wait,
+                } => (
+                    key.clone(),
+                    Box::pin(async move {
+                        let fact =
+                            run_child(&runtime, id, key, child, workflow, version, input, wait)
+                                .await;
+                        let _ = inbox.send(Input::Fact(fact)).await;
+                    }),
+                ),
+                Launch::Emit { key, event, topic } => (
+                    key.clone(),
+                    Box::pin(async move {
+                        let outcome =
+                            match runtime.inner.bus.publish(&event, topic.as_deref()).await {
+                                Ok(()) => {
+                                    runtime.deliver(&event).await;
+                                    Outcome::Succeeded(serde_json::json!({ "id": event.id }))
+                                }
+                                Err(message) => {
+                                    let mut error = ErrorInfo::new("emit", message);
+                                    error.retryable = true;
+                                    Outcome::Failed(error)
+                                }
+                            };
+                        let _ = inbox
+                            .send(Input::Fact(Fact::EffectFinished {
+                                key,
+                                attempt: 1,
+                                outcome,
+                                at: Timestamp::now(),
+                            }))
+                            .await;
+                    }),
+                ),
             };
             self.effects.insert(key, token);
             self.runtime.inner.tasks.spawn(task);
@@ -733,9 +990,17 @@ impl Driver {
 }
 
 /// Runs one action and turns its result into an outcome.
-async fn perform(runtime: &Runtime, record: &ExecutionRecord, command: &ActionCommand, cancel: CancellationToken) -> Outcome {
+async fn perform(
+    runtime: &Runtime,
+    record: &ExecutionRecord,
+    command: &ActionCommand,
+    cancel: CancellationToken,
+) -> Outcome {
     let Some(action) = runtime.inner.actions.get(&command.action) else {
-        return Outcome::Failed(ErrorInfo::new("action", format!("unknown action {:?}", command.action)));
+        return Outcome::Failed(ErrorInfo::new(
+            "action",
+            format!("unknown action {:?}", command.action),
+        ));
     };
     let context = ActionContext {
         execution: record.id.to_string(),
@@ -779,7 +1044,12 @@ async fn run_child(
     let failed = |key: String, message: String| {
         let mut error = ErrorInfo::new("call", message);
         error.retryable = false;
-        Fact::EffectFinished { key, attempt: 1, outcome: Outcome::Failed(error), at: Timestamp::now() }
+        Fact::EffectFinished {
+            key,
+            attempt: 1,
+            outcome: Outcome::Failed(error),
+            at: Timestamp::now(),
+        }
     };
     let existing = match runtime.inner.store.execution(child).await {
         Ok(existing) => existing,
@@ -790,29 +1060,47 @@ async fn run_child(
             let pinned = version.map_or(String::new(), |v| format!(" version {v}"));
             return failed(key, format!("no workflow named {workflow:?}{pinned}"));
         };
-        let mut event = Event::new("call", &format!("reactor:execution/{parent}"), input.clone());
+        let mut event = Event::new(
+            "call",
+            &format!("reactor:execution/{parent}"),
+            input.clone(),
+        );
         event.id = format!("{parent}:{key}");
-        let link = ParentLink { execution: parent, key: key.clone() };
+        let link = ParentLink {
+            execution: parent,
+            key: key.clone(),
+        };
         let started = Box::pin(runtime.start(wf, child, event, input, Some(link), None)).await;
         if let Err(error) = started {
             return failed(key, format!("starting {workflow:?}: {error}"));
         }
     }
     if !wait {
-        return Fact::ChildStarted { key, child, at: Timestamp::now() };
+        return Fact::ChildStarted {
+            key,
+            child,
+            at: Timestamp::now(),
+        };
     }
     match runtime.wait(child).await {
         Ok(record) => {
             let outcome = match record.status {
                 ExecutionStatus::Succeeded => Outcome::Succeeded(record.output),
                 _ => {
-                    let mut error = record.error.unwrap_or_else(|| ErrorInfo::new("call", "the called workflow did not succeed"));
+                    let mut error = record.error.unwrap_or_else(|| {
+                        ErrorInfo::new("call", "the called workflow did not succeed")
+                    });
                     error.kind = "call".into();
                     error.message = format!("{workflow}: {}", error.message);
                     Outcome::Failed(error)
                 }
             };
-            Fact::EffectFinished { key, attempt: 1, outcome, at: Timestamp::now() }
+            Fact::EffectFinished {
+                key,
+                attempt: 1,
+                outcome,
+                at: Timestamp::now(),
+            }
         }
         Err(error) => failed(key, format!("waiting for {workflow:?}: {error}")),
     }

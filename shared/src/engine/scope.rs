@@ -53,7 +53,11 @@ struct LocalFrame {
 
 impl Locals {
     pub fn with(&self, name: impl Into<String>, value: Value) -> Locals {
-        Locals(Some(Arc::new(LocalFrame { name: name.into(), value, parent: self.clone() })))
+        Locals(Some(Arc::new(LocalFrame {
+            name: name.into(),
+            value,
+            parent: self.clone(),
+        })))
     }
 
     fn get(&self, name: &str) -> Option<&Value> {

@@ -2,12 +2,33 @@
 //!
 //! Every implementation (redb on the agent, in-memory for tests and `exec`, SQL on the hub)
 //! passes the one conformance suite in [`conformance`].
+//!
+//! Implementations:
+//! - [`MemoryStore`]: maps behind a mutex; tests and `reactor-agent exec`.
+//! - [`RedbStore`] (feature `redb`): one redb file owned by a dedicated store thread that
+//!   group-commits every queued batch in one durable transaction.
+//!
+//! Invariants every implementation keeps (and [`conformance`] checks):
+//! - A batch is applied entirely or not at all, and is durable when `write` returns `Ok`.
+//! - A journal is contiguous: `Create` writes seq 0, each `Append` must carry the next seq of
+//!   an existing execution, otherwise the whole batch is refused (nothing is written).
+//! - Running and queued executions are never pruned.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timestamp};
+
+mod batch;
+pub mod conformance;
+mod memory;
+#[cfg(feature = "redb")]
+mod redb;
+
+pub use self::memory::MemoryStore;
+#[cfg(feature = "redb")]
+pub use self::redb::{RedbOptions, RedbStore};
 
 /// One write; a batch of writes is applied atomically.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +57,7 @@ pub struct ExecutionQuery {
     pub status: Option<ExecutionStatus>,
     /// Only executions with an id lower than this (the cursor of the previous page).
     pub before: Option<ExecutionId>,
+    /// At most this many executions; `0` means no limit.
     pub limit: usize,
 }
 
@@ -44,7 +66,8 @@ pub struct ExecutionQuery {
 pub struct Retention {
     /// Keep at most this many finished executions (the newest).
     pub keep: usize,
-    /// Drop finished executions older than this.
+    /// Drop finished executions older than this. Age counts from `finished_at` (from
+    /// `created_at` for a finished record without one).
     pub max_age: Option<Duration>,
 }
 
@@ -59,7 +82,7 @@ impl Default for Retention {
 
 /// Store failures. `Corrupt` means data on disk did not decode: it is reported, never
 /// trusted.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("storage I/O failed: {0}")]
@@ -70,6 +93,19 @@ pub enum StoreError {
     NotFound(ExecutionId),
     #[error("the store is closed")]
     Closed,
+    /// `Create` for an id that is already stored; the batch was not applied.
+    #[error("execution {0} already exists")]
+    AlreadyExists(ExecutionId),
+    /// `Append` with a sequence number that is not the next one; the batch was not applied.
+    #[error("journal of execution {execution}: expected seq {expected}, got {got}")]
+    OutOfOrder {
+        execution: ExecutionId,
+        expected: u32,
+        got: u32,
+    },
+    /// A write that breaks the journal's shape (e.g. `Create` whose fact is not `Started`).
+    #[error("invalid write: {0}")]
+    InvalidWrite(String),
 }
 
 /// A durable journal of executions.
@@ -93,5 +129,8 @@ pub trait Store: Send + Sync + 'static {
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Removes finished executions (and their journals) beyond `retention`; returns how many.
+    ///
+    /// Finished executions are ordered by (`finished_at`, id); the oldest beyond `keep` and
+    /// those older than `max_age` at `now` are removed. Never running or queued ones.
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError>;
 }

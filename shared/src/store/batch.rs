@@ -1,0 +1,82 @@
+//! Validation of a write batch, shared by every store so they refuse the same batches.
+//!
+//! A batch is checked as a whole before anything of it is applied: that is what makes a batch
+//! with one bad write leave the store untouched, and it keeps each journal contiguous.
+
+use std::collections::HashMap;
+
+use super::{StoreError, StoreWrite};
+use crate::engine::{ExecutionId, Fact, Timestamp};
+
+/// Checks `batch` against the stored state. `next_seq(id)` answers the next journal seq of a
+/// stored execution, or `None` when it does not exist.
+pub(crate) fn validate(
+    batch: &[StoreWrite],
+    mut next_seq: impl FnMut(ExecutionId) -> Result<Option<u32>, StoreError>,
+) -> Result<(), StoreError> {
+    // Effects of the earlier writes of this batch: execution → its next seq.
+    let mut overlay: HashMap<ExecutionId, u32> = HashMap::new();
+    let mut lookup =
+        |id: ExecutionId, overlay: &HashMap<ExecutionId, u32>| -> Result<Option<u32>, StoreError> {
+            match overlay.get(&id) {
+                Some(next) => Ok(Some(*next)),
+                None => next_seq(id),
+            }
+        };
+    for write in batch {
+        match write {
+            StoreWrite::Create { record, started } => {
+                if !matches!(started, Fact::Started { .. }) {
+                    return Err(StoreError::InvalidWrite(format!(
+                        "execution {}: the first fact must be Started",
+                        record.id
+                    )));
+                }
+                if lookup(record.id, &overlay)?.is_some() {
+                    return Err(StoreError::AlreadyExists(record.id));
+                }
+                overlay.insert(record.id, 1);
+            }
+            StoreWrite::Append { id, seq, .. } => {
+                let expected = lookup(*id, &overlay)?.ok_or(StoreError::NotFound(*id))?;
+                if *seq != expected {
+                    return Err(StoreError::OutOfOrder {
+                        execution: *id,
+                        expected,
+                        got: *seq,
+                    });
+                }
+                let next = expected.checked_add(1).ok_or_else(|| {
+                    StoreError::InvalidWrite(format!("execution {id}: journal is full"))
+                })?;
+                overlay.insert(*id, next);
+            }
+            StoreWrite::Update(record) => {
+                let next = lookup(record.id, &overlay)?.ok_or(StoreError::NotFound(record.id))?;
+                overlay.insert(record.id, next);
+            }
+            StoreWrite::PutMeta { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// The time a finished execution's age counts from (see [`super::Retention::max_age`]).
+pub(crate) fn finished_time(record: &crate::engine::ExecutionRecord) -> Timestamp {
+    record.finished_at.unwrap_or(record.created_at)
+}
+
+/// Whether a finished execution at position `index` (oldest first) of `total` finished ones,
+/// finished at `time`, is beyond `retention` at `now`. The answer is monotone along the
+/// (finished time, id) order, so the prunable executions are always a prefix of it.
+pub(crate) fn beyond_retention(
+    retention: super::Retention,
+    index: usize,
+    total: usize,
+    time: Timestamp,
+    now: Timestamp,
+) -> bool {
+    let over_count = index < total.saturating_sub(retention.keep);
+    let too_old = retention.max_age.is_some_and(|age| time.plus(age) < now);
+    over_count || too_old
+}

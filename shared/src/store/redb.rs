@@ -1,0 +1,322 @@
+//! [`RedbStore`]: the agent's journal in one redb file.
+//!
+//! One std thread named `reactor-store` owns the [`Database`] and takes [`Command`]s over a
+//! bounded channel ([`COMMAND_CAPACITY`]; a full queue makes writers wait: backpressure).
+//!
+//! Group commit: the thread takes a write, then drains every write already queued (up to
+//! [`MAX_GROUP`] batches) into ONE write transaction committed with `Durability::Immediate`,
+//! and only then answers each writer. On an SD card a fsync costs milliseconds, so sharing it
+//! is what makes many concurrent executions affordable.
+//!
+//! Reads go through the same thread, each in its own read transaction run between commits.
+//! That keeps one owner of the database (so it can be reopened after an I/O error without
+//! coordinating with readers); reads are short next to a commit's fsync, and the big one
+//! (`unfinished`) runs at startup before traffic.
+//!
+//! Failures: a batch refused by validation gets its error and the others of its group commit.
+//! A commit that fails with an I/O error answers `Io` to every writer of the group — the
+//! outcome of such a batch is unknown (the fsync may have reached the disk), as with any
+//! database — and the thread drops the database and reopens it (redb refuses every operation
+//! after an I/O error and repairs on open). If reopening fails, the store is closed: every
+//! later call gets [`StoreError::Closed`].
+//!
+//! File growth: pages freed by `prune` are reused by later commits, so a journal under a
+//! steady retention stays at a steady size. The file does not shrink by itself; compaction
+//! (`Database::compact`) is only worth it after a one-off mass deletion and is not done here.
+
+#[cfg(test)]
+mod fault;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ::redb::{Builder, Database, DatabaseError};
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
+use crate::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
+
+/// Commands waiting for the store thread. Writers beyond this wait for room.
+pub const COMMAND_CAPACITY: usize = 1024;
+
+/// Most batches group-committed in one transaction (bounds the latency of the first writer
+/// and the size of one transaction).
+pub const MAX_GROUP: usize = 256;
+
+/// How [`RedbStore::open`] opens the file.
+#[derive(Clone, Debug)]
+pub struct RedbOptions {
+    /// redb's page cache. redb's default (1 GiB) is far too much for a small device.
+    pub cache_size: usize,
+    /// A commit slower than this is logged as a warning.
+    pub slow_commit: Duration,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            cache_size: 16 * 1024 * 1024,
+            slow_commit: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Opens (or reopens) the database; called on the caller's thread first, then on the store
+/// thread after an I/O error.
+type Opener = Box<dyn FnMut() -> Result<Database, DatabaseError> + Send>;
+
+/// Work for the store thread. A `Run` job answers its caller itself and returns whether it
+/// hit an I/O error (the thread then reopens the database).
+enum Command {
+    Write {
+        batch: Vec<StoreWrite>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Run(Box<dyn FnOnce(&Database) -> bool + Send>),
+    Close(oneshot::Sender<()>),
+}
+
+/// A [`Store`] in one redb file, served by a dedicated thread (see the module docs).
+#[derive(Debug)]
+pub struct RedbStore {
+    /// `None` once dropped; dropping the last sender lets the thread finish its queue and exit.
+    sender: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+    path: Option<PathBuf>,
+}
+
+impl RedbStore {
+    /// Opens or creates the journal at `path`. Blocks while redb opens the file (and repairs it
+    /// after a crash): call it at startup or from `spawn_blocking`.
+    pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let file = path.clone();
+        let cache = options.cache_size;
+        let opener: Opener = Box::new(move || Builder::new().set_cache_size(cache).create(&file));
+        let mut store = RedbStore::open_with(opener, options)?;
+        store.path = Some(path);
+        Ok(store)
+    }
+
+    /// Opens with any database opener (tests use a fault-injecting backend).
+    fn open_with(mut opener: Opener, options: RedbOptions) -> Result<RedbStore, StoreError> {
+        let db = opener().map_err(|err| tables::redb_error("open database", err))?;
+        tables::init(&db)?;
+        let (sender, receiver) = mpsc::channel(COMMAND_CAPACITY);
+        let worker = StoreThread {
+            db: Some(db),
+            opener,
+            options,
+        };
+        let thread = std::thread::Builder::new()
+            .name("reactor-store".into())
+            .spawn(move || worker.run(receiver))
+            .map_err(|err| StoreError::Io(format!("start the store thread: {err}")))?;
+        Ok(RedbStore {
+            sender: Some(sender),
+            thread: Some(thread),
+            path: None,
+        })
+    }
+
+    /// The file this store was opened from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Finishes every queued command, then stops the store thread. Later calls get `Closed`.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Close(reply)).await?;
+        // An error here means the thread already stopped: closed either way.
+        let _ = done.await;
+        Ok(())
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        let sender = self.sender.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(command).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `read` on the store thread and returns its answer.
+    async fn run<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Run(Box::new(move |db| {
+            let result = read(db);
+            let io_failed = matches!(result, Err(StoreError::Io(_)));
+            let _ = reply.send(result);
+            io_failed
+        })))
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // The thread answers everything still queued, then sees the channel closed.
+        self.sender.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the store thread panicked");
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Write { batch, reply }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
+        self.run(tables::unfinished).await
+    }
+
+    async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
+        self.run(move |db| tables::execution(db, id)).await
+    }
+
+    async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+        self.run(move |db| tables::journal(db, id)).await
+    }
+
+    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let query = query.clone();
+        self.run(move |db| tables::executions(db, &query)).await
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.run(move |db| tables::meta(db, &key)).await
+    }
+
+    async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
+        self.run(move |db| tables::prune(db, retention, now)).await
+    }
+}
+
+/// The state owned by the store thread.
+struct StoreThread {
+    /// `None` after an I/O error that reopening could not repair: the store is closed.
+    db: Option<Database>,
+    opener: Opener,
+    options: RedbOptions,
+}
+
+impl StoreThread {
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        let mut next = None;
+        loop {
+            let command = match next.take() {
+                Some(command) => command,
+                None => match receiver.blocking_recv() {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            match command {
+                Command::Write { batch, reply } => {
+                    let mut group = vec![batch];
+                    let mut replies = vec![reply];
+                    // Group commit: take every write already queued. A command of another
+                    // kind ends the group and runs right after the commit, keeping order.
+                    while group.len() < MAX_GROUP {
+                        match receiver.try_recv() {
+                            Ok(Command::Write { batch, reply }) => {
+                                group.push(batch);
+                                replies.push(reply);
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(&group, replies);
+                }
+                Command::Run(job) => match &self.db {
+                    Some(db) => {
+                        if job(db) {
+                            self.reopen();
+                        }
+                    }
+                    // Dropping the job drops its reply sender: the caller sees `Closed`.
+                    None => drop(job),
+                },
+                Command::Close(reply) => {
+                    let _ = reply.send(());
+                    break;
+                }
+            }
+        }
+        // Dropping the database here (on this thread) releases the file.
+        self.db = None;
+    }
+
+    fn commit(
+        &mut self,
+        group: &[Vec<StoreWrite>],
+        replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    ) {
+        let Some(db) = &self.db else {
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+            return;
+        };
+        let started = Instant::now();
+        match tables::commit_group(db, group) {
+            Ok(outcomes) => {
+                let elapsed = started.elapsed();
+                if elapsed > self.options.slow_commit {
+                    tracing::warn!(
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        batches = group.len(),
+                        "slow journal commit"
+                    );
+                }
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, batches = group.len(), "journal commit failed");
+                let io_failed = matches!(err, StoreError::Io(_));
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                if io_failed {
+                    self.reopen();
+                }
+            }
+        }
+    }
+
+    /// After an I/O error redb refuses further work: drop the database and open it again
+    /// (redb repairs it from the last durable commit). On failure the store is closed.
+    fn reopen(&mut self) {
+        self.db = None;
+        match (self.opener)() {
+            Ok(db) => {
+                tracing::warn!("journal database reopened after an I/O error");
+                self.db = Some(db);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot reopen the journal database: store closed");
+            }
+        }
+    }
+}

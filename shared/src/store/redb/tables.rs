@@ -1,0 +1,462 @@
+//! The redb layout of the journal and the transactions over it. Synchronous: only the store
+//! thread calls these.
+//!
+//! Tables (ids are the 16 big-endian bytes of the ULID, so key order is time order):
+//! - `executions`: id → record
+//! - `journal`: (id, seq) → fact; seqs of one id are contiguous from 0
+//! - `unfinished`: id → () for every running or queued execution
+//! - `finished`: (finished time ms, id) → () for every finished execution: retention order
+//! - `by_workflow`: (workflow, id) → () for every execution
+//! - `meta`: key → bytes (stored raw, not versioned: callers own their format)
+//!
+//! Invariant: the three index tables always agree with `executions`; every write that
+//! changes a record changes its index entries in the same transaction.
+//!
+//! Values of `executions` and `journal` are one format byte ([`FORMAT_V1`]) followed by
+//! serde_json. Records and facts hold `serde_json::Value`s, which non-self-describing formats
+//! (postcard) cannot read back, and JSON of these small structs encodes at several hundred
+//! MB/s: the fsync, not the encoding, is the cost of a commit. A future format gets a new
+//! byte, and readers migrate what they find.
+
+use std::ops::Bound;
+
+use ::redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
+use crate::store::batch::{beyond_retention, finished_time, validate};
+use crate::store::{ExecutionQuery, Retention, StoreError, StoreWrite};
+
+type IdBytes = [u8; 16];
+
+const EXECUTIONS: TableDefinition<&IdBytes, &[u8]> = TableDefinition::new("executions");
+const JOURNAL: TableDefinition<(&IdBytes, u32), &[u8]> = TableDefinition::new("journal");
+const UNFINISHED: TableDefinition<&IdBytes, ()> = TableDefinition::new("unfinished");
+const FINISHED: TableDefinition<(i64, &IdBytes), ()> = TableDefinition::new("finished");
+const BY_WORKFLOW: TableDefinition<(&str, &IdBytes), ()> = TableDefinition::new("by_workflow");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The format byte every stored record and fact starts with.
+pub(super) const FORMAT_V1: u8 = 1;
+
+/// Executions removed per prune transaction, so one prune never holds a giant transaction.
+pub(super) const PRUNE_CHUNK: usize = 256;
+
+fn key(id: ExecutionId) -> IdBytes {
+    id.0.to_bytes()
+}
+
+/// Maps a redb error into a [`StoreError`], naming what was being done.
+pub(super) fn redb_error(context: &str, err: impl Into<::redb::Error>) -> StoreError {
+    match err.into() {
+        ::redb::Error::Corrupted(detail) => StoreError::Corrupt(format!("{context}: {detail}")),
+        other => StoreError::Io(format!("{context}: {other}")),
+    }
+}
+
+trait Context<T> {
+    fn context(self, context: &str) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<::redb::Error>> Context<T> for Result<T, E> {
+    fn context(self, context: &str) -> Result<T, StoreError> {
+        self.map_err(|err| redb_error(context, err))
+    }
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.push(FORMAT_V1);
+    serde_json::to_writer(&mut bytes, value)
+        .map_err(|err| StoreError::InvalidWrite(format!("cannot encode: {err}")))?;
+    Ok(bytes)
+}
+
+/// Decodes a stored value; anything that does not decode is `Corrupt`, never a panic.
+pub(super) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &dyn Fn() -> String,
+) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, json)) => serde_json::from_slice(json)
+            .map_err(|err| StoreError::Corrupt(format!("{}: {err}", what()))),
+        Some((version, _)) => Err(StoreError::Corrupt(format!(
+            "{}: unknown format version {version}",
+            what()
+        ))),
+        None => Err(StoreError::Corrupt(format!("{}: empty value", what()))),
+    }
+}
+
+/// Creates every table, so read transactions never meet a missing one.
+pub(super) fn init(db: &Database) -> Result<(), StoreError> {
+    let txn = begin(db)?;
+    txn.open_table(EXECUTIONS).context("create executions")?;
+    txn.open_table(JOURNAL).context("create journal")?;
+    txn.open_table(UNFINISHED).context("create unfinished")?;
+    txn.open_table(FINISHED).context("create finished")?;
+    txn.open_table(BY_WORKFLOW).context("create by_workflow")?;
+    txn.open_table(META).context("create meta")?;
+    txn.commit().context("commit table creation")
+}
+
+fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write().context("begin write")?;
+    txn.set_durability(Durability::Immediate)
+        .context("set durability")?;
+    Ok(txn)
+}
+
+/// Applies each batch in one write transaction and commits it durably.
+///
+/// `Ok` holds one outcome per batch: a batch refused by validation gets its error and leaves
+/// no trace, the others are committed. `Err` means the transaction did not commit (or its
+/// outcome is unknown); every batch gets that error.
+pub(super) fn commit_group(
+    db: &Database,
+    batches: &[Vec<StoreWrite>],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let txn = begin(db)?;
+    let mut outcomes = Vec::with_capacity(batches.len());
+    {
+        let mut tables = Tables::open(&txn)?;
+        for batch in batches {
+            match validate(batch, |id| tables.next_seq(id)) {
+                Ok(()) => {
+                    for write in batch {
+                        tables.apply(write)?;
+                    }
+                    outcomes.push(Ok(()));
+                }
+                Err(err) => outcomes.push(Err(err)),
+            }
+        }
+    }
+    txn.commit().context("commit")?;
+    Ok(outcomes)
+}
+
+/// The tables of one write transaction.
+struct Tables<'txn> {
+    executions: ::redb::Table<'txn, &'static IdBytes, &'static [u8]>,
+    journal: ::redb::Table<'txn, (&'static IdBytes, u32), &'static [u8]>,
+    unfinished: ::redb::Table<'txn, &'static IdBytes, ()>,
+    finished: ::redb::Table<'txn, (i64, &'static IdBytes), ()>,
+    by_workflow: ::redb::Table<'txn, (&'static str, &'static IdBytes), ()>,
+    meta: ::redb::Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            executions: txn.open_table(EXECUTIONS).context("open executions")?,
+            journal: txn.open_table(JOURNAL).context("open journal")?,
+            unfinished: txn.open_table(UNFINISHED).context("open unfinished")?,
+            finished: txn.open_table(FINISHED).context("open finished")?,
+            by_workflow: txn.open_table(BY_WORKFLOW).context("open by_workflow")?,
+            meta: txn.open_table(META).context("open meta")?,
+        })
+    }
+
+    /// The next seq of a stored execution's journal; `None` when it does not exist.
+    fn next_seq(&self, id: ExecutionId) -> Result<Option<u32>, StoreError> {
+        next_seq(&self.journal, id)
+    }
+
+    fn apply(&mut self, write: &StoreWrite) -> Result<(), StoreError> {
+        match write {
+            StoreWrite::Create { record, started } => {
+                let k = key(record.id);
+                self.journal
+                    .insert((&k, 0), encode(started)?.as_slice())
+                    .context("insert fact")?;
+                self.put_record(record, None)?;
+            }
+            StoreWrite::Append { id, seq, fact } => {
+                self.journal
+                    .insert((&key(*id), *seq), encode(fact)?.as_slice())
+                    .context("insert fact")?;
+            }
+            StoreWrite::Update(record) => {
+                let old = get_record(&self.executions, record.id)?;
+                self.put_record(record, old.as_ref())?;
+            }
+            StoreWrite::PutMeta { key, value } => match value {
+                Some(value) => {
+                    self.meta
+                        .insert(key.as_str(), value.as_slice())
+                        .context("put meta")?;
+                }
+                None => {
+                    self.meta.remove(key.as_str()).context("delete meta")?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Stores `record` and moves its index entries from `old`'s.
+    fn put_record(
+        &mut self,
+        record: &ExecutionRecord,
+        old: Option<&ExecutionRecord>,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            self.unindex(old)?;
+        }
+        let k = key(record.id);
+        self.executions
+            .insert(&k, encode(record)?.as_slice())
+            .context("insert record")?;
+        self.by_workflow
+            .insert((record.workflow.as_str(), &k), ())
+            .context("index workflow")?;
+        if record.status.is_finished() {
+            self.finished
+                .insert((finished_time(record).0, &k), ())
+                .context("index finished")?;
+        } else {
+            self.unfinished.insert(&k, ()).context("index unfinished")?;
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, record: &ExecutionRecord) -> Result<(), StoreError> {
+        let k = key(record.id);
+        self.by_workflow
+            .remove((record.workflow.as_str(), &k))
+            .context("unindex workflow")?;
+        if record.status.is_finished() {
+            self.finished
+                .remove((finished_time(record).0, &k))
+                .context("unindex finished")?;
+        } else {
+            self.unfinished.remove(&k).context("unindex unfinished")?;
+        }
+        Ok(())
+    }
+
+    /// Removes an execution, its journal and its index entries.
+    fn delete(&mut self, id: ExecutionId) -> Result<(), StoreError> {
+        if let Some(record) = get_record(&self.executions, id)? {
+            self.unindex(&record)?;
+        }
+        let k = key(id);
+        self.executions.remove(&k).context("delete record")?;
+        self.journal
+            .retain_in((&k, 0)..=(&k, u32::MAX), |_, _| false)
+            .context("delete journal")?;
+        Ok(())
+    }
+}
+
+fn next_seq(
+    journal: &impl ReadableTable<(&'static IdBytes, u32), &'static [u8]>,
+    id: ExecutionId,
+) -> Result<Option<u32>, StoreError> {
+    let k = key(id);
+    let last = journal
+        .range((&k, 0)..=(&k, u32::MAX))
+        .context("read journal")?
+        .next_back()
+        .transpose()
+        .context("read journal")?;
+    match last {
+        None => Ok(None),
+        Some((entry, _)) => {
+            let seq = entry.value().1;
+            seq.checked_add(1)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("journal of {id} is full")))
+        }
+    }
+}
+
+fn get_record(
+    executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
+    id: ExecutionId,
+) -> Result<Option<ExecutionRecord>, StoreError> {
+    match executions.get(&key(id)).context("read record")? {
+        None => Ok(None),
+        Some(value) => decode(value.value(), &|| format!("record of execution {id}")).map(Some),
+    }
+}
+
+fn id_of(bytes: &IdBytes) -> ExecutionId {
+    ExecutionId(ulid::Ulid::from_bytes(*bytes))
+}
+
+/// Removes finished executions beyond `retention`, [`PRUNE_CHUNK`] per durable transaction.
+pub(super) fn prune(
+    db: &Database,
+    retention: Retention,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    loop {
+        let txn = begin(db)?;
+        let victims = {
+            let mut tables = Tables::open(&txn)?;
+            let total = usize::try_from(tables.finished.len().context("count finished")?)
+                .unwrap_or(usize::MAX);
+            // The prunable executions are a prefix of the (finished time, id) order.
+            let mut victims = Vec::new();
+            for (index, entry) in tables.finished.iter().context("scan finished")?.enumerate() {
+                let (entry, _) = entry.context("scan finished")?;
+                let (time, id) = entry.value();
+                if victims.len() == PRUNE_CHUNK
+                    || !beyond_retention(retention, index, total, Timestamp(time), now)
+                {
+                    break;
+                }
+                victims.push(id_of(id));
+            }
+            for id in &victims {
+                tables.delete(*id)?;
+            }
+            victims.len()
+        };
+        if victims == 0 {
+            txn.abort().context("abort empty prune")?;
+            return Ok(removed);
+        }
+        txn.commit().context("commit prune")?;
+        removed += victims;
+        if victims < PRUNE_CHUNK {
+            return Ok(removed);
+        }
+    }
+}
+
+// ---- reads: each in its own read transaction (a consistent snapshot) ---------------------------
+
+pub(super) fn execution(
+    db: &Database,
+    id: ExecutionId,
+) -> Result<Option<ExecutionRecord>, StoreError> {
+    let txn = db.begin_read().context("begin read")?;
+    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
+    get_record(&executions, id)
+}
+
+pub(super) fn journal(db: &Database, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+    let txn = db.begin_read().context("begin read")?;
+    let table = txn.open_table(JOURNAL).context("open journal")?;
+    read_journal(&table, id)
+}
+
+fn read_journal(
+    table: &impl ReadableTable<(&'static IdBytes, u32), &'static [u8]>,
+    id: ExecutionId,
+) -> Result<Vec<Fact>, StoreError> {
+    let k = key(id);
+    let mut facts = Vec::new();
+    for entry in table
+        .range((&k, 0)..=(&k, u32::MAX))
+        .context("read journal")?
+    {
+        let (entry_key, value) = entry.context("read journal")?;
+        let seq = entry_key.value().1;
+        if usize::try_from(seq).ok() != Some(facts.len()) {
+            return Err(StoreError::Corrupt(format!(
+                "journal of {id} has a gap before seq {seq}"
+            )));
+        }
+        facts.push(decode(value.value(), &|| {
+            format!("fact {seq} of execution {id}")
+        })?);
+    }
+    Ok(facts)
+}
+
+pub(super) fn unfinished(db: &Database) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
+    let txn = db.begin_read().context("begin read")?;
+    let index = txn.open_table(UNFINISHED).context("open unfinished")?;
+    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
+    let journal = txn.open_table(JOURNAL).context("open journal")?;
+    let mut out = Vec::new();
+    for entry in index.iter().context("scan unfinished")? {
+        let (entry, _) = entry.context("scan unfinished")?;
+        let id = id_of(entry.value());
+        let record = get_record(&executions, id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("unfinished index names missing execution {id}"))
+        })?;
+        let facts = read_journal(&journal, id)?;
+        out.push((record, facts));
+    }
+    Ok(out)
+}
+
+pub(super) fn executions(
+    db: &Database,
+    query: &ExecutionQuery,
+) -> Result<Vec<ExecutionRecord>, StoreError> {
+    let txn = db.begin_read().context("begin read")?;
+    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
+    let limit = if query.limit == 0 {
+        usize::MAX
+    } else {
+        query.limit
+    };
+    let upper = query.before.map(key);
+    let mut out = Vec::new();
+    let mut take = |record: ExecutionRecord| {
+        if query.status.is_none_or(|status| status == record.status) {
+            out.push(record);
+        }
+        out.len() < limit
+    };
+    if let Some(workflow) = &query.workflow {
+        let index = txn.open_table(BY_WORKFLOW).context("open by_workflow")?;
+        let lowest = [0u8; 16];
+        let highest = [0xffu8; 16];
+        let end = match &upper {
+            Some(before) => Bound::Excluded((workflow.as_str(), before)),
+            None => Bound::Included((workflow.as_str(), &highest)),
+        };
+        let range = index
+            .range((Bound::Included((workflow.as_str(), &lowest)), end))
+            .context("scan by_workflow")?;
+        for entry in range.rev() {
+            let (entry, _) = entry.context("scan by_workflow")?;
+            let id = id_of(entry.value().1);
+            let record = get_record(&executions, id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("workflow index names missing execution {id}"))
+            })?;
+            if !take(record) {
+                break;
+            }
+        }
+    } else {
+        let end = match &upper {
+            Some(before) => Bound::Excluded(before),
+            None => Bound::Unbounded,
+        };
+        for entry in executions
+            .range::<&IdBytes>((Bound::Unbounded, end))
+            .context("scan executions")?
+            .rev()
+        {
+            let (entry, value) = entry.context("scan executions")?;
+            let id = id_of(entry.value());
+            let record = decode(value.value(), &|| format!("record of execution {id}"))?;
+            if !take(record) {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn meta(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let txn = db.begin_read().context("begin read")?;
+    let table = txn.open_table(META).context("open meta")?;
+    Ok(table
+        .get(key)
+        .context("read meta")?
+        .map(|value| value.value().to_vec()))
+}

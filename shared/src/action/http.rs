@@ -57,3 +57,26 @@ pub const SPEC: ActionSpec = ActionSpec {
         },
     ],
 };
+
+#[derive(Clone, Debug, Default)]
+pub struct HttpConfig;
+#[derive(Debug)]
+pub struct HttpAction;
+impl HttpAction {
+    pub fn new(_c: HttpConfig) -> Self {
+        HttpAction
+    }
+}
+#[async_trait::async_trait]
+impl super::Action for HttpAction {
+    fn spec(&self) -> &'static ActionSpec {
+        &SPEC
+    }
+    async fn execute(
+        &self,
+        _i: crate::Value,
+        _c: &super::ActionContext,
+    ) -> Result<crate::Value, super::ActionError> {
+        Err(super::ActionError::permanent("todo"))
+    }
+}

@@ -1,1 +1,81 @@
-fn main() {}
+//! `reactor-hub`: Reactor's fleet hub.
+//!
+//! Subcommands: `validate` and `exec` (the command-line contract in DSL.md, shared with the
+//! hub through `reactor_core::cli`) and `schema` (the JSON Schema of the workflow language).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reactor_core::cli::{self, ExecOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "reactor-hub", version, about = "Reactor's hub: the fleet server (its `serve` command comes with the hub issue).")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
+    Validate {
+        /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
+        /// among them).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run one workflow once, to the end, in-process, and print its result as JSON.
+    ///
+    /// Exit 0 when it succeeded (or its `if` skipped it), 1 when it failed, 2 when the file
+    /// is invalid. Workflows named by `call:` are looked up among the .yaml/.yml files in
+    /// FILE's folder. Secrets come from REACTOR_SECRET_<NAME> variables.
+    Exec {
+        file: PathBuf,
+        /// The event's data: JSON, or @FILE to read JSON from a file.
+        #[arg(long, env = "REACTOR_EVENT")]
+        event: Option<String>,
+        /// The workflow's inputs: a JSON object.
+        #[arg(long, env = "REACTOR_INPUT")]
+        input: Option<String>,
+        /// Let the `exec` action run any command (otherwise it runs none).
+        #[arg(long, env = "REACTOR_ALLOW_EXEC")]
+        allow_exec: bool,
+        /// Make an environment variable visible to expressions as env.NAME (repeatable).
+        #[arg(long = "env", value_name = "NAME")]
+        env: Vec<String>,
+    },
+    /// Print the JSON Schema of the workflow language (for editors and the designer).
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let code = match args.command {
+        Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
+        Command::Exec { file, event, input, allow_exec, env } => {
+            init_logging();
+            let options = ExecOptions { file, event, input, allow_exec, env };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(cli::exec(&options, &mut std::io::stdout(), &mut std::io::stderr()))
+        }
+        Command::Schema => {
+            let schema = reactor_core::dsl::schema::json_schema();
+            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            0
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Logs go to stderr (stdout carries `exec`'s JSON); `RUST_LOG` filters, default `warn`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -12,6 +12,7 @@
 //! - [`store`]: the journal ([`store::Store`]): redb and in-memory implementations, one shared
 //!   conformance suite, group commit, retention.
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
+//! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
 //! Invariants that matter:
 //! - The state machine never performs I/O; given the same journal it makes the same decisions.
@@ -20,6 +21,7 @@
 //!   recorded result is reused on replay and never performed again.
 
 pub mod action;
+pub mod cli;
 pub mod dsl;
 pub mod engine;
 pub mod expr;

@@ -48,10 +48,6 @@ impl<'a> With<'a> {
         Ok(With { kind, map })
     }
 
-    pub(crate) fn kind(&self) -> &'static str {
-        self.kind
-    }
-
     /// The raw value of an optional setting; `null` counts as absent.
     pub(crate) fn get(&self, name: &str) -> Option<&'a Value> {
         self.map.and_then(|m| m.get(name)).filter(|v| !v.is_null())
@@ -95,16 +91,6 @@ impl<'a> With<'a> {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(self.wrong_type(name, "true or false", other)),
-        }
-    }
-
-    /// A non-negative integer (`2` and `2.0` both count).
-    pub(crate) fn u64(&self, name: &str) -> Result<Option<u64>, ActionError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(value) => as_u64(value)
-                .map(Some)
-                .ok_or_else(|| self.wrong_type(name, "a non-negative integer", value)),
         }
     }
 

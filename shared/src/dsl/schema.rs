@@ -1,0 +1,1 @@
+//! The JSON Schema of the language (placeholder; filled in below).

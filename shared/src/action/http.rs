@@ -709,7 +709,7 @@ mod tests {
         let err = call(json!({"url": format!("http://{addr}/status/200"), "expect": [201]}))
             .await
             .unwrap_err();
-        assert_eq!(err.parts().0, false);
+        assert!(!err.parts().0);
         assert_eq!(err.status(), Some(200));
     }
 

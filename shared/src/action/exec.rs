@@ -19,7 +19,8 @@
 //! - `timeout` (default 60s): the process is killed and the step fails as retryable
 //!   (`timed out`). Cancellation kills it too ([`ActionError::Cancelled`]); so does dropping the
 //!   action's future (`kill_on_drop`). Only the direct child is killed: processes it started
-//!   in the background may outlive it.
+//!   in the background may outlive it, and if they keep its stdout/stderr open the step waits
+//!   for them (until the timeout).
 //! - Errors: a missing program or one that may not be executed is permanent; other spawn
 //!   failures (out of processes, memory) are retryable.
 

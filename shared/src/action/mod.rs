@@ -3,7 +3,9 @@
 //! Built-in actions and the decisions they share:
 //! - [`log`], [`http`], [`exec`], [`file_read`], [`file_write`], [`transform`] are registered
 //!   by [`builtin_registry`], configured by a [`BuiltinConfig`] (exec denies every command by
-//!   default; file paths may be confined under a root; HTTP limits).
+//!   default; file paths may be confined under a root; HTTP limits). `http` and the
+//!   `BuiltinConfig::http` field exist only with the crate's `http` feature (on by default);
+//!   [`builtin_specs`] lists `http` either way, for the validator.
 //! - [`mqtt_publish`] is not in [`builtin_registry`]: it needs a broker connection
 //!   ([`mqtt_publish::MqttPublisher`]) that the agent's runtime owns; the runtime registers
 //!   `MqttPublishAction::new(its_publisher)` itself.

@@ -152,7 +152,10 @@ pub(crate) fn duration_seconds(d: TimeDelta) -> Value {
     if d.subsec_nanos() == 0 {
         Value::from(d.num_seconds())
     } else {
-        Value::from(d.num_nanoseconds().map_or(d.num_seconds() as f64, |n| n as f64 / 1e9))
+        Value::from(
+            d.num_nanoseconds()
+                .map_or(d.num_seconds() as f64, |n| n as f64 / 1e9),
+        )
     }
 }
 
@@ -196,7 +199,10 @@ impl<'a> Evaluator<'a> {
             },
             Node::Not(operand) => match self.eval(operand)?.kind() {
                 Kind::Bool(b) => Ok(Val::bool(!b)),
-                other => Err(fail(format!("'!' needs a boolean, got {}", other.type_name()))),
+                other => Err(fail(format!(
+                    "'!' needs a boolean, got {}",
+                    other.type_name()
+                ))),
             },
             Node::Neg(operand) => match self.eval(operand)?.kind() {
                 Kind::Int(i) => i
@@ -205,7 +211,10 @@ impl<'a> Evaluator<'a> {
                     .ok_or_else(|| fail("integer overflow in negation")),
                 Kind::Double(d) => Val::double(-d),
                 Kind::Dur(d) => Ok(Val::Dur(-d)),
-                other => Err(fail(format!("'-' needs a number, got {}", other.type_name()))),
+                other => Err(fail(format!(
+                    "'-' needs a number, got {}",
+                    other.type_name()
+                ))),
             },
             Node::And(a, b) => self.logic(a, b, false),
             Node::Or(a, b) => self.logic(a, b, true),
@@ -262,7 +271,10 @@ impl<'a> Evaluator<'a> {
         let op = if stop_on { "||" } else { "&&" };
         let as_bool = |v: Result<Val<'_>, EvalError>| match v?.kind() {
             Kind::Bool(b) => Ok(b),
-            other => Err(fail(format!("'{op}' needs booleans, got {}", other.type_name()))),
+            other => Err(fail(format!(
+                "'{op}' needs booleans, got {}",
+                other.type_name()
+            ))),
         };
         let left = as_bool(self.eval(a));
         if left == Ok(stop_on) {
@@ -471,8 +483,7 @@ pub(crate) fn kinds_eq(a: Kind<'_>, b: Kind<'_>) -> bool {
         }
         (Kind::Map(x), Kind::Map(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| values_eq(v, w)))
         }
         (Kind::Time(x), Kind::Time(y)) => x == y,
@@ -488,9 +499,10 @@ pub(crate) fn values_eq(a: &Value, b: &Value) -> bool {
 pub(crate) fn compare(a: Kind<'_>, b: Kind<'_>) -> Result<Ordering, EvalError> {
     let ordering = match (a, b) {
         (Kind::Int(x), Kind::Int(y)) => Some(x.cmp(&y)),
-        (Kind::Int(_) | Kind::Double(_), Kind::Int(_) | Kind::Double(_)) => {
-            a.number().zip(b.number()).and_then(|(x, y)| x.partial_cmp(&y))
-        }
+        (Kind::Int(_) | Kind::Double(_), Kind::Int(_) | Kind::Double(_)) => a
+            .number()
+            .zip(b.number())
+            .and_then(|(x, y)| x.partial_cmp(&y)),
         (Kind::Str(x), Kind::Str(y)) => Some(x.cmp(y)),
         (Kind::Bool(x), Kind::Bool(y)) => Some(x.cmp(&y)),
         (Kind::Time(x), Kind::Time(y)) => Some(x.cmp(&y)),
@@ -618,7 +630,10 @@ fn arithmetic<'a>(op: BinOp, a: Kind<'_>, b: Kind<'_>) -> Result<Val<'a>, EvalEr
             .map(Val::Dur)
             .ok_or_else(|| fail("duration out of range")),
         (_, Kind::Int(_) | Kind::Double(_), Kind::Int(_) | Kind::Double(_)) => {
-            let (x, y) = (a.number().unwrap_or_default(), b.number().unwrap_or_default());
+            let (x, y) = (
+                a.number().unwrap_or_default(),
+                b.number().unwrap_or_default(),
+            );
             if y == 0.0 && matches!(op, BinOp::Div | BinOp::Rem) {
                 return Err(fail(if op == BinOp::Div {
                     "division by zero"
@@ -635,13 +650,12 @@ fn arithmetic<'a>(op: BinOp, a: Kind<'_>, b: Kind<'_>) -> Result<Val<'a>, EvalEr
             })
         }
         _ => {
-            let hint = if op == BinOp::Add
-                && (matches!(a, Kind::Str(_)) || matches!(b, Kind::Str(_)))
-            {
-                " (use string(x) to turn a value into text)"
-            } else {
-                ""
-            };
+            let hint =
+                if op == BinOp::Add && (matches!(a, Kind::Str(_)) || matches!(b, Kind::Str(_))) {
+                    " (use string(x) to turn a value into text)"
+                } else {
+                    ""
+                };
             Err(fail(format!(
                 "cannot apply '{symbol}' to {} and {}{hint}",
                 a.type_name(),

@@ -4,7 +4,7 @@
 use chrono::{DateTime, FixedOffset, TimeDelta};
 use regex::{Regex, RegexBuilder};
 
-use super::eval::{Kind, Val, check_len, fail, format_timestamp, kinds_eq, compare};
+use super::eval::{Kind, Val, check_len, compare, fail, format_timestamp, kinds_eq};
 use super::{EvalError, MAX_PATTERN_BYTES};
 use crate::Value;
 
@@ -260,7 +260,11 @@ pub(crate) fn call<'a>(
             let Kind::List(items) = first else {
                 return Err(type_error(func, 0, "a list of strings", &first));
             };
-            let separator = if args.len() > 1 { string_arg(func, &args, 1)? } else { "" };
+            let separator = if args.len() > 1 {
+                string_arg(func, &args, 1)?
+            } else {
+                ""
+            };
             let mut parts = Vec::with_capacity(items.len());
             for item in items {
                 match item {
@@ -283,8 +287,16 @@ pub(crate) fn call<'a>(
             let s = string_arg(func, &args, 0)?;
             let from = string_arg(func, &args, 1)?;
             let to = string_arg(func, &args, 2)?;
-            let limit = if args.len() > 3 { int_arg(func, &args, 3)? } else { -1 };
-            let occurrences = if from.is_empty() { s.chars().count() + 1 } else { s.matches(from).count() };
+            let limit = if args.len() > 3 {
+                int_arg(func, &args, 3)?
+            } else {
+                -1
+            };
+            let occurrences = if from.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(from).count()
+            };
             let replaced = usize::try_from(limit).map_or(occurrences, |n| n.min(occurrences));
             let estimate = s.len() + replaced * to.len();
             if estimate > super::MAX_STRING_BYTES {
@@ -295,11 +307,17 @@ pub(crate) fn call<'a>(
         F::IndexOf => {
             let s = string_arg(func, &args, 0)?;
             let sub = string_arg(func, &args, 1)?;
-            let start = if args.len() > 2 { int_arg(func, &args, 2)? } else { 0 };
+            let start = if args.len() > 2 {
+                int_arg(func, &args, 2)?
+            } else {
+                0
+            };
             let from = byte_index(s, start)
                 .ok_or_else(|| fail(format!("indexOf() start {start} is out of range")))?;
             Ok(Val::int(
-                s[from..].find(sub).map_or(-1, |at| char_index(s, from + at)),
+                s[from..]
+                    .find(sub)
+                    .map_or(-1, |at| char_index(s, from + at)),
             ))
         }
         F::LastIndexOf => {
@@ -310,7 +328,11 @@ pub(crate) fn call<'a>(
         F::Substring => {
             let s = string_arg(func, &args, 0)?;
             let start = int_arg(func, &args, 1)?;
-            let end = if args.len() > 2 { Some(int_arg(func, &args, 2)?) } else { None };
+            let end = if args.len() > 2 {
+                Some(int_arg(func, &args, 2)?)
+            } else {
+                None
+            };
             let from = byte_index(s, start);
             let to = match end {
                 Some(end) => byte_index(s, end),
@@ -330,7 +352,12 @@ pub(crate) fn call<'a>(
             Kind::Null => "null".into(),
             Kind::Time(t) => format_timestamp(&t),
             Kind::Dur(d) => format_duration(d),
-            _ => args.into_iter().next().map(Val::into_value).unwrap_or_default().to_string(),
+            _ => args
+                .into_iter()
+                .next()
+                .map(Val::into_value)
+                .unwrap_or_default()
+                .to_string(),
         }),
         F::Int | F::Uint => {
             let i = to_int(func, first)?;
@@ -385,9 +412,9 @@ pub(crate) fn call<'a>(
             Kind::Int(seconds) => TimeDelta::try_seconds(seconds)
                 .map(Val::Dur)
                 .ok_or_else(|| fail("duration out of range")),
-            Kind::Double(seconds) if seconds.abs() < 9.0e9 => {
-                Ok(Val::Dur(TimeDelta::nanoseconds((seconds * 1e9).round() as i64)))
-            }
+            Kind::Double(seconds) if seconds.abs() < 9.0e9 => Ok(Val::Dur(TimeDelta::nanoseconds(
+                (seconds * 1e9).round() as i64,
+            ))),
             other => Err(type_error(func, 0, "a duration string like 10s", &other)),
         },
         F::Keys => match first {
@@ -404,7 +431,11 @@ pub(crate) fn call<'a>(
 fn split<'a>(func: Func, args: &[Val<'a>]) -> Result<Val<'a>, EvalError> {
     let s = string_arg(func, args, 0)?;
     let separator = string_arg(func, args, 1)?;
-    let limit = if args.len() > 2 { int_arg(func, args, 2)? } else { -1 };
+    let limit = if args.len() > 2 {
+        int_arg(func, args, 2)?
+    } else {
+        -1
+    };
     if limit == 0 {
         return Val::list(Vec::new());
     }
@@ -432,7 +463,7 @@ fn to_int(func: Func, value: Kind<'_>) -> Result<i64, EvalError> {
     match value {
         Kind::Int(i) => Ok(i),
         Kind::Double(d) => {
-            if d.is_finite() && d > -9.223_372_036_854_775_8e18 && d < 9.223_372_036_854_775_8e18 {
+            if d.is_finite() && d >= i64::MIN as f64 && d < -(i64::MIN as f64) {
                 Ok(d.trunc() as i64)
             } else {
                 Err(fail(format!("{}() of {d} is out of range", func.name())))

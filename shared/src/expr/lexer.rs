@@ -340,7 +340,10 @@ impl Lexer<'_> {
                 return Err(ParseError {
                     offset: start,
                     message: "string is not closed before the end of the line".into(),
-                    help: Some("use a triple-quoted string (\"\"\"…\"\"\") for text over several lines".into()),
+                    help: Some(
+                        "use a triple-quoted string (\"\"\"…\"\"\") for text over several lines"
+                            .into(),
+                    ),
                 });
             }
             if c == '\\' && !raw {
@@ -391,7 +394,10 @@ impl Lexer<'_> {
                 }
                 let digits: String = self.chars[digits_start..self.pos].iter().collect();
                 if self.peek(0) != Some('}') || digits.is_empty() || digits.len() > 6 {
-                    return Err(err(at, "invalid \\u{…} escape: expected 1 to 6 hex digits and '}'"));
+                    return Err(err(
+                        at,
+                        "invalid \\u{…} escape: expected 1 to 6 hex digits and '}'",
+                    ));
                 }
                 self.pos += 1;
                 u32::from_str_radix(&digits, 16).ok()
@@ -443,7 +449,12 @@ fn int_token(value: u64, offset: usize) -> Result<Token, ParseError> {
     let tok = match i64::try_from(value) {
         Ok(v) => Tok::Int(v),
         Err(_) if value == i64::MIN.unsigned_abs() => Tok::IntMinOverflow,
-        Err(_) => return Err(err(offset, "integer literal is too large for a 64-bit integer")),
+        Err(_) => {
+            return Err(err(
+                offset,
+                "integer literal is too large for a 64-bit integer",
+            ));
+        }
     };
     Ok(Token { tok, offset })
 }
@@ -465,15 +476,18 @@ mod tests {
 
     #[test]
     fn numbers() {
-        assert_eq!(toks("12 0x1F 7u 1.5 1e3 .5 2.5e-1")[..7], [
-            Tok::Int(12),
-            Tok::Int(31),
-            Tok::Int(7),
-            Tok::Double(1.5),
-            Tok::Double(1000.0),
-            Tok::Double(0.5),
-            Tok::Double(0.25)
-        ]);
+        assert_eq!(
+            toks("12 0x1F 7u 1.5 1e3 .5 2.5e-1")[..7],
+            [
+                Tok::Int(12),
+                Tok::Int(31),
+                Tok::Int(7),
+                Tok::Double(1.5),
+                Tok::Double(1000.0),
+                Tok::Double(0.5),
+                Tok::Double(0.25)
+            ]
+        );
         assert!(tokenize("99999999999999999999").is_err());
         assert!(tokenize("12abc").is_err());
     }
@@ -485,7 +499,10 @@ mod tests {
         assert_eq!(string(r#""\u00e9\u{1F600}\x41\101""#), "é😀AA");
         assert_eq!(string(r#"r"a\nb""#), "a\\nb");
         assert_eq!(string("'''multi\nline'''"), "multi\nline");
-        assert_eq!(string(r#""""has "quotes" inside""""#), "has \"quotes\" inside");
+        assert_eq!(
+            string(r#""""has "quotes" inside""""#),
+            "has \"quotes\" inside"
+        );
         let e = tokenize(r#""bad \q""#).unwrap_err();
         assert_eq!(e.offset, 5);
         let e = tokenize("x + \"open").unwrap_err();

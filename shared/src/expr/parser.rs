@@ -124,10 +124,18 @@ impl Parser {
                 Some("write `condition ? then : else`"),
             );
         }
-        error(offset, format!("unexpected {} {context}", tok.describe()), help)
+        error(
+            offset,
+            format!("unexpected {} {context}", tok.describe()),
+            help,
+        )
     }
 
-    fn expect_close(&mut self, close: &Tok, what: impl FnOnce() -> String) -> Result<(), ParseError> {
+    fn expect_close(
+        &mut self,
+        close: &Tok,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ParseError> {
         if self.eat(close) {
             return Ok(());
         }
@@ -299,7 +307,10 @@ impl Parser {
                         other => {
                             return Err(error(
                                 offset,
-                                format!("expected a field name after '.', found {}", other.describe()),
+                                format!(
+                                    "expected a field name after '.', found {}",
+                                    other.describe()
+                                ),
                                 None,
                             ));
                         }
@@ -328,6 +339,7 @@ impl Parser {
 
     fn primary(&mut self) -> Parsed {
         let offset = self.offset();
+        let at_end = self.peek() == &Tok::Eof;
         let token = self.advance();
         Ok(match token.tok {
             Tok::Int(i) => Node::Const(Value::from(i)),
@@ -337,7 +349,11 @@ impl Parser {
             Tok::False => Node::Const(Value::Bool(false)),
             Tok::Null => Node::Const(Value::Null),
             Tok::IntMinOverflow => {
-                return Err(error(offset, "integer literal is too large for a 64-bit integer", None));
+                return Err(error(
+                    offset,
+                    "integer literal is too large for a 64-bit integer",
+                    None,
+                ));
             }
             Tok::Ident(name) => {
                 if self.peek() == &Tok::LParen {
@@ -386,7 +402,9 @@ impl Parser {
                 node
             }
             _ => {
-                self.pos -= 1;
+                if !at_end {
+                    self.pos -= 1;
+                }
                 let mut e = self.unexpected("where a value was expected");
                 if self.peek() == &Tok::Eof {
                     e.message = "expression ends where a value was expected".into();
@@ -424,7 +442,9 @@ impl Parser {
                 break;
             }
         }
-        self.expect_close(&Tok::RBrace, || format!("to close the map opened at {open}"))?;
+        self.expect_close(&Tok::RBrace, || {
+            format!("to close the map opened at {open}")
+        })?;
         if entries.iter().all(|(k, v)| k.is_const() && v.is_const()) {
             let mut map = Map::new();
             for (k, v) in entries {
@@ -557,10 +577,11 @@ fn lookup_function(name: &str, offset: usize) -> Result<Func, ParseError> {
     if let Some(func) = Func::from_name(name) {
         return Ok(func);
     }
-    let known = Func::NAMES
-        .iter()
-        .copied()
-        .chain(["has", "all", "exists", "exists_one", "map", "filter"]);
+    let known =
+        Func::NAMES
+            .iter()
+            .copied()
+            .chain(["has", "all", "exists", "exists_one", "map", "filter"]);
     let best = known
         .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))
         .filter(|(score, _)| *score > 0.8)

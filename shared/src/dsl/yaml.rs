@@ -6,6 +6,8 @@
 //! stops at the first alias that would exceed it, before anything is copied).
 //! Scalars are typed with the YAML 1.2 core schema (`yes` is a string).
 
+use std::sync::Arc;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use crate::Value;
@@ -62,8 +64,9 @@ pub enum NodeKind {
         /// character offset inside it maps exactly to a column.
         exact: bool,
     },
-    Seq(Vec<Node>),
-    Map(Vec<(Key, Node)>),
+    /// Shared, so an alias costs one pointer copy (its size still counts against the budget).
+    Seq(Arc<[Node]>),
+    Map(Arc<[(Key, Node)]>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -174,7 +177,13 @@ impl Node {
     pub fn from_value(value: &Value) -> Node {
         let location = Location::default();
         let kind = match value {
-            Value::Array(items) => NodeKind::Seq(items.iter().map(Node::from_value).collect()),
+            Value::Array(items) => NodeKind::Seq(
+                items
+                    .iter()
+                    .map(Node::from_value)
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
             Value::Object(map) => NodeKind::Map(
                 map.iter()
                     .map(|(k, v)| {
@@ -186,7 +195,8 @@ impl Node {
                             Node::from_value(v),
                         )
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             ),
             scalar => NodeKind::Scalar {
                 value: scalar.clone(),
@@ -329,9 +339,16 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
                     line: marker.line() as u32,
                     column: marker.col() as u32 + 1,
                 };
+                let message = match error.info() {
+                    "recursion limit exceeded" => format!(
+                        "the document nests deeper than {} levels",
+                        builder.limits.max_depth
+                    ),
+                    info => format!("invalid YAML: {info}"),
+                };
                 builder.errors.push(YamlError {
                     location,
-                    message: format!("invalid YAML: {}", error.info()),
+                    message,
                     help: builder.expression_help(location),
                 });
                 return Err(builder.errors);
@@ -418,7 +435,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
                         anchor,
                     }) => (
                         Node {
-                            kind: NodeKind::Seq(items),
+                            kind: NodeKind::Seq(items.into()),
                             location,
                         },
                         anchor,
@@ -430,7 +447,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
                         ..
                     }) => (
                         Node {
-                            kind: NodeKind::Map(entries),
+                            kind: NodeKind::Map(entries.into()),
                             location,
                         },
                         anchor,
@@ -641,9 +658,14 @@ mod tests {
 
         let deep = "[".repeat(10_000);
         let errors = parse(&deep, Limits::default()).unwrap_err();
-        assert_eq!(errors[0].message, "the document nests deeper than 64 levels");
+        assert_eq!(
+            errors[0].message,
+            "the document nests deeper than 64 levels"
+        );
 
-        let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut bomb = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         for i in 1..9 {
             let prev = (b'a' + i - 1) as char;
             let name = (b'a' + i) as char;

@@ -464,3 +464,79 @@ fn fifty_steps_parse_quickly() {
     let w = parse_workflow("big.yaml", &text).unwrap();
     assert_eq!(w.steps.len(), 50);
 }
+
+#[test]
+fn expression_checks() {
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        (
+            "  - id: fetch\n    action: log\n    with: { message: \"${{ steps.fetc.output }}\" }\n",
+            "6:27: unknown step id \"fetc\" in steps.fetc",
+            Some("did you mean \"fetch\"?"),
+        ),
+        (
+            "  - action: log\n    with: { message: \"${{ evnt.data }}\" }\n",
+            "5:27: unknown name \"evnt\" in expression",
+            Some("did you mean \"event\"?"),
+        ),
+        (
+            "  - action: log\n    with: { message: \"failed: ${{ error.message }}\" }\n",
+            "5:35: \"error\" is only available inside catch, on_failure and retry.if",
+            None,
+        ),
+        (
+            "  - action: log\n    if: inputs.limit > 3\n    with: { message: m }\n",
+            "5:9: unknown input \"limit\" in inputs.limit",
+            Some("declare it under inputs: (limit: { type: string })"),
+        ),
+        (
+            "  - action: log\n    if: ${{ event.data.x > }}\n    with: { message: m }\n",
+            "5:26: invalid expression in if: unexpected '>' where a value was expected",
+            None,
+        ),
+        (
+            "  - set: { a: \"${{ item }}\" }\n",
+            "4:20: \"item\" is only available inside foreach",
+            None,
+        ),
+        (
+            "  - set: { a: \"${{ result }}\" }\n",
+            "4:20: \"result\" is only available inside a step's output",
+            None,
+        ),
+        (
+            "  - set: { a: \"${{ branches.a }}\" }\n",
+            "4:20: \"branches\" is only available inside a parallel join: { when }",
+            None,
+        ),
+    ];
+    for (steps, expected, help) in cases {
+        let text = with_steps(steps);
+        let diags = parse_workflow("w.yaml", &text).expect_err(&text);
+        let got: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+            .collect();
+        assert_eq!(got, vec![expected.to_string()], "{text}");
+        assert_eq!(diags[0].help.as_deref(), *help, "{text}");
+    }
+    // Names that are in scope.
+    let ok = with_steps(
+        "  - id: a
+    action: log
+    with: { message: \"${{ execution.id }} ${{ env.HOME }} ${{ secrets.T }} ${{ device.id }}\" }
+    retry: { attempts: 2, if: \"error.status >= 500\" }
+    catch:
+      - action: log
+        with: { message: \"${{ error.message }} ${{ steps.a.status }}\" }
+    output: \"${{ result.body }}\"
+  - foreach: [1, 2]
+    as: n
+    steps:
+      - set: { total: \"${{ n + index }}\" }
+on_failure:
+  - action: log
+    with: { message: \"${{ error.message }}\" }
+",
+    );
+    assert_eq!(errors(&ok), Vec::<String>::new());
+}

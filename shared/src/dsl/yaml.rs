@@ -303,6 +303,9 @@ struct Builder<'a> {
     root: Option<Node>,
     errors: Vec<YamlError>,
     text: &'a str,
+    /// Byte offset of each character, built only for non-ASCII documents that need it.
+    char_bytes: Option<Vec<usize>>,
+    ascii: bool,
 }
 
 /// Parses one YAML document. Errors are returned all at once where the YAML stays readable
@@ -327,6 +330,8 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
         root: None,
         errors: Vec::new(),
         text,
+        char_bytes: None,
+        ascii: text.is_ascii(),
     };
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0;
@@ -499,18 +504,34 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
 }
 
 impl Builder<'_> {
-    /// Whether offsets inside this scalar map one to one onto source columns.
-    fn is_exact(&self, span: &Span, style: Style, value: &str) -> bool {
+    /// Whether offsets inside this scalar map one to one onto source columns: one line, and
+    /// the source between the quotes is the value itself (no escapes).
+    fn is_exact(&mut self, span: &Span, style: Style, value: &str) -> bool {
         if span.start.line() != span.end.line() {
             return false;
         }
-        let quotes = match style {
-            Style::Plain => 0,
-            Style::SingleQuoted | Style::DoubleQuoted => 2,
+        let quote = match style {
+            Style::Plain => return true,
+            Style::SingleQuoted => '\'',
+            Style::DoubleQuoted => '"',
             _ => return false,
         };
-        // Same number of characters in the source as in the value: no escapes were used.
-        span.end.index() - span.start.index() == value.chars().count() + quotes
+        let Some(start) = self.byte_index(span.start.index() + 1) else {
+            return false;
+        };
+        let rest = self.text.get(start..).unwrap_or("");
+        rest.starts_with(value) && rest[value.len()..].starts_with(quote)
+    }
+
+    /// Byte offset of a character index (marks count characters).
+    fn byte_index(&mut self, chars: usize) -> Option<usize> {
+        if self.ascii {
+            return Some(chars);
+        }
+        let table = self
+            .char_bytes
+            .get_or_insert_with(|| self.text.char_indices().map(|(b, _)| b).collect());
+        table.get(chars).copied()
     }
 
     /// Adds a finished node to its parent. Returns false when reading must stop.

@@ -25,6 +25,8 @@
 //! (`Database::compact`) is only worth it after a one-off mass deletion and is not done here.
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod fault;
 mod tables;
 #[cfg(test)]

@@ -23,6 +23,8 @@ use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timesta
 mod batch;
 pub mod conformance;
 mod memory;
+#[cfg(test)]
+mod model_tests;
 #[cfg(feature = "redb")]
 mod redb;
 

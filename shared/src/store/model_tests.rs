@@ -62,7 +62,7 @@ struct Model {
 }
 
 fn workflow(n: u8) -> &'static str {
-    if n % 2 == 0 { "even" } else { "odd" }
+    if n.is_multiple_of(2) { "even" } else { "odd" }
 }
 
 impl Model {

@@ -145,7 +145,11 @@ impl<'a> Decoder<'a> {
         let Some(entries) = node.as_map() else {
             self.error(
                 node.location,
-                format!("expected a map for {}, found {}", table.what, node.describe()),
+                format!(
+                    "expected a map for {}, found {}",
+                    table.what,
+                    node.describe()
+                ),
             );
             return None;
         };
@@ -301,10 +305,7 @@ impl<'a> Decoder<'a> {
             .map(|s| format!("did you mean {s:?}?"));
         self.error_help(
             node.location,
-            format!(
-                "invalid {what} {text:?}: expected {}",
-                quote_list(choices)
-            ),
+            format!("invalid {what} {text:?}: expected {}", quote_list(choices)),
             help,
         );
         None
@@ -337,7 +338,10 @@ impl<'a> Decoder<'a> {
             _ => {
                 self.error(
                     node.location,
-                    format!("{what} must be a duration like 10s, found {}", node.describe()),
+                    format!(
+                        "{what} must be a duration like 10s, found {}",
+                        node.describe()
+                    ),
                 );
                 None
             }
@@ -380,7 +384,10 @@ impl<'a> Decoder<'a> {
             }
         };
         let trimmed = text.trim();
-        let (source, base) = match trimmed.strip_prefix("${{").and_then(|t| t.strip_suffix("}}")) {
+        let (source, base) = match trimmed
+            .strip_prefix("${{")
+            .and_then(|t| t.strip_suffix("}}"))
+        {
             Some(inner) if !inner.contains("${{") => {
                 let start = text.find("${{").unwrap_or(0) + 3;
                 (inner, text[..start].chars().count())
@@ -456,7 +463,7 @@ impl<'a> Decoder<'a> {
             NodeKind::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 let mut ok = true;
-                for item in items {
+                for item in items.iter() {
                     match self.template(item, scope) {
                         Some(t) => out.push(t),
                         None => ok = false,
@@ -475,7 +482,7 @@ impl<'a> Decoder<'a> {
             NodeKind::Map(entries) => {
                 let mut out = Vec::with_capacity(entries.len());
                 let mut ok = true;
-                for (key, value) in entries {
+                for (key, value) in entries.iter() {
                     match self.template(value, scope) {
                         Some(t) => out.push((key.name.clone(), t)),
                         None => ok = false,
@@ -504,7 +511,10 @@ impl<'a> Decoder<'a> {
         let Some(entries) = node.as_map() else {
             self.error(
                 node.location,
-                format!("{what} must be a map of names to values, found {}", node.describe()),
+                format!(
+                    "{what} must be a map of names to values, found {}",
+                    node.describe()
+                ),
             );
             return None;
         };

@@ -9,7 +9,10 @@ pub enum Ty {
     /// Text; may hold `${{ }}` interpolations.
     Str,
     /// An integer in `min..=max`, or an expression where the decoder allows one.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Num,
     Bool,
     /// `250ms`, `1m30s`, …
@@ -148,9 +151,7 @@ pub const INPUT: Table = Table {
     fields: &[
         f(
             "type",
-            Ty::Enum(&[
-                "string", "number", "integer", "boolean", "object", "array",
-            ]),
+            Ty::Enum(&["string", "number", "integer", "boolean", "object", "array"]),
             "the input's type (default: the default's type, else string)",
         ),
         f("default", Ty::Any, "the value when the input is not given"),
@@ -178,7 +179,11 @@ pub const RETRY: Table = Table {
     what: "retry",
     description: "Try a failed step again.",
     fields: &[
-        f("attempts", POSITIVE, "total tries, the first included (default 1)"),
+        f(
+            "attempts",
+            POSITIVE,
+            "total tries, the first included (default 1)",
+        ),
         f(
             "backoff",
             Ty::Enum(&["fixed", "linear", "exponential"]),
@@ -186,7 +191,11 @@ pub const RETRY: Table = Table {
         ),
         f("delay", Ty::Duration, "the first delay (default 1s)"),
         f("max_delay", Ty::Duration, "the longest delay"),
-        f("factor", Ty::Num, "growth factor for exponential backoff (default 2)"),
+        f(
+            "factor",
+            Ty::Num,
+            "growth factor for exponential backoff (default 2)",
+        ),
         f("jitter", Ty::Bool, "randomize delays (default true)"),
         f(
             "if",
@@ -207,7 +216,11 @@ pub const STEP: Table = Table {
     what: "step",
     description: "One step: exactly one kind key plus common keys.",
     fields: &[
-        f("id", Ty::Str, "[a-z0-9_-]+, unique in the workflow; required when referenced"),
+        f(
+            "id",
+            Ty::Str,
+            "[a-z0-9_-]+, unique in the workflow; required when referenced",
+        ),
         f("name", Ty::Str, "a label for people"),
         f("if", Ty::Cond, "run only when this holds"),
         f("unless", Ty::Cond, "skip when this holds"),
@@ -237,14 +250,22 @@ pub const STEP: Table = Table {
             Ty::OneOf(&[Ty::Str, Ty::List(&Ty::Any)]),
             "run steps once per item",
         ),
-        f("as", Ty::Str, "the item's name inside foreach (default item)"),
+        f(
+            "as",
+            Ty::Str,
+            "the item's name inside foreach (default item)",
+        ),
         f(
             "concurrency",
             POSITIVE,
             "foreach iterations that run at once (default 1)",
         ),
         f("steps", Ty::Steps, "the block of a foreach or loop"),
-        f("loop", Ty::Obj("loop"), "repeat steps while or until a condition"),
+        f(
+            "loop",
+            Ty::Obj("loop"),
+            "repeat steps while or until a condition",
+        ),
         f(
             "call",
             Ty::OneOf(&[Ty::Str, Ty::Obj("call")]),
@@ -255,15 +276,27 @@ pub const STEP: Table = Table {
             Ty::OneOf(&[Ty::Duration, Ty::Obj("sleep_until")]),
             "a durable timer",
         ),
-        f("wait", Ty::Obj("wait"), "a durable wait for a matching event"),
+        f(
+            "wait",
+            Ty::Obj("wait"),
+            "a durable wait for a matching event",
+        ),
         f("emit", Ty::Obj("emit"), "publish an event"),
-        f("group", Ty::Steps, "a block sharing retry, catch and timeout"),
+        f(
+            "group",
+            Ty::Steps,
+            "a block sharing retry, catch and timeout",
+        ),
         f(
             "fail",
             Ty::OneOf(&[Ty::Str, Ty::Obj("fail")]),
             "fail with a message",
         ),
-        f("return", Ty::Any, "finish successfully now with this output"),
+        f(
+            "return",
+            Ty::Any,
+            "finish successfully now with this output",
+        ),
     ],
 };
 
@@ -288,11 +321,7 @@ pub const PARALLEL: Table = Table {
             Ty::OneOf(&[Ty::Enum(&["all", "any", "first"]), Ty::Obj("join")]),
             "how the step decides (default all)",
         ),
-        req(
-            "branches",
-            Ty::Map(&Ty::Steps),
-            "branch name to its steps",
-        ),
+        req("branches", Ty::Map(&Ty::Steps), "branch name to its steps"),
     ],
 };
 
@@ -302,7 +331,11 @@ pub const JOIN: Table = Table {
     description: "{ count: N } or { when: expr over branches }.",
     fields: &[
         f("count", POSITIVE, "this many successes decide"),
-        f("when", Ty::Cond, "checked after each branch finishes, over branches"),
+        f(
+            "when",
+            Ty::Cond,
+            "checked after each branch finishes, over branches",
+        ),
     ],
 };
 
@@ -387,7 +420,11 @@ pub const HTTP: Table = Table {
             Ty::Enum(&["none", "token", "hmac"]),
             "how callers authenticate (default none)",
         ),
-        f("secret", Ty::Str, "the token or HMAC key, normally ${{ secrets.X }}"),
+        f(
+            "secret",
+            Ty::Str,
+            "the token or HMAC key, normally ${{ secrets.X }}",
+        ),
         f(
             "verify",
             Ty::Enum(&["github", "stripe", "slack"]),
@@ -398,7 +435,11 @@ pub const HTTP: Table = Table {
             Ty::Enum(&["sync", "async"]),
             "sync waits for output; async answers 202 with the execution id",
         ),
-        f("max_body", POSITIVE, "largest accepted body in bytes (default 1 MiB)"),
+        f(
+            "max_body",
+            POSITIVE,
+            "largest accepted body in bytes (default 1 MiB)",
+        ),
     ],
 };
 
@@ -447,7 +488,11 @@ pub const MQTT: Table = Table {
     fields: &[
         req("topic", Ty::Str, "topic filter; + and # wildcards"),
         f("qos", Ty::Int { min: 0, max: 2 }, "0, 1 or 2 (default 0)"),
-        f("broker", Ty::Str, "mqtt://host:port or mqtts://… (default: configured)"),
+        f(
+            "broker",
+            Ty::Str,
+            "mqtt://host:port or mqtts://… (default: configured)",
+        ),
         f("connection", Ty::Str, "a configured connection's name"),
     ],
 };
@@ -564,7 +609,11 @@ pub const PLUGIN: Table = Table {
     description: "A plugin trigger; keys other than name are passed to the plugin.",
     fields: &[
         req("name", Ty::Str, "the plugin"),
-        f("settings", Ty::Map(&Ty::Any), "settings passed to the plugin"),
+        f(
+            "settings",
+            Ty::Map(&Ty::Any),
+            "settings passed to the plugin",
+        ),
     ],
 };
 
@@ -634,8 +683,14 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("retyr", STEP.fields.iter().map(|f| f.name)), Some("retry"));
-        assert_eq!(suggest("actoin", STEP.fields.iter().map(|f| f.name)), Some("action"));
+        assert_eq!(
+            suggest("retyr", STEP.fields.iter().map(|f| f.name)),
+            Some("retry")
+        );
+        assert_eq!(
+            suggest("actoin", STEP.fields.iter().map(|f| f.name)),
+            Some("action")
+        );
         assert_eq!(suggest("zzzzzz", STEP.fields.iter().map(|f| f.name)), None);
     }
 }

@@ -158,8 +158,7 @@ impl Parser {
                             .filter_map(|e| e.ok().map(|e| e.path()))
                             .filter(|p| {
                                 p.is_file()
-                                    && p.extension()
-                                        .is_some_and(|e| e == "yaml" || e == "yml")
+                                    && p.extension().is_some_and(|e| e == "yaml" || e == "yml")
                             })
                             .collect();
                         found.sort();

@@ -117,7 +117,9 @@ impl Decoder<'_> {
         });
         let name = f.get("name").and_then(|n| self.text(n, "name"));
         let when = f.get("if").and_then(|n| self.condition(n, "if", scope));
-        let unless = f.get("unless").and_then(|n| self.condition(n, "unless", scope));
+        let unless = f
+            .get("unless")
+            .and_then(|n| self.condition(n, "unless", scope));
         let retry = f.get("retry").and_then(|n| self.retry(n, scope));
         let timeout = f
             .get("timeout")
@@ -225,7 +227,10 @@ impl Decoder<'_> {
                     (Some(w), None) => LoopCondition::While(self.condition(w, "while", scope)?),
                     (None, Some(u)) => LoopCondition::Until(self.condition(u, "until", scope)?),
                     (Some(_), Some(_)) => {
-                        self.error(l.key_location("until"), "a loop has while or until, not both");
+                        self.error(
+                            l.key_location("until"),
+                            "a loop has while or until, not both",
+                        );
                         return None;
                     }
                     (None, None) => {
@@ -248,7 +253,9 @@ impl Decoder<'_> {
             "wait" => {
                 let w = self.fields(node, &WAIT)?;
                 let event = self.string(w.get("event")?, "event");
-                let matches = w.get("match").and_then(|n| self.condition(n, "match", scope));
+                let matches = w
+                    .get("match")
+                    .and_then(|n| self.condition(n, "match", scope));
                 let timeout = match w.get("timeout") {
                     Some(n) => Some(self.setting_duration(n, "timeout", scope)?),
                     None => None,
@@ -349,7 +356,9 @@ impl Decoder<'_> {
             Some(n) if n.is_null() => Template::Literal(Value::Object(Default::default())),
             Some(n) => {
                 if !matches!(n.kind, NodeKind::Map(_))
-                    && !n.as_str().is_some_and(|s| s.trim_start().starts_with("${{"))
+                    && !n
+                        .as_str()
+                        .is_some_and(|s| s.trim_start().starts_with("${{"))
                 {
                     self.error(
                         n.location,
@@ -370,7 +379,10 @@ impl Decoder<'_> {
         let mut retry = Retry::default();
         let mut ok = true;
         if let Some(n) = f.get("attempts") {
-            ok &= self.u32(n, "retry attempts", 1).map(|v| retry.attempts = v).is_some();
+            ok &= self
+                .u32(n, "retry attempts", 1)
+                .map(|v| retry.attempts = v)
+                .is_some();
         }
         if let Some(n) = f.get("backoff") {
             match self.choice(n, "backoff", &["fixed", "linear", "exponential"]) {
@@ -451,7 +463,10 @@ impl Decoder<'_> {
             let when = match c.get("when") {
                 Some(n) => self.condition(n, "when", scope),
                 None => {
-                    self.error(item.location, "a switch branch needs \"when\" and \"steps\"");
+                    self.error(
+                        item.location,
+                        "a switch branch needs \"when\" and \"steps\"",
+                    );
                     None
                 }
             };
@@ -488,7 +503,10 @@ impl Decoder<'_> {
                         self.condition(w, "join when", &inner).map(Join::When)
                     }
                     _ => {
-                        self.error(n.location, "join takes either { count: N } or { when: expr }");
+                        self.error(
+                            n.location,
+                            "join takes either { count: N } or { when: expr }",
+                        );
                         None
                     }
                 }
@@ -526,7 +544,10 @@ impl Decoder<'_> {
         {
             self.error(
                 f.key_location("join"),
-                format!("join count {n} is more than the {} branches", branches.len()),
+                format!(
+                    "join count {n} is more than the {} branches",
+                    branches.len()
+                ),
             );
         }
         Some(ParallelStep {
@@ -571,6 +592,7 @@ impl Decoder<'_> {
             let s = self.fields(node, &SLEEP_UNTIL)?;
             return Some(SleepStep::Until(self.template(s.get("until")?, scope)?));
         }
-        self.setting_duration(node, "sleep", scope).map(SleepStep::For)
+        self.setting_duration(node, "sleep", scope)
+            .map(SleepStep::For)
     }
 }

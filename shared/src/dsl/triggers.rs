@@ -30,7 +30,10 @@ impl Decoder<'_> {
         let entries = match &node.kind {
             NodeKind::Map(entries) if entries.len() == 1 => entries,
             NodeKind::Map(entries) if entries.len() > 1 => {
-                let names: Vec<String> = entries.iter().map(|(k, _)| format!("{:?}", k.name)).collect();
+                let names: Vec<String> = entries
+                    .iter()
+                    .map(|(k, _)| format!("{:?}", k.name))
+                    .collect();
                 self.error_help(
                     entries[1].0.location,
                     format!(
@@ -161,7 +164,10 @@ impl Decoder<'_> {
                 let stream = self.opt_string(f, "stream");
                 let durable = self.opt_string(f, "durable");
                 if durable.is_some() && stream.is_none() {
-                    self.error(f.key_location("durable"), "durable needs stream (JetStream)");
+                    self.error(
+                        f.key_location("durable"),
+                        "durable needs stream (JetStream)",
+                    );
                 }
                 TriggerKind::Nats(NatsTrigger {
                     subject: self.string(f.get("subject")?, "subject")?,
@@ -203,7 +209,10 @@ impl Decoder<'_> {
     fn http(&mut self, f: Fields<'_>) -> Option<HttpTrigger> {
         let path = self.string(f.get("path")?, "path")?;
         if !path.starts_with('/') {
-            self.error(f.get("path")?.location, format!("path {path:?} must start with /"));
+            self.error(
+                f.get("path")?.location,
+                format!("path {path:?} must start with /"),
+            );
         }
         let method = match f.get("method") {
             Some(n) => {
@@ -226,11 +235,13 @@ impl Decoder<'_> {
         let scope = Scope::default();
         let secret = f.get("secret").and_then(|n| self.template(n, &scope));
         let verify = match f.get("verify") {
-            Some(n) => Some(match self.choice(n, "verify", &["github", "stripe", "slack"])? {
-                "github" => WebhookVerify::Github,
-                "stripe" => WebhookVerify::Stripe,
-                _ => WebhookVerify::Slack,
-            }),
+            Some(n) => Some(
+                match self.choice(n, "verify", &["github", "stripe", "slack"])? {
+                    "github" => WebhookVerify::Github,
+                    "stripe" => WebhookVerify::Stripe,
+                    _ => WebhookVerify::Slack,
+                },
+            ),
             None => None,
         };
         if auth != HttpAuth::None && secret.is_none() {
@@ -294,9 +305,16 @@ impl Decoder<'_> {
             None => "UTC".into(),
         };
         if let Err(e) = parsed {
+            // The cron crate's message may draw a caret under the field; keep its last line.
+            let text = e.to_string();
+            let reason = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             self.error(
                 node.location,
-                format!("invalid cron schedule {schedule:?}: {e}"),
+                format!("invalid cron schedule {schedule:?}: {}", reason.trim()),
             );
             return None;
         }
@@ -372,7 +390,10 @@ impl Decoder<'_> {
             }
             (None, Some(stream)) => {
                 let Some(group) = group else {
-                    self.error(f.node.location, "a redis stream needs \"group\" (the consumer group)");
+                    self.error(
+                        f.node.location,
+                        "a redis stream needs \"group\" (the consumer group)",
+                    );
                     return None;
                 };
                 RedisSource::Stream {

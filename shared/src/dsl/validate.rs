@@ -11,7 +11,14 @@ use super::fields::suggest;
 
 /// Roots every expression may read.
 const ALWAYS: &[&str] = &[
-    "event", "inputs", "vars", "steps", "env", "secrets", "device", "execution",
+    "event",
+    "inputs",
+    "vars",
+    "steps",
+    "env",
+    "secrets",
+    "device",
+    "execution",
 ];
 
 impl Decoder<'_> {
@@ -63,8 +70,15 @@ impl Decoder<'_> {
                     {
                         let help = suggest(name, self.input_names.iter().map(String::as_str))
                             .map(|s| format!("did you mean {s:?}?"))
-                            .or_else(|| Some(format!("declare it under inputs: ({name}: {{ type: string }})")));
-                        found.push(fail(format!("unknown input {name:?} in inputs.{name}"), help));
+                            .or_else(|| {
+                                Some(format!(
+                                    "declare it under inputs: ({name}: {{ type: string }})"
+                                ))
+                            });
+                        found.push(fail(
+                            format!("unknown input {name:?} in inputs.{name}"),
+                            help,
+                        ));
                     }
                 }
                 _ if ALWAYS.contains(&root) => {}
@@ -130,10 +144,13 @@ pub fn check_set(workflows: &[(Workflow, String)]) -> Vec<Diagnostic> {
             by_name.insert(name, path);
         }
     }
-    let graph: HashMap<&str, Vec<&str>> = workflows
-        .iter()
-        .map(|(w, _)| (w.name.as_str(), w.called_workflows()))
-        .collect();
+    let mut graph: HashMap<&str, Vec<&str>> = HashMap::with_capacity(workflows.len());
+    for (w, _) in workflows {
+        // With duplicate names, the first one counts (the others are already reported).
+        graph
+            .entry(w.name.as_str())
+            .or_insert_with(|| w.called_workflows());
+    }
     for (workflow, path) in workflows {
         let from = workflow.name.as_str();
         let mut calls: Vec<&Step> = Vec::new();
@@ -152,8 +169,8 @@ pub fn check_set(workflows: &[(Workflow, String)]) -> Vec<Diagnostic> {
                 help,
             };
             if !graph.contains_key(to) {
-                let help = suggest(to, graph.keys().copied())
-                    .map(|s| format!("did you mean {s:?}?"));
+                let help =
+                    suggest(to, graph.keys().copied()).map(|s| format!("did you mean {s:?}?"));
                 out.push(at(format!("call to unknown workflow {to:?}"), help));
                 continue;
             }

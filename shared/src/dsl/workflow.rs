@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::Value;
-use crate::flow::{
-    Concurrency, InputSpec, InputType, Overflow, RunsOn, Workflow, WorkflowName,
-};
+use crate::flow::{Concurrency, InputSpec, InputType, Overflow, RunsOn, Workflow, WorkflowName};
 
 use super::decode::{Decoder, Scope};
 use super::fields::{CONCURRENCY, INPUT, TRIGGERS, WORKFLOW};
@@ -17,7 +15,10 @@ impl Decoder<'_> {
     /// Decodes a whole document; `None` when anything was wrong (see `problems`).
     pub fn workflow(&mut self, root: &Node, source: &str) -> Option<Workflow> {
         if root.is_null() {
-            self.error(root.location, "the file is empty; a workflow needs reactor, name and steps");
+            self.error(
+                root.location,
+                "the file is empty; a workflow needs reactor, name and steps",
+            );
             return None;
         }
         let fields = self.fields(root, &WORKFLOW)?;
@@ -34,7 +35,10 @@ impl Decoder<'_> {
             .or_else(|| {
                 self.error(
                     node.location,
-                    format!("reactor must be the language version 1, found {}", node.describe()),
+                    format!(
+                        "reactor must be the language version 1, found {}",
+                        node.describe()
+                    ),
                 );
                 None
             })
@@ -60,7 +64,10 @@ impl Decoder<'_> {
             Some(n) => self.u32(n, "version", 1),
             None => Some(1),
         };
-        let labels = fields.get("labels").map(|n| self.labels(n)).unwrap_or_default();
+        let labels = fields
+            .get("labels")
+            .map(|n| self.labels(n))
+            .unwrap_or_default();
         let runs_on = match fields.get("runs_on") {
             Some(n) => match self.choice(n, "runs_on", &["agent", "hub", "any"]) {
                 Some("agent") => RunsOn::Agent,
@@ -69,7 +76,10 @@ impl Decoder<'_> {
             },
             None => RunsOn::Any,
         };
-        let inputs = fields.get("inputs").map(|n| self.inputs(n)).unwrap_or_default();
+        let inputs = fields
+            .get("inputs")
+            .map(|n| self.inputs(n))
+            .unwrap_or_default();
         let triggers = fields
             .get("triggers")
             .map(|n| self.triggers(n))
@@ -93,7 +103,9 @@ impl Decoder<'_> {
         let concurrency = fields
             .get("concurrency")
             .and_then(|n| self.concurrency(n, &top));
-        let timeout = fields.get("timeout").and_then(|n| self.duration(n, "timeout"));
+        let timeout = fields
+            .get("timeout")
+            .and_then(|n| self.duration(n, "timeout"));
         let vars = fields
             .get("vars")
             .and_then(|n| self.named_templates(n, "vars", &top))
@@ -136,7 +148,10 @@ impl Decoder<'_> {
         let Some(entries) = node.as_map() else {
             self.error(
                 node.location,
-                format!("labels must be a map of names to text, found {}", node.describe()),
+                format!(
+                    "labels must be a map of names to text, found {}",
+                    node.describe()
+                ),
             );
             return out;
         };
@@ -153,7 +168,10 @@ impl Decoder<'_> {
         let Some(entries) = node.as_map() else {
             self.error(
                 node.location,
-                format!("inputs must be a map of names to settings, found {}", node.describe()),
+                format!(
+                    "inputs must be a map of names to settings, found {}",
+                    node.describe()
+                ),
             );
             return out;
         };
@@ -192,7 +210,10 @@ impl Decoder<'_> {
                     format!(
                         "the default of input {:?} must be {} {}, found {}",
                         key.name,
-                        if ty == InputType::Integer || ty == InputType::Object || ty == InputType::Array {
+                        if ty == InputType::Integer
+                            || ty == InputType::Object
+                            || ty == InputType::Array
+                        {
                             "an"
                         } else {
                             "a"

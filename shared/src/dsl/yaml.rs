@@ -6,6 +6,8 @@
 //! stops at the first alias that would exceed it, before anything is copied).
 //! Scalars are typed with the YAML 1.2 core schema (`yes` is a string).
 
+use std::sync::Arc;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use crate::Value;
@@ -62,8 +64,9 @@ pub enum NodeKind {
         /// character offset inside it maps exactly to a column.
         exact: bool,
     },
-    Seq(Vec<Node>),
-    Map(Vec<(Key, Node)>),
+    /// Shared, so an alias costs one pointer copy (its size still counts against the budget).
+    Seq(Arc<[Node]>),
+    Map(Arc<[(Key, Node)]>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -174,7 +177,13 @@ impl Node {
     pub fn from_value(value: &Value) -> Node {
         let location = Location::default();
         let kind = match value {
-            Value::Array(items) => NodeKind::Seq(items.iter().map(Node::from_value).collect()),
+            Value::Array(items) => NodeKind::Seq(
+                items
+                    .iter()
+                    .map(Node::from_value)
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
             Value::Object(map) => NodeKind::Map(
                 map.iter()
                     .map(|(k, v)| {
@@ -186,7 +195,8 @@ impl Node {
                             Node::from_value(v),
                         )
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             ),
             scalar => NodeKind::Scalar {
                 value: scalar.clone(),
@@ -293,6 +303,9 @@ struct Builder<'a> {
     root: Option<Node>,
     errors: Vec<YamlError>,
     text: &'a str,
+    /// Byte offset of each character, built only for non-ASCII documents that need it.
+    char_bytes: Option<Vec<usize>>,
+    ascii: bool,
 }
 
 /// Parses one YAML document. Errors are returned all at once where the YAML stays readable
@@ -317,6 +330,8 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
         root: None,
         errors: Vec::new(),
         text,
+        char_bytes: None,
+        ascii: text.is_ascii(),
     };
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0;
@@ -329,9 +344,16 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
                     line: marker.line() as u32,
                     column: marker.col() as u32 + 1,
                 };
+                let message = match error.info() {
+                    "recursion limit exceeded" => format!(
+                        "the document nests deeper than {} levels",
+                        builder.limits.max_depth
+                    ),
+                    info => format!("invalid YAML: {info}"),
+                };
                 builder.errors.push(YamlError {
                     location,
-                    message: format!("invalid YAML: {}", error.info()),
+                    message,
                     help: builder.expression_help(location),
                 });
                 return Err(builder.errors);
@@ -418,7 +440,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
                         anchor,
                     }) => (
                         Node {
-                            kind: NodeKind::Seq(items),
+                            kind: NodeKind::Seq(items.into()),
                             location,
                         },
                         anchor,
@@ -430,7 +452,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
                         ..
                     }) => (
                         Node {
-                            kind: NodeKind::Map(entries),
+                            kind: NodeKind::Map(entries.into()),
                             location,
                         },
                         anchor,
@@ -482,18 +504,34 @@ pub fn parse(text: &str, limits: Limits) -> Result<Node, Vec<YamlError>> {
 }
 
 impl Builder<'_> {
-    /// Whether offsets inside this scalar map one to one onto source columns.
-    fn is_exact(&self, span: &Span, style: Style, value: &str) -> bool {
+    /// Whether offsets inside this scalar map one to one onto source columns: one line, and
+    /// the source between the quotes is the value itself (no escapes).
+    fn is_exact(&mut self, span: &Span, style: Style, value: &str) -> bool {
         if span.start.line() != span.end.line() {
             return false;
         }
-        let quotes = match style {
-            Style::Plain => 0,
-            Style::SingleQuoted | Style::DoubleQuoted => 2,
+        let quote = match style {
+            Style::Plain => return true,
+            Style::SingleQuoted => '\'',
+            Style::DoubleQuoted => '"',
             _ => return false,
         };
-        // Same number of characters in the source as in the value: no escapes were used.
-        span.end.index() - span.start.index() == value.chars().count() + quotes
+        let Some(start) = self.byte_index(span.start.index() + 1) else {
+            return false;
+        };
+        let rest = self.text.get(start..).unwrap_or("");
+        rest.starts_with(value) && rest[value.len()..].starts_with(quote)
+    }
+
+    /// Byte offset of a character index (marks count characters).
+    fn byte_index(&mut self, chars: usize) -> Option<usize> {
+        if self.ascii {
+            return Some(chars);
+        }
+        let table = self
+            .char_bytes
+            .get_or_insert_with(|| self.text.char_indices().map(|(b, _)| b).collect());
+        table.get(chars).copied()
     }
 
     /// Adds a finished node to its parent. Returns false when reading must stop.
@@ -641,9 +679,14 @@ mod tests {
 
         let deep = "[".repeat(10_000);
         let errors = parse(&deep, Limits::default()).unwrap_err();
-        assert_eq!(errors[0].message, "the document nests deeper than 64 levels");
+        assert_eq!(
+            errors[0].message,
+            "the document nests deeper than 64 levels"
+        );
 
-        let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut bomb = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         for i in 1..9 {
             let prev = (b'a' + i - 1) as char;
             let name = (b'a' + i) as char;

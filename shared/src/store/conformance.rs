@@ -330,8 +330,8 @@ pub async fn finishing_leaves_unfinished<H: Harness>(harness: &mut H) {
 pub async fn query_executions<H: Harness>(harness: &mut H) {
     let store = harness.fresh().await;
     let mut batch = Vec::new();
-    for n in 1..=12 {
-        let workflow = if n % 2 == 0 { "even" } else { "odd" };
+    for n in 1..=12u64 {
+        let workflow = if n.is_multiple_of(2) { "even" } else { "odd" };
         let status = match n % 3 {
             0 => ExecutionStatus::Succeeded,
             1 => ExecutionStatus::Running,

@@ -23,6 +23,8 @@ use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timesta
 mod batch;
 pub mod conformance;
 mod memory;
+#[cfg(test)]
+mod model_tests;
 #[cfg(feature = "redb")]
 mod redb;
 
@@ -31,6 +33,10 @@ pub use self::memory::MemoryStore;
 pub use self::redb::{RedbOptions, RedbStore};
 
 /// One write; a batch of writes is applied atomically.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "writes live briefly in a batch; boxing would change the API others code against"
+)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreWrite {
     /// A new execution with its summary and its first fact (`Fact::Started`, sequence 0).

@@ -25,12 +25,16 @@
 //! (`Database::compact`) is only worth it after a one-off mass deletion and is not done here.
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod fault;
 mod tables;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -88,6 +92,14 @@ pub struct RedbStore {
     sender: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
     path: Option<PathBuf>,
+    stats: Arc<Stats>,
+}
+
+/// Counters kept by the store thread (for metrics and benchmarks).
+#[derive(Debug, Default)]
+struct Stats {
+    commits: AtomicU64,
+    batches: AtomicU64,
 }
 
 impl RedbStore {
@@ -108,10 +120,12 @@ impl RedbStore {
         let db = opener().map_err(|err| tables::redb_error("open database", err))?;
         tables::init(&db)?;
         let (sender, receiver) = mpsc::channel(COMMAND_CAPACITY);
+        let stats = Arc::new(Stats::default());
         let worker = StoreThread {
             db: Some(db),
             opener,
             options,
+            stats: Arc::clone(&stats),
         };
         let thread = std::thread::Builder::new()
             .name("reactor-store".into())
@@ -121,7 +135,18 @@ impl RedbStore {
             sender: Some(sender),
             thread: Some(thread),
             path: None,
+            stats,
         })
+    }
+
+    /// Write transactions committed so far (each holds one or more batches).
+    pub fn commits(&self) -> u64 {
+        self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Batches committed so far (refused ones excluded).
+    pub fn batches(&self) -> u64 {
+        self.stats.batches.load(Ordering::Relaxed)
     }
 
     /// The file this store was opened from.
@@ -213,6 +238,7 @@ struct StoreThread {
     db: Option<Database>,
     opener: Opener,
     options: RedbOptions,
+    stats: Arc<Stats>,
 }
 
 impl StoreThread {
@@ -281,6 +307,11 @@ impl StoreThread {
         match tables::commit_group(db, group) {
             Ok(outcomes) => {
                 let elapsed = started.elapsed();
+                let committed = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .batches
+                    .fetch_add(committed as u64, Ordering::Relaxed);
                 if elapsed > self.options.slow_commit {
                     tracing::warn!(
                         elapsed_ms = elapsed.as_millis() as u64,

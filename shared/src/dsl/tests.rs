@@ -490,7 +490,7 @@ fn expression_checks() {
         ),
         (
             "  - action: log\n    if: ${{ event.data.x > }}\n    with: { message: m }\n",
-            "5:26: invalid expression in if: unexpected '>' where a value was expected",
+            "5:28: invalid expression in if: expression ends where a value was expected",
             None,
         ),
         (

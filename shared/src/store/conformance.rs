@@ -49,6 +49,7 @@ impl Harness for MemoryHarness {
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, each with a harness made by `$make`.
+/// The calling crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {

@@ -119,6 +119,10 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Applies `batch` atomically and returns once it is durable. Concurrent callers are
     /// group-committed: many batches share one commit.
+    ///
+    /// A batch that breaks the journal's order (`NotFound`, `AlreadyExists`, `OutOfOrder`,
+    /// `InvalidWrite`) is refused whole and nothing of it is written. After `Io` the outcome
+    /// is unknown (the commit may have reached the disk): re-read before retrying.
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError>;
 
     /// Executions that are not finished (running and queued), oldest first, with their

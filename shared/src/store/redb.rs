@@ -1,6 +1,6 @@
 //! [`RedbStore`]: the agent's journal in one redb file.
 //!
-//! One std thread named `reactor-store` owns the [`Database`] and takes [`Command`]s over a
+//! One std thread named `reactor-store` owns the [`Database`] and takes commands over a
 //! bounded channel ([`COMMAND_CAPACITY`]; a full queue makes writers wait: backpressure).
 //!
 //! Group commit: the thread takes a write, then drains every write already queued (up to
@@ -126,6 +126,8 @@ impl RedbStore {
             opener,
             options,
             stats: Arc::clone(&stats),
+            last_slow_warning: None,
+            slow_since_warning: 0,
         };
         let thread = std::thread::Builder::new()
             .name("reactor-store".into())
@@ -239,7 +241,13 @@ struct StoreThread {
     opener: Opener,
     options: RedbOptions,
     stats: Arc<Stats>,
+    /// Slow-commit warnings are rate-limited: a slow SD card must not fill itself with logs.
+    last_slow_warning: Option<Instant>,
+    slow_since_warning: u64,
 }
+
+/// At most one slow-commit warning per this interval.
+const SLOW_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 impl StoreThread {
     fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
@@ -313,11 +321,7 @@ impl StoreThread {
                     .batches
                     .fetch_add(committed as u64, Ordering::Relaxed);
                 if elapsed > self.options.slow_commit {
-                    tracing::warn!(
-                        elapsed_ms = elapsed.as_millis() as u64,
-                        batches = group.len(),
-                        "slow journal commit"
-                    );
+                    self.slow_commit(elapsed, group.len());
                 }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
@@ -334,6 +338,24 @@ impl StoreThread {
                 }
             }
         }
+    }
+
+    fn slow_commit(&mut self, elapsed: Duration, batches: usize) {
+        self.slow_since_warning += 1;
+        if self
+            .last_slow_warning
+            .is_some_and(|last| last.elapsed() < SLOW_WARNING_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            batches,
+            slow_commits = self.slow_since_warning,
+            "slow journal commit (slow_commits counts those since the last warning)"
+        );
+        self.last_slow_warning = Some(Instant::now());
+        self.slow_since_warning = 0;
     }
 
     /// After an I/O error redb refuses further work: drop the database and open it again

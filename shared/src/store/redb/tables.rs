@@ -460,3 +460,22 @@ pub(super) fn meta(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreErr
         .context("read meta")?
         .map(|value| value.value().to_vec()))
 }
+
+/// Stores raw bytes as the record of `id` (and indexes it as unfinished): tests use it to
+/// plant undecodable data.
+#[cfg(test)]
+pub(super) fn put_raw_record(
+    db: &Database,
+    id: ExecutionId,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let txn = begin(db)?;
+    {
+        let k = key(id);
+        let mut tables = Tables::open(&txn)?;
+        tables.executions.insert(&k, bytes).context("plant")?;
+        tables.unfinished.insert(&k, ()).context("plant")?;
+        tables.journal.insert((&k, 0), bytes).context("plant")?;
+    }
+    txn.commit().context("commit plant")
+}

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use reactor_core::cli::{self, ExecOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "reactor-agent", version, about = "Reactor's edge agent: runs event-driven workflows on devices, offline, with durable state.")]
+#[command(
+    name = "reactor-agent",
+    version,
+    about = "Reactor's edge agent: runs event-driven workflows on devices, offline, with durable state."
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -53,21 +57,43 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
         Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
-        Command::Exec { file, event, input, allow_exec, env } => {
+        Command::Exec {
+            file,
+            event,
+            input,
+            allow_exec,
+            env,
+        } => {
             init_logging();
-            let options = ExecOptions { file, event, input, allow_exec, env };
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let options = ExecOptions {
+                file,
+                event,
+                input,
+                allow_exec,
+                env,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("error: cannot start the async runtime: {error}");
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(cli::exec(&options, &mut std::io::stdout(), &mut std::io::stderr()))
+            runtime.block_on(cli::exec(
+                &options,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ))
         }
         Command::Schema => {
             let schema = reactor_core::dsl::schema::json_schema();
-            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
             0
         }
     };
@@ -76,6 +102,10 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr (stdout carries `exec`'s JSON); `RUST_LOG` filters, default `warn`.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

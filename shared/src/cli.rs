@@ -85,12 +85,20 @@ pub async fn exec(options: &ExecOptions, out: &mut dyn Write, err: &mut dyn Writ
     let event = Event::new("manual", "reactor:cli", data);
     let (code, result) = match runtime.submit(&name, event, inputs).await {
         Ok(Submission::Accepted(id)) => match runtime.wait(id).await {
-            Ok(record) => (if record.status == crate::engine::ExecutionStatus::Succeeded { 0 } else { 1 }, exec_json(&record)),
+            Ok(record) => (
+                if record.status == crate::engine::ExecutionStatus::Succeeded {
+                    0
+                } else {
+                    1
+                },
+                exec_json(&record),
+            ),
             Err(error) => (1, failure_json(&error.to_string())),
         },
-        Ok(Submission::Skipped | Submission::Dropped) => {
-            (0, json!({ "status": "skipped", "output": null, "error": null, "steps": {} }))
-        }
+        Ok(Submission::Skipped | Submission::Dropped) => (
+            0,
+            json!({ "status": "skipped", "output": null, "error": null, "steps": {} }),
+        ),
         Err(error) => (1, failure_json(&error.to_string())),
     };
     runtime.shutdown().await;
@@ -105,7 +113,8 @@ pub fn exec_json(record: &ExecutionRecord) -> Value {
         .steps
         .iter()
         .map(|(id, step)| {
-            let value = json!({ "status": step.status, "output": step.output, "attempts": step.attempts });
+            let value =
+                json!({ "status": step.status, "output": step.output, "attempts": step.attempts });
             (id.clone(), value)
         })
         .collect();
@@ -125,16 +134,28 @@ fn failure_json(message: &str) -> Value {
 fn load_for_exec(file: &Path) -> Result<(Workflow, Vec<Workflow>), Vec<Diagnostic>> {
     let display = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|e| {
-        vec![Diagnostic { path: display.clone(), line: 1, column: 1, message: format!("cannot read the file: {e}"), help: None }]
+        vec![Diagnostic {
+            path: display.clone(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the file: {e}"),
+            help: None,
+        }]
     })?;
     let workflow = dsl::parse_workflow(&display, &text)?;
-    let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let folder = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut siblings = Vec::new();
     if let Ok(entries) = std::fs::read_dir(folder) {
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
-            let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            let is_yaml = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            );
             if !is_yaml || same_file(&path, file) {
                 continue;
             }
@@ -148,8 +169,15 @@ fn load_for_exec(file: &Path) -> Result<(Workflow, Vec<Workflow>), Vec<Diagnosti
     }
     let mut set: Vec<(Workflow, String)> = vec![(workflow.clone(), display.clone())];
     set.extend(siblings.iter().map(|w| (w.clone(), w.source.clone())));
-    let problems: Vec<Diagnostic> = dsl::check_set(&set).into_iter().filter(|d| d.path == display).collect();
-    if problems.is_empty() { Ok((workflow, siblings)) } else { Err(problems) }
+    let problems: Vec<Diagnostic> = dsl::check_set(&set)
+        .into_iter()
+        .filter(|d| d.path == display)
+        .collect();
+    if problems.is_empty() {
+        Ok((workflow, siblings))
+    } else {
+        Err(problems)
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -162,7 +190,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// JSON text, or `@path` naming a file of JSON.
 fn read_json_argument(argument: &str) -> Result<Value, String> {
     let text = match argument.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
+        }
         None => argument.to_string(),
     };
     serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
@@ -184,5 +214,9 @@ pub fn environment_from_process(allowed_env: &[String]) -> Environment {
             secrets.insert(secret.to_string(), Value::String(value));
         }
     }
-    Environment { env: Value::Object(env), secrets: Value::Object(secrets), device: Value::Null }
+    Environment {
+        env: Value::Object(env),
+        secrets: Value::Object(secrets),
+        device: Value::Null,
+    }
 }

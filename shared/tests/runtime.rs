@@ -5,9 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reactor_core::action::{Action, ActionContext, ActionError, ActionSpec, Effect, SettingSpec, builtin_registry, builtin_specs};
+use reactor_core::action::{
+    Action, ActionContext, ActionError, ActionSpec, Effect, SettingSpec, builtin_registry,
+    builtin_specs,
+};
 use reactor_core::dsl::Parser;
-use reactor_core::engine::{Environment, Event, ExecutionStatus, Fact, Runtime, RuntimeConfig, Submission};
+use reactor_core::engine::{
+    Environment, Event, ExecutionStatus, Fact, Runtime, RuntimeConfig, Submission,
+};
 use reactor_core::store::{MemoryStore, RedbOptions, RedbStore, Store};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -16,7 +21,12 @@ static PROBE_SPEC: ActionSpec = ActionSpec {
     kind: "probe",
     description: "records calls; can be held at a gate or made to fail",
     effect: Effect::SideEffect,
-    settings: &[SettingSpec { name: "n", required: false, json_type: "integer", description: "echoed back" }],
+    settings: &[SettingSpec {
+        name: "n",
+        required: false,
+        json_type: "integer",
+        description: "echoed back",
+    }],
 };
 
 /// A side-effecting test action: records (step, idempotency key, attempt) of every call.
@@ -35,7 +45,11 @@ impl Action for Probe {
         &PROBE_SPEC
     }
     async fn execute(&self, input: Value, context: &ActionContext) -> Result<Value, ActionError> {
-        self.calls.lock().unwrap().push((context.step.clone(), context.idempotency_key.clone(), context.attempt));
+        self.calls.lock().unwrap().push((
+            context.step.clone(),
+            context.idempotency_key.clone(),
+            context.attempt,
+        ));
         if let Some(gate) = &self.gate {
             tokio::select! {
                 permit = gate.acquire() => permit.expect("gate open").forget(),
@@ -53,7 +67,12 @@ impl Action for Probe {
 
 impl Probe {
     fn steps(&self) -> Vec<String> {
-        self.calls.lock().unwrap().iter().map(|c| c.0.clone()).collect()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.0.clone())
+            .collect()
     }
 }
 
@@ -66,9 +85,16 @@ fn parser() -> Parser {
 fn runtime(store: Arc<dyn Store>, probe: Arc<Probe>, yaml: &[&str]) -> Runtime {
     let mut actions = builtin_registry(Default::default());
     actions.register(probe);
-    let runtime = Runtime::new(store, actions, Environment::empty(), RuntimeConfig::default());
+    let runtime = Runtime::new(
+        store,
+        actions,
+        Environment::empty(),
+        RuntimeConfig::default(),
+    );
     for text in yaml {
-        let workflow = parser().parse("test.yaml", text).unwrap_or_else(|d| panic!("{d:?}"));
+        let workflow = parser()
+            .parse("test.yaml", text)
+            .unwrap_or_else(|d| panic!("{d:?}"));
         runtime.load(workflow);
     }
     runtime
@@ -79,8 +105,13 @@ fn event() -> Event {
 }
 
 async fn run(runtime: &Runtime, name: &str) -> reactor_core::engine::ExecutionRecord {
-    let Submission::Accepted(id) = runtime.submit(name, event(), json!({})).await.unwrap() else { panic!("not accepted") };
-    tokio::time::timeout(Duration::from_secs(10), runtime.wait(id)).await.expect("finished in time").unwrap()
+    let Submission::Accepted(id) = runtime.submit(name, event(), json!({})).await.unwrap() else {
+        panic!("not accepted")
+    };
+    tokio::time::timeout(Duration::from_secs(10), runtime.wait(id))
+        .await
+        .expect("finished in time")
+        .unwrap()
 }
 
 const THREE_STEPS: &str = r#"
@@ -117,7 +148,17 @@ async fn side_effects_are_journaled_before_and_after() {
             other => format!("{other:?}"),
         })
         .collect();
-    assert_eq!(shape, ["started", "start first@1", "end first@1", "end pure@1", "start last@1", "end last@1"]);
+    assert_eq!(
+        shape,
+        [
+            "started",
+            "start first@1",
+            "end first@1",
+            "end pure@1",
+            "start last@1",
+            "end last@1"
+        ]
+    );
     let steps: Vec<&str> = record.steps.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(steps, ["first", "pure", "last"]);
 }
@@ -132,10 +173,17 @@ async fn recovery_reruns_only_the_step_in_flight_with_the_same_key() {
     {
         let store = Arc::new(RedbStore::open(&path, RedbOptions::default()).unwrap());
         // The first probe call passes, the second is held in flight.
-        let probe = Arc::new(Probe { gate: Some(gate.clone()), ..Probe::default() });
+        let probe = Arc::new(Probe {
+            gate: Some(gate.clone()),
+            ..Probe::default()
+        });
         gate.add_permits(1);
         let runtime = runtime(store.clone(), probe.clone(), &[THREE_STEPS]);
-        let Submission::Accepted(accepted) = runtime.submit("three", event(), json!({})).await.unwrap() else { panic!() };
+        let Submission::Accepted(accepted) =
+            runtime.submit("three", event(), json!({})).await.unwrap()
+        else {
+            panic!()
+        };
         id = accepted;
         for _ in 0..200 {
             if probe.steps().len() == 2 {
@@ -152,7 +200,10 @@ async fn recovery_reruns_only_the_step_in_flight_with_the_same_key() {
     let probe = Arc::new(Probe::default());
     let runtime = runtime(store.clone(), probe.clone(), &[THREE_STEPS]);
     assert_eq!(runtime.recover().await.unwrap(), 1);
-    let record = tokio::time::timeout(Duration::from_secs(10), runtime.wait(id)).await.unwrap().unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(10), runtime.wait(id))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.status, ExecutionStatus::Succeeded);
     // Only the step that was in flight ran again, with the same idempotency key.
     assert_eq!(probe.steps(), ["last"]);
@@ -161,7 +212,10 @@ async fn recovery_reruns_only_the_step_in_flight_with_the_same_key() {
 
 #[tokio::test]
 async fn retries_use_durable_timers_and_keep_the_key() {
-    let probe = Arc::new(Probe { failures: Mutex::new(2), ..Probe::default() });
+    let probe = Arc::new(Probe {
+        failures: Mutex::new(2),
+        ..Probe::default()
+    });
     let yaml = r#"
 reactor: 1
 name: flaky
@@ -182,24 +236,60 @@ steps:
 #[tokio::test]
 async fn concurrency_drop_and_queue() {
     let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe { gate: Some(gate.clone()), ..Probe::default() });
+    let probe = Arc::new(Probe {
+        gate: Some(gate.clone()),
+        ..Probe::default()
+    });
     let yaml = |name: &str, overflow: &str| {
-        format!("reactor: 1\nname: {name}\nconcurrency: {{ limit: 1, overflow: {overflow} }}\nsteps:\n  - action: probe\n")
+        format!(
+            "reactor: 1\nname: {name}\nconcurrency: {{ limit: 1, overflow: {overflow} }}\nsteps:\n  - action: probe\n"
+        )
     };
     let (dropping, queueing) = (yaml("dropping", "drop"), yaml("queueing", "queue"));
-    let runtime = runtime(Arc::new(MemoryStore::new()), probe.clone(), &[&dropping, &queueing]);
-    let first = runtime.submit("dropping", event(), json!({})).await.unwrap();
+    let runtime = runtime(
+        Arc::new(MemoryStore::new()),
+        probe.clone(),
+        &[&dropping, &queueing],
+    );
+    let first = runtime
+        .submit("dropping", event(), json!({}))
+        .await
+        .unwrap();
     assert!(matches!(first, Submission::Accepted(_)));
-    assert_eq!(runtime.submit("dropping", event(), json!({})).await.unwrap(), Submission::Dropped);
+    assert_eq!(
+        runtime
+            .submit("dropping", event(), json!({}))
+            .await
+            .unwrap(),
+        Submission::Dropped
+    );
 
-    let Submission::Accepted(a) = runtime.submit("queueing", event(), json!({})).await.unwrap() else { panic!() };
-    let Submission::Accepted(b) = runtime.submit("queueing", event(), json!({})).await.unwrap() else { panic!() };
+    let Submission::Accepted(a) = runtime
+        .submit("queueing", event(), json!({}))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let Submission::Accepted(b) = runtime
+        .submit("queueing", event(), json!({}))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     let queued = runtime.store().execution(b).await.unwrap().unwrap();
     assert_eq!(queued.status, ExecutionStatus::Queued);
     gate.add_permits(10);
     let wait = |id| tokio::time::timeout(Duration::from_secs(10), runtime.wait(id));
-    assert_eq!(wait(a).await.unwrap().unwrap().status, ExecutionStatus::Succeeded);
-    assert_eq!(wait(b).await.unwrap().unwrap().status, ExecutionStatus::Succeeded);
+    assert_eq!(
+        wait(a).await.unwrap().unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+    assert_eq!(
+        wait(b).await.unwrap().unwrap().status,
+        ExecutionStatus::Succeeded
+    );
 }
 
 #[tokio::test]
@@ -222,9 +312,18 @@ steps:
     with: { n: 2 }
 "#;
     let probe = Arc::new(Probe::default());
-    let runtime = runtime(Arc::new(MemoryStore::new()), probe.clone(), &[parent, child]);
+    let runtime = runtime(
+        Arc::new(MemoryStore::new()),
+        probe.clone(),
+        &[parent, child],
+    );
     let record = run(&runtime, "parent").await;
-    assert_eq!(record.status, ExecutionStatus::Succeeded, "{:?}", record.error);
+    assert_eq!(
+        record.status,
+        ExecutionStatus::Succeeded,
+        "{:?}",
+        record.error
+    );
     assert_eq!(record.output["echo"], json!({ "n": 2 }));
 }
 
@@ -237,12 +336,33 @@ steps:
   - id: approved
     wait: { event: "approval.*", timeout: 10s }
 "#;
-    let runtime = runtime(Arc::new(MemoryStore::new()), Arc::new(Probe::default()), &[yaml]);
-    let Submission::Accepted(id) = runtime.submit("approval", event(), json!({})).await.unwrap() else { panic!() };
+    let runtime = runtime(
+        Arc::new(MemoryStore::new()),
+        Arc::new(Probe::default()),
+        &[yaml],
+    );
+    let Submission::Accepted(id) = runtime
+        .submit("approval", event(), json!({}))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    runtime.deliver(&Event::new("other.thing", "test", json!(1))).await;
-    runtime.deliver(&Event::new("approval.granted", "test", json!({ "by": "ops" }))).await;
-    let record = tokio::time::timeout(Duration::from_secs(5), runtime.wait(id)).await.unwrap().unwrap();
+    runtime
+        .deliver(&Event::new("other.thing", "test", json!(1)))
+        .await;
+    runtime
+        .deliver(&Event::new(
+            "approval.granted",
+            "test",
+            json!({ "by": "ops" }),
+        ))
+        .await;
+    let record = tokio::time::timeout(Duration::from_secs(5), runtime.wait(id))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.status, ExecutionStatus::Succeeded);
     assert_eq!(record.output["data"], json!({ "by": "ops" }));
 }
@@ -250,12 +370,24 @@ steps:
 #[tokio::test]
 async fn cancel_stops_a_running_execution() {
     let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe { gate: Some(gate), ..Probe::default() });
+    let probe = Arc::new(Probe {
+        gate: Some(gate),
+        ..Probe::default()
+    });
     let runtime = runtime(Arc::new(MemoryStore::new()), probe, &[THREE_STEPS]);
-    let Submission::Accepted(id) = runtime.submit("three", event(), json!({})).await.unwrap() else { panic!() };
+    let Submission::Accepted(id) = runtime.submit("three", event(), json!({})).await.unwrap()
+    else {
+        panic!()
+    };
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(runtime.cancel(id, "test").await);
-    let record = tokio::time::timeout(Duration::from_secs(5), runtime.wait(id)).await.unwrap().unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(5), runtime.wait(id))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.status, ExecutionStatus::Cancelled);
-    assert_eq!(record.steps[0].1.status, reactor_core::engine::StepStatus::Cancelled);
+    assert_eq!(
+        record.steps[0].1.status,
+        reactor_core::engine::StepStatus::Cancelled
+    );
 }

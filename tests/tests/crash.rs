@@ -16,7 +16,10 @@ use reactor_core::engine::{ExecutionStatus, Fact, Timestamp};
 use reactor_core::store::{ExecutionQuery, RedbOptions, RedbStore, Store};
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// xorshift64*: deterministic kill moments for a seed.
@@ -45,7 +48,12 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
     let mut lifetimes: Vec<(i64, i64)> = Vec::new();
     let spawn = |incarnation: usize| {
         Command::new(worker)
-            .args([db.to_str().unwrap(), ledger.to_str().unwrap(), &total.to_string(), &incarnation.to_string()])
+            .args([
+                db.to_str().unwrap(),
+                ledger.to_str().unwrap(),
+                &total.to_string(),
+                &incarnation.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -68,7 +76,11 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
         match exited {
             Some(status) => {
                 let output = child.wait_with_output().unwrap();
-                assert!(status.success(), "seed {seed:#x}: worker failed: {}", String::from_utf8_lossy(&output.stderr));
+                assert!(
+                    status.success(),
+                    "seed {seed:#x}: worker failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
                 finished_early += 1;
             }
             None => {
@@ -81,20 +93,47 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
     // A last run without kills finishes everything.
     let start = Timestamp::now().0;
     let output = spawn(kills as usize).wait_with_output().unwrap();
-    assert!(output.status.success(), "seed {seed:#x}: final run failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "seed {seed:#x}: final run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     lifetimes.push((start, Timestamp::now().0));
-    eprintln!("{kills} kills ({finished_early} incarnations finished before their kill), seed {seed:#x}");
+    eprintln!(
+        "{kills} kills ({finished_early} incarnations finished before their kill), seed {seed:#x}"
+    );
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let store = RedbStore::open(&db, RedbOptions::default()).unwrap();
-    let records = runtime.block_on(store.executions(&ExecutionQuery { limit: total + 10, ..ExecutionQuery::default() })).unwrap();
-    assert_eq!(records.len(), total, "every submitted execution exists exactly once");
+    let records = runtime
+        .block_on(store.executions(&ExecutionQuery {
+            limit: total + 10,
+            ..ExecutionQuery::default()
+        }))
+        .unwrap();
+    assert_eq!(
+        records.len(),
+        total,
+        "every submitted execution exists exactly once"
+    );
 
     // Which incarnation durably recorded each step's end.
-    let incarnation_at = |at: Timestamp| lifetimes.iter().position(|(s, e)| at.0 >= *s && at.0 <= *e + 1);
+    let incarnation_at = |at: Timestamp| {
+        lifetimes
+            .iter()
+            .position(|(s, e)| at.0 >= *s && at.0 <= *e + 1)
+    };
     let mut recorded_in: HashMap<String, usize> = HashMap::new();
     for record in &records {
-        assert_eq!(record.status, ExecutionStatus::Succeeded, "seed {seed:#x}: {:?}", record.error);
+        assert_eq!(
+            record.status,
+            ExecutionStatus::Succeeded,
+            "seed {seed:#x}: {:?}",
+            record.error
+        );
         for (_, step) in &record.steps {
             assert_eq!(step.status, reactor_core::engine::StepStatus::Succeeded);
         }
@@ -105,12 +144,19 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
                 && ["one", "fan.left/two", "fan.right/three"].contains(&step)
             {
                 let idempotency_key = format!("{}:{step}", record.id);
-                let previous = recorded_in.insert(idempotency_key, incarnation_at(at).expect("fact time within a lifetime"));
+                let previous = recorded_in.insert(
+                    idempotency_key,
+                    incarnation_at(at).expect("fact time within a lifetime"),
+                );
                 assert!(previous.is_none(), "a step's end is journaled once");
             }
         }
     }
-    assert_eq!(recorded_in.len(), total * 3, "every side-effecting step recorded its end");
+    assert_eq!(
+        recorded_in.len(),
+        total * 3,
+        "every side-effecting step recorded its end"
+    );
 
     let ledger_text = std::fs::read_to_string(&ledger).unwrap();
     let mut runs: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -122,17 +168,34 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
     }
     let mut repeated = 0;
     for (key, recorded) in &recorded_in {
-        let ran = runs.get(key.as_str()).unwrap_or_else(|| panic!("step {key} never ran"));
+        let ran = runs
+            .get(key.as_str())
+            .unwrap_or_else(|| panic!("step {key} never ran"));
         // Within one incarnation a step runs at most once.
         let mut sorted = ran.clone();
         sorted.dedup();
-        assert_eq!(sorted.len(), ran.len(), "seed {seed:#x}: {key} ran twice in one incarnation: {ran:?}");
+        assert_eq!(
+            sorted.len(),
+            ran.len(),
+            "seed {seed:#x}: {key} ran twice in one incarnation: {ran:?}"
+        );
         // It never ran after the incarnation that recorded its end.
-        assert_eq!(ran.iter().max(), Some(recorded), "seed {seed:#x}: {key} ran again after it had finished: {ran:?}");
+        assert_eq!(
+            ran.iter().max(),
+            Some(recorded),
+            "seed {seed:#x}: {key} ran again after it had finished: {ran:?}"
+        );
         if ran.len() > 1 {
             repeated += 1;
         }
     }
-    assert_eq!(runs.len(), recorded_in.len(), "no side effect ran for an unknown step");
-    eprintln!("{} steps, {repeated} re-ran after a kill (in flight, same idempotency key)", recorded_in.len());
+    assert_eq!(
+        runs.len(),
+        recorded_in.len(),
+        "no side effect ran for an unknown step"
+    );
+    eprintln!(
+        "{} steps, {repeated} re-ran after a kill (in flight, same idempotency key)",
+        recorded_in.len()
+    );
 }

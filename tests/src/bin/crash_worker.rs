@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use reactor_core::action::{Action, ActionContext, ActionError, ActionSpec, Effect, builtin_registry, builtin_specs};
+use reactor_core::action::{
+    Action, ActionContext, ActionError, ActionSpec, Effect, builtin_registry, builtin_specs,
+};
 use reactor_core::dsl::Parser;
 use reactor_core::engine::{Environment, Event, Runtime, RuntimeConfig};
 use reactor_core::store::{ExecutionQuery, RedbOptions, RedbStore, Retention, Store};
@@ -36,10 +38,18 @@ impl Action for Ledger {
         &LEDGER_SPEC
     }
     async fn execute(&self, _input: Value, context: &ActionContext) -> Result<Value, ActionError> {
-        let line = format!("{} {} {}\n", self.incarnation, context.idempotency_key, context.attempt);
-        let mut file = self.file.lock().map_err(|_| ActionError::permanent("ledger lock poisoned"))?;
-        file.write_all(line.as_bytes()).map_err(|e| ActionError::retryable(e.to_string()))?;
-        file.sync_data().map_err(|e| ActionError::retryable(e.to_string()))?;
+        let line = format!(
+            "{} {} {}\n",
+            self.incarnation, context.idempotency_key, context.attempt
+        );
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| ActionError::permanent("ledger lock poisoned"))?;
+        file.write_all(line.as_bytes())
+            .map_err(|e| ActionError::retryable(e.to_string()))?;
+        file.sync_data()
+            .map_err(|e| ActionError::retryable(e.to_string()))?;
         Ok(json!({ "key": context.idempotency_key }))
     }
 }
@@ -76,31 +86,72 @@ async fn main() -> Result<()> {
     let total: usize = total.parse().context("TOTAL")?;
     let incarnation: u32 = incarnation.parse().context("INCARNATION")?;
     let store = Arc::new(RedbStore::open(db, RedbOptions::default()).context("open journal")?);
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(ledger).context("open ledger")?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger)
+        .context("open ledger")?;
     let mut actions = builtin_registry(Default::default());
-    actions.register(Arc::new(Ledger { file: std::sync::Mutex::new(file), incarnation }));
+    actions.register(Arc::new(Ledger {
+        file: std::sync::Mutex::new(file),
+        incarnation,
+    }));
     let mut specs = builtin_specs();
     specs.push(&LEDGER_SPEC);
-    let workflow = Parser::new().with_actions(specs).parse("crash.yaml", WORKFLOW).map_err(|d| anyhow::anyhow!("{d:?}"))?;
-    let config = RuntimeConfig { retention: Retention { keep: usize::MAX, max_age: None }, prune_every: 0, ..RuntimeConfig::default() };
+    let workflow = Parser::new()
+        .with_actions(specs)
+        .parse("crash.yaml", WORKFLOW)
+        .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    let config = RuntimeConfig {
+        retention: Retention {
+            keep: usize::MAX,
+            max_age: None,
+        },
+        prune_every: 0,
+        ..RuntimeConfig::default()
+    };
     let runtime = Runtime::new(store.clone(), actions, Environment::empty(), config);
     runtime.load(workflow);
     runtime.recover().await.context("recover")?;
 
-    let existing = store.executions(&ExecutionQuery { limit: total + 1, ..ExecutionQuery::default() }).await?.len();
+    let existing = store
+        .executions(&ExecutionQuery {
+            limit: total + 1,
+            ..ExecutionQuery::default()
+        })
+        .await?
+        .len();
     let mut submitting = tokio::task::JoinSet::new();
     for n in existing..total {
         let runtime = runtime.clone();
-        submitting.spawn(async move { runtime.submit("crash", Event::new("manual", "crash-worker", json!({ "n": n })), json!({})).await });
+        submitting.spawn(async move {
+            runtime
+                .submit(
+                    "crash",
+                    Event::new("manual", "crash-worker", json!({ "n": n })),
+                    json!({}),
+                )
+                .await
+        });
         if submitting.len() >= 32 {
-            submitting.join_next().await.context("join")?.context("submit task")?.context("submit")?;
+            submitting
+                .join_next()
+                .await
+                .context("join")?
+                .context("submit task")?
+                .context("submit")?;
         }
     }
     while let Some(result) = submitting.join_next().await {
         result.context("submit task")?.context("submit")?;
     }
     loop {
-        let all = store.executions(&ExecutionQuery { limit: total + 1, ..ExecutionQuery::default() }).await?;
+        let all = store
+            .executions(&ExecutionQuery {
+                limit: total + 1,
+                ..ExecutionQuery::default()
+            })
+            .await?;
         if all.len() >= total && all.iter().all(|r| r.status.is_finished()) {
             break;
         }

@@ -11,6 +11,8 @@
 //!   the driver ([`engine::runtime`]) that performs actions, timers and waits through traits.
 //! - [`store`]: the journal ([`store::Store`]): redb and in-memory implementations, one shared
 //!   conformance suite, group commit, retention.
+//! - [`trigger`]: the `Trigger` trait and the light triggers (http routing, cron, interval,
+//!   file, event, startup).
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
@@ -27,6 +29,7 @@ pub mod engine;
 pub mod expr;
 pub mod flow;
 pub mod store;
+pub mod trigger;
 
 /// JSON-like values used for event data, inputs, outputs and variables.
 pub type Value = serde_json::Value;

@@ -227,6 +227,11 @@ impl Runtime {
         &self.inner.store
     }
 
+    /// Whether every execution slot is taken: a new submission would wait.
+    pub fn saturated(&self) -> bool {
+        self.inner.permits.available_permits() == 0
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
     }

@@ -36,12 +36,14 @@ pub(crate) enum Kind<'v> {
     Dur(TimeDelta),
 }
 
+#[cold]
 pub(crate) fn fail(message: impl Into<String>) -> EvalError {
     EvalError {
         message: message.into(),
     }
 }
 
+#[inline]
 pub(crate) fn kind_of(value: &Value) -> Kind<'_> {
     match value {
         Value::Null => Kind::Null,
@@ -57,6 +59,7 @@ pub(crate) fn kind_of(value: &Value) -> Kind<'_> {
 }
 
 impl<'a> Val<'a> {
+    #[inline]
     pub(crate) fn kind(&self) -> Kind<'_> {
         match self {
             Val::Ref(v) => kind_of(v),
@@ -231,38 +234,54 @@ impl<'a> Evaluator<'a> {
                 let right = self.eval(b)?;
                 binary(*op, left, right)
             }
-            Node::List(items) => {
-                let mut values = Vec::with_capacity(items.len());
-                for item in items {
-                    values.push(self.eval(item)?.into_value());
-                }
-                Val::list(values)
-            }
-            Node::Map(entries) => {
-                let mut map = Map::new();
-                for (k, v) in entries {
-                    let key = self.eval(k)?;
-                    let key = key.kind();
-                    let Some(key) = map_key_kind(key) else {
-                        return Err(fail(format!(
-                            "map keys must be strings, integers or booleans, got {}",
-                            key.type_name()
-                        )));
-                    };
-                    let value = self.eval(v)?.into_value();
-                    map.insert(key, value);
-                }
-                Ok(Val::Own(Value::Object(map)))
-            }
-            Node::Call { func, args, regex } => {
-                let mut values = Vec::with_capacity(args.len());
-                for arg in args {
-                    values.push(self.eval(arg)?);
-                }
-                functions::call(*func, values, regex.as_deref())
-            }
+            Node::List(items) => self.list(items),
+            Node::Map(entries) => self.map(entries),
+            Node::Call { func, args, regex } => self.call(*func, args, regex.as_deref()),
             Node::Macro(m) => self.comprehension(m),
         }
+    }
+
+    // Rare or heavy node kinds live out of line so `eval`'s own stack frame stays small:
+    // it is entered once per node.
+    #[inline(never)]
+    fn list(&mut self, items: &'a [Node]) -> Result<Val<'a>, EvalError> {
+        let mut values = Vec::with_capacity(items.len());
+        for item in items {
+            values.push(self.eval(item)?.into_value());
+        }
+        Val::list(values)
+    }
+
+    #[inline(never)]
+    fn map(&mut self, entries: &'a [(Node, Node)]) -> Result<Val<'a>, EvalError> {
+        let mut map = Map::new();
+        for (k, v) in entries {
+            let key = self.eval(k)?;
+            let key = key.kind();
+            let Some(key) = map_key_kind(key) else {
+                return Err(fail(format!(
+                    "map keys must be strings, integers or booleans, got {}",
+                    key.type_name()
+                )));
+            };
+            let value = self.eval(v)?.into_value();
+            map.insert(key, value);
+        }
+        Ok(Val::Own(Value::Object(map)))
+    }
+
+    #[inline(never)]
+    fn call(
+        &mut self,
+        func: functions::Func,
+        args: &'a [Node],
+        regex: Option<&regex::Regex>,
+    ) -> Result<Val<'a>, EvalError> {
+        let mut values = Vec::with_capacity(args.len());
+        for arg in args {
+            values.push(self.eval(arg)?);
+        }
+        functions::call(func, values, regex)
     }
 
     /// `&&` (`stop_on` false) and `||` (`stop_on` true). As in CEL, an error on one side is
@@ -288,6 +307,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    #[inline(never)]
     fn index(&self, target: Val<'a>, index: Val<'a>) -> Result<Val<'a>, EvalError> {
         let key = index.kind();
         match target {
@@ -312,6 +332,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    #[inline(never)]
     fn comprehension(&mut self, m: &'a MacroNode) -> Result<Val<'a>, EvalError> {
         let name = m.kind.name();
         let elements: Vec<Val<'a>> = match self.eval(&m.target)? {
@@ -419,6 +440,7 @@ enum Step {
     Skip,
 }
 
+#[inline]
 fn member<'a>(target: Val<'a>, name: &str) -> Result<Val<'a>, EvalError> {
     match target {
         Val::Ref(Value::Object(map)) => Ok(Val::Ref(map.get(name).unwrap_or(&NULL))),
@@ -559,6 +581,7 @@ fn contains(needle: Kind<'_>, haystack: Kind<'_>) -> Result<bool, EvalError> {
     }
 }
 
+#[inline(never)]
 fn add<'a>(left: Val<'a>, right: Val<'a>) -> Result<Val<'a>, EvalError> {
     match (left, right) {
         (Val::Own(Value::String(mut s)), r) if matches!(r.kind(), Kind::Str(_)) => {
@@ -598,6 +621,7 @@ fn add<'a>(left: Val<'a>, right: Val<'a>) -> Result<Val<'a>, EvalError> {
     }
 }
 
+#[inline(never)]
 fn arithmetic<'a>(op: BinOp, a: Kind<'_>, b: Kind<'_>) -> Result<Val<'a>, EvalError> {
     let symbol = match op {
         BinOp::Add => "+",

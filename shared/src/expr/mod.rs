@@ -224,7 +224,7 @@ impl Expr {
     fn render_into(&self, scope: &dyn Scope, out: &mut String) -> Result<(), EvalError> {
         match Evaluator::new(scope).eval(&self.root)? {
             Val::Ref(value) => template::render(value, out),
-            Val::Own(value) => template::render(&value, out),
+            Val::Str(text) => out.push_str(&text),
             other => template::render(&other.into_value(), out),
         }
         if out.len() > MAX_STRING_BYTES {

@@ -1,6 +1,6 @@
 //! `${{ }}` expressions: CEL syntax and semantics over JSON-like values.
 //!
-//! Files: [`lexer`](self) (text → tokens), `parser` (tokens → tree, with CEL precedence and
+//! Files: `lexer` (text → tokens), `parser` (tokens → tree, with CEL precedence and
 //! macros expanded), `ast` (the tree and [`Expr::references`]), `eval` (evaluation over
 //! borrowed values), `functions` (built-ins), `template` (strings and value trees holding
 //! `${{ }}`).

@@ -338,9 +338,16 @@ fn exec_finds_called_workflows_by_name_in_the_files_folder() {
     assert_eq!(result["steps"]["double"]["output"], json!({"doubled": 42}));
     assert_eq!(result["steps"]["later"]["status"], "succeeded");
 
+    // `validate` of the file alone resolves its calls the same way.
+    let output = run_in(dir.path(), &["validate", "flows/parent.yaml"]);
+    assert_eq!(code(&output), 0, "{}", stdout(&output));
+
     // A call to a workflow that is not there is a validation error: exit 2.
     write(&flows, "orphan.yaml", "reactor: 1\nname: orphan\nsteps:\n  - call: { workflow: nobody }\n");
     let output = run_in(dir.path(), &["exec", "flows/orphan.yaml"]);
     assert_eq!(code(&output), 2, "{}", stdout(&output));
     assert!(stderr(&output).starts_with("flows/orphan.yaml:4:"), "{}", stderr(&output));
+    let output = run_in(dir.path(), &["validate", "flows/orphan.yaml"]);
+    assert_eq!(code(&output), 1);
+    assert_eq!(stdout(&output), "flows/orphan.yaml:4:5: error: call to unknown workflow \"nobody\"\n");
 }

@@ -34,9 +34,14 @@ fn validate_with_siblings(paths: &[PathBuf]) -> Vec<Diagnostic> {
     let mut loaded = dsl::load_paths(paths);
     let mut set = loaded.workflows.clone();
     for file in paths.iter().filter(|p| !p.is_dir()) {
-        let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let folder = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         for sibling in folder_workflows(folder) {
-            let known = set.iter().any(|(w, path)| w.name == sibling.name || same_file(Path::new(path), Path::new(&sibling.source)));
+            let known = set.iter().any(|(w, path)| {
+                w.name == sibling.name || same_file(Path::new(path), Path::new(&sibling.source))
+            });
             if !known {
                 let source = sibling.source.clone();
                 set.push((sibling, source));
@@ -49,9 +54,19 @@ fn validate_with_siblings(paths: &[PathBuf]) -> Vec<Diagnostic> {
     // Replace the set-level problems of the given files with those of the larger set.
     let alone = dsl::check_set(&loaded.workflows);
     loaded.diagnostics.retain(|d| !alone.contains(d));
-    let given: Vec<&str> = loaded.workflows.iter().map(|(_, path)| path.as_str()).collect();
-    loaded.diagnostics.extend(dsl::check_set(&set).into_iter().filter(|d| given.contains(&d.path.as_str())));
-    loaded.diagnostics.sort_by(|a, b| (&a.path, a.line, a.column).cmp(&(&b.path, b.line, b.column)));
+    let given: Vec<&str> = loaded
+        .workflows
+        .iter()
+        .map(|(_, path)| path.as_str())
+        .collect();
+    loaded.diagnostics.extend(
+        dsl::check_set(&set)
+            .into_iter()
+            .filter(|d| given.contains(&d.path.as_str())),
+    );
+    loaded
+        .diagnostics
+        .sort_by(|a, b| (&a.path, a.line, a.column).cmp(&(&b.path, b.line, b.column)));
     loaded.diagnostics
 }
 
@@ -64,7 +79,13 @@ fn folder_workflows(folder: &Path) -> Vec<Workflow> {
     paths.sort();
     paths
         .into_iter()
-        .filter(|path| path.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|path| {
+            path.is_file()
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                )
+        })
         .filter_map(|path| {
             let text = std::fs::read_to_string(&path).ok()?;
             dsl::parse_workflow(&path.display().to_string(), &text).ok()
@@ -130,12 +151,20 @@ pub async fn exec(options: &ExecOptions, out: &mut dyn Write, err: &mut dyn Writ
     let event = Event::new("manual", "reactor:cli", data);
     let (code, result) = match runtime.submit(&name, event, inputs).await {
         Ok(Submission::Accepted(id)) => match runtime.wait(id).await {
-            Ok(record) => (if record.status == crate::engine::ExecutionStatus::Succeeded { 0 } else { 1 }, exec_json(&record)),
+            Ok(record) => (
+                if record.status == crate::engine::ExecutionStatus::Succeeded {
+                    0
+                } else {
+                    1
+                },
+                exec_json(&record),
+            ),
             Err(error) => (1, failure_json(&error.to_string())),
         },
-        Ok(Submission::Skipped | Submission::Dropped) => {
-            (0, json!({ "status": "skipped", "output": null, "error": null, "steps": {} }))
-        }
+        Ok(Submission::Skipped | Submission::Dropped) => (
+            0,
+            json!({ "status": "skipped", "output": null, "error": null, "steps": {} }),
+        ),
         Err(error) => (1, failure_json(&error.to_string())),
     };
     runtime.shutdown().await;
@@ -150,7 +179,8 @@ pub fn exec_json(record: &ExecutionRecord) -> Value {
         .steps
         .iter()
         .map(|(id, step)| {
-            let value = json!({ "status": step.status, "output": step.output, "attempts": step.attempts });
+            let value =
+                json!({ "status": step.status, "output": step.output, "attempts": step.attempts });
             (id.clone(), value)
         })
         .collect();
@@ -170,18 +200,36 @@ fn failure_json(message: &str) -> Value {
 fn load_for_exec(file: &Path) -> Result<(Workflow, Vec<Workflow>), Vec<Diagnostic>> {
     let display = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|e| {
-        vec![Diagnostic { path: display.clone(), line: 1, column: 1, message: format!("cannot read the file: {e}"), help: None }]
+        vec![Diagnostic {
+            path: display.clone(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the file: {e}"),
+            help: None,
+        }]
     })?;
     let workflow = dsl::parse_workflow(&display, &text)?;
-    let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let folder = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let siblings: Vec<Workflow> = folder_workflows(folder)
         .into_iter()
-        .filter(|sibling| sibling.name != workflow.name && !same_file(Path::new(&sibling.source), file))
+        .filter(|sibling| {
+            sibling.name != workflow.name && !same_file(Path::new(&sibling.source), file)
+        })
         .collect();
     let mut set: Vec<(Workflow, String)> = vec![(workflow.clone(), display.clone())];
     set.extend(siblings.iter().map(|w| (w.clone(), w.source.clone())));
-    let problems: Vec<Diagnostic> = dsl::check_set(&set).into_iter().filter(|d| d.path == display).collect();
-    if problems.is_empty() { Ok((workflow, siblings)) } else { Err(problems) }
+    let problems: Vec<Diagnostic> = dsl::check_set(&set)
+        .into_iter()
+        .filter(|d| d.path == display)
+        .collect();
+    if problems.is_empty() {
+        Ok((workflow, siblings))
+    } else {
+        Err(problems)
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -194,7 +242,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// JSON text, or `@path` naming a file of JSON.
 fn read_json_argument(argument: &str) -> Result<Value, String> {
     let text = match argument.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
+        }
         None => argument.to_string(),
     };
     serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
@@ -216,5 +266,9 @@ pub fn environment_from_process(allowed_env: &[String]) -> Environment {
             secrets.insert(secret.to_string(), Value::String(value));
         }
     }
-    Environment { env: Value::Object(env), secrets: Value::Object(secrets), device: Value::Null }
+    Environment {
+        env: Value::Object(env),
+        secrets: Value::Object(secrets),
+        device: Value::Null,
+    }
 }

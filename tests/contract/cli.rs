@@ -38,31 +38,51 @@ fn stderr(output: &Output) -> String {
 /// Parses `exec`'s stdout: exactly one JSON object on one line.
 fn exec_json(output: &Output) -> Value {
     let text = stdout(output);
-    assert_eq!(text.lines().count(), 1, "exec prints one line of JSON, got {text:?}");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "exec prints one line of JSON, got {text:?}"
+    );
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 fn keys(value: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = value.as_object().expect("an object").keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     keys
 }
 
 /// Asserts the exact shape DSL.md gives `exec`'s output.
 fn assert_exec_shape(result: &Value) {
-    assert_eq!(keys(result), ["error", "output", "status", "steps"], "{result}");
+    assert_eq!(
+        keys(result),
+        ["error", "output", "status", "steps"],
+        "{result}"
+    );
     assert!(result["status"].is_string(), "{result}");
     match &result["error"] {
         Value::Null => {}
         error @ Value::Object(_) => {
             assert_eq!(keys(error), ["message", "step"], "{result}");
             assert!(error["message"].is_string(), "{result}");
-            assert!(error["step"].is_string() || error["step"].is_null(), "{result}");
+            assert!(
+                error["step"].is_string() || error["step"].is_null(),
+                "{result}"
+            );
         }
         other => panic!("error must be null or an object, got {other}"),
     }
     for (id, step) in result["steps"].as_object().expect("steps is an object") {
-        assert_eq!(keys(step), ["attempts", "output", "status"], "step {id}: {result}");
+        assert_eq!(
+            keys(step),
+            ["attempts", "output", "status"],
+            "step {id}: {result}"
+        );
         assert!(step["status"].is_string(), "step {id}: {result}");
         assert!(step["attempts"].is_u64(), "step {id}: {result}");
     }
@@ -116,7 +136,8 @@ fn help_lists_every_subcommand() {
     assert!(help.contains(&format!("Usage: {NAME}")), "{help}");
     for subcommand in ["validate", "exec", "schema"] {
         assert!(
-            help.lines().any(|line| line.trim_start().starts_with(subcommand)),
+            help.lines()
+                .any(|line| line.trim_start().starts_with(subcommand)),
             "--help does not list {subcommand}:\n{help}"
         );
     }
@@ -126,10 +147,24 @@ fn help_lists_every_subcommand() {
 fn validate_accepts_valid_files_and_folders() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "greet.yaml", VALID);
-    write(dir.path(), "other.yml", &VALID.replace("name: greet", "name: other"));
-    for args in [&["validate", "greet.yaml"][..], &["validate", "."], &["validate", "greet.yaml", "other.yml"]] {
+    write(
+        dir.path(),
+        "other.yml",
+        &VALID.replace("name: greet", "name: other"),
+    );
+    for args in [
+        &["validate", "greet.yaml"][..],
+        &["validate", "."],
+        &["validate", "greet.yaml", "other.yml"],
+    ] {
         let output = run_in(dir.path(), args);
-        assert_eq!(code(&output), 0, "{args:?}: {}{}", stdout(&output), stderr(&output));
+        assert_eq!(
+            code(&output),
+            0,
+            "{args:?}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
         assert_eq!(stdout(&output), "", "{args:?}");
     }
 }
@@ -145,25 +180,56 @@ fn validate_reports_every_problem_with_location_and_help() {
     // Every line is a problem or the help line of the problem above it.
     for line in &lines {
         let is_problem = line.starts_with("broken.yaml:") && line.contains(": error: ");
-        assert!(is_problem || line.starts_with("  help: "), "unexpected line {line:?} in\n{text}");
+        assert!(
+            is_problem || line.starts_with("  help: "),
+            "unexpected line {line:?} in\n{text}"
+        );
     }
-    let problems: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("  help: ")).collect();
+    let problems: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("  help: "))
+        .collect();
     assert_eq!(problems.len(), 4, "{text}");
-    assert!(problems[0].starts_with("broken.yaml:2:7: error: invalid workflow name \"Bad_Name\""), "{text}");
-    let retry = lines.iter().position(|l| *l == "broken.yaml:7:5: error: unknown key \"retyr\" in step").expect(&text);
-    assert_eq!(lines[retry + 1], "  help: did you mean \"retry\"?", "{text}");
-    assert!(problems[2].starts_with("broken.yaml:8:9: error: duplicate step id \"fetch\""), "{text}");
-    assert!(problems[3].starts_with("broken.yaml:9:12: error: sleep: invalid duration \"soon\""), "{text}");
+    assert!(
+        problems[0].starts_with("broken.yaml:2:7: error: invalid workflow name \"Bad_Name\""),
+        "{text}"
+    );
+    let retry = lines
+        .iter()
+        .position(|l| *l == "broken.yaml:7:5: error: unknown key \"retyr\" in step")
+        .expect(&text);
+    assert_eq!(
+        lines[retry + 1],
+        "  help: did you mean \"retry\"?",
+        "{text}"
+    );
+    assert!(
+        problems[2].starts_with("broken.yaml:8:9: error: duplicate step id \"fetch\""),
+        "{text}"
+    );
+    assert!(
+        problems[3].starts_with("broken.yaml:9:12: error: sleep: invalid duration \"soon\""),
+        "{text}"
+    );
 
     // Valid and invalid together: only the invalid file is reported, exit 1.
     write(dir.path(), "greet.yaml", VALID);
     let output = run_in(dir.path(), &["validate", "greet.yaml", "broken.yaml"]);
     assert_eq!(code(&output), 1);
-    assert!(stdout(&output).lines().all(|l| l.starts_with("broken.yaml:") || l.starts_with("  help: ")));
+    assert!(
+        stdout(&output)
+            .lines()
+            .all(|l| l.starts_with("broken.yaml:") || l.starts_with("  help: "))
+    );
     // A folder reports its files' problems under their paths.
     let output = run_in(dir.path(), &["validate", "."]);
     assert_eq!(code(&output), 1);
-    assert!(stdout(&output).contains("broken.yaml:7:5: error: unknown key \"retyr\" in step"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("broken.yaml:7:5: error: unknown key \"retyr\" in step"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]
@@ -171,7 +237,11 @@ fn validate_reports_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let output = run_in(dir.path(), &["validate", "missing.yaml"]);
     assert_eq!(code(&output), 1);
-    assert!(stdout(&output).starts_with("missing.yaml:1:1: error: "), "{}", stdout(&output));
+    assert!(
+        stdout(&output).starts_with("missing.yaml:1:1: error: "),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]
@@ -184,34 +254,64 @@ fn exec_prints_the_contract_shape_and_lists_only_steps_with_an_id() {
     assert_exec_shape(&result);
     assert_eq!(result["status"], "succeeded");
     assert_eq!(result["error"], Value::Null);
-    assert_eq!(keys(&result["steps"]), ["event", "hello"], "the log step has no id: {result}");
-    assert_eq!(result["steps"]["hello"], json!({"status": "succeeded", "output": "hello world", "attempts": 1}));
+    assert_eq!(
+        keys(&result["steps"]),
+        ["event", "hello"],
+        "the log step has no id: {result}"
+    );
+    assert_eq!(
+        result["steps"]["hello"],
+        json!({"status": "succeeded", "output": "hello world", "attempts": 1})
+    );
     assert_eq!(result["output"]["greeting"], "hello world");
     assert_eq!(result["output"]["times"], 1, "defaults apply");
-    assert_eq!(result["output"]["event"], json!({"type": "manual", "data": {}}));
+    assert_eq!(
+        result["output"]["event"],
+        json!({"type": "manual", "data": {}})
+    );
 }
 
 #[test]
 fn exec_takes_the_event_as_json_or_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "greet.yaml", VALID);
-    let output = run_in(dir.path(), &["exec", "greet.yaml", "--event", r#"{"temp": 31, "tags": ["a"]}"#]);
+    let output = run_in(
+        dir.path(),
+        &[
+            "exec",
+            "greet.yaml",
+            "--event",
+            r#"{"temp": 31, "tags": ["a"]}"#,
+        ],
+    );
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let result = exec_json(&output);
-    assert_eq!(result["output"]["event"], json!({"type": "manual", "data": {"temp": 31, "tags": ["a"]}}));
+    assert_eq!(
+        result["output"]["event"],
+        json!({"type": "manual", "data": {"temp": 31, "tags": ["a"]}})
+    );
 
     write(dir.path(), "event.json", r#"{"temp": 12.5}"#);
-    let output = run_in(dir.path(), &["exec", "greet.yaml", "--event", "@event.json"]);
+    let output = run_in(
+        dir.path(),
+        &["exec", "greet.yaml", "--event", "@event.json"],
+    );
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let result = exec_json(&output);
-    assert_eq!(result["output"]["event"], json!({"type": "manual", "data": {"temp": 12.5}}));
+    assert_eq!(
+        result["output"]["event"],
+        json!({"type": "manual", "data": {"temp": 12.5}})
+    );
 }
 
 #[test]
 fn exec_applies_inputs_and_defaults() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "greet.yaml", VALID);
-    let output = run_in(dir.path(), &["exec", "greet.yaml", "--input", r#"{"who": "reactor"}"#]);
+    let output = run_in(
+        dir.path(),
+        &["exec", "greet.yaml", "--input", r#"{"who": "reactor"}"#],
+    );
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let result = exec_json(&output);
     assert_eq!(result["output"]["greeting"], "hello reactor");
@@ -221,20 +321,44 @@ fn exec_applies_inputs_and_defaults() {
 #[test]
 fn exec_fails_on_a_missing_or_mistyped_input_before_any_step() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "greet.yaml", &VALID.replace("who: { type: string, default: world }", "who: { type: string }"));
+    write(
+        dir.path(),
+        "greet.yaml",
+        &VALID.replace(
+            "who: { type: string, default: world }",
+            "who: { type: string }",
+        ),
+    );
     let output = run_in(dir.path(), &["exec", "greet.yaml"]);
     assert_eq!(code(&output), 1);
     let result = exec_json(&output);
     assert_exec_shape(&result);
     assert_eq!(result["status"], "failed");
-    assert!(result["error"]["message"].as_str().unwrap().contains("who"), "{result}");
+    assert!(
+        result["error"]["message"].as_str().unwrap().contains("who"),
+        "{result}"
+    );
     assert_eq!(result["steps"], json!({}), "no step ran: {result}");
 
-    let output = run_in(dir.path(), &["exec", "greet.yaml", "--input", r#"{"who": "x", "times": "many"}"#]);
+    let output = run_in(
+        dir.path(),
+        &[
+            "exec",
+            "greet.yaml",
+            "--input",
+            r#"{"who": "x", "times": "many"}"#,
+        ],
+    );
     assert_eq!(code(&output), 1);
     let result = exec_json(&output);
     assert_eq!(result["status"], "failed");
-    assert!(result["error"]["message"].as_str().unwrap().contains("times"), "{result}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("times"),
+        "{result}"
+    );
     assert_eq!(result["steps"], json!({}));
 }
 
@@ -252,10 +376,21 @@ fn exec_exits_1_with_the_failed_step_when_a_step_fails() {
     assert_exec_shape(&result);
     assert_eq!(result["status"], "failed");
     assert_eq!(result["error"]["step"], "boom");
-    assert!(result["error"]["message"].as_str().unwrap().contains("it broke"), "{result}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("it broke"),
+        "{result}"
+    );
     assert_eq!(result["steps"]["first"]["status"], "succeeded");
     assert_eq!(result["steps"]["boom"]["status"], "failed");
-    assert!(result["steps"].get("never").is_none_or(|s| s["status"] != "succeeded"), "{result}");
+    assert!(
+        result["steps"]
+            .get("never")
+            .is_none_or(|s| s["status"] != "succeeded"),
+        "{result}"
+    );
 }
 
 #[test]
@@ -266,7 +401,11 @@ fn exec_exits_2_with_validate_lines_on_stderr_for_an_invalid_file() {
     assert_eq!(code(&output), 2);
     assert_eq!(stdout(&output), "", "nothing on stdout");
     let validated = run_in(dir.path(), &["validate", "broken.yaml"]);
-    assert_eq!(stderr(&output), stdout(&validated), "exec prints exactly the validate lines");
+    assert_eq!(
+        stderr(&output),
+        stdout(&validated),
+        "exec prints exactly the validate lines"
+    );
 }
 
 #[test]
@@ -277,13 +416,22 @@ fn exec_exits_0_with_status_skipped_when_if_rejects_the_event() {
         "hot.yaml",
         "reactor: 1\nname: hot\nif: ${{ event.data.temp > 30 }}\nsteps:\n  - id: alert\n    action: transform\n    with: { value: hot }\n",
     );
-    let output = run_in(dir.path(), &["exec", "hot.yaml", "--event", r#"{"temp": 20}"#]);
+    let output = run_in(
+        dir.path(),
+        &["exec", "hot.yaml", "--event", r#"{"temp": 20}"#],
+    );
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let result = exec_json(&output);
     assert_exec_shape(&result);
-    assert_eq!(result, json!({"status": "skipped", "output": null, "error": null, "steps": {}}));
+    assert_eq!(
+        result,
+        json!({"status": "skipped", "output": null, "error": null, "steps": {}})
+    );
 
-    let output = run_in(dir.path(), &["exec", "hot.yaml", "--event", r#"{"temp": 31}"#]);
+    let output = run_in(
+        dir.path(),
+        &["exec", "hot.yaml", "--event", r#"{"temp": 31}"#],
+    );
     assert_eq!(code(&output), 0);
     assert_eq!(exec_json(&output)["status"], "succeeded");
 }
@@ -302,14 +450,23 @@ fn exec_runs_the_exec_action_only_with_allow_exec() {
     assert_exec_shape(&result);
     assert_eq!(result["status"], "failed");
     assert_eq!(result["error"]["step"], "say");
-    assert!(result["error"]["message"].as_str().unwrap().contains("not allowed"), "{result}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"),
+        "{result}"
+    );
     assert_eq!(result["steps"]["say"]["status"], "failed");
 
     let output = run_in(dir.path(), &["exec", "echo.yaml", "--allow-exec"]);
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let result = exec_json(&output);
     assert_eq!(result["status"], "succeeded");
-    assert_eq!(result["steps"]["say"]["output"], json!({"code": 0, "stdout": "hi there\n", "stderr": ""}));
+    assert_eq!(
+        result["steps"]["say"]["output"],
+        json!({"code": 0, "stdout": "hi there\n", "stderr": ""})
+    );
 }
 
 #[test]
@@ -328,7 +485,11 @@ fn exec_finds_called_workflows_by_name_in_the_files_folder() {
         "the-child.yml",
         "reactor: 1\nname: doubler\ninputs:\n  n: { type: integer }\nsteps:\n  - id: calc\n    action: transform\n    with: { value: \"${{ inputs.n * 2 }}\" }\noutput: { doubled: \"${{ steps.calc.output }}\" }\n",
     );
-    write(&flows, "side.yaml", "reactor: 1\nname: side-job\nsteps:\n  - set: { done: true }\n");
+    write(
+        &flows,
+        "side.yaml",
+        "reactor: 1\nname: side-job\nsteps:\n  - set: { done: true }\n",
+    );
     // Run from the temporary folder, naming the file by a path with a folder.
     let output = run_in(dir.path(), &["exec", "flows/parent.yaml"]);
     assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
@@ -343,11 +504,22 @@ fn exec_finds_called_workflows_by_name_in_the_files_folder() {
     assert_eq!(code(&output), 0, "{}", stdout(&output));
 
     // A call to a workflow that is not there is a validation error: exit 2.
-    write(&flows, "orphan.yaml", "reactor: 1\nname: orphan\nsteps:\n  - call: { workflow: nobody }\n");
+    write(
+        &flows,
+        "orphan.yaml",
+        "reactor: 1\nname: orphan\nsteps:\n  - call: { workflow: nobody }\n",
+    );
     let output = run_in(dir.path(), &["exec", "flows/orphan.yaml"]);
     assert_eq!(code(&output), 2, "{}", stdout(&output));
-    assert!(stderr(&output).starts_with("flows/orphan.yaml:4:"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with("flows/orphan.yaml:4:"),
+        "{}",
+        stderr(&output)
+    );
     let output = run_in(dir.path(), &["validate", "flows/orphan.yaml"]);
     assert_eq!(code(&output), 1);
-    assert_eq!(stdout(&output), "flows/orphan.yaml:4:5: error: call to unknown workflow \"nobody\"\n");
+    assert_eq!(
+        stdout(&output),
+        "flows/orphan.yaml:4:5: error: call to unknown workflow \"nobody\"\n"
+    );
 }

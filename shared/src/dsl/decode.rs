@@ -92,7 +92,7 @@ impl<'n> Fields<'n> {
 pub(crate) fn quote_list(names: &[&str]) -> String {
     match names {
         [] => String::new(),
-        [one] => format!("{one}"),
+        [one] => one.to_string(),
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }

@@ -244,17 +244,15 @@ pub fn core_scalar(text: &str) -> Value {
     let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
     if let Some(rest) = text.strip_prefix("0x")
         && digits(rest, 16)
+        && let Ok(n) = i64::from_str_radix(rest, 16)
     {
-        if let Ok(n) = i64::from_str_radix(rest, 16) {
-            return Value::from(n);
-        }
+        return Value::from(n);
     }
     if let Some(rest) = text.strip_prefix("0o")
         && digits(rest, 8)
+        && let Ok(n) = i64::from_str_radix(rest, 8)
     {
-        if let Ok(n) = i64::from_str_radix(rest, 8) {
-            return Value::from(n);
-        }
+        return Value::from(n);
     }
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     if digits(unsigned, 10) {

@@ -56,8 +56,8 @@ fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("ca_file {path:?}: {e}"))?
+            for cert in
+                CertificateDer::pem_file_iter(path).map_err(|e| format!("ca_file {path:?}: {e}"))?
             {
                 let cert = cert.map_err(|e| format!("ca_file {path:?}: {e}"))?;
                 roots
@@ -73,16 +73,10 @@ fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
     if roots.is_empty() {
         return Err("no CA certificates to trust (set ca_file)".into());
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())
-    .map(|builder| {
-        builder
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-    })
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 pub fn to_rumqttc(qos: Qos) -> QoS {

@@ -122,7 +122,9 @@ impl fmt::Debug for Secret {
 pub enum Tls {
     None,
     /// TLS with the system roots, or the CAs of `ca_file`.
-    Rustls { ca_file: Option<String> },
+    Rustls {
+        ca_file: Option<String>,
+    },
 }
 
 /// A validated broker connection.
@@ -440,7 +442,11 @@ impl MqttBrokers {
         connection: Option<&str>,
     ) -> Result<Arc<MqttSettings>, BrokerLookupError> {
         if let Some(name) = connection {
-            return self.named.get(name).cloned().ok_or_else(|| self.unknown(name));
+            return self
+                .named
+                .get(name)
+                .cloned()
+                .ok_or_else(|| self.unknown(name));
         }
         let Some(broker) = broker else {
             return self.default.clone().ok_or(BrokerLookupError::NoDefault);
@@ -534,7 +540,11 @@ mod tests {
             (false, "::1".into(), 1884)
         );
         assert!(parse_url("http://x").unwrap_err().contains("mqtt://"));
-        assert!(parse_url("mqtt://u:p@x").unwrap_err().contains("credentials"));
+        assert!(
+            parse_url("mqtt://u:p@x")
+                .unwrap_err()
+                .contains("credentials")
+        );
         assert!(parse_url("mqtt://x:99999").unwrap_err().contains("port"));
         assert!(parse_url("mqtt://:1883").unwrap_err().contains("host"));
     }
@@ -562,7 +572,9 @@ mod tests {
         assert_eq!(plant.keep_alive, Duration::ZERO);
         assert_eq!(brokers.resolve(Some("plant"), None).unwrap().url, plant.url);
         // An inline URL of a configured broker reuses its credentials.
-        let inline = brokers.resolve(Some("mqtt://127.0.0.1:1883"), None).unwrap();
+        let inline = brokers
+            .resolve(Some("mqtt://127.0.0.1:1883"), None)
+            .unwrap();
         assert_eq!(inline.username.as_deref(), Some("agent"));
         let other = brokers.resolve(Some("mqtt://10.0.0.1"), None).unwrap();
         assert_eq!(other.username, None);
@@ -581,15 +593,17 @@ mod tests {
         .unwrap();
         let errors = MqttBrokers::from_config(&bad, "dev1", &no_secrets).unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 5, "{text:#?}");
+        assert_eq!(text.len(), 4, "{text:#?}");
         assert!(text[0].starts_with("[mqtt]: keep_alive: invalid duration"));
         assert_eq!(text[1], "[mqtt]: inflight: must be at least 1");
         assert_eq!(
             text[2],
             "[mqtt]: password_secret \"MISSING\" is not a known secret"
         );
-        assert!(text[4].starts_with("[mqtt.connections.x]: invalid url \"ftp://h\""));
-        assert!(serde_json::from_value::<MqttConfig>(json!({"url": "mqtt://h", "port": 1})).is_err());
+        assert!(text[3].starts_with("[mqtt.connections.x]: invalid url \"ftp://h\""));
+        assert!(
+            serde_json::from_value::<MqttConfig>(json!({"url": "mqtt://h", "port": 1})).is_err()
+        );
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl LinkLoop {
                             "MQTT connection failed; reconnecting");
                     }
                     let was_connected = std::mem::take(&mut connected);
-                    if was_connected && !self.send(Link::Lost).await {
+                    if was_connected && !send(&self.links, &self.stop, Link::Lost).await {
                         return;
                     }
                     tokio::select! {
@@ -269,20 +269,21 @@ impl LinkLoop {
                     continue;
                 }
             };
-            if !self.send(link).await {
+            if !send(&self.links, &self.stop, link).await {
                 return;
             }
         }
     }
+}
 
-    /// False when the trigger is gone or stopping.
-    async fn send(&self, link: Link) -> bool {
-        tokio::select! {
-            biased;
-            () = self.stop.cancelled() => false,
-            // Cancel safety: an unsent link is dropped only when stopping.
-            sent = self.links.send(link) => sent.is_ok(),
-        }
+/// False when the trigger is gone or stopping. (A free function: `EventLoop` is not `Sync`, so
+/// no `&LinkLoop` may be held across an await.)
+async fn send(links: &mpsc::Sender<Link>, stop: &CancellationToken, link: Link) -> bool {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => false,
+        // Cancel safety: an unsent link is dropped only when stopping.
+        sent = links.send(link) => sent.is_ok(),
     }
 }
 
@@ -388,11 +389,7 @@ impl Subscriber<'_> {
                     // Not acknowledged: a QoS ≥ 1 message comes back on the next session.
                     return Ok(());
                 }
-                let event = event_for(
-                    &publish,
-                    &self.trigger.filter,
-                    &self.trigger.settings.url,
-                );
+                let event = event_for(&publish, &self.trigger.filter, &self.trigger.settings.url);
                 let context = self.context.clone();
                 let generation = self.generation;
                 self.in_flight.push(Box::pin(async move {
@@ -439,10 +436,7 @@ impl Subscriber<'_> {
                 false
             }
         };
-        if ack
-            && publish.qos != QoS::AtMostOnce
-            && self.connected
-            && generation == self.generation
+        if ack && publish.qos != QoS::AtMostOnce && self.connected && generation == self.generation
         {
             self.acks_due.push(publish);
         }
@@ -557,6 +551,10 @@ mod tests {
         let err = MqttTrigger::new(&spec("a/#/b", None), &brokers, "wf.0").unwrap_err();
         assert!(err.to_string().contains("# must be a whole level"), "{err}");
         let err = MqttTrigger::new(&spec("a", Some("plant")), &brokers, "wf.0").unwrap_err();
-        assert!(err.to_string().contains("no MQTT connection named \"plant\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no MQTT connection named \"plant\""),
+            "{err}"
+        );
     }
 }

@@ -204,8 +204,10 @@ async fn fires_for_each_qos_and_wildcards() {
             false,
         )
         .await;
-        let events = events(store.as_ref(), 2).await;
+        let mut events = events(store.as_ref(), 2).await;
         assert_eq!(events.len(), 2, "only matching topics");
+        // Submissions run concurrently: executions need not be in publish order.
+        events.sort_by_key(|e| e.data.is_string());
         assert_eq!(events[0].event_type, "mqtt");
         assert_eq!(events[0].source, format!("reactor:mqtt/{topic}"));
         assert_eq!(events[0].data, json!({"temp": 31.5}));
@@ -404,4 +406,70 @@ impl MqttPublisher for ArcPublisher {
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// An embedded rumqttd on `port`, on a thread of its own (it never stops; the test process
+/// ends it).
+fn start_rumqttd(port: u16) {
+    let config: rumqttd::Config = serde_json::from_value(json!({
+        "id": 0,
+        "router": {
+            "max_connections": 100,
+            "max_outgoing_packet_count": 200,
+            "max_segment_size": 1_048_576,
+            "max_segment_count": 10
+        },
+        "v4": { "1": {
+            "name": "v4-1",
+            "listen": format!("127.0.0.1:{port}"),
+            "next_connection_delay_ms": 1,
+            "connections": {
+                "connection_timeout_ms": 60000,
+                "max_payload_size": 20480,
+                "max_inflight_count": 100,
+                "dynamic_filters": true
+            }
+        }}
+    }))
+    .expect("rumqttd config");
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            let _ = broker.start();
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn trigger_connects_once_the_broker_comes_up() {
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let store = Arc::new(MemoryStore::new());
+    let runtime = runtime(store.clone());
+    let running = start(
+        &runtime,
+        &url,
+        "up/+",
+        1,
+        &format!("rt-{}", ulid::Ulid::new()),
+    );
+    // Nothing listens yet: the trigger keeps retrying with backoff (and keeps quiet about it).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!running.task.is_finished());
+    start_rumqttd(port);
+    let publisher = RumqttPublisher::new(brokers(&url));
+    wait_subscribed(&runtime, &publisher, "up/probe").await;
+    publish(
+        &publisher,
+        "up/x",
+        b"{\"up\": true}",
+        Qos::AtLeastOnce,
+        false,
+    )
+    .await;
+    let events = events(store.as_ref(), 1).await;
+    assert_eq!(events[0].data, json!({"up": true}));
+    running.stop().await;
+    publisher.shutdown(Duration::from_secs(2)).await;
 }

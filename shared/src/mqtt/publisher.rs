@@ -84,10 +84,10 @@ impl RumqttPublisher {
             .connections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(sender) = connections.get(&settings.url) {
-            if !sender.is_closed() {
-                return sender.clone();
-            }
+        if let Some(sender) = connections.get(&settings.url)
+            && !sender.is_closed()
+        {
+            return sender.clone();
         }
         let (sender, receiver) = mpsc::channel(PUBLISH_QUEUE);
         connections.insert(settings.url.clone(), sender.clone());

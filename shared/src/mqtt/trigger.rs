@@ -310,10 +310,10 @@ impl Subscriber<'_> {
         let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
             self.flush_requests();
-            if let Some(deadline) = drain_until {
-                if self.in_flight.is_empty() || tokio::time::Instant::now() >= deadline {
-                    break;
-                }
+            if let Some(deadline) = drain_until
+                && (self.in_flight.is_empty() || tokio::time::Instant::now() >= deadline)
+            {
+                break;
             }
             let due = self.subscribe_due || !self.acks_due.is_empty();
             let draining = drain_until.is_some();

@@ -10,22 +10,21 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use reactor_core::action::exec::{Allowlist, ExecConfig};
 use reactor_core::action::{BuiltinConfig, builtin_registry};
+use reactor_core::engine::EventBus;
 use reactor_core::engine::{Runtime, RuntimeConfig};
 use reactor_core::store::{RedbOptions, RedbStore, Retention, Store};
+use reactor_core::trigger::{EventRouter, HttpRoutes, Supervisor, TaskState, TriggerStats};
 use serde_json::json;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentConfig, LogFormat, RunFlags};
-use crate::http_routes::HttpRoutes;
 use crate::metrics::{MeteredStore, Metrics};
 use crate::workflows::Workflows;
 
@@ -35,62 +34,6 @@ const GRACE: Duration = Duration::from_secs(5);
 const CHECKPOINT_GRACE: Duration = Duration::from_secs(10);
 /// Name of the journal file in the data folder.
 pub const JOURNAL_FILE: &str = "journal.redb";
-
-/// Named long-lived tasks, each with a child cancellation token.
-#[derive(Clone, Debug)]
-pub struct Supervisor {
-    token: CancellationToken,
-    tracker: TaskTracker,
-    tasks: Arc<Mutex<Vec<(String, JoinHandle<()>)>>>,
-}
-
-impl Default for Supervisor {
-    fn default() -> Self {
-        Supervisor {
-            token: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            tasks: Arc::default(),
-        }
-    }
-}
-
-impl Supervisor {
-    /// The token every supervised task's token descends from.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    pub fn spawn<F>(&self, name: &str, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let handle = self.tracker.spawn(task);
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.retain(|(_, handle)| !handle.is_finished());
-        tasks.push((name.to_string(), handle));
-    }
-
-    /// Cancels every task, waits up to `grace`, aborts the rest and returns their names.
-    pub async fn shutdown(&self, grace: Duration) -> Vec<String> {
-        self.token.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-        {
-            return Vec::new();
-        }
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut forced = Vec::new();
-        for (name, handle) in tasks {
-            if !handle.is_finished() {
-                handle.abort();
-                forced.push(name);
-            }
-        }
-        forced
-    }
-}
 
 /// What the HTTP server's handlers share.
 #[derive(Debug, Clone)]
@@ -109,7 +52,32 @@ impl AgentState {
     pub fn healthy(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.stopping.is_cancelled()
-            && self.workflows.triggers().iter().all(|t| t.running())
+            && self.waiting_triggers().is_empty()
+    }
+
+    /// Triggers with a task that is not running (restarting after an error, or given up).
+    /// A trigger whose task finished (`startup`) counts as running.
+    pub fn waiting_triggers(&self) -> Vec<String> {
+        let states: HashMap<String, TaskState> = self
+            .workflows
+            .supervisor()
+            .tasks()
+            .into_iter()
+            .map(|(name, state, _)| (name, state))
+            .collect();
+        self.workflows
+            .triggers()
+            .into_iter()
+            .filter(|t| {
+                t.task.as_ref().is_some_and(|task| {
+                    !matches!(
+                        states.get(task),
+                        Some(TaskState::Running | TaskState::Finished)
+                    )
+                })
+            })
+            .map(|t| t.label)
+            .collect()
     }
 }
 
@@ -185,6 +153,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let device = json!({ "id": config.device.id, "labels": config.device.labels });
     let mut environment = reactor_core::cli::environment_from_process(&config.env_allow);
     environment.device = device;
+    // Events emitted by workflows reach `event` triggers through the router; it must be the
+    // runtime's bus before the runtime is shared, and learns the runtime right after.
+    let events = Arc::new(EventRouter::new(None));
+    let bus: Arc<dyn EventBus> = events.clone();
     let runtime = Runtime::new(
         store,
         actions,
@@ -197,10 +169,17 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             },
             ..RuntimeConfig::default()
         },
-    );
-    let supervisor = Supervisor::default();
-    let routes = HttpRoutes::new(runtime.clone());
-    let workflows = Arc::new(Workflows::new(runtime.clone(), routes, supervisor.clone()));
+    )
+    .with_bus(bus);
+    events.attach(runtime.clone());
+    let supervisor = Arc::new(Supervisor::default());
+    let routes = Arc::new(HttpRoutes::new(runtime.clone()));
+    let workflows = Arc::new(Workflows::new(
+        runtime.clone(),
+        routes,
+        events.clone(),
+        supervisor.clone(),
+    ));
     let state = AgentState {
         runtime: runtime.clone(),
         workflows: workflows.clone(),
@@ -231,12 +210,20 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     if recovered > 0 {
         tracing::info!(executions = recovered, "resumed unfinished executions");
     }
+    workflows.start();
     if let Some(dir) = config.workflows.clone() {
-        let cancel = supervisor.token().child_token();
-        supervisor.spawn(
-            "reload",
-            crate::reload::watch(workflows.clone(), dir, files, cancel),
-        );
+        let workflows = workflows.clone();
+        let mut files = Some(files);
+        supervisor.spawn("reload", Arc::new(TriggerStats::default()), move |cancel| {
+            // A restarted watcher starts from an empty map: unchanged files install as
+            // `Unchanged`, so nothing restarts needlessly.
+            let files = files.take().unwrap_or_default();
+            let watch = crate::reload::watch(workflows.clone(), dir.clone(), files, cancel);
+            async move {
+                watch.await;
+                Ok(())
+            }
+        });
     }
     state.ready.store(true, Ordering::Release);
     tracing::info!(workflows = workflows.list().len(), "reactor-agent ready");
@@ -244,9 +231,9 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("stopping: triggers and HTTP first");
     state.stopping.cancel();
-    let forced = supervisor.shutdown(GRACE).await;
-    if !forced.is_empty() {
-        tracing::warn!(tasks = ?forced, "tasks did not stop in time and were aborted");
+    let report = supervisor.shutdown(GRACE).await;
+    if !report.forced.is_empty() {
+        tracing::warn!(tasks = ?report.forced, "tasks did not stop in time and were aborted");
     }
     match tokio::time::timeout(GRACE, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -263,6 +250,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             "executions did not reach a checkpoint in time; they resume from their journal"
         );
     }
+    events.detach();
     drop(state);
     redb.close().await.context("closing the journal")?;
     tracing::info!("reactor-agent stopped");

@@ -11,13 +11,11 @@
 //! - [`reload`]: hot reload of the workflows folder.
 //! - [`embedded`]: workflows compiled into the binary.
 //! - [`server`], [`api`], [`metrics`]: the HTTP server, `/api/v1`, `/metrics`.
-//! - [`http_routes`]: http trigger routing (stand-in until `reactor_core::trigger::http`).
 
 mod api;
 mod config;
 mod daemon;
 mod embedded;
-mod http_routes;
 mod metrics;
 mod reload;
 mod server;

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
 use reactor_core::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
+use reactor_core::trigger::{TaskState, TriggerStatsSnapshot};
 
 use crate::daemon::AgentState;
 
@@ -21,9 +22,6 @@ use crate::daemon::AgentState;
 pub struct Metrics {
     /// (workflow, status) → count; status `started` counts creations.
     executions: Mutex<BTreeMap<(String, &'static str), u64>>,
-    pub http_requests: AtomicU64,
-    /// HTTP trigger requests answered 503 because the engine was saturated.
-    pub http_shed: AtomicU64,
 }
 
 impl Metrics {
@@ -188,61 +186,126 @@ pub fn render(state: &AgentState) -> String {
         state.workflows.list().len()
     );
 
-    let triggers = state.workflows.triggers();
+    // One row per trigger: (workflow, trigger, kind, stats, up).
+    let mut rows: Vec<(
+        String,
+        String,
+        &'static str,
+        TriggerStatsSnapshot,
+        Option<bool>,
+    )> = Vec::new();
+    let tasks: BTreeMap<String, (TaskState, TriggerStatsSnapshot)> = state
+        .workflows
+        .supervisor()
+        .tasks()
+        .into_iter()
+        .map(|(name, task_state, stats)| (name, (task_state, stats.snapshot())))
+        .collect();
+    for info in state.workflows.triggers() {
+        if let Some((task_state, stats)) = info.task.as_ref().and_then(|t| tasks.get(t)) {
+            let up = matches!(task_state, TaskState::Running | TaskState::Finished);
+            rows.push((
+                info.workflow,
+                info.label,
+                info.kind,
+                stats.clone(),
+                Some(up),
+            ));
+        }
+    }
+    for (workflow, method, path, stats) in state.workflows.routes().stats() {
+        let trigger = format!("{method} {path}");
+        rows.push((
+            workflow.to_string(),
+            trigger,
+            "http",
+            stats.snapshot(),
+            Some(true),
+        ));
+    }
+    for (workflow, pattern, stats) in state.workflows.events().stats() {
+        rows.push((
+            workflow.to_string(),
+            pattern,
+            "event",
+            stats.snapshot(),
+            Some(true),
+        ));
+    }
+    let labels = |row: &(
+        String,
+        String,
+        &'static str,
+        TriggerStatsSnapshot,
+        Option<bool>,
+    )| {
+        format!(
+            "workflow=\"{}\",trigger=\"{}\",kind=\"{}\"",
+            label(&row.0),
+            label(&row.1),
+            row.2
+        )
+    };
     header(
         &mut out,
         "reactor_trigger_up",
         "gauge",
-        "1 while the trigger runs, 0 while it is restarting.",
+        "1 while the trigger runs, 0 while it restarts after an error or has given up.",
     );
-    for t in &triggers {
-        let _ = writeln!(
-            out,
-            "reactor_trigger_up{{workflow=\"{}\",trigger=\"{}\",kind=\"{}\"}} {}",
-            label(&t.workflow),
-            label(&t.label),
-            t.kind,
-            u8::from(t.running())
-        );
+    for row in &rows {
+        if let Some(up) = row.4 {
+            let _ = writeln!(
+                out,
+                "reactor_trigger_up{{{}}} {}",
+                labels(row),
+                u8::from(up)
+            );
+        }
     }
-    header(
-        &mut out,
-        "reactor_trigger_errors_total",
-        "counter",
-        "Times a trigger gave up with an error (it is restarted with backoff).",
-    );
-    for t in &triggers {
-        let _ = writeln!(
-            out,
-            "reactor_trigger_errors_total{{workflow=\"{}\",trigger=\"{}\",kind=\"{}\"}} {}",
-            label(&t.workflow),
-            label(&t.label),
-            t.kind,
-            t.errors.load(Ordering::Relaxed)
-        );
+    let counters: [(&str, &str, fn(&TriggerStatsSnapshot) -> u64); 4] = [
+        (
+            "reactor_trigger_events_total",
+            "Events a trigger submitted to the engine.",
+            |s| s.events,
+        ),
+        (
+            "reactor_trigger_errors_total",
+            "Trigger errors (failed submissions, failures of the trigger itself).",
+            |s| s.errors,
+        ),
+        (
+            "reactor_trigger_rejected_total",
+            "Requests or events a trigger refused (auth, signature, size).",
+            |s| s.rejected,
+        ),
+        (
+            "reactor_trigger_restarts_total",
+            "Times a trigger was restarted after an error.",
+            |s| s.restarts,
+        ),
+    ];
+    for (name, help, value) in counters {
+        header(&mut out, name, "counter", help);
+        for row in &rows {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(row), value(&row.3));
+        }
     }
-    header(
-        &mut out,
-        "reactor_http_trigger_requests_total",
-        "counter",
-        "Requests handled by http triggers.",
-    );
-    let _ = writeln!(
-        out,
-        "reactor_http_trigger_requests_total {}",
-        metrics.http_requests.load(Ordering::Relaxed)
-    );
     header(
         &mut out,
         "reactor_http_requests_shed_total",
         "counter",
-        "HTTP trigger requests answered 503 because the engine was saturated.",
+        "HTTP trigger requests answered 503 with Retry-After because the engine was saturated.",
     );
-    let _ = writeln!(
-        out,
-        "reactor_http_requests_shed_total {}",
-        metrics.http_shed.load(Ordering::Relaxed)
-    );
+    for row in rows.iter().filter(|r| r.2 == "http") {
+        let _ = writeln!(
+            out,
+            "reactor_http_requests_shed_total{{{}}} {}",
+            labels(row),
+            row.3.shed
+        );
+    }
+    let shed: u64 = rows.iter().map(|r| r.3.shed).sum();
+    let _ = writeln!(out, "reactor_http_requests_shed_total {shed}");
     if let Some(rss) = resident_bytes() {
         header(
             &mut out,

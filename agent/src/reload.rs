@@ -85,7 +85,7 @@ pub async fn apply(
         if let Origin::File(path) = &origin
             && !present.contains(path)
         {
-            workflows.remove(&name);
+            workflows.remove(&name).await;
         }
     }
     files.retain(|path, _| present.contains(path));
@@ -117,7 +117,7 @@ pub async fn apply(
         // The file may have renamed its workflow: the old name goes.
         for (old, origin) in workflows.origins() {
             if origin == Origin::File(file.path.clone()) && old != name {
-                workflows.remove(&old);
+                workflows.remove(&old).await;
             }
         }
         let origin = Origin::File(file.path.clone());

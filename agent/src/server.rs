@@ -7,11 +7,10 @@
 //! after the restart).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,7 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::AgentState;
-use crate::http_routes::{HttpReply, HttpRequest};
+use reactor_core::trigger::{HttpReply, HttpRequest};
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -48,11 +47,7 @@ pub fn router(state: AgentState, max_body: usize) -> Router {
 
 async fn healthz(State(state): State<AgentState>) -> Response {
     let triggers = state.workflows.triggers();
-    let waiting: Vec<&str> = triggers
-        .iter()
-        .filter(|t| !t.running())
-        .map(|t| t.label.as_str())
-        .collect();
+    let waiting = state.waiting_triggers();
     if state.healthy() {
         (
             StatusCode::OK,
@@ -91,8 +86,16 @@ async fn trigger(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    // The global DefaultBodyLimit applies to this extraction.
-    let body: Bytes = match axum::body::to_bytes(body, usize::MAX).await {
+    // The global DefaultBodyLimit applies too; a route's own limit is usually lower. One byte
+    // over the route's limit is read so that the routes answer 413 themselves.
+    let limit = state
+        .workflows
+        .routes()
+        .body_limit(parts.method.as_str(), parts.uri.path())
+        .map_or(usize::MAX, |l| {
+            usize::try_from(l.saturating_add(1)).unwrap_or(usize::MAX)
+        });
+    let body: Bytes = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
         Err(_) => {
             return crate::api::problem(
@@ -115,12 +118,13 @@ async fn trigger(
     let request = HttpRequest {
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
+        query: Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map(|q| q.0)
+            .unwrap_or_default(),
         headers,
         body: body.to_vec(),
         remote: Some(remote),
     };
-    state.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
     // Cancel-safety: dropping `handle` abandons only the wait for a sync reply; the execution
     // is already journaled and resumes after the restart.
     let reply = tokio::select! {
@@ -142,9 +146,6 @@ async fn trigger(
         },
         reply = state.workflows.routes().handle(request) => reply,
     };
-    if reply.status == 503 {
-        state.metrics.http_shed.fetch_add(1, Ordering::Relaxed);
-    }
     into_response(reply)
 }
 

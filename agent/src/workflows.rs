@@ -14,22 +14,18 @@
 //! catalog so running executions finish on them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reactor_core::engine::Runtime;
-use reactor_core::flow::{TriggerKind, TriggerSpec, Workflow};
+use reactor_core::flow::{TriggerKind, Workflow};
 use reactor_core::store::StoreWrite;
-use reactor_core::trigger::{Trigger, TriggerContext, TriggerError};
-use tokio_util::sync::CancellationToken;
+use reactor_core::trigger::{
+    EventRouter, HttpRoutes, Supervisor, TriggerContext, TriggerStats, build_light,
+};
 
-use crate::daemon::Supervisor;
-use crate::http_routes::HttpRoutes;
-
-/// First delay before restarting a trigger that gave up; doubles up to [`MAX_RESTART_DELAY`].
-const FIRST_RESTART_DELAY: Duration = Duration::from_millis(500);
-const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+/// How long a replaced workflow's triggers get to stop before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Where a workflow came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,38 +43,37 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// One trigger's state, for `/healthz` and `/metrics`.
-#[derive(Debug)]
-pub struct TriggerState {
+/// One trigger of an active workflow, for `/healthz` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct TriggerInfo {
     pub workflow: String,
     pub kind: &'static str,
-    /// `workflow#index` as listed in the file.
+    /// `workflow#index`, the index in the file's `triggers:` list.
     pub label: String,
-    running: std::sync::atomic::AtomicBool,
-    pub errors: AtomicU64,
-    pub restarts: AtomicU64,
-}
-
-impl TriggerState {
-    pub fn running(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
-    }
+    /// The supervisor task running it (`None`: routed by the HTTP server or the event
+    /// router, or not available in this build).
+    pub task: Option<String>,
 }
 
 struct Active {
     origin: Origin,
     hash: u64,
     version: u32,
-    cancel: CancellationToken,
-    triggers: Vec<Arc<TriggerState>>,
+    workflow: Arc<Workflow>,
+    triggers: Vec<TriggerInfo>,
 }
 
 /// The set of active workflows. Cheap to share behind an `Arc`.
 pub struct Workflows {
     runtime: Runtime,
-    routes: HttpRoutes,
-    supervisor: Supervisor,
+    routes: Arc<HttpRoutes>,
+    events: Arc<EventRouter>,
+    supervisor: Arc<Supervisor>,
     active: Mutex<BTreeMap<String, Active>>,
+    /// Until [`Workflows::start`], trigger tasks are not spawned: at start-up every workflow
+    /// is loaded (so a `startup` trigger's emitted event finds its `event` subscribers) and
+    /// recovery has run before any trigger fires.
+    live: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Workflows {
@@ -117,17 +112,32 @@ fn text_key(name: &str, version: u32) -> String {
 }
 
 impl Workflows {
-    pub fn new(runtime: Runtime, routes: HttpRoutes, supervisor: Supervisor) -> Workflows {
+    pub fn new(
+        runtime: Runtime,
+        routes: Arc<HttpRoutes>,
+        events: Arc<EventRouter>,
+        supervisor: Arc<Supervisor>,
+    ) -> Workflows {
         Workflows {
             runtime,
             routes,
+            events,
             supervisor,
             active: Mutex::default(),
+            live: false.into(),
         }
     }
 
     pub fn routes(&self) -> &HttpRoutes {
         &self.routes
+    }
+
+    pub fn events(&self) -> &EventRouter {
+        &self.events
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     /// The active source of `name`, if any.
@@ -161,7 +171,7 @@ impl Workflows {
             .collect()
     }
 
-    pub fn triggers(&self) -> Vec<Arc<TriggerState>> {
+    pub fn triggers(&self) -> Vec<TriggerInfo> {
         lock(&self.active)
             .values()
             .flat_map(|a| a.triggers.iter().cloned())
@@ -178,10 +188,7 @@ impl Workflows {
     ) -> anyhow::Result<Installed> {
         let name = workflow.name.to_string();
         let hash = content_hash(text);
-        let previous = match lock(&self.active).get(&name) {
-            Some(a) => Some((a.version, a.hash)),
-            None => None,
-        };
+        let previous = lock(&self.active).get(&name).map(|a| (a.version, a.hash));
         let previous = match previous {
             Some(p) => Some(p),
             None => self.stored_version(&name).await,
@@ -220,11 +227,13 @@ impl Workflows {
                 },
             ])
             .await?;
-        self.stop(&name);
+        self.stop(&name).await;
+        self.runtime.load(workflow.clone());
         let workflow = Arc::new(workflow);
-        self.runtime.load((*workflow).clone());
-        let cancel = self.supervisor.token().child_token();
-        let triggers = self.start_triggers(&workflow, &cancel);
+        let triggers = self.start_triggers(&workflow);
+        if self.live.load(std::sync::atomic::Ordering::Acquire) {
+            self.spawn_tasks(&workflow, &triggers);
+        }
         tracing::info!(workflow = %name, version, source = %origin, triggers = triggers.len(), "workflow active");
         lock(&self.active).insert(
             name,
@@ -232,7 +241,7 @@ impl Workflows {
                 origin,
                 hash,
                 version,
-                cancel,
+                workflow,
                 triggers,
             },
         );
@@ -240,23 +249,26 @@ impl Workflows {
     }
 
     /// Stops offering `name`: its triggers stop; running executions finish on their version.
-    pub fn remove(&self, name: &str) -> bool {
-        let removed = self.stop(name);
+    pub async fn remove(&self, name: &str) -> bool {
+        let removed = self.stop(name).await;
         if removed {
             tracing::info!(workflow = %name, "workflow removed: its triggers stopped");
         }
         removed
     }
 
-    fn stop(&self, name: &str) -> bool {
+    async fn stop(&self, name: &str) -> bool {
         self.routes.remove(name);
-        match lock(&self.active).remove(name) {
-            Some(active) => {
-                active.cancel.cancel();
-                true
+        self.events.remove(name);
+        let Some(active) = lock(&self.active).remove(name) else {
+            return false;
+        };
+        for task in active.triggers.iter().filter_map(|t| t.task.as_deref()) {
+            if self.supervisor.stop(task, STOP_GRACE).await == Some(true) {
+                tracing::warn!(task, "trigger did not stop in time and was aborted");
             }
-            None => false,
         }
+        true
     }
 
     /// The stored (version, hash) of `name`, from an earlier run.
@@ -300,96 +312,71 @@ impl Workflows {
         Ok(())
     }
 
-    fn start_triggers(
-        &self,
-        workflow: &Arc<Workflow>,
-        cancel: &CancellationToken,
-    ) -> Vec<Arc<TriggerState>> {
+    fn start_triggers(&self, workflow: &Workflow) -> Vec<TriggerInfo> {
         let name = workflow.name.to_string();
         let mut http = Vec::new();
-        let mut states = Vec::new();
+        let mut infos = Vec::new();
         for (index, spec) in workflow.triggers.iter().enumerate() {
-            let state = Arc::new(TriggerState {
+            let mut info = TriggerInfo {
                 workflow: name.clone(),
                 kind: spec.type_name(),
                 label: format!("{name}#{index}"),
-                running: false.into(),
-                errors: AtomicU64::new(0),
-                restarts: AtomicU64::new(0),
-            });
-            states.push(state.clone());
+                task: None,
+            };
             if let TriggerKind::Http(trigger) = &spec.kind {
                 http.push(trigger.clone());
-                state.running.store(true, Ordering::Relaxed);
-                continue;
             }
-            let context = TriggerContext {
-                workflow: Arc::from(name.as_str()),
-                runtime: self.runtime.clone(),
-                cancel: cancel.child_token(),
-            };
-            let spec = spec.clone();
-            let task = format!("trigger {}", state.label);
-            self.supervisor
-                .spawn(&task, run_trigger(spec, context, state));
-        }
-        self.routes.replace(&name, &http);
-        states
-    }
-}
-
-/// Builds the trigger for a non-http entry.
-fn build_trigger(spec: &TriggerSpec) -> Result<Option<Box<dyn Trigger>>, TriggerError> {
-    Err(TriggerError::Unsupported(spec.type_name()))
-}
-
-/// Runs one trigger until its token fires, rebuilding and restarting it with backoff when it
-/// gives up.
-async fn run_trigger(spec: TriggerSpec, context: TriggerContext, state: Arc<TriggerState>) {
-    let mut delay = FIRST_RESTART_DELAY;
-    loop {
-        let outcome = match build_trigger(&spec) {
-            Ok(Some(trigger)) => {
-                state.running.store(true, Ordering::Relaxed);
-                let child = TriggerContext {
-                    cancel: context.cancel.child_token(),
-                    ..context.clone()
-                };
-                // Cancel-safety: the trigger owns its in-flight event; when the token fires
-                // it finishes or abandons it itself (its overload policy).
-                tokio::select! {
-                    biased;
-                    () = context.cancel.cancelled() => return,
-                    outcome = trigger.run(child) => outcome,
+            match build_light(spec) {
+                Ok(None) => {}
+                Ok(Some(_)) => info.task = Some(format!("trigger {}", info.label)),
+                Err(error) => {
+                    tracing::warn!(trigger = %info.label, %error, "trigger not started; the workflow runs without it");
                 }
             }
-            Ok(None) => {
-                state.running.store(true, Ordering::Relaxed);
-                return;
-            }
-            Err(TriggerError::Unsupported(kind)) => {
-                tracing::warn!(trigger = %state.label, kind, "this trigger type is not available in the agent yet; the workflow runs without it");
-                state.running.store(true, Ordering::Relaxed);
-                return;
-            }
-            Err(error) => Err(error),
-        };
-        state.running.store(false, Ordering::Relaxed);
-        match outcome {
-            Ok(()) if context.cancel.is_cancelled() => return,
-            Ok(()) => return,
-            Err(error) => {
-                state.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(trigger = %state.label, %error, retry_in = ?delay, "trigger stopped; restarting");
-            }
+            infos.push(info);
         }
-        tokio::select! {
-            biased;
-            () = context.cancel.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+        if let Err(error) = self.routes.replace(&name, &http) {
+            tracing::error!(workflow = %name, %error, "http triggers not installed");
         }
-        state.restarts.fetch_add(1, Ordering::Relaxed);
-        delay = (delay * 2).min(MAX_RESTART_DELAY);
+        self.events.replace(&name, &workflow.triggers);
+        infos
+    }
+
+    fn spawn_tasks(&self, workflow: &Workflow, infos: &[TriggerInfo]) {
+        let name = workflow.name.to_string();
+        for (spec, info) in workflow.triggers.iter().zip(infos) {
+            let Some(task) = &info.task else { continue };
+            let stats = Arc::new(TriggerStats::default());
+            let runtime = self.runtime.clone();
+            let spec = spec.clone();
+            let workflow_name = name.clone();
+            let task_stats = stats.clone();
+            self.supervisor.spawn(task, stats, move |cancel| {
+                let context = TriggerContext {
+                    stats: task_stats.clone(),
+                    ..TriggerContext::new(&workflow_name, runtime.clone(), cancel)
+                };
+                let built = build_light(&spec);
+                async move {
+                    match built? {
+                        Some(trigger) => trigger.run(context).await,
+                        None => Ok(()),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Starts the trigger tasks of every loaded workflow; later installs start theirs at once.
+    pub fn start(&self) {
+        self.live.store(true, std::sync::atomic::Ordering::Release);
+        let active: Vec<(Arc<Workflow>, Vec<TriggerInfo>)> = lock(&self.active)
+            .values()
+            .map(|a| (a.workflow.clone(), a.triggers.clone()))
+            .collect();
+        for (workflow, triggers) in active {
+            self.spawn_tasks(&workflow, &triggers);
+        }
     }
 }
 

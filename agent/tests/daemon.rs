@@ -265,7 +265,7 @@ async fn http_triggers_sync_and_async_and_the_api() {
         "reactor_executions_dropped_total 0",
         "reactor_executions_running 0",
         "reactor_http_requests_shed_total 0",
-        "reactor_trigger_up{workflow=\"hello\",trigger=\"hello#0\",kind=\"http\"} 1",
+        "reactor_trigger_events_total{workflow=\"hello\",trigger=\"POST /hello\",kind=\"http\"} 1",
         "reactor_process_resident_memory_bytes ",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
@@ -436,4 +436,64 @@ fn run_help_documents_the_configuration() {
     ] {
         assert!(help.contains(needle), "{needle} missing from\n{help}");
     }
+}
+
+#[tokio::test]
+async fn interval_startup_and_event_triggers_run_in_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir(&workflows).unwrap();
+    write(
+        &workflows,
+        "boot.yaml",
+        "reactor: 1\nname: boot\ntriggers:\n  - startup: {}\nsteps:\n  - emit: { type: device.booted, data: { ok: true } }\n",
+    );
+    write(
+        &workflows,
+        "on-boot.yaml",
+        "reactor: 1\nname: on-boot\ntriggers:\n  - event: { type: device.* }\nsteps:\n  - id: seen\n    action: transform\n    with: { value: \"${{ event.type }}\" }\n",
+    );
+    write(
+        &workflows,
+        "tick.yaml",
+        "reactor: 1\nname: tick\ntriggers:\n  - interval: { every: 200ms }\nsteps:\n  - action: log\n    with: { message: tick }\n",
+    );
+    let agent = Agent::start(&workflows, &dir.path().join("data"), &[]).await;
+    for workflow in ["on-boot", "tick"] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, page) = agent
+                .get(&format!(
+                    "/api/v1/executions?workflow={workflow}&status=succeeded"
+                ))
+                .await;
+            if !page["executions"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{workflow} never ran: {}",
+                agent.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let metrics = client()
+        .get(agent.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "reactor_trigger_up{workflow=\"tick\",trigger=\"tick#0\",kind=\"interval\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("reactor_trigger_events_total{workflow=\"on-boot\""),
+        "{metrics}"
+    );
 }

@@ -280,13 +280,13 @@ async fn list_executions(
     }
 }
 
-fn parse_id(text: &str) -> Result<ExecutionId, Response> {
+fn parse_id(text: &str) -> Result<ExecutionId, Box<Response>> {
     text.parse::<ExecutionId>().map_err(|_| {
-        problem(
+        Box::new(problem(
             StatusCode::BAD_REQUEST,
             "bad execution id",
             &format!("{text:?} is not an execution id"),
-        )
+        ))
     })
 }
 
@@ -314,7 +314,7 @@ pub fn execution_json(record: &ExecutionRecord) -> Value {
 async fn get_execution(State(state): State<AgentState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.runtime.store().execution(id).await {
         Ok(Some(record)) => axum::Json(execution_json(&record)).into_response(),
@@ -330,7 +330,7 @@ async fn get_execution(State(state): State<AgentState>, Path(id): Path<String>) 
 async fn cancel_execution(State(state): State<AgentState>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if state.runtime.cancel(id, "cancelled through the API").await {
         return (

@@ -262,7 +262,8 @@ pub fn render(state: &AgentState) -> String {
             );
         }
     }
-    let counters: [(&str, &str, fn(&TriggerStatsSnapshot) -> u64); 4] = [
+    type Counter = (&'static str, &'static str, fn(&TriggerStatsSnapshot) -> u64);
+    let counters: [Counter; 4] = [
         (
             "reactor_trigger_events_total",
             "Events a trigger submitted to the engine.",

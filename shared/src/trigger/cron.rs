@@ -254,7 +254,7 @@ mod tests {
 
     use super::*;
     use crate::flow::TriggerKind;
-    use crate::trigger::testing::{executions, memory, runtime, wait_for};
+    use crate::trigger::testing::{memory, runtime, started_events, wait_for};
 
     fn workflow(schedule: &str) -> String {
         format!(
@@ -279,17 +279,6 @@ steps:
         }
     }
 
-    async fn started(runtime: &crate::engine::Runtime) -> Vec<Event> {
-        let mut out = Vec::new();
-        for record in executions(runtime, "ticker").await {
-            let journal = runtime.store().journal(record.id).await.unwrap();
-            if let Some(crate::engine::Fact::Started { event, .. }) = journal.first() {
-                out.push(event.clone());
-            }
-        }
-        out
-    }
-
     #[tokio::test]
     async fn fires_every_second_with_real_time() {
         let runtime = runtime(memory(), &[&workflow("* * * * * *")]);
@@ -302,7 +291,7 @@ steps:
         cancel.cancel();
         task.await.unwrap().unwrap();
         assert!(list.len() >= 2, "{} executions", list.len());
-        let events = started(&runtime).await;
+        let events = started_events(&runtime, "ticker").await;
         assert_eq!(events[0].event_type, "cron");
         assert_eq!(events[0].data["tick"], 1);
         assert_eq!(events[1].data["tick"], 2);
@@ -351,7 +340,7 @@ steps:
             .await
             .unwrap();
         run_briefly(&runtime).await;
-        let events = started(&runtime).await;
+        let events = started_events(&runtime, "ticker").await;
         assert_eq!(events.len(), 1, "one catch-up event, not a storm");
         let event = &events[0];
         assert_eq!(event.meta["catch_up"], true);
@@ -367,7 +356,7 @@ steps:
         assert_eq!(event.id, format!("cron:ticker:{}", this_hour * 1000));
         // A restart right after: the mark covers that tick, nothing fires again.
         run_briefly(&runtime).await;
-        assert_eq!(started(&runtime).await.len(), 1);
+        assert_eq!(started_events(&runtime, "ticker").await.len(), 1);
         runtime.shutdown().await;
     }
 
@@ -377,7 +366,7 @@ steps:
         let runtime = runtime(store.clone(), &[&workflow("0 0 * * * *")]);
         let key = trigger(&runtime).mark_key("ticker");
         run_briefly(&runtime).await;
-        assert!(started(&runtime).await.is_empty());
+        assert!(started_events(&runtime, "ticker").await.is_empty());
         assert!(store.meta(&key).await.unwrap().is_some());
         runtime.shutdown().await;
     }

@@ -114,7 +114,7 @@ pub fn build_light(spec: &TriggerSpec) -> Result<Option<Box<dyn Trigger>>, Trigg
         TriggerKind::Interval { every } => Box::new(interval::Interval::new(*every)?),
         TriggerKind::Startup => Box::new(startup::Startup),
         #[cfg(feature = "file-trigger")]
-        TriggerKind::File(settings) => file::FileWatch::new(settings)?,
+        TriggerKind::File(settings) => Box::new(file::FileWatch::new(settings)?),
         #[cfg(not(feature = "file-trigger"))]
         TriggerKind::File(_) => return Err(TriggerError::Unsupported("file")),
         other => return Err(TriggerError::Unsupported(other.type_name())),
@@ -167,6 +167,18 @@ pub(crate) mod testing {
             .unwrap();
         list.reverse();
         list
+    }
+
+    /// The events that started `workflow`'s executions, oldest first.
+    pub async fn started_events(runtime: &Runtime, workflow: &str) -> Vec<crate::engine::Event> {
+        let mut out = Vec::new();
+        for record in executions(runtime, workflow).await {
+            let journal = runtime.store().journal(record.id).await.unwrap();
+            if let Some(crate::engine::Fact::Started { event, .. }) = journal.first() {
+                out.push(event.clone());
+            }
+        }
+        out
     }
 
     /// Polls until `workflow` has at least `count` executions (or `timeout` passes).

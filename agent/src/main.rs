@@ -1,7 +1,25 @@
 //! `reactor-agent`: Reactor's edge agent.
 //!
-//! Subcommands: `validate` and `exec` (the command-line contract in DSL.md, shared with the
-//! hub through `reactor_core::cli`) and `schema` (the JSON Schema of the workflow language).
+//! Subcommands: `run` (the daemon, [`daemon`]), `validate` and `exec` (the command-line
+//! contract in DSL.md, shared with the hub through `reactor_core::cli`) and `schema` (the JSON
+//! Schema of the workflow language).
+//!
+//! Modules of the daemon:
+//! - [`config`]: `agent.toml` + `REACTOR_*` environment + flags, layered and validated.
+//! - [`daemon`]: start-up wiring, the task supervisor, graceful shutdown.
+//! - [`workflows`]: the active workflows, their versions and their triggers.
+//! - [`reload`]: hot reload of the workflows folder.
+//! - [`embedded`]: workflows compiled into the binary.
+//! - [`server`], [`api`], [`metrics`]: the HTTP server, `/api/v1`, `/metrics`.
+
+mod api;
+mod config;
+mod daemon;
+mod embedded;
+mod metrics;
+mod reload;
+mod server;
+mod workflows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +40,10 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: every workflow of --workflows (and those compiled in), with durable
+    /// state in --data, http triggers and the local API on --listen.
+    #[command(after_long_help = config::RUN_HELP, after_help = "See --help for agent.toml keys and REACTOR_* variables.")]
+    Run(config::RunFlags),
     /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
     Validate {
         /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
@@ -56,6 +78,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
+        Command::Run(flags) => return daemon::run(&flags),
         Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
         Command::Exec {
             file,

@@ -227,6 +227,12 @@ impl Runtime {
         &self.inner.store
     }
 
+    /// The allow-listed environment, secrets and device identity (triggers resolve their
+    /// `secret` templates against it).
+    pub fn environment(&self) -> &Arc<Environment> {
+        &self.inner.environment
+    }
+
     /// Whether every execution slot is taken: a new submission would wait.
     pub fn saturated(&self) -> bool {
         self.inner.permits.available_permits() == 0

@@ -18,7 +18,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Value;
 use crate::engine::{Event, Runtime, Submission, SubmitError};
-use crate::flow::TriggerSpec;
+use crate::flow::{TriggerKind, TriggerSpec};
+
+pub mod cron;
+pub mod event;
+#[cfg(feature = "file-trigger")]
+pub mod file;
+pub mod http;
+pub mod interval;
+pub mod startup;
+mod stats;
+mod supervisor;
+
+pub use self::event::EventRouter;
+pub use self::http::{HttpReply, HttpRequest, HttpRoutes};
+pub use self::stats::{TriggerStats, TriggerStatsSnapshot, WarnLimiter};
+pub use self::supervisor::{ShutdownReport, Supervisor, SupervisorConfig, TaskState};
 
 /// What a running trigger can reach.
 #[derive(Clone, Debug)]
@@ -28,15 +43,32 @@ pub struct TriggerContext {
     pub runtime: Runtime,
     /// Fires when the trigger must stop (workflow removed or replaced, shutdown).
     pub cancel: CancellationToken,
+    /// This trigger's counters; [`TriggerContext::submit`] keeps `events` and `errors`.
+    pub stats: Arc<TriggerStats>,
 }
 
 impl TriggerContext {
+    pub fn new(workflow: &str, runtime: Runtime, cancel: CancellationToken) -> TriggerContext {
+        TriggerContext {
+            workflow: Arc::from(workflow),
+            runtime,
+            cancel,
+            stats: Arc::default(),
+        }
+    }
+
     /// Starts an execution for `event`; returns once it is durably recorded, skipped or
     /// dropped. Waits while the runtime is saturated (the *block* policy).
     pub async fn submit(&self, event: Event) -> Result<Submission, SubmitError> {
-        self.runtime
+        let result = self
+            .runtime
             .submit(&self.workflow, event, Value::Object(Default::default()))
-            .await
+            .await;
+        match &result {
+            Ok(_) => self.stats.count_event(),
+            Err(error) => self.stats.record_error(&error.to_string()),
+        }
+        result
     }
 
     /// Whether a new execution would have to wait for a slot (the *shed* policy's test).
@@ -71,3 +103,98 @@ pub trait Trigger: Send + 'static {
 /// server routes them (see [`http::HttpRoutes`]).
 pub type TriggerFactory =
     dyn Fn(&TriggerSpec) -> Result<Option<Box<dyn Trigger>>, TriggerError> + Send + Sync;
+
+/// Builds the light triggers (`cron`, `interval`, `startup`, `file`). `http` (routed by
+/// [`HttpRoutes`]) and `event` (routed by [`EventRouter`]) return `None`: they have no task of
+/// their own. Broker and database triggers are built elsewhere and are `Unsupported` here.
+pub fn build_light(spec: &TriggerSpec) -> Result<Option<Box<dyn Trigger>>, TriggerError> {
+    Ok(Some(match &spec.kind {
+        TriggerKind::Http(_) | TriggerKind::Event { .. } => return Ok(None),
+        TriggerKind::Cron(settings) => Box::new(cron::CronSchedule::new(settings)?),
+        TriggerKind::Interval { every } => Box::new(interval::Interval::new(*every)?),
+        TriggerKind::Startup => Box::new(startup::Startup),
+        #[cfg(feature = "file-trigger")]
+        TriggerKind::File(settings) => Box::new(file::FileWatch::new(settings)?),
+        #[cfg(not(feature = "file-trigger"))]
+        TriggerKind::File(_) => return Err(TriggerError::Unsupported("file")),
+        other => return Err(TriggerError::Unsupported(other.type_name())),
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A runtime over the memory store with workflows parsed from YAML, for trigger tests.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::action::builtin_registry;
+    use crate::engine::{Environment, ExecutionRecord, Runtime, RuntimeConfig};
+    use crate::store::{ExecutionQuery, MemoryStore, Store};
+
+    pub fn runtime(store: Arc<dyn Store>, yaml: &[&str]) -> Runtime {
+        let runtime = Runtime::new(
+            store,
+            builtin_registry(Default::default()),
+            Environment::empty(),
+            RuntimeConfig::default(),
+        );
+        load(&runtime, yaml);
+        runtime
+    }
+
+    pub fn load(runtime: &Runtime, yaml: &[&str]) {
+        for text in yaml {
+            let workflow =
+                crate::dsl::parse_workflow("test.yaml", text).unwrap_or_else(|d| panic!("{d:?}"));
+            runtime.load(workflow);
+        }
+    }
+
+    pub fn memory() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::new())
+    }
+
+    /// Executions of `workflow`, oldest first.
+    pub async fn executions(runtime: &Runtime, workflow: &str) -> Vec<ExecutionRecord> {
+        let mut list = runtime
+            .store()
+            .executions(&ExecutionQuery {
+                workflow: Some(workflow.to_string()),
+                ..ExecutionQuery::default()
+            })
+            .await
+            .unwrap();
+        list.reverse();
+        list
+    }
+
+    /// The events that started `workflow`'s executions, oldest first.
+    pub async fn started_events(runtime: &Runtime, workflow: &str) -> Vec<crate::engine::Event> {
+        let mut out = Vec::new();
+        for record in executions(runtime, workflow).await {
+            let journal = runtime.store().journal(record.id).await.unwrap();
+            if let Some(crate::engine::Fact::Started { event, .. }) = journal.first() {
+                out.push(event.clone());
+            }
+        }
+        out
+    }
+
+    /// Polls until `workflow` has at least `count` executions (or `timeout` passes).
+    pub async fn wait_for(
+        runtime: &Runtime,
+        workflow: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<ExecutionRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let list = executions(runtime, workflow).await;
+            if list.len() >= count || tokio::time::Instant::now() >= deadline {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The agent's service configuration (`agent.toml`), separate from workflow files.
+//!
+//! Layers, later wins: built-in defaults → the file (`--config`) → `REACTOR_<SECTION>__<KEY>`
+//! environment variables → command-line flags (each of which also reads its own `REACTOR_*`
+//! variable). The merged result is validated once; every problem names the key and where the
+//! value came from (the file with line and column, or the variable).
+//!
+//! Parse, don't validate: [`RawConfig`] mirrors the file (`deny_unknown_fields`, every field
+//! optional so each layer can be checked on its own); only [`AgentConfig::load`] builds the
+//! validated [`AgentConfig`] the daemon runs with.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use reactor_core::flow::parse_duration;
+use serde::Deserialize;
+
+/// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
+const ENV_PREFIX: &str = "REACTOR_";
+/// Listen address when nothing else says.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Upper bound of `limits.max_running` (each running execution is a task with an inbox).
+const MAX_RUNNING_LIMIT: usize = 65_536;
+/// Upper bound of `limits.max_body` (the whole request is held in memory).
+const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// `reactor-agent run` flags. Each has a `REACTOR_*` environment equivalent; flags win over
+/// the environment, which wins over the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunFlags {
+    /// Folder of workflow files (.yaml/.yml), watched for changes. Optional when the binary
+    /// has embedded workflows. [file: workflows]
+    #[arg(long, env = "REACTOR_WORKFLOWS", value_name = "DIR")]
+    pub workflows: Option<PathBuf>,
+    /// Folder for the agent's state (journal.redb). Created if missing. Required. [file: data]
+    #[arg(long, env = "REACTOR_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address of the HTTP server: http triggers, /healthz, /metrics, /api/v1.
+    /// [default: 127.0.0.1:8080] [file: listen]
+    #[arg(long, env = "REACTOR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The agent.toml file (see deploy/agent.toml for every key).
+    #[arg(long, env = "REACTOR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format: human (default) or json (one object per line). [file: log.format]
+    #[arg(long, env = "REACTOR_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The text of `run --help` after the flags: the file's keys and the environment layer.
+pub const RUN_HELP: &str = "\
+Configuration (agent.toml; layers: defaults < file < REACTOR_* environment < flags):
+  workflows = \"/etc/reactor/workflows\"   folder of workflow files, watched for changes
+  data = \"/var/lib/reactor\"              state folder (journal.redb)
+  listen = \"127.0.0.1:8080\"              HTTP address
+  [device]   id = \"pi-kitchen\" (default: the host name), labels = { room = \"kitchen\" }
+             -> `device.id`, `device.labels` in expressions
+  [exec]     allow = [\"/usr/bin/vcgencmd\"]  commands the exec action may run (default none)
+  [env]      allow = [\"HOME\"]               environment variables visible as env.NAME
+  [retention] keep = 10000, max_age = \"7d\"   finished executions kept in the journal
+  [outbox]   max_bytes = 67108864, max_age = \"7d\"   events buffered for the hub (fleet)
+  [log]      format = \"human\" | \"json\"
+  [limits]   max_running = 256 (executions at once; beyond it, submits wait and http
+             triggers answer 503), max_body = 1048576 (largest API request body, bytes)
+
+Environment: every key also as REACTOR_<SECTION>__<KEY>, e.g. REACTOR_DEVICE__ID=pi-1,
+REACTOR_LIMITS__MAX_RUNNING=64, REACTOR_EXEC__ALLOW='[\"echo\"]' (values are TOML values,
+or plain text). Secrets: REACTOR_SECRET_<NAME> is visible as secrets.NAME and never logged.
+RUST_LOG filters logs (default info).
+
+Signals: SIGTERM or SIGINT stop triggers, checkpoint running executions and close the
+journal; they resume at the next start.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// The file as written; every section and key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub workflows: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub device: Option<RawDevice>,
+    pub exec: Option<RawAllow>,
+    pub env: Option<RawAllow>,
+    pub retention: Option<RawRetention>,
+    pub outbox: Option<RawOutbox>,
+    pub log: Option<RawLog>,
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub id: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllow {
+    pub allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub keep: Option<u64>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    pub max_bytes: Option<u64>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_running: Option<u64>,
+    pub max_body: Option<u64>,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub workflows: Option<PathBuf>,
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub device: Device,
+    pub exec_allow: Vec<String>,
+    pub env_allow: Vec<String>,
+    pub retention: RetentionConfig,
+    pub outbox: OutboxConfig,
+    pub log_format: LogFormat,
+    pub max_running: usize,
+    pub max_body: usize,
+    /// The file the configuration came from, if any (for logs).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub keep: usize,
+    pub max_age: Duration,
+}
+
+/// Limits of the outbox of events for the hub. Accepted and validated now; the fleet
+/// connection uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxConfig {
+    pub max_bytes: u64,
+    pub max_age: Duration,
+}
+
+/// Where a configuration value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "the default"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "flag --{flag}"),
+        }
+    }
+}
+
+/// Everything wrong with the configuration, reported at once.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: invalid configuration: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A value with the layer it came from.
+#[derive(Debug, Clone)]
+struct Layered<T> {
+    value: T,
+    origin: Origin,
+}
+
+fn pick<T>(slot: &mut Option<Layered<T>>, value: Option<T>, origin: &Origin) {
+    if let Some(value) = value {
+        *slot = Some(Layered {
+            value,
+            origin: origin.clone(),
+        });
+    }
+}
+
+/// The merge of the layers before validation, each value tagged with its origin.
+#[derive(Debug, Default)]
+struct Merged {
+    workflows: Option<Layered<PathBuf>>,
+    data: Option<Layered<PathBuf>>,
+    listen: Option<Layered<String>>,
+    device_id: Option<Layered<String>>,
+    labels: Option<Layered<BTreeMap<String, String>>>,
+    exec_allow: Option<Layered<Vec<String>>>,
+    env_allow: Option<Layered<Vec<String>>>,
+    keep: Option<Layered<u64>>,
+    max_age: Option<Layered<String>>,
+    outbox_bytes: Option<Layered<u64>>,
+    outbox_age: Option<Layered<String>>,
+    log_format: Option<Layered<LogFormat>>,
+    max_running: Option<Layered<u64>>,
+    max_body: Option<Layered<u64>>,
+}
+
+impl Merged {
+    fn apply(&mut self, raw: RawConfig, origin: &Origin) {
+        pick(&mut self.workflows, raw.workflows, origin);
+        pick(&mut self.data, raw.data, origin);
+        pick(&mut self.listen, raw.listen, origin);
+        let device = raw.device.unwrap_or_default();
+        pick(&mut self.device_id, device.id, origin);
+        pick(&mut self.labels, device.labels, origin);
+        pick(&mut self.exec_allow, raw.exec.and_then(|e| e.allow), origin);
+        pick(&mut self.env_allow, raw.env.and_then(|e| e.allow), origin);
+        let retention = raw.retention.unwrap_or_default();
+        pick(&mut self.keep, retention.keep, origin);
+        pick(&mut self.max_age, retention.max_age, origin);
+        let outbox = raw.outbox.unwrap_or_default();
+        pick(&mut self.outbox_bytes, outbox.max_bytes, origin);
+        pick(&mut self.outbox_age, outbox.max_age, origin);
+        pick(&mut self.log_format, raw.log.and_then(|l| l.format), origin);
+        let limits = raw.limits.unwrap_or_default();
+        pick(&mut self.max_running, limits.max_running, origin);
+        pick(&mut self.max_body, limits.max_body, origin);
+    }
+}
+
+impl AgentConfig {
+    /// Builds the configuration from the layers; `vars` is the process environment.
+    pub fn load(
+        flags: &RunFlags,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut merged = Merged::default();
+        if let Some(path) = &flags.config {
+            match read_file(path) {
+                Ok(raw) => merged.apply(raw, &Origin::File(path.clone())),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        for (name, raw) in env_layers(vars, &mut problems) {
+            merged.apply(raw, &Origin::Env(name));
+        }
+        pick(
+            &mut merged.workflows,
+            flags.workflows.clone(),
+            &Origin::Flag("workflows"),
+        );
+        pick(&mut merged.data, flags.data.clone(), &Origin::Flag("data"));
+        pick(
+            &mut merged.listen,
+            flags.listen.clone(),
+            &Origin::Flag("listen"),
+        );
+        pick(
+            &mut merged.log_format,
+            flags.log_format,
+            &Origin::Flag("log-format"),
+        );
+        let config = validate(merged, flags.config.clone(), &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    toml::from_str::<RawConfig>(&text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_column(&text, span.start))
+            .unwrap_or((1, 1));
+        let shown = text.lines().nth(line - 1).unwrap_or("").trim();
+        let message = e.message().replace('`', "\"");
+        format!(
+            "{}:{line}:{column}: {message}\n  |  {shown}",
+            path.display()
+        )
+    })
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+/// One layer per `REACTOR_<SECTION>__<KEY>` variable, each checked on its own so that an
+/// error names the variable. Single-level names are the flags' variables (clap reads them)
+/// or other commands' (`REACTOR_SECRET_*`, `REACTOR_EVENT` …) and are left alone.
+fn env_layers(
+    vars: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<String>,
+) -> Vec<(String, RawConfig)> {
+    let mut layers = Vec::new();
+    let mut vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+        .filter(|(name, _)| !name.starts_with("REACTOR_SECRET_"))
+        .collect();
+    vars.sort();
+    for (name, value) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            problems.push(format!("{name}: expected REACTOR_<SECTION>__<KEY>"));
+            continue;
+        }
+        let value = env_value(&value);
+        let mut table = toml::Table::new();
+        let mut cursor = &mut table;
+        for (i, segment) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                cursor.insert(segment.clone(), value.clone());
+            } else {
+                cursor = cursor
+                    .entry(segment.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .expect("just inserted a table");
+            }
+        }
+        match RawConfig::deserialize(toml::Value::Table(table)) {
+            Ok(raw) => layers.push((name, raw)),
+            Err(e) => problems.push(format!(
+                "environment variable {name} (key {}): {}",
+                path.join("."),
+                e.message().replace('`', "\"")
+            )),
+        }
+    }
+    layers
+}
+
+/// A variable's text as a TOML value (`42`, `true`, `["a", "b"]`), else as a string.
+fn env_value(text: &str) -> toml::Value {
+    let document = format!("v = {text}");
+    match toml::from_str::<toml::Table>(&document) {
+        Ok(mut table) => match table.remove("v") {
+            // Dates and times are not a type any key takes: keep what was written.
+            Some(toml::Value::Datetime(_)) | None => toml::Value::String(text.to_string()),
+            Some(value) => value,
+        },
+        Err(_) => toml::Value::String(text.to_string()),
+    }
+}
+
+fn validate(
+    merged: Merged,
+    file: Option<PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<AgentConfig> {
+    let mut bad = |key: &str, origin: &Origin, message: String| {
+        problems.push(format!("{key} (from {origin}): {message}"));
+    };
+    let data = match merged.data {
+        Some(data) if data.value.as_os_str().is_empty() => {
+            bad("data", &data.origin, "must not be empty".into());
+            None
+        }
+        Some(data) => Some(data.value),
+        None => {
+            bad(
+                "data",
+                &Origin::Default,
+                "no data folder: pass --data DIR, set REACTOR_DATA or `data` in agent.toml".into(),
+            );
+            None
+        }
+    };
+    let listen_raw = merged.listen.unwrap_or(Layered {
+        value: DEFAULT_LISTEN.to_string(),
+        origin: Origin::Default,
+    });
+    let listen = match listen_raw.value.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            bad(
+                "listen",
+                &listen_raw.origin,
+                format!(
+                    "{:?} is not an address with a port (e.g. 127.0.0.1:8080 or [::]:8080)",
+                    listen_raw.value
+                ),
+            );
+            None
+        }
+    };
+    let device_id = match merged.device_id {
+        Some(id) => {
+            if !valid_device_id(&id.value) {
+                bad(
+                    "device.id",
+                    &id.origin,
+                    format!(
+                        "{:?} must be 1 to 64 characters of a-z A-Z 0-9 . _ -",
+                        id.value
+                    ),
+                );
+            }
+            id.value
+        }
+        None => default_device_id(),
+    };
+    let labels = merged.labels.map(|l| l.value).unwrap_or_default();
+    for name in [&merged.exec_allow, &merged.env_allow]
+        .into_iter()
+        .flatten()
+        .flat_map(|list| list.value.iter().map(move |n| (n, &list.origin)))
+    {
+        if name.0.trim().is_empty() {
+            bad("allow", name.1, "an empty name is not allowed".into());
+        }
+    }
+    let keep = merged.keep.map_or(10_000, |k| {
+        if k.value == 0 {
+            bad(
+                "retention.keep",
+                &k.origin,
+                "must be at least 1 (finished executions kept)".into(),
+            );
+        }
+        usize::try_from(k.value).unwrap_or(usize::MAX)
+    });
+    let mut duration = |key: &str, value: Option<Layered<String>>, default: Duration| match value {
+        None => default,
+        Some(v) => match parse_duration(&v.value) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(format!("{key} (from {}): must be more than 0", v.origin));
+                default
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "{key} (from {}): {:?} is not a duration ({e}); write e.g. \"7d\", \"12h\", \"30m\"",
+                    v.origin, v.value
+                ));
+                default
+            }
+        },
+    };
+    let week = Duration::from_secs(7 * 86_400);
+    let max_age = duration("retention.max_age", merged.max_age, week);
+    let outbox_age = duration("outbox.max_age", merged.outbox_age, week);
+    let mut bad = |key: &str, origin: &Origin, message: String| {
+        problems.push(format!("{key} (from {origin}): {message}"));
+    };
+    let outbox_bytes = merged.outbox_bytes.map_or(64 * 1024 * 1024, |b| {
+        if b.value < 4096 {
+            bad(
+                "outbox.max_bytes",
+                &b.origin,
+                format!("{} is too small: at least 4096 bytes", b.value),
+            );
+        }
+        b.value
+    });
+    let max_running = merged.max_running.map_or(256, |m| {
+        if m.value == 0 || m.value > MAX_RUNNING_LIMIT as u64 {
+            bad(
+                "limits.max_running",
+                &m.origin,
+                format!("must be between 1 and {MAX_RUNNING_LIMIT}, got {}", m.value),
+            );
+        }
+        usize::try_from(m.value).unwrap_or(1)
+    });
+    let max_body = merged.max_body.map_or(1024 * 1024, |m| {
+        if m.value == 0 || m.value > MAX_BODY_LIMIT {
+            bad(
+                "limits.max_body",
+                &m.origin,
+                format!(
+                    "must be between 1 and {MAX_BODY_LIMIT} bytes, got {}",
+                    m.value
+                ),
+            );
+        }
+        usize::try_from(m.value).unwrap_or(1)
+    });
+    Some(AgentConfig {
+        workflows: merged.workflows.map(|w| w.value),
+        data: data?,
+        listen: listen?,
+        device: Device {
+            id: device_id,
+            labels,
+        },
+        exec_allow: merged.exec_allow.map(|l| l.value).unwrap_or_default(),
+        env_allow: merged.env_allow.map(|l| l.value).unwrap_or_default(),
+        retention: RetentionConfig { keep, max_age },
+        outbox: OutboxConfig {
+            max_bytes: outbox_bytes,
+            max_age: outbox_age,
+        },
+        log_format: merged.log_format.map(|l| l.value).unwrap_or_default(),
+        max_running,
+        max_body,
+        file,
+    })
+}
+
+fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The host name when it makes a valid id, else `reactor-agent`.
+fn default_device_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| valid_device_id(name))
+        .unwrap_or_else(|| "reactor-agent".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(data: Option<&str>) -> RunFlags {
+        RunFlags {
+            data: data.map(PathBuf::from),
+            ..RunFlags::default()
+        }
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_need_only_data() {
+        let config = AgentConfig::load(&flags(Some("/tmp/d")), Vec::new()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.max_running, 256);
+        assert_eq!(config.log_format, LogFormat::Human);
+        assert!(config.exec_allow.is_empty());
+    }
+
+    #[test]
+    fn missing_data_is_refused() {
+        let error = AgentConfig::load(&flags(None), Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("no data folder"), "{error}");
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let (_dir, path) = file(
+            "data = \"/from/file\"\nlisten = \"0.0.0.0:9000\"\n[device]\nid = \"file-id\"\n\
+             labels = { room = \"kitchen\" }\n[limits]\nmax_running = 8\n",
+        );
+        let mut f = flags(None);
+        f.config = Some(path);
+        f.listen = Some("127.0.0.1:7000".into());
+        let vars = vec![
+            ("REACTOR_DEVICE__ID".to_string(), "env-id".to_string()),
+            ("REACTOR_EXEC__ALLOW".to_string(), "[\"echo\"]".to_string()),
+            ("REACTOR_SECRET_X__Y".to_string(), "ignored".to_string()),
+        ];
+        let config = AgentConfig::load(&f, vars).unwrap();
+        assert_eq!(config.data, PathBuf::from("/from/file"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(config.device.id, "env-id");
+        assert_eq!(config.device.labels["room"], "kitchen");
+        assert_eq!(config.exec_allow, vec!["echo".to_string()]);
+        assert_eq!(config.max_running, 8);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let (_dir, path) = file("data = \"/d\"\n[device]\nnmae = \"x\"\n");
+        let mut f = flags(None);
+        f.config = Some(path.clone());
+        let error = AgentConfig::load(&f, Vec::new()).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("{}:3:1", path.display())),
+            "{error}"
+        );
+        assert!(error.contains("nmae"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let (_dir, path) = file(
+            "data = \"/d\"\nlisten = \"nowhere\"\n[limits]\nmax_running = 0\n\
+             [retention]\nmax_age = \"soon\"\n",
+        );
+        let mut f = flags(None);
+        f.config = Some(path.clone());
+        let error = AgentConfig::load(&f, Vec::new()).unwrap_err();
+        assert_eq!(error.problems.len(), 3, "{error}");
+        let text = error.to_string();
+        assert!(text.contains("limits.max_running"), "{text}");
+        assert!(text.contains("listen"), "{text}");
+        assert!(text.contains("retention.max_age"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn bad_env_names_the_variable() {
+        let vars = vec![("REACTOR_LIMITS__MAX_RUNING".to_string(), "3".to_string())];
+        let error = AgentConfig::load(&flags(Some("/d")), vars)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("REACTOR_LIMITS__MAX_RUNING"), "{error}");
+    }
+}

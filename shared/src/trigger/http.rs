@@ -1,0 +1,911 @@
+//! Routing of `http` triggers, framework-free: the agent's and hub's HTTP server turns each
+//! request into an [`HttpRequest`], calls [`HttpRoutes::handle`] and writes the
+//! [`HttpReply`] back. Everything about the trigger's contract lives here and is tested here.
+//!
+//! Order of checks, cheapest first: route (404) → method (405 with `Allow`) → body size
+//! (413) → authentication (401, no detail) → shed when the runtime is saturated (503 with
+//! `Retry-After: 1`) → body decoding (400) → submit.
+//!
+//! Decisions where DSL.md is silent:
+//! - One route per (method, path). A workflow that claims a pair another workflow owns is
+//!   refused by [`HttpRoutes::replace`] (hot reload keeps the old owner).
+//! - `auth` and `verify` may both be set; both must pass. Both use the one `secret`.
+//! - Body: JSON when the content type is JSON (`application/json`, `…+json`), an empty body
+//!   is `null`; any other UTF-8 body (text, form) is a string; a non-UTF-8 body is refused
+//!   with 400.
+//! - `meta.query` and `meta.headers` are maps; a repeated name keeps every value in a list.
+//!   `Authorization`, `Cookie` and the signature headers are never copied into the event.
+//! - `response: sync` waits for the execution with no deadline of its own: the server's
+//!   request timeout applies. Dropping the `handle` future (client gone) leaves the
+//!   execution running.
+//! - The server should stop reading a body past [`HttpRoutes::body_limit`]; the 413 here is
+//!   the check of record.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::engine::{Environment, Event, ExecutionStatus, Runtime, Submission, SubmitError};
+use crate::expr::Scope;
+use crate::flow::{HttpAuth, HttpResponseMode, HttpTrigger, WebhookVerify};
+use crate::{Map, Value};
+
+use super::{TriggerError, TriggerStats, WarnLimiter};
+
+/// Largest body when the trigger sets no `max_body`.
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+/// How far a Stripe or Slack signature timestamp may be from now.
+pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Headers never copied into `event.meta.headers`.
+const HIDDEN_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "x-reactor-token",
+    "x-reactor-signature",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "stripe-signature",
+    "x-slack-signature",
+];
+
+/// One request, as the server hands it over. Header names are lower case.
+#[derive(Clone, Debug, Default)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub remote: Option<SocketAddr>,
+}
+
+impl HttpRequest {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The answer to write back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    fn json(status: u16, value: &Value) -> HttpReply {
+        HttpReply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    fn error(status: u16, message: &str) -> HttpReply {
+        HttpReply::json(status, &json!({ "error": { "message": message } }))
+    }
+
+    fn with_header(mut self, name: &str, value: &str) -> HttpReply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The body parsed as JSON (tests and logs).
+    pub fn json_body(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Debug)]
+struct Route {
+    workflow: Arc<str>,
+    settings: HttpTrigger,
+    stats: Arc<TriggerStats>,
+}
+
+/// The `http` triggers of every loaded workflow, by path then method.
+#[derive(Debug)]
+pub struct HttpRoutes {
+    runtime: Runtime,
+    table: RwLock<HashMap<String, Vec<Arc<Route>>>>,
+    warn: WarnLimiter,
+}
+
+impl HttpRoutes {
+    pub fn new(runtime: Runtime) -> HttpRoutes {
+        HttpRoutes {
+            runtime,
+            table: RwLock::default(),
+            warn: WarnLimiter::new(Duration::from_secs(60)),
+        }
+    }
+
+    /// Installs `triggers` as the routes of `workflow`, replacing its previous ones. Refused
+    /// (nothing changes) when another workflow owns one of the (method, path) pairs, or when
+    /// the workflow lists one pair twice.
+    pub fn replace(&self, workflow: &str, triggers: &[HttpTrigger]) -> Result<(), TriggerError> {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        for (i, trigger) in triggers.iter().enumerate() {
+            let taken = table.get(&trigger.path).and_then(|routes| {
+                routes
+                    .iter()
+                    .find(|r| r.settings.method == trigger.method && &*r.workflow != workflow)
+            });
+            if let Some(owner) = taken {
+                return Err(TriggerError::Settings(format!(
+                    "{} {} is already served by workflow {}",
+                    trigger.method, trigger.path, owner.workflow
+                )));
+            }
+            if triggers[..i]
+                .iter()
+                .any(|t| t.method == trigger.method && t.path == trigger.path)
+            {
+                return Err(TriggerError::Settings(format!(
+                    "{} {} is listed twice",
+                    trigger.method, trigger.path
+                )));
+            }
+        }
+        remove_from(&mut table, workflow);
+        let name: Arc<str> = Arc::from(workflow);
+        for trigger in triggers {
+            table
+                .entry(trigger.path.clone())
+                .or_default()
+                .push(Arc::new(Route {
+                    workflow: name.clone(),
+                    settings: trigger.clone(),
+                    stats: Arc::default(),
+                }));
+        }
+        Ok(())
+    }
+
+    /// Removes every route of `workflow`.
+    pub fn remove(&self, workflow: &str) {
+        remove_from(
+            &mut self.table.write().unwrap_or_else(|p| p.into_inner()),
+            workflow,
+        );
+    }
+
+    /// The counters of every route: (workflow, method, path, stats).
+    pub fn stats(&self) -> Vec<(Arc<str>, String, String, Arc<TriggerStats>)> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = table
+            .values()
+            .flatten()
+            .map(|r| {
+                (
+                    r.workflow.clone(),
+                    r.settings.method.clone(),
+                    r.settings.path.clone(),
+                    r.stats.clone(),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.2, &a.1).cmp(&(&b.2, &b.1)));
+        out
+    }
+
+    /// The most the server should read of a body for (method, path); `None` for no route.
+    pub fn body_limit(&self, method: &str, path: &str) -> Option<u64> {
+        self.find(method, path)
+            .ok()
+            .map(|r| r.settings.max_body.unwrap_or(DEFAULT_MAX_BODY))
+    }
+
+    fn find(&self, method: &str, path: &str) -> Result<Arc<Route>, Option<Vec<String>>> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        let routes = table.get(path).ok_or(None)?;
+        routes
+            .iter()
+            .find(|r| r.settings.method.eq_ignore_ascii_case(method))
+            .cloned()
+            .ok_or_else(|| Some(routes.iter().map(|r| r.settings.method.clone()).collect()))
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: HttpRequest) -> HttpReply {
+        let route = match self.find(&request.method, &request.path) {
+            Ok(route) => route,
+            Err(None) => return HttpReply::error(404, "no trigger at this path"),
+            Err(Some(mut allowed)) => {
+                allowed.sort();
+                return HttpReply::error(405, "method not allowed")
+                    .with_header("allow", &allowed.join(", "));
+            }
+        };
+        let stats = &route.stats;
+        let limit = route.settings.max_body.unwrap_or(DEFAULT_MAX_BODY);
+        if request.body.len() as u64 > limit {
+            stats.count_rejected();
+            return HttpReply::error(413, &format!("body larger than {limit} bytes"));
+        }
+        match self.authenticate(&route, &request) {
+            Ok(true) => {}
+            Ok(false) => {
+                stats.count_rejected();
+                return HttpReply::error(401, "unauthorized");
+            }
+            Err(message) => {
+                stats.record_error(&message);
+                if self.warn.allow() {
+                    tracing::warn!(workflow = %route.workflow, trigger = "http", path = %route.settings.path, error = %message, "cannot check the request's credentials");
+                }
+                return HttpReply::error(500, "internal error");
+            }
+        }
+        if self.runtime.saturated() {
+            stats.count_shed();
+            return HttpReply::error(503, "busy, try again").with_header("retry-after", "1");
+        }
+        let data = match decode_body(&request) {
+            Ok(data) => data,
+            Err(message) => {
+                stats.count_rejected();
+                return HttpReply::error(400, &message);
+            }
+        };
+        let mut event = Event::new(
+            "http",
+            &format!("reactor:http{}", route.settings.path),
+            data,
+        );
+        event.meta = meta(&request);
+        let submitted = self
+            .runtime
+            .submit(&route.workflow, event, Value::Object(Map::new()))
+            .await;
+        let id = match submitted {
+            Ok(Submission::Accepted(id)) => {
+                stats.count_event();
+                id
+            }
+            Ok(Submission::Skipped) => {
+                stats.count_event();
+                return HttpReply::json(200, &json!({ "status": "skipped" }));
+            }
+            Ok(Submission::Dropped) => {
+                stats.count_event();
+                return HttpReply::json(429, &json!({ "status": "dropped" }));
+            }
+            Err(error) => {
+                stats.record_error(&error.to_string());
+                if self.warn.allow() {
+                    tracing::warn!(workflow = %route.workflow, trigger = "http", %error, "submitting the request's event failed");
+                }
+                return match error {
+                    SubmitError::ShuttingDown | SubmitError::UnknownWorkflow(_) => {
+                        HttpReply::error(503, "unavailable").with_header("retry-after", "1")
+                    }
+                    _ => HttpReply::error(500, "internal error"),
+                };
+            }
+        };
+        if route.settings.response == HttpResponseMode::Async {
+            return HttpReply::json(202, &json!({ "execution": id.to_string() }));
+        }
+        match self.runtime.wait(id).await {
+            Ok(record) if record.status == ExecutionStatus::Succeeded => {
+                HttpReply::json(200, &record.output)
+            }
+            Ok(record) => {
+                let (message, step) = match &record.error {
+                    Some(e) => (e.message.clone(), e.step.clone()),
+                    None => (format!("execution {}", record.status.as_str()), None),
+                };
+                HttpReply::json(
+                    500,
+                    &json!({ "error": { "message": message, "step": step }, "execution": id.to_string() }),
+                )
+            }
+            Err(error) => {
+                stats.record_error(&error.to_string());
+                HttpReply::error(500, "internal error")
+            }
+        }
+    }
+
+    /// `Ok(false)`: wrong or missing credentials. `Err`: the secret could not be resolved.
+    fn authenticate(&self, route: &Route, request: &HttpRequest) -> Result<bool, String> {
+        let settings = &route.settings;
+        if settings.auth == HttpAuth::None && settings.verify.is_none() {
+            return Ok(true);
+        }
+        let secret = self.secret(settings)?;
+        let secret = secret.as_bytes();
+        let now = chrono::Utc::now().timestamp();
+        let auth_ok = match settings.auth {
+            HttpAuth::None => true,
+            HttpAuth::Token => check_token(secret, request),
+            HttpAuth::Hmac => request
+                .header("x-reactor-signature")
+                .and_then(|v| v.strip_prefix("sha256="))
+                .is_some_and(|hex| verify_hmac(secret, &[&request.body], hex)),
+        };
+        let verify_ok = match settings.verify {
+            None => true,
+            Some(WebhookVerify::Github) => request
+                .header("x-hub-signature-256")
+                .and_then(|v| v.strip_prefix("sha256="))
+                .is_some_and(|hex| verify_hmac(secret, &[&request.body], hex)),
+            Some(WebhookVerify::Stripe) => check_stripe(secret, request, now),
+            Some(WebhookVerify::Slack) => check_slack(secret, request, now),
+        };
+        Ok(auth_ok && verify_ok)
+    }
+
+    fn secret(&self, settings: &HttpTrigger) -> Result<String, String> {
+        let template = settings
+            .secret
+            .as_ref()
+            .ok_or("the trigger has no secret")?;
+        let scope = SecretScope(self.runtime.environment());
+        match template.eval(&scope) {
+            Ok(Value::String(s)) if !s.is_empty() => Ok(s),
+            Ok(Value::String(_) | Value::Null) => Err("the secret is empty".into()),
+            Ok(other) => Ok(other.to_string()),
+            Err(error) => Err(format!("evaluating the secret: {error}")),
+        }
+    }
+}
+
+fn remove_from(table: &mut HashMap<String, Vec<Arc<Route>>>, workflow: &str) {
+    table.retain(|_, routes| {
+        routes.retain(|r| &*r.workflow != workflow);
+        !routes.is_empty()
+    });
+}
+
+/// What a `secret` template sees: `secrets` and `env`.
+struct SecretScope<'a>(&'a Environment);
+
+impl Scope for SecretScope<'_> {
+    fn lookup(&self, name: &str) -> Option<&Value> {
+        match name {
+            "secrets" => Some(&self.0.secrets),
+            "env" => Some(&self.0.env),
+            _ => None,
+        }
+    }
+}
+
+fn check_token(secret: &[u8], request: &HttpRequest) -> bool {
+    let given = request
+        .header("authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| request.header("x-reactor-token"));
+    given.is_some_and(|token| constant_time_eq(token.trim().as_bytes(), secret))
+}
+
+/// Stripe: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]` over `"<t>.<body>"`.
+fn check_stripe(secret: &[u8], request: &HttpRequest, now: i64) -> bool {
+    let Some(header) = request.header("stripe-signature") else {
+        return false;
+    };
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => timestamp = Some(t),
+            Some(("v1", sig)) => signatures.push(sig),
+            _ => {}
+        }
+    }
+    let Some(t) = timestamp else { return false };
+    if !fresh(t, now) {
+        return false;
+    }
+    signatures
+        .iter()
+        .any(|sig| verify_hmac(secret, &[t.as_bytes(), b".", &request.body], sig))
+}
+
+/// Slack: `X-Slack-Signature: v0=<hex>` over `"v0:<timestamp>:<body>"`.
+fn check_slack(secret: &[u8], request: &HttpRequest, now: i64) -> bool {
+    let (Some(signature), Some(t)) = (
+        request.header("x-slack-signature"),
+        request.header("x-slack-request-timestamp"),
+    ) else {
+        return false;
+    };
+    let Some(hex) = signature.strip_prefix("v0=") else {
+        return false;
+    };
+    fresh(t, now) && verify_hmac(secret, &[b"v0:", t.as_bytes(), b":", &request.body], hex)
+}
+
+fn fresh(timestamp: &str, now: i64) -> bool {
+    timestamp
+        .trim()
+        .parse::<i64>()
+        .is_ok_and(|t| t.abs_diff(now) <= SIGNATURE_TOLERANCE.as_secs())
+}
+
+/// HMAC-SHA256 of the concatenated `parts`, lower-case hex.
+pub fn hmac_sha256_hex(secret: &[u8], parts: &[&[u8]]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut context = ring::hmac::Context::with_key(&key);
+    for part in parts {
+        context.update(part);
+    }
+    to_hex(context.sign().as_ref())
+}
+
+/// Checks a hex HMAC-SHA256 in constant time (ring compares the tags).
+fn verify_hmac(secret: &[u8], parts: &[&[u8]], hex: &str) -> bool {
+    let Some(tag) = from_hex(hex.trim()) else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let message: Vec<u8> = parts.concat();
+    ring::hmac::verify(&key, &message, &tag).is_ok()
+}
+
+/// Equality whose time depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+fn decode_body(request: &HttpRequest) -> Result<Value, String> {
+    let content_type = request
+        .header("content-type")
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = content_type == "application/json" || content_type.ends_with("+json");
+    if request.body.is_empty() {
+        return Ok(Value::Null);
+    }
+    if is_json {
+        return serde_json::from_slice(&request.body)
+            .map_err(|e| format!("invalid JSON body: {e}"));
+    }
+    String::from_utf8(request.body.clone())
+        .map(Value::String)
+        .map_err(|_| "the body is not UTF-8 text; send JSON or text".to_string())
+}
+
+/// Adds `value` under `name`; a repeated name turns the entry into a list.
+fn insert_multi(map: &mut Map, name: &str, value: &str) {
+    match map.get_mut(name) {
+        None => {
+            map.insert(name.to_string(), Value::String(value.to_string()));
+        }
+        Some(Value::Array(items)) => items.push(Value::String(value.to_string())),
+        Some(existing) => {
+            let first = existing.take();
+            *existing = Value::Array(vec![first, Value::String(value.to_string())]);
+        }
+    }
+}
+
+fn meta(request: &HttpRequest) -> Value {
+    let mut query = Map::new();
+    for (name, value) in &request.query {
+        insert_multi(&mut query, name, value);
+    }
+    let mut headers = Map::new();
+    for (name, value) in &request.headers {
+        if !HIDDEN_HEADERS.contains(&name.as_str()) {
+            insert_multi(&mut headers, name, value);
+        }
+    }
+    json!({
+        "method": request.method.to_ascii_uppercase(),
+        "path": request.path,
+        "query": query,
+        "headers": headers,
+        "remote": request.remote.map(|r| r.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::builtin_registry;
+    use crate::engine::RuntimeConfig;
+    use crate::flow::TriggerKind;
+    use crate::store::MemoryStore;
+
+    const ECHO: &str = r#"
+reactor: 1
+name: echo
+triggers:
+  - http: { path: /echo }
+  - http: { path: /echo, method: PUT, response: async }
+  - http: { path: /token, auth: token, secret: "${{ secrets.TOKEN }}" }
+  - http: { path: /hmac, auth: hmac, secret: "${{ secrets.TOKEN }}" }
+  - http: { path: /github, verify: github, secret: "${{ secrets.TOKEN }}" }
+  - http: { path: /stripe, verify: stripe, secret: "${{ secrets.TOKEN }}" }
+  - http: { path: /slack, verify: slack, secret: "${{ secrets.TOKEN }}" }
+  - http: { path: /small, max_body: 8 }
+  - http: { path: /unset, auth: token, secret: "${{ secrets.MISSING }}" }
+if: ${{ event.data != "skip" }}
+steps:
+  - id: echo
+    action: transform
+    with: { value: "${{ event }}" }
+output:
+  data: ${{ event.data }}
+  meta: ${{ event.meta }}
+  type: ${{ event.type }}
+  source: ${{ event.source }}
+"#;
+
+    const FAILS: &str = r#"
+reactor: 1
+name: fails
+triggers:
+  - http: { path: /fails }
+steps:
+  - id: boom
+    fail: { message: "it broke" }
+"#;
+
+    const SLOW: &str = r#"
+reactor: 1
+name: slow
+triggers:
+  - http: { path: /slow, response: async }
+steps:
+  - sleep: 30s
+"#;
+
+    fn routes_for(yaml: &[&str], max_running: usize) -> HttpRoutes {
+        let mut environment = Environment::empty();
+        environment.secrets = json!({ "TOKEN": "s3cret" });
+        let runtime = Runtime::new(
+            Arc::new(MemoryStore::new()),
+            builtin_registry(Default::default()),
+            environment,
+            RuntimeConfig {
+                max_running,
+                ..RuntimeConfig::default()
+            },
+        );
+        let routes = HttpRoutes::new(runtime.clone());
+        for text in yaml {
+            let workflow =
+                crate::dsl::parse_workflow("test.yaml", text).unwrap_or_else(|d| panic!("{d:?}"));
+            let triggers: Vec<HttpTrigger> = workflow
+                .triggers
+                .iter()
+                .filter_map(|t| match &t.kind {
+                    TriggerKind::Http(h) => Some(h.clone()),
+                    _ => None,
+                })
+                .collect();
+            routes.replace(workflow.name.as_str(), &triggers).unwrap();
+            runtime.load(workflow);
+        }
+        routes
+    }
+
+    fn post(path: &str, body: &str) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            path: path.into(),
+            query: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+            remote: Some("127.0.0.1:5000".parse().unwrap()),
+        }
+    }
+
+    fn with(mut request: HttpRequest, name: &str, value: &str) -> HttpRequest {
+        request.headers.push((name.into(), value.into()));
+        request
+    }
+
+    #[tokio::test]
+    async fn sync_answers_with_the_output_and_builds_the_event() {
+        let routes = routes_for(&[ECHO], 16);
+        let reply = routes
+            .handle(with(post("/echo", r#"{"n": 1}"#), "cookie", "x=1"))
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json_body());
+        let out = reply.json_body();
+        assert_eq!(out["data"], json!({ "n": 1 }));
+        assert_eq!(out["type"], "http");
+        assert_eq!(out["source"], "reactor:http/echo");
+        assert_eq!(out["meta"]["method"], "POST");
+        assert_eq!(out["meta"]["path"], "/echo");
+        assert_eq!(out["meta"]["query"]["a"], json!(["1", "2"]));
+        assert_eq!(out["meta"]["headers"]["content-type"], "application/json");
+        assert!(out["meta"]["headers"].get("cookie").is_none());
+        assert_eq!(out["meta"]["remote"], "127.0.0.1:5000");
+        let stats = routes.stats();
+        assert!(
+            stats
+                .iter()
+                .any(|(_, m, p, s)| m == "POST" && p == "/echo" && s.snapshot().events == 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn text_bodies_are_strings_and_bad_json_is_400() {
+        let routes = routes_for(&[ECHO], 16);
+        let mut text = post("/echo", "a=1&b=2");
+        text.headers = vec![(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        )];
+        let reply = routes.handle(text).await;
+        assert_eq!(reply.json_body()["data"], "a=1&b=2");
+        let reply = routes.handle(post("/echo", "{nope")).await;
+        assert_eq!(reply.status, 400);
+        let message = reply.json_body()["error"]["message"].clone();
+        assert!(message.as_str().unwrap().starts_with("invalid JSON body"));
+    }
+
+    #[tokio::test]
+    async fn unknown_path_wrong_method_and_large_body() {
+        let routes = routes_for(&[ECHO], 16);
+        assert_eq!(routes.handle(post("/nope", "{}")).await.status, 404);
+        let mut get = post("/echo", "");
+        get.method = "GET".into();
+        let reply = routes.handle(get).await;
+        assert_eq!(reply.status, 405);
+        assert!(
+            reply
+                .headers
+                .contains(&("allow".to_string(), "POST, PUT".to_string()))
+        );
+        assert_eq!(routes.handle(post("/small", "123456789")).await.status, 413);
+        assert_eq!(routes.handle(post("/small", "12345678")).await.status, 200);
+        assert_eq!(routes.body_limit("POST", "/small"), Some(8));
+        assert_eq!(routes.body_limit("POST", "/echo"), Some(DEFAULT_MAX_BODY));
+    }
+
+    #[tokio::test]
+    async fn async_answers_202_and_skipped_answers_200() {
+        let routes = routes_for(&[ECHO], 16);
+        let mut put = post("/echo", "{}");
+        put.method = "PUT".into();
+        let reply = routes.handle(put).await;
+        assert_eq!(reply.status, 202);
+        let id: crate::engine::ExecutionId = reply.json_body()["execution"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Durably recorded before the answer.
+        assert!(
+            routes
+                .runtime
+                .store()
+                .execution(id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let reply = routes.handle(post("/echo", r#""skip""#)).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json_body(), json!({ "status": "skipped" }));
+    }
+
+    #[tokio::test]
+    async fn failed_execution_is_500_with_message_and_step() {
+        let routes = routes_for(&[FAILS], 16);
+        let reply = routes.handle(post("/fails", "{}")).await;
+        assert_eq!(reply.status, 500);
+        let body = reply.json_body();
+        assert_eq!(body["error"]["message"], "it broke");
+        assert_eq!(body["error"]["step"], "boom");
+    }
+
+    #[tokio::test]
+    async fn saturated_runtime_sheds_with_503() {
+        let routes = routes_for(&[SLOW, ECHO], 1);
+        assert_eq!(routes.handle(post("/slow", "{}")).await.status, 202);
+        let reply = routes.handle(post("/echo", "{}")).await;
+        assert_eq!(reply.status, 503);
+        assert!(
+            reply
+                .headers
+                .contains(&("retry-after".to_string(), "1".to_string()))
+        );
+        let stats = routes.stats();
+        let echo = stats
+            .iter()
+            .find(|(_, m, p, _)| m == "POST" && p == "/echo");
+        assert_eq!(echo.unwrap().3.snapshot().shed, 1);
+        routes.runtime.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn token_auth() {
+        let routes = routes_for(&[ECHO], 16);
+        let ok = [
+            ("authorization", "Bearer s3cret"),
+            ("x-reactor-token", "s3cret"),
+        ];
+        for (name, value) in ok {
+            let reply = routes.handle(with(post("/token", "{}"), name, value)).await;
+            assert_eq!(reply.status, 200, "{name}");
+            assert!(reply.json_body()["meta"]["headers"].get(name).is_none());
+        }
+        let bad = [
+            ("authorization", "Bearer nope"),
+            ("x-reactor-token", "s3cre"),
+            ("x-other", "s3cret"),
+        ];
+        for (name, value) in bad {
+            let reply = routes.handle(with(post("/token", "{}"), name, value)).await;
+            assert_eq!(reply.status, 401, "{name}");
+            assert_eq!(reply.json_body()["error"]["message"], "unauthorized");
+        }
+        // An unresolvable secret is a server problem, not the caller's; no detail leaks.
+        let reply = routes
+            .handle(with(post("/unset", "{}"), "x-reactor-token", "x"))
+            .await;
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.json_body()["error"]["message"], "internal error");
+    }
+
+    #[tokio::test]
+    async fn hmac_and_github_signatures() {
+        let routes = routes_for(&[ECHO], 16);
+        let body = r#"{"push": true}"#;
+        let good = format!("sha256={}", hmac_sha256_hex(b"s3cret", &[body.as_bytes()]));
+        let wrong = format!("sha256={}", hmac_sha256_hex(b"other", &[body.as_bytes()]));
+        for (path, header) in [
+            ("/hmac", "x-reactor-signature"),
+            ("/github", "x-hub-signature-256"),
+        ] {
+            let reply = routes.handle(with(post(path, body), header, &good)).await;
+            assert_eq!(reply.status, 200, "{path}");
+            let reply = routes.handle(with(post(path, body), header, &wrong)).await;
+            assert_eq!(reply.status, 401, "{path}");
+            let reply = routes
+                .handle(with(post(path, body), header, "sha256=zz"))
+                .await;
+            assert_eq!(reply.status, 401, "{path}");
+            assert_eq!(routes.handle(post(path, body)).await.status, 401, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stripe_signatures() {
+        let routes = routes_for(&[ECHO], 16);
+        let body = r#"{"type": "charge.succeeded"}"#;
+        let sign = |t: i64, key: &[u8]| {
+            hmac_sha256_hex(key, &[t.to_string().as_bytes(), b".", body.as_bytes()])
+        };
+        let now = chrono::Utc::now().timestamp();
+        let good = format!(
+            "t={now},v1={},v1={}",
+            sign(now, b"old"),
+            sign(now, b"s3cret")
+        );
+        let reply = routes
+            .handle(with(post("/stripe", body), "stripe-signature", &good))
+            .await;
+        assert_eq!(reply.status, 200);
+        let stale = now - 600;
+        let cases = [
+            format!("t={stale},v1={}", sign(stale, b"s3cret")),
+            format!("t={now},v1={}", sign(now, b"nope")),
+            format!("v1={}", sign(now, b"s3cret")),
+        ];
+        for header in cases {
+            let reply = routes
+                .handle(with(post("/stripe", body), "stripe-signature", &header))
+                .await;
+            assert_eq!(reply.status, 401, "{header}");
+        }
+    }
+
+    #[tokio::test]
+    async fn slack_signatures() {
+        let routes = routes_for(&[ECHO], 16);
+        let body = "token=x&text=hi";
+        let sign = |t: &str, key: &[u8]| {
+            format!(
+                "v0={}",
+                hmac_sha256_hex(key, &[b"v0:", t.as_bytes(), b":", body.as_bytes()])
+            )
+        };
+        let now = chrono::Utc::now().timestamp().to_string();
+        let stale = (chrono::Utc::now().timestamp() - 301).to_string();
+        let request = |t: &str, sig: &str| {
+            let mut r = post("/slack", body);
+            r.headers = vec![
+                ("x-slack-request-timestamp".into(), t.into()),
+                ("x-slack-signature".into(), sig.into()),
+            ];
+            r
+        };
+        let reply = routes.handle(request(&now, &sign(&now, b"s3cret"))).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json_body()["data"], body);
+        for (t, sig) in [
+            (stale.clone(), sign(&stale, b"s3cret")),
+            (now.clone(), sign(&now, b"wrong")),
+            (now.clone(), sign(&stale, b"s3cret")),
+        ] {
+            assert_eq!(routes.handle(request(&t, &sig)).await.status, 401);
+        }
+    }
+
+    #[tokio::test]
+    async fn replace_and_remove() {
+        let routes = routes_for(&[ECHO], 16);
+        let other = HttpTrigger {
+            path: "/echo".into(),
+            method: "POST".into(),
+            auth: HttpAuth::None,
+            secret: None,
+            verify: None,
+            response: HttpResponseMode::Sync,
+            max_body: None,
+        };
+        assert!(matches!(
+            routes.replace("other", std::slice::from_ref(&other)),
+            Err(TriggerError::Settings(_))
+        ));
+        assert!(routes.replace("echo", &[other.clone(), other]).is_err());
+        routes.remove("echo");
+        assert_eq!(routes.handle(post("/echo", "{}")).await.status, 404);
+        assert!(routes.stats().is_empty());
+    }
+
+    #[test]
+    fn hex_round_trip_and_constant_time_eq() {
+        assert_eq!(to_hex(&[0, 15, 255]), "000fff");
+        assert_eq!(from_hex("000fFF"), Some(vec![0, 15, 255]));
+        assert_eq!(from_hex("0"), None);
+        assert_eq!(from_hex("zz"), None);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hmac_sha256_hex(b"Jefe", &[b"what do ya want ", b"for nothing?"]),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

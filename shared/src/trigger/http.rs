@@ -15,6 +15,7 @@
 //!   with 400.
 //! - `meta.query` and `meta.headers` are maps; a repeated name keeps every value in a list.
 //!   `Authorization`, `Cookie` and the signature headers are never copied into the event.
+//! - Sync answers carry the execution id in `X-Reactor-Execution`.
 //! - `response: sync` waits for the execution with no deadline of its own: the server's
 //!   request timeout applies. Dropping the `handle` future (client gone) leaves the
 //!   execution running.
@@ -299,6 +300,7 @@ impl HttpRoutes {
         match self.runtime.wait(id).await {
             Ok(record) if record.status == ExecutionStatus::Succeeded => {
                 HttpReply::json(200, &record.output)
+                    .with_header("x-reactor-execution", &id.to_string())
             }
             Ok(record) => {
                 let (message, step) = match &record.error {
@@ -309,6 +311,7 @@ impl HttpRoutes {
                     500,
                     &json!({ "error": { "message": message, "step": step }, "execution": id.to_string() }),
                 )
+                .with_header("x-reactor-execution", &id.to_string())
             }
             Err(error) => {
                 stats.record_error(&error.to_string());
@@ -552,6 +555,12 @@ steps:
         assert_eq!(out["meta"]["headers"]["content-type"], "application/json");
         assert!(out["meta"]["headers"].get("cookie").is_none());
         assert_eq!(out["meta"]["remote"], "127.0.0.1:5000");
+        assert!(
+            reply
+                .headers
+                .iter()
+                .any(|(n, _)| n == "x-reactor-execution")
+        );
         let stats = routes.stats();
         assert!(
             stats

@@ -1,8 +1,8 @@
 //! Triggers: what turns something that happened into an event for a workflow.
 //!
-//! Every trigger has the same shape: built by a [`TriggerFactory`] ([`build_light`] here) from the validated settings of one
-//! `triggers:` entry, then [`Trigger::run`] until its cancellation token fires, calling
-//! [`TriggerContext::submit`] for every event. Overload policy (STYLE.md):
+//! Every trigger has the same shape: built by a [`TriggerFactory`] ([`build_light`] here)
+//! from the validated settings of one `triggers:` entry, then [`Trigger::run`] until its
+//! cancellation token fires, calling [`TriggerContext::submit`] for every event. Overload policy (STYLE.md):
 //! - *block*: `submit` waits for a free execution slot, and returns only once the event is
 //!   durably recorded — MQTT QoS ≥ 1, file, cron, interval, event acknowledge their source
 //!   after that;

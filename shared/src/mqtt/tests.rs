@@ -118,11 +118,7 @@ fn start(runtime: &Runtime, url: &str, filter: &str, qos: u8, client_id: &str) -
         .unwrap()
         .with_client_id(client_id);
     let cancel = CancellationToken::new();
-    let context = TriggerContext {
-        workflow: "w".into(),
-        runtime: runtime.clone(),
-        cancel: cancel.clone(),
-    };
+    let context = TriggerContext::new("w", runtime.clone(), cancel.clone());
     let task = tokio::spawn(Box::new(trigger).run(context));
     Running { cancel, task }
 }

@@ -39,8 +39,9 @@ use super::{Trigger, TriggerContext, TriggerError};
 
 /// Longest single sleep before the wall clock is read again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// Counting missed ticks stops here (a per-second schedule down for a month).
-const MAX_COUNTED: u64 = 1_000_000;
+/// Counting missed ticks stops here (a per-second schedule down for a day); `meta.missed`
+/// then says at least this many.
+const MAX_COUNTED: u64 = 100_000;
 
 /// A running `cron` trigger.
 #[derive(Debug)]

@@ -360,6 +360,40 @@ steps:
     }
 
     #[tokio::test]
+    async fn a_publish_that_cannot_be_accepted_in_time_fails() {
+        let router = Arc::new(EventRouter::new(None).with_timeout(Duration::from_millis(200)));
+        let runtime = Runtime::new(
+            memory(),
+            builtin_registry(Default::default()),
+            Environment::empty(),
+            RuntimeConfig {
+                max_running: 1,
+                ..RuntimeConfig::default()
+            },
+        )
+        .with_bus(router.clone());
+        router.attach(runtime.clone());
+        load(
+            &runtime,
+            &[LISTENER, "reactor: 1\nname: hog\nsteps:\n  - sleep: 30s\n"],
+        );
+        router.replace(
+            "billing",
+            &runtime.workflow("billing", None).unwrap().triggers,
+        );
+        runtime
+            .submit("hog", Event::new("manual", "test", json!({})), json!({}))
+            .await
+            .unwrap();
+        assert!(runtime.saturated());
+        let event = Event::new("order.paid", "test", json!({ "order": 1 }));
+        let error = router.route(&event).await.unwrap_err();
+        assert!(error.contains("did not accept"), "{error}");
+        router.detach();
+        runtime.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn source_globs_replace_and_remove() {
         let (router, runtime) = setup(None);
         let event = Event::new("order.paid", "device:pump-1", json!({ "order": 7 }));

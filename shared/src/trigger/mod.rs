@@ -1,15 +1,25 @@
 //! Triggers: what turns something that happened into an event for a workflow.
 //!
-//! Every trigger has the same shape: built by [`build`] from the validated settings of one
-//! `triggers:` entry, then [`Trigger::run`] until its cancellation token fires, calling
-//! [`TriggerContext::submit`] for every event. Overload policy (STYLE.md):
+//! Every trigger has the same shape: built by a [`TriggerFactory`] ([`build_light`] here)
+//! from the validated settings of one `triggers:` entry, then [`Trigger::run`] until its
+//! cancellation token fires, calling [`TriggerContext::submit`] for every event. Overload policy (STYLE.md):
 //! - *block*: `submit` waits for a free execution slot, and returns only once the event is
 //!   durably recorded — MQTT QoS ≥ 1, file, cron, interval, event acknowledge their source
 //!   after that;
 //! - *shed*: `http` checks [`TriggerContext::saturated`] and answers 503 with `Retry-After`.
 //!
 //! `http` triggers do not own a listener: the runtime's one HTTP server routes requests to
-//! them through [`http::HttpRoutes`], which is framework-free and tested on its own.
+//! them through [`http::HttpRoutes`], which is framework-free and tested on its own. `event`
+//! triggers have no task either: [`EventRouter`] (the runtime's event bus) submits emitted
+//! events to the workflows whose `event` triggers match.
+//!
+//! Running triggers: a [`Supervisor`] names each trigger's task, gives it a child
+//! cancellation token, restarts it with capped, jittered backoff when it fails, and stops
+//! them all with a grace period. [`TriggerStats`] counts events and errors per trigger.
+//!
+//! Files: `http` (routing, auth, shed), `signature` (token and webhook signature checks),
+//! `event` (the bus), `cron` (durable catch-up), `interval`, `startup`, `file` (feature
+//! `file-trigger`), `supervisor`, `stats`.
 
 use std::sync::Arc;
 
@@ -26,6 +36,7 @@ pub mod event;
 pub mod file;
 pub mod http;
 pub mod interval;
+mod signature;
 pub mod startup;
 mod stats;
 mod supervisor;

@@ -122,16 +122,13 @@ fn memory(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory");
     group.sample_size(10);
     group.throughput(Throughput::Elements(BATCH));
-    for in_flight in [256u64] {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let engine = runtime(store, RuntimeConfig::default(), &[PURE_FIVE]);
-        group.bench_function(BenchmarkId::new("pure_five", in_flight), |b| {
-            b.iter_custom(|iters| {
-                tokio.block_on(drive(&engine, "pure-five", iters * BATCH, in_flight))
-            })
-        });
-        tokio.block_on(engine.shutdown());
-    }
+    let in_flight = 256u64;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let engine = runtime(store, RuntimeConfig::default(), &[PURE_FIVE]);
+    group.bench_function(BenchmarkId::new("pure_five", in_flight), |b| {
+        b.iter_custom(|iters| tokio.block_on(drive(&engine, "pure-five", iters * BATCH, in_flight)))
+    });
+    tokio.block_on(engine.shutdown());
     group.finish();
 }
 

@@ -368,12 +368,37 @@ impl Runtime {
             .entry(id)
             .or_default()
             .push(tx);
-        if let Some(record) = self.inner.store.execution(id).await?
-            && record.status.is_finished()
-        {
-            return Ok(record);
+        // An execution running here removes itself from `running` before it takes its
+        // subscribers, so one seen running after subscribing will answer `rx`: no store read.
+        if lock(&self.inner.running).contains_key(&id) {
+            return rx.await.map_err(|_| StoreError::Closed);
         }
-        rx.await.map_err(|_| StoreError::Closed)
+        let stored = self.inner.store.execution(id).await;
+        match stored {
+            Ok(Some(record)) if record.status.is_finished() => {
+                // Nobody will take this subscription: the execution already finished.
+                drop(rx);
+                self.unsubscribe(id);
+                Ok(record)
+            }
+            Err(error) => {
+                drop(rx);
+                self.unsubscribe(id);
+                Err(error)
+            }
+            Ok(_) => rx.await.map_err(|_| StoreError::Closed),
+        }
+    }
+
+    /// Drops the subscriptions of `id` whose receivers are gone.
+    fn unsubscribe(&self, id: ExecutionId) {
+        let mut subscribers = lock(&self.inner.subscribers);
+        if let Some(waiting) = subscribers.get_mut(&id) {
+            waiting.retain(|tx| !tx.is_closed());
+            if waiting.is_empty() {
+                subscribers.remove(&id);
+            }
+        }
     }
 
     /// Requests cancellation of a running or queued execution. Returns whether it was

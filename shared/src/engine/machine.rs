@@ -164,7 +164,7 @@ impl Shared {
             let mut entry = Map::new();
             entry.insert(
                 "status".into(),
-                serde_json::to_value(record.status).unwrap_or(Value::Null),
+                Value::from(record.status.as_str()),
             );
             entry.insert("output".into(), record.output);
             entry.insert(
@@ -454,7 +454,8 @@ impl Machine {
             .map(|(id, value)| {
                 let status = value
                     .get("status")
-                    .and_then(|s| serde_json::from_value(s.clone()).ok())
+                    .and_then(Value::as_str)
+                    .and_then(StepStatus::parse)
                     .unwrap_or(StepStatus::Running);
                 let error = value
                     .get("error")

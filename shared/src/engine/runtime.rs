@@ -98,6 +98,17 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
+/// The end of one execution, watched from before it started.
+#[derive(Debug)]
+pub struct Watch(oneshot::Receiver<ExecutionRecord>);
+
+impl Watch {
+    /// Waits for the execution's final record. Fails only when the runtime stopped first.
+    pub async fn finished(self) -> Result<ExecutionRecord, StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)
+    }
+}
+
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -260,6 +271,36 @@ impl Runtime {
         let id = ExecutionId::new();
         let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
         self.start(wf, id, event, inputs, None, key).await
+    }
+
+    /// Like [`Runtime::submit`], and also returns a [`Watch`] on the execution's end, set up
+    /// before it starts — the request/response path (`http` with `response: sync`) needs no
+    /// store read to learn the result.
+    pub async fn submit_watched(
+        &self,
+        workflow: &str,
+        event: Event,
+        inputs: Value,
+    ) -> Result<(Submission, Option<Watch>), SubmitError> {
+        let wf = self
+            .workflow(workflow, None)
+            .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
+        if !admitted(&wf, &event, &inputs, &self.inner.environment)? {
+            self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok((Submission::Skipped, None));
+        }
+        let id = ExecutionId::new();
+        let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.subscribers).entry(id).or_default().push(tx);
+        let submitted = self.start(wf, id, event, inputs, None, key).await;
+        match submitted {
+            Ok(Submission::Accepted(id)) => Ok((Submission::Accepted(id), Some(Watch(rx)))),
+            other => {
+                lock(&self.inner.subscribers).remove(&id);
+                other.map(|submission| (submission, None))
+            }
+        }
     }
 
     async fn start(

@@ -81,9 +81,13 @@ enum Command {
         batch: Vec<StoreWrite>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    Run(Box<dyn FnOnce(&Database) -> bool + Send>),
+    Run(Job),
     Close(oneshot::Sender<()>),
 }
+
+/// A read (or maintenance) job run on the store thread; returns whether the database must be
+/// reopened after an I/O error.
+type Job = Box<dyn FnOnce(&Database) -> bool + Send>;
 
 /// A [`Store`] in one redb file, served by a dedicated thread (see the module docs).
 #[derive(Debug)]
@@ -264,14 +268,17 @@ impl StoreThread {
                 Command::Write { batch, reply } => {
                     let mut group = vec![batch];
                     let mut replies = vec![reply];
-                    // Group commit: take every write already queued. A command of another
-                    // kind ends the group and runs right after the commit, keeping order.
+                    let mut reads = Vec::new();
+                    // Group commit: take every write already queued. Reads queued meanwhile
+                    // run right after the commit, so each still sees every write queued
+                    // before it (and they no longer cut groups short). `Close` ends the group.
                     while group.len() < MAX_GROUP {
                         match receiver.try_recv() {
                             Ok(Command::Write { batch, reply }) => {
                                 group.push(batch);
                                 replies.push(reply);
                             }
+                            Ok(Command::Run(job)) => reads.push(job),
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -280,16 +287,11 @@ impl StoreThread {
                         }
                     }
                     self.commit(&group, replies);
-                }
-                Command::Run(job) => match &self.db {
-                    Some(db) => {
-                        if job(db) {
-                            self.reopen();
-                        }
+                    for job in reads {
+                        self.run_job(job);
                     }
-                    // Dropping the job drops its reply sender: the caller sees `Closed`.
-                    None => drop(job),
-                },
+                }
+                Command::Run(job) => self.run_job(job),
                 Command::Close(reply) => {
                     let _ = reply.send(());
                     break;
@@ -298,6 +300,18 @@ impl StoreThread {
         }
         // Dropping the database here (on this thread) releases the file.
         self.db = None;
+    }
+
+    fn run_job(&mut self, job: Job) {
+        match &self.db {
+            Some(db) => {
+                if job(db) {
+                    self.reopen();
+                }
+            }
+            // Dropping the job drops its reply sender: the caller sees `Closed`.
+            None => drop(job),
+        }
     }
 
     fn commit(

@@ -266,18 +266,18 @@ impl HttpRoutes {
         event.meta = meta(&request);
         let submitted = self
             .runtime
-            .submit(&route.workflow, event, Value::Object(Map::new()))
+            .submit_watched(&route.workflow, event, Value::Object(Map::new()))
             .await;
-        let id = match submitted {
-            Ok(Submission::Accepted(id)) => {
+        let (id, watch) = match submitted {
+            Ok((Submission::Accepted(id), watch)) => {
                 stats.count_event();
-                id
+                (id, watch)
             }
-            Ok(Submission::Skipped) => {
+            Ok((Submission::Skipped, _)) => {
                 stats.count_event();
                 return HttpReply::json(200, &json!({ "status": "skipped" }));
             }
-            Ok(Submission::Dropped) => {
+            Ok((Submission::Dropped, _)) => {
                 stats.count_event();
                 return HttpReply::json(429, &json!({ "status": "dropped" }));
             }
@@ -297,7 +297,11 @@ impl HttpRoutes {
         if route.settings.response == HttpResponseMode::Async {
             return HttpReply::json(202, &json!({ "execution": id.to_string() }));
         }
-        match self.runtime.wait(id).await {
+        let finished = match watch {
+            Some(watch) => watch.finished().await,
+            None => self.runtime.wait(id).await,
+        };
+        match finished {
             Ok(record) if record.status == ExecutionStatus::Succeeded => {
                 HttpReply::json(200, &record.output)
                     .with_header("x-reactor-execution", &id.to_string())

@@ -20,11 +20,77 @@ use crate::{Map, Value};
 
 /// `validate PATH…`: every problem of every file, then exit 0 (all valid) or 1.
 pub fn validate(paths: &[PathBuf], out: &mut dyn Write) -> i32 {
-    let loaded = dsl::load_paths(paths);
-    for diagnostic in &loaded.diagnostics {
+    let diagnostics = validate_with_siblings(paths);
+    for diagnostic in &diagnostics {
         let _ = writeln!(out, "{diagnostic}");
     }
-    if loaded.diagnostics.is_empty() { 0 } else { 1 }
+    if diagnostics.is_empty() { 0 } else { 1 }
+}
+
+/// Every problem of `paths`. A file named on its own may `call:` workflows beside it — `exec`
+/// finds them there — so the valid workflows in the folders of such files count as call
+/// targets; only the paths given are reported on.
+fn validate_with_siblings(paths: &[PathBuf]) -> Vec<Diagnostic> {
+    let mut loaded = dsl::load_paths(paths);
+    let mut set = loaded.workflows.clone();
+    for file in paths.iter().filter(|p| !p.is_dir()) {
+        let folder = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        for sibling in folder_workflows(folder) {
+            let known = set.iter().any(|(w, path)| {
+                w.name == sibling.name || same_file(Path::new(path), Path::new(&sibling.source))
+            });
+            if !known {
+                let source = sibling.source.clone();
+                set.push((sibling, source));
+            }
+        }
+    }
+    if set.len() == loaded.workflows.len() {
+        return loaded.diagnostics;
+    }
+    // Replace the set-level problems of the given files with those of the larger set.
+    let alone = dsl::check_set(&loaded.workflows);
+    loaded.diagnostics.retain(|d| !alone.contains(d));
+    let given: Vec<&str> = loaded
+        .workflows
+        .iter()
+        .map(|(_, path)| path.as_str())
+        .collect();
+    loaded.diagnostics.extend(
+        dsl::check_set(&set)
+            .into_iter()
+            .filter(|d| given.contains(&d.path.as_str())),
+    );
+    loaded
+        .diagnostics
+        .sort_by(|a, b| (&a.path, a.line, a.column).cmp(&(&b.path, b.line, b.column)));
+    loaded.diagnostics
+}
+
+/// The valid workflows of the `.yaml`/`.yml` files directly in `folder`, sorted by path.
+fn folder_workflows(folder: &Path) -> Vec<Workflow> {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .filter(|path| {
+            path.is_file()
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                )
+        })
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            dsl::parse_workflow(&path.display().to_string(), &text).ok()
+        })
+        .collect()
 }
 
 /// Options of `exec`.
@@ -147,26 +213,12 @@ fn load_for_exec(file: &Path) -> Result<(Workflow, Vec<Workflow>), Vec<Diagnosti
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut siblings = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(folder) {
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths {
-            let is_yaml = matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            );
-            if !is_yaml || same_file(&path, file) {
-                continue;
-            }
-            if let Ok(text) = std::fs::read_to_string(&path)
-                && let Ok(sibling) = dsl::parse_workflow(&path.display().to_string(), &text)
-                && sibling.name != workflow.name
-            {
-                siblings.push(sibling);
-            }
-        }
-    }
+    let siblings: Vec<Workflow> = folder_workflows(folder)
+        .into_iter()
+        .filter(|sibling| {
+            sibling.name != workflow.name && !same_file(Path::new(&sibling.source), file)
+        })
+        .collect();
     let mut set: Vec<(Workflow, String)> = vec![(workflow.clone(), display.clone())];
     set.extend(siblings.iter().map(|w| (w.clone(), w.source.clone())));
     let problems: Vec<Diagnostic> = dsl::check_set(&set)

@@ -14,6 +14,7 @@
 //! - [`trigger`]: the `Trigger` trait and the light triggers (http routing, cron, interval,
 //!   file, event, startup).
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
+//! - `mqtt` (feature `mqtt`): the MQTT trigger and publisher over rumqttc.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
 //! Invariants that matter:
@@ -28,6 +29,8 @@ pub mod dsl;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod store;
 pub mod trigger;
 

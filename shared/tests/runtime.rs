@@ -575,3 +575,38 @@ steps:
     assert_eq!(record.error.as_ref().unwrap().step.as_deref(), Some("spin"));
     assert!(record.error.as_ref().unwrap().message.contains("max 3"));
 }
+
+#[tokio::test]
+async fn cancelling_a_queued_execution_records_it_cancelled() {
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Arc::new(Probe {
+        gate: Some(gate.clone()),
+        ..Probe::default()
+    });
+    let yaml =
+        "reactor: 1\nname: one-at-a-time\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n";
+    let runtime = runtime(Arc::new(MemoryStore::new()), probe, &[yaml]);
+    let Submission::Accepted(running) = runtime
+        .submit("one-at-a-time", event(), json!({}))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let Submission::Accepted(queued) = runtime
+        .submit("one-at-a-time", event(), json!({}))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(runtime.cancel(queued, "not needed").await);
+    let record = runtime.wait(queued).await.unwrap();
+    assert_eq!(record.status, ExecutionStatus::Cancelled);
+    gate.add_permits(10);
+    assert_eq!(
+        runtime.wait(running).await.unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+    assert!(!runtime.cancel(running, "too late").await);
+}

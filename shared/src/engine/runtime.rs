@@ -376,17 +376,43 @@ impl Runtime {
         rx.await.map_err(|_| StoreError::Closed)
     }
 
-    /// Requests cancellation of a running or queued execution.
+    /// Requests cancellation of a running or queued execution. Returns whether it was
+    /// running or queued.
     pub async fn cancel(&self, id: ExecutionId, reason: &str) -> bool {
         let inbox = lock(&self.inner.running).get(&id).map(|r| r.inbox.clone());
         let fact = Fact::CancelRequested {
             reason: reason.to_string(),
             at: Timestamp::now(),
         };
-        match inbox {
-            Some(inbox) => inbox.send(Input::Fact(fact)).await.is_ok(),
-            None => false,
+        if let Some(inbox) = inbox {
+            return inbox.send(Input::Fact(fact)).await.is_ok();
         }
+        // A queued execution has no task yet: take it out of its queue and record the end.
+        let dequeued = lock(&self.inner.slots).values_mut().any(|slot| {
+            let before = slot.queue.len();
+            slot.queue.retain(|queued| *queued != id);
+            slot.queue.len() != before
+        });
+        if !dequeued {
+            return false;
+        }
+        let Ok(Some(mut record)) = self.inner.store.execution(id).await else {
+            return false;
+        };
+        record.status = ExecutionStatus::Cancelled;
+        record.finished_at = Some(Timestamp::now());
+        record.error = Some(ErrorInfo::new("cancelled", format!("cancelled: {reason}")));
+        if let Err(error) = self
+            .inner
+            .store
+            .write(vec![StoreWrite::Update(record.clone())])
+            .await
+        {
+            tracing::error!(execution = %id, %error, "recording the cancel of a queued execution failed");
+            return false;
+        }
+        self.finished(&record);
+        true
     }
 
     /// Offers an event to every `wait` step whose pattern it matches.
@@ -529,13 +555,18 @@ impl Runtime {
     fn release_slot(&self, record: &ExecutionRecord, key: String) {
         let next = {
             let mut slots = lock(&self.inner.slots);
-            let Some(slot) = slots.get_mut(&(record.workflow.clone(), key)) else {
+            let slot_key = (record.workflow.clone(), key);
+            let Some(slot) = slots.get_mut(&slot_key) else {
                 return;
             };
             slot.running.retain(|id| *id != record.id);
             let next = slot.queue.pop_front();
             if let Some(next) = next {
                 slot.running.push(next);
+            }
+            if slot.running.is_empty() && slot.queue.is_empty() {
+                // Keys come from event data: forget idle ones so the map stays small.
+                slots.remove(&slot_key);
             }
             next
         };

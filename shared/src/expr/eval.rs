@@ -17,7 +17,15 @@ pub(crate) static NULL: Value = Value::Null;
 #[derive(Clone, Debug)]
 pub(crate) enum Val<'a> {
     Ref(&'a Value),
-    Own(Value),
+    // Computed values, split by type so a `Val` stays small (a `Value` with ordered maps is
+    // several times larger, and `Val`s move on every node).
+    Bool(bool),
+    Int(i64),
+    /// Always finite.
+    Double(f64),
+    Str(String),
+    List(Vec<Value>),
+    Map(Box<Map>),
     Time(DateTime<FixedOffset>),
     Dur(TimeDelta),
 }
@@ -36,12 +44,14 @@ pub(crate) enum Kind<'v> {
     Dur(TimeDelta),
 }
 
+#[cold]
 pub(crate) fn fail(message: impl Into<String>) -> EvalError {
     EvalError {
         message: message.into(),
     }
 }
 
+#[inline]
 pub(crate) fn kind_of(value: &Value) -> Kind<'_> {
     match value {
         Value::Null => Kind::Null,
@@ -57,10 +67,16 @@ pub(crate) fn kind_of(value: &Value) -> Kind<'_> {
 }
 
 impl<'a> Val<'a> {
+    #[inline]
     pub(crate) fn kind(&self) -> Kind<'_> {
         match self {
             Val::Ref(v) => kind_of(v),
-            Val::Own(v) => kind_of(v),
+            Val::Bool(b) => Kind::Bool(*b),
+            Val::Int(i) => Kind::Int(*i),
+            Val::Double(d) => Kind::Double(*d),
+            Val::Str(s) => Kind::Str(s),
+            Val::List(items) => Kind::List(items),
+            Val::Map(map) => Kind::Map(map),
             Val::Time(t) => Kind::Time(*t),
             Val::Dur(d) => Kind::Dur(*d),
         }
@@ -69,7 +85,12 @@ impl<'a> Val<'a> {
     pub(crate) fn into_value(self) -> Value {
         match self {
             Val::Ref(v) => v.clone(),
-            Val::Own(v) => v,
+            Val::Bool(b) => Value::Bool(b),
+            Val::Int(i) => Value::from(i),
+            Val::Double(d) => Value::from(d),
+            Val::Str(s) => Value::String(s),
+            Val::List(items) => Value::Array(items),
+            Val::Map(map) => Value::Object(*map),
             Val::Time(t) => Value::String(format_timestamp(&t)),
             Val::Dur(d) => duration_seconds(d),
         }
@@ -80,18 +101,18 @@ impl<'a> Val<'a> {
     }
 
     pub(crate) fn bool(b: bool) -> Val<'a> {
-        Val::Own(Value::Bool(b))
+        Val::Bool(b)
     }
 
     pub(crate) fn int(i: i64) -> Val<'a> {
-        Val::Own(Value::from(i))
+        Val::Int(i)
     }
 
     pub(crate) fn double(d: f64) -> Result<Val<'a>, EvalError> {
         if !d.is_finite() {
             return Err(fail("result is not a finite number"));
         }
-        Ok(Val::Own(Value::from(d)))
+        Ok(Val::Double(d))
     }
 
     pub(crate) fn string(s: String) -> Result<Val<'a>, EvalError> {
@@ -101,12 +122,27 @@ impl<'a> Val<'a> {
                 s.len()
             )));
         }
-        Ok(Val::Own(Value::String(s)))
+        Ok(Val::Str(s))
     }
 
     pub(crate) fn list(items: Vec<Value>) -> Result<Val<'a>, EvalError> {
         check_len(items.len())?;
-        Ok(Val::Own(Value::Array(items)))
+        Ok(Val::List(items))
+    }
+
+    /// A computed value, split by type.
+    pub(crate) fn owned(value: Value) -> Val<'a> {
+        match value {
+            Value::Null => Val::Ref(&NULL),
+            Value::Bool(b) => Val::Bool(b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Val::Int(i),
+                None => Val::Double(n.as_f64().unwrap_or_default()),
+            },
+            Value::String(s) => Val::Str(s),
+            Value::Array(items) => Val::List(items),
+            Value::Object(map) => Val::Map(Box::new(map)),
+        }
     }
 }
 
@@ -231,38 +267,54 @@ impl<'a> Evaluator<'a> {
                 let right = self.eval(b)?;
                 binary(*op, left, right)
             }
-            Node::List(items) => {
-                let mut values = Vec::with_capacity(items.len());
-                for item in items {
-                    values.push(self.eval(item)?.into_value());
-                }
-                Val::list(values)
-            }
-            Node::Map(entries) => {
-                let mut map = Map::new();
-                for (k, v) in entries {
-                    let key = self.eval(k)?;
-                    let key = key.kind();
-                    let Some(key) = map_key_kind(key) else {
-                        return Err(fail(format!(
-                            "map keys must be strings, integers or booleans, got {}",
-                            key.type_name()
-                        )));
-                    };
-                    let value = self.eval(v)?.into_value();
-                    map.insert(key, value);
-                }
-                Ok(Val::Own(Value::Object(map)))
-            }
-            Node::Call { func, args, regex } => {
-                let mut values = Vec::with_capacity(args.len());
-                for arg in args {
-                    values.push(self.eval(arg)?);
-                }
-                functions::call(*func, values, regex.as_deref())
-            }
+            Node::List(items) => self.list(items),
+            Node::Map(entries) => self.map(entries),
+            Node::Call { func, args, regex } => self.call(*func, args, regex.as_deref()),
             Node::Macro(m) => self.comprehension(m),
         }
+    }
+
+    // Rare or heavy node kinds live out of line so `eval`'s own stack frame stays small:
+    // it is entered once per node.
+    #[inline(never)]
+    fn list(&mut self, items: &'a [Node]) -> Result<Val<'a>, EvalError> {
+        let mut values = Vec::with_capacity(items.len());
+        for item in items {
+            values.push(self.eval(item)?.into_value());
+        }
+        Val::list(values)
+    }
+
+    #[inline(never)]
+    fn map(&mut self, entries: &'a [(Node, Node)]) -> Result<Val<'a>, EvalError> {
+        let mut map = Map::new();
+        for (k, v) in entries {
+            let key = self.eval(k)?;
+            let key = key.kind();
+            let Some(key) = map_key_kind(key) else {
+                return Err(fail(format!(
+                    "map keys must be strings, integers or booleans, got {}",
+                    key.type_name()
+                )));
+            };
+            let value = self.eval(v)?.into_value();
+            map.insert(key, value);
+        }
+        Ok(Val::Map(Box::new(map)))
+    }
+
+    #[inline(never)]
+    fn call(
+        &mut self,
+        func: functions::Func,
+        args: &'a [Node],
+        regex: Option<&regex::Regex>,
+    ) -> Result<Val<'a>, EvalError> {
+        let mut values = Vec::with_capacity(args.len());
+        for arg in args {
+            values.push(self.eval(arg)?);
+        }
+        functions::call(func, values, regex)
     }
 
     /// `&&` (`stop_on` false) and `||` (`stop_on` true). As in CEL, an error on one side is
@@ -288,6 +340,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    #[inline(never)]
     fn index(&self, target: Val<'a>, index: Val<'a>) -> Result<Val<'a>, EvalError> {
         let key = index.kind();
         match target {
@@ -295,36 +348,31 @@ impl<'a> Evaluator<'a> {
                 let key = map_index_key(key)?;
                 Ok(Val::Ref(map.get(&key).unwrap_or(&NULL)))
             }
-            Val::Own(Value::Object(mut map)) => {
+            Val::Map(mut map) => {
                 let key = map_index_key(key)?;
-                Ok(Val::Own(map.swap_remove(&key).unwrap_or(Value::Null)))
+                Ok(Val::owned(map.swap_remove(&key).unwrap_or(Value::Null)))
             }
             Val::Ref(Value::Array(items)) => {
                 let at = list_index(key, items.len())?;
                 Ok(Val::Ref(&items[at]))
             }
-            Val::Own(Value::Array(mut items)) => {
+            Val::List(mut items) => {
                 let at = list_index(key, items.len())?;
-                Ok(Val::Own(items.swap_remove(at)))
+                Ok(Val::owned(items.swap_remove(at)))
             }
-            Val::Ref(Value::Null) | Val::Own(Value::Null) => Ok(Val::Ref(&NULL)),
+            Val::Ref(Value::Null) => Ok(Val::Ref(&NULL)),
             other => Err(fail(format!("cannot index into {}", other.type_name()))),
         }
     }
 
+    #[inline(never)]
     fn comprehension(&mut self, m: &'a MacroNode) -> Result<Val<'a>, EvalError> {
         let name = m.kind.name();
         let elements: Vec<Val<'a>> = match self.eval(&m.target)? {
             Val::Ref(Value::Array(items)) => items.iter().map(Val::Ref).collect(),
-            Val::Own(Value::Array(items)) => items.into_iter().map(Val::Own).collect(),
-            Val::Ref(Value::Object(map)) => map
-                .keys()
-                .map(|k| Val::Own(Value::String(k.clone())))
-                .collect(),
-            Val::Own(Value::Object(map)) => map
-                .into_iter()
-                .map(|(k, _)| Val::Own(Value::String(k)))
-                .collect(),
+            Val::List(items) => items.into_iter().map(Val::owned).collect(),
+            Val::Ref(Value::Object(map)) => map.keys().map(|k| Val::Str(k.clone())).collect(),
+            Val::Map(map) => map.into_iter().map(|(k, _)| Val::Str(k)).collect(),
             other => {
                 return Err(fail(format!(
                     "{name}() needs a list or a map, got {}",
@@ -419,13 +467,12 @@ enum Step {
     Skip,
 }
 
+#[inline]
 fn member<'a>(target: Val<'a>, name: &str) -> Result<Val<'a>, EvalError> {
     match target {
         Val::Ref(Value::Object(map)) => Ok(Val::Ref(map.get(name).unwrap_or(&NULL))),
-        Val::Own(Value::Object(mut map)) => {
-            Ok(Val::Own(map.swap_remove(name).unwrap_or(Value::Null)))
-        }
-        Val::Ref(Value::Null) | Val::Own(Value::Null) => Ok(Val::Ref(&NULL)),
+        Val::Map(mut map) => Ok(Val::owned(map.swap_remove(name).unwrap_or(Value::Null))),
+        Val::Ref(Value::Null) => Ok(Val::Ref(&NULL)),
         other => Err(fail(format!(
             "cannot read field '{name}' of {}",
             other.type_name()
@@ -559,15 +606,16 @@ fn contains(needle: Kind<'_>, haystack: Kind<'_>) -> Result<bool, EvalError> {
     }
 }
 
+#[inline(never)]
 fn add<'a>(left: Val<'a>, right: Val<'a>) -> Result<Val<'a>, EvalError> {
     match (left, right) {
-        (Val::Own(Value::String(mut s)), r) if matches!(r.kind(), Kind::Str(_)) => {
+        (Val::Str(mut s), r) if matches!(r.kind(), Kind::Str(_)) => {
             if let Kind::Str(tail) = r.kind() {
                 s.push_str(tail);
             }
             Val::string(s)
         }
-        (Val::Own(Value::Array(mut items)), r) if matches!(r.kind(), Kind::List(_)) => {
+        (Val::List(mut items), r) if matches!(r.kind(), Kind::List(_)) => {
             if let Kind::List(tail) = r.kind() {
                 check_len(items.len() + tail.len())?;
                 items.extend_from_slice(tail);
@@ -598,6 +646,7 @@ fn add<'a>(left: Val<'a>, right: Val<'a>) -> Result<Val<'a>, EvalError> {
     }
 }
 
+#[inline(never)]
 fn arithmetic<'a>(op: BinOp, a: Kind<'_>, b: Kind<'_>) -> Result<Val<'a>, EvalError> {
     let symbol = match op {
         BinOp::Add => "+",

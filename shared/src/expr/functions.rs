@@ -386,8 +386,11 @@ pub(crate) fn call<'a>(
             },
             other => Err(type_error(func, 0, "a boolean or a string", &other)),
         },
-        F::Type => Ok(Val::Own(Value::String(first.type_name().to_string()))),
-        F::Dyn => Ok(args.into_iter().next().unwrap_or(Val::Own(Value::Null))),
+        F::Type => Ok(Val::Str(first.type_name().to_string())),
+        F::Dyn => Ok(args
+            .into_iter()
+            .next()
+            .unwrap_or(Val::Ref(&super::eval::NULL))),
         F::Abs => match first {
             Kind::Int(i) => i
                 .checked_abs()
@@ -484,8 +487,8 @@ fn extreme<'a>(func: Func, mut args: Vec<Val<'a>>) -> Result<Val<'a>, EvalError>
     if args.len() == 1 {
         match args.pop() {
             Some(Val::Ref(Value::Array(items))) => return pick(func, items.iter().map(Val::Ref)),
-            Some(Val::Own(Value::Array(items))) => {
-                return pick(func, items.into_iter().map(Val::Own));
+            Some(Val::List(items)) => {
+                return pick(func, items.into_iter().map(Val::owned));
             }
             Some(other) => args.push(other),
             None => {}

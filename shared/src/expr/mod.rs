@@ -1,6 +1,6 @@
 //! `${{ }}` expressions: CEL syntax and semantics over JSON-like values.
 //!
-//! Files: [`lexer`](self) (text → tokens), `parser` (tokens → tree, with CEL precedence and
+//! Files: `lexer` (text → tokens), `parser` (tokens → tree, with CEL precedence and
 //! macros expanded), `ast` (the tree and [`Expr::references`]), `eval` (evaluation over
 //! borrowed values), `functions` (built-ins), `template` (strings and value trees holding
 //! `${{ }}`).
@@ -224,7 +224,7 @@ impl Expr {
     fn render_into(&self, scope: &dyn Scope, out: &mut String) -> Result<(), EvalError> {
         match Evaluator::new(scope).eval(&self.root)? {
             Val::Ref(value) => template::render(value, out),
-            Val::Own(value) => template::render(&value, out),
+            Val::Str(text) => out.push_str(&text),
             other => template::render(&other.into_value(), out),
         }
         if out.len() > MAX_STRING_BYTES {

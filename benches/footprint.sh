@@ -10,6 +10,7 @@
 #   benches/footprint.sh                 build, measure, print; exit 1 if a budget is missed
 #   FOOTPRINT_STARTS=20                  number of starts for the median (default 10)
 #   FOOTPRINT_NO_BUILD=1 FOOTPRINT_BIN=… measure an existing binary
+#   FOOTPRINT_RUSTFLAGS="-C relocation-model=static"  extra flags for an experiment (rebuilds)
 #
 # Needs python3 (the start-time client: it polls /healthz every 0.5 ms with a raw socket, so
 # the figure is not dominated by spawning curl). The mqtt fixtures expect Mosquitto on
@@ -28,8 +29,8 @@ RSS_BUDGET_KIB=$((10 * 1024))
 START_BUDGET_MS=50
 
 if [ "${FOOTPRINT_NO_BUILD:-0}" != 1 ]; then
-    echo "== build: RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --locked --profile $PROFILE -p reactor-agent --target $TARGET"
-    RUSTFLAGS="-C target-feature=+crt-static" \
+    echo "== build: RUSTFLAGS=\"-C target-feature=+crt-static ${FOOTPRINT_RUSTFLAGS:-}\" cargo build --locked --profile $PROFILE -p reactor-agent --target $TARGET"
+    RUSTFLAGS="-C target-feature=+crt-static ${FOOTPRINT_RUSTFLAGS:-}" \
         cargo build --locked --profile "$PROFILE" -p reactor-agent --target "$TARGET"
 fi
 [ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Footprint of the edge agent (issue 3, "Footprint"): builds the static x86_64 release-small
+# reactor-agent and measures
+#   - binary size                        budget <= 8 MiB
+#   - static linking (file, ldd)
+#   - start to GET /healthz 200          budget <= 50 ms (median of N starts)
+#   - idle RSS, 10 workflows loaded      budget <= 10 MiB (VmRSS after 2 s idle)
+# with the 10 workflows of benches/footprint/workflows (http, cron, file and mqtt triggers).
+#
+#   benches/footprint.sh                 build, measure, print; exit 1 if a budget is missed
+#   FOOTPRINT_STARTS=20                  number of starts for the median (default 10)
+#   FOOTPRINT_NO_BUILD=1 FOOTPRINT_BIN=… measure an existing binary
+#   FOOTPRINT_RUSTFLAGS="-C relocation-model=static"  extra flags for an experiment (rebuilds)
+#
+# Needs python3 (the start-time client: it polls /healthz every 0.5 ms with a raw socket, so
+# the figure is not dominated by spawning curl). The mqtt fixtures expect Mosquitto on
+# 127.0.0.1:1883 (scripts/services starts it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/reactor/target}"
+TARGET=x86_64-unknown-linux-gnu
+PROFILE=release-small
+STARTS="${FOOTPRINT_STARTS:-10}"
+BIN="${FOOTPRINT_BIN:-$CARGO_TARGET_DIR/$TARGET/$PROFILE/reactor-agent}"
+FLOWS="$REPO/benches/footprint/workflows"
+SIZE_BUDGET=$((8 * 1024 * 1024))
+RSS_BUDGET_KIB=$((10 * 1024))
+START_BUDGET_MS=50
+
+if [ "${FOOTPRINT_NO_BUILD:-0}" != 1 ]; then
+    echo "== build: RUSTFLAGS=\"-C target-feature=+crt-static ${FOOTPRINT_RUSTFLAGS:-}\" cargo build --locked --profile $PROFILE -p reactor-agent --target $TARGET"
+    RUSTFLAGS="-C target-feature=+crt-static ${FOOTPRINT_RUSTFLAGS:-}" \
+        cargo build --locked --profile "$PROFILE" -p reactor-agent --target "$TARGET"
+fi
+[ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
+
+# The file triggers watch these folders; a missing one keeps /healthz at 503.
+mkdir -p /tmp/reactor-footprint/spool /tmp/reactor-footprint/conf
+if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+    echo "warning: nothing listens on 127.0.0.1:1883 (Mosquitto); the mqtt fixtures cannot connect" >&2
+fi
+
+"$BIN" validate "$FLOWS" >/dev/null
+
+failed=0
+verdict() { # verdict OK? TEXT
+    if [ "$1" = 1 ]; then echo "ok    $2"; else echo "MISS  $2"; failed=1; fi
+}
+
+echo
+echo "== binary: $BIN"
+size=$(stat -c %s "$BIN")
+file_desc=$(file -b "$BIN")
+ldd_out=$(ldd "$BIN" 2>&1 || true)
+echo "file: $file_desc"
+echo "ldd:  $ldd_out"
+static=0
+case "$file_desc" in *"statically linked"* | *"static-pie linked"*) static=1 ;; esac
+
+echo
+echo "== start to /healthz 200 and idle RSS ($STARTS starts, $(ls "$FLOWS" | wc -l) workflows)"
+results=$(python3 - "$BIN" "$FLOWS" "$STARTS" <<'PY'
+import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+binary, flows, starts = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def healthz(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+def status(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+def start(data):
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [binary, "run", "--workflows", flows, "--data", data, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not healthz(port):
+        if proc.poll() is not None:
+            sys.exit("agent exited: " + proc.stderr.read().decode())
+        if time.perf_counter() - t0 > 10:
+            proc.kill()
+            sys.exit("no /healthz 200 within 10 s")
+        time.sleep(0.0005)
+    return proc, (time.perf_counter() - t0) * 1000
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+
+root = tempfile.mkdtemp(prefix="reactor-footprint-")
+try:
+    cold, warm = [], []
+    warm_data = os.path.join(root, "warm")
+    for i in range(starts):
+        proc, ms = start(os.path.join(root, f"cold-{i}"))   # a new data folder: journal created
+        cold.append(ms)
+        stop(proc)
+        proc, ms = start(warm_data)                          # restart on an existing journal
+        warm.append(ms)
+        stop(proc)
+    proc, _ = start(warm_data)
+    time.sleep(2)
+    st = status(proc.pid)
+    stop(proc)
+    print(json.dumps({
+        "cold_median_ms": statistics.median(cold), "cold_max_ms": max(cold),
+        "warm_median_ms": statistics.median(warm), "warm_max_ms": max(warm),
+        "vmrss_kib": int(st["VmRSS"].split()[0]), "vmhwm_kib": int(st["VmHWM"].split()[0]),
+        "threads": int(st["Threads"]),
+    }))
+finally:
+    shutil.rmtree(root, ignore_errors=True)
+PY
+)
+field() { printf '%s' "$results" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+cold=$(field cold_median_ms); cold_max=$(field cold_max_ms)
+warm=$(field warm_median_ms); warm_max=$(field warm_max_ms)
+rss=$(field vmrss_kib); hwm=$(field vmhwm_kib); threads=$(field threads)
+
+echo
+echo "== Footprint ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m))"
+mib() { awk -v k="$1" -v d="$2" 'BEGIN { printf "%.2f MiB", k / d }'; }
+verdict "$([ "$size" -le "$SIZE_BUDGET" ] && echo 1)" \
+    "binary size: $size bytes ($(mib "$size" 1048576)), budget 8 MiB"
+verdict "$static" "statically linked"
+verdict "$(awk -v a="$warm" -v b="$cold" -v m="$START_BUDGET_MS" 'BEGIN { print (a <= m && b <= m) ? 1 : 0 }')" \
+    "start to /healthz 200: median $(printf '%.1f' "$warm") ms (max $(printf '%.1f' "$warm_max")) on an existing data folder, $(printf '%.1f' "$cold") ms (max $(printf '%.1f' "$cold_max")) on a new one; budget $START_BUDGET_MS ms"
+verdict "$([ "$rss" -le "$RSS_BUDGET_KIB" ] && echo 1)" \
+    "idle RSS, 10 workflows, 2 s idle: VmRSS $rss KiB ($(mib "$rss" 1024)), peak VmHWM $hwm KiB, $threads threads; budget 10 MiB"
+exit "$failed"

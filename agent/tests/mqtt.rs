@@ -358,6 +358,24 @@ async fn matching_readings_become_alerts() {
         "{executions:?}"
     );
 
+    // The trigger is up and counted 100 events (50 skipped by `if`).
+    let metrics = http()
+        .get(agent.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let up = metrics
+        .lines()
+        .find(|l| l.starts_with("reactor_trigger_up{") && l.contains("kind=\"mqtt\""));
+    assert!(up.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    let events = metrics
+        .lines()
+        .find(|l| l.starts_with("reactor_trigger_events_total{") && l.contains("kind=\"mqtt\""));
+    assert!(events.is_some_and(|l| l.ends_with(" 100")), "{metrics}");
+
     let mut topics: Vec<String> = readings.into_iter().map(|(t, _)| t).collect();
     topics.extend(want.into_iter().map(|(t, _)| t));
     client.clear_retained(&topics).await;
@@ -396,6 +414,20 @@ async fn a_persistent_session_gets_what_was_published_while_stopped() {
     client.publish_all(&batch(0..5)).await;
     agent.executions("counter", 5).await;
     assert!(agent.terminate().success(), "{}", agent.logs());
+    // Shutdown order: the publisher disconnects after the executions, before the journal.
+    let logs = agent.logs();
+    let order: Vec<usize> = [
+        "checkpointing running executions",
+        "disconnecting MQTT publishers",
+        "reactor-agent stopped",
+    ]
+    .iter()
+    .map(|line| {
+        logs.find(line)
+            .unwrap_or_else(|| panic!("no {line:?}: {logs}"))
+    })
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{logs}");
 
     // The agent is away: the broker keeps QoS 1 messages for its session.
     client.publish_all(&batch(5..25)).await;

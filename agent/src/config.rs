@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use reactor_core::flow::parse_duration;
+use reactor_core::mqtt::{MqttBrokers, MqttConfig};
 use serde::Deserialize;
 
 /// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
@@ -66,10 +67,17 @@ Configuration (agent.toml; layers: defaults < file < REACTOR_* environment < fla
   [log]      format = \"human\" | \"json\"
   [limits]   max_running = 256 (executions at once; beyond it, submits wait and http
              triggers answer 503), max_body = 1048576 (largest API request body, bytes)
+  [mqtt]     url = \"mqtt://127.0.0.1:1883\" (or mqtts://), the default broker of mqtt
+             triggers, mqtt.publish and emit with `topic`; username, password_secret =
+             \"MQTT_PASSWORD\" (read from REACTOR_SECRET_MQTT_PASSWORD), client_id (prefix of
+             client ids; default: device.id), keep_alive = \"30s\", clean_session = false
+             (persistent sessions), inflight = 32, max_packet_size = 262144, ca_file (PEM)
+  [mqtt.connections.NAME]  the same keys, for `connection: NAME` in a trigger
 
 Environment: every key also as REACTOR_<SECTION>__<KEY>, e.g. REACTOR_DEVICE__ID=pi-1,
-REACTOR_LIMITS__MAX_RUNNING=64, REACTOR_EXEC__ALLOW='[\"echo\"]' (values are TOML values,
-or plain text). Secrets: REACTOR_SECRET_<NAME> is visible as secrets.NAME and never logged.
+REACTOR_LIMITS__MAX_RUNNING=64, REACTOR_EXEC__ALLOW='[\"echo\"]', REACTOR_MQTT__URL=mqtt://h:1883,
+REACTOR_MQTT__CONNECTIONS__PLANT__URL=mqtts://plant:8883 (values are TOML values, or plain
+text). Secrets: REACTOR_SECRET_<NAME> is visible as secrets.NAME and never logged.
 RUST_LOG filters logs (default info).
 
 Signals: SIGTERM or SIGINT stop triggers, checkpoint running executions and close the
@@ -97,6 +105,8 @@ pub struct RawConfig {
     pub outbox: Option<RawOutbox>,
     pub log: Option<RawLog>,
     pub limits: Option<RawLimits>,
+    /// Brokers for `mqtt` triggers, `mqtt.publish` and `emit` with `topic`.
+    pub mqtt: Option<MqttConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +163,11 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     pub max_running: usize,
     pub max_body: usize,
+    /// The validated `[mqtt]` brokers (empty when the section is absent: inline `broker:`
+    /// URLs still work). Client ids are prefixed with the device id unless set.
+    pub mqtt: MqttBrokers,
+    /// Whether a default broker is configured (for logs).
+    pub mqtt_default: Option<String>,
     /// The file the configuration came from, if any (for logs).
     pub file: Option<PathBuf>,
 }
@@ -250,6 +265,9 @@ struct Merged {
     log_format: Option<Layered<LogFormat>>,
     max_running: Option<Layered<u64>>,
     max_body: Option<Layered<u64>>,
+    /// The `[mqtt]` section merged key by key over the layers, and the layers that set any.
+    mqtt: MqttConfig,
+    mqtt_origins: Vec<Origin>,
 }
 
 impl Merged {
@@ -272,7 +290,64 @@ impl Merged {
         let limits = raw.limits.unwrap_or_default();
         pick(&mut self.max_running, limits.max_running, origin);
         pick(&mut self.max_body, limits.max_body, origin);
+        if let Some(mqtt) = raw.mqtt {
+            merge_mqtt(&mut self.mqtt, mqtt);
+            if !self.mqtt_origins.contains(origin) {
+                self.mqtt_origins.push(origin.clone());
+            }
+        }
     }
+}
+
+/// Lays `layer` over `base`: every key the layer sets wins; connections merge by name, and
+/// within a connection key by key (a layer that adds a connection must give its `url`).
+fn merge_mqtt(base: &mut MqttConfig, layer: MqttConfig) {
+    fn over<T>(slot: &mut Option<T>, value: Option<T>) {
+        if value.is_some() {
+            *slot = value;
+        }
+    }
+    over(&mut base.url, layer.url);
+    over(&mut base.client_id, layer.client_id);
+    over(&mut base.username, layer.username);
+    over(&mut base.password_secret, layer.password_secret);
+    over(&mut base.keep_alive, layer.keep_alive);
+    over(&mut base.clean_session, layer.clean_session);
+    over(&mut base.inflight, layer.inflight);
+    over(&mut base.max_packet_size, layer.max_packet_size);
+    over(&mut base.ca_file, layer.ca_file);
+    for (name, connection) in layer.connections {
+        match base.connections.get_mut(&name) {
+            None => {
+                base.connections.insert(name, connection);
+            }
+            Some(existing) => {
+                if !connection.url.is_empty() {
+                    existing.url = connection.url;
+                }
+                over(&mut existing.client_id, connection.client_id);
+                over(&mut existing.username, connection.username);
+                over(&mut existing.password_secret, connection.password_secret);
+                over(&mut existing.keep_alive, connection.keep_alive);
+                over(&mut existing.clean_session, connection.clean_session);
+                over(&mut existing.inflight, connection.inflight);
+                over(&mut existing.max_packet_size, connection.max_packet_size);
+                over(&mut existing.ca_file, connection.ca_file);
+            }
+        }
+    }
+}
+
+/// A secret by the name a config gives (`password_secret = "MQTT_PASSWORD"`): the variable
+/// `REACTOR_SECRET_MQTT_PASSWORD`, as for `secrets.NAME` in expressions (exact name first,
+/// then upper case).
+fn secret_from(vars: &[(String, String)], name: &str) -> Option<String> {
+    let exact = format!("REACTOR_SECRET_{name}");
+    let upper = exact.to_ascii_uppercase();
+    vars.iter()
+        .find(|(n, _)| *n == exact)
+        .or_else(|| vars.iter().find(|(n, _)| *n == upper))
+        .map(|(_, v)| v.clone())
 }
 
 impl AgentConfig {
@@ -281,6 +356,7 @@ impl AgentConfig {
         flags: &RunFlags,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<AgentConfig, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
         let mut problems = Vec::new();
         let mut merged = Merged::default();
         if let Some(path) = &flags.config {
@@ -289,7 +365,7 @@ impl AgentConfig {
                 Err(problem) => problems.push(problem),
             }
         }
-        for (name, raw) in env_layers(vars, &mut problems) {
+        for (name, raw) in env_layers(vars.iter().cloned(), &mut problems) {
             merged.apply(raw, &Origin::Env(name));
         }
         pick(
@@ -308,7 +384,8 @@ impl AgentConfig {
             flags.log_format,
             &Origin::Flag("log-format"),
         );
-        let config = validate(merged, flags.config.clone(), &mut problems);
+        let secret = |name: &str| secret_from(&vars, name);
+        let config = validate(merged, flags.config.clone(), &secret, &mut problems);
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError { problems }),
@@ -408,6 +485,7 @@ fn env_value(text: &str) -> toml::Value {
 fn validate(
     merged: Merged,
     file: Option<PathBuf>,
+    secret: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> Option<AgentConfig> {
     let mut bad = |key: &str, origin: &Origin, message: String| {
@@ -538,6 +616,22 @@ fn validate(
         }
         usize::try_from(m.value).unwrap_or(1)
     });
+    let mqtt_default = merged.mqtt.url.clone();
+    let mqtt = match MqttBrokers::from_config(&merged.mqtt, &device_id, secret) {
+        Ok(brokers) => Some(brokers),
+        Err(errors) => {
+            let origins = merged
+                .mqtt_origins
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            for error in errors {
+                problems.push(format!("mqtt (from {origins}): {error}"));
+            }
+            None
+        }
+    };
     Some(AgentConfig {
         workflows: merged.workflows.map(|w| w.value),
         data: data?,
@@ -556,6 +650,8 @@ fn validate(
         log_format: merged.log_format.map(|l| l.value).unwrap_or_default(),
         max_running,
         max_body,
+        mqtt: mqtt?,
+        mqtt_default,
         file,
     })
 }
@@ -671,5 +767,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("REACTOR_LIMITS__MAX_RUNING"), "{error}");
+    }
+
+    #[test]
+    fn mqtt_section_layers_and_resolves_secrets() {
+        let (_dir, path) = file(
+            "data = \"/d\"\n[device]\nid = \"pi-7\"\n[mqtt]\nurl = \"mqtt://file:1883\"\n\
+             username = \"agent\"\npassword_secret = \"mqtt_password\"\n\
+             [mqtt.connections.plant]\nurl = \"mqtts://plant.example\"\n",
+        );
+        let mut f = flags(None);
+        f.config = Some(path);
+        let vars = vec![
+            (
+                "REACTOR_MQTT__URL".to_string(),
+                "mqtt://env:1884".to_string(),
+            ),
+            ("REACTOR_MQTT__KEEP_ALIVE".to_string(), "10s".to_string()),
+            (
+                "REACTOR_SECRET_MQTT_PASSWORD".to_string(),
+                "hunter2".to_string(),
+            ),
+        ];
+        let config = AgentConfig::load(&f, vars).unwrap();
+        let default = config.mqtt.default_broker().unwrap();
+        assert_eq!(default.url, "mqtt://env:1884");
+        assert_eq!(default.keep_alive, Duration::from_secs(10));
+        assert_eq!(default.username.as_deref(), Some("agent"));
+        assert_eq!(default.password.as_ref().unwrap().expose(), "hunter2");
+        assert_eq!(default.client_id, "pi-7");
+        assert!(!default.clean_session);
+        let plant = config.mqtt.resolve(None, Some("plant")).unwrap();
+        assert_eq!(plant.url, "mqtts://plant.example:8883");
+    }
+
+    #[test]
+    fn bad_mqtt_settings_are_refused_with_their_origin() {
+        let (_dir, path) = file(
+            "data = \"/d\"\n[mqtt]\nurl = \"http://broker\"\npassword_secret = \"NOPE\"\n\
+             username = \"u\"\n",
+        );
+        let mut f = flags(None);
+        f.config = Some(path.clone());
+        let error = AgentConfig::load(&f, Vec::new()).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("invalid url"), "{text}");
+        assert!(text.contains("NOPE"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        let (_dir, path) = file("data = \"/d\"\n[mqtt]\nurll = \"mqtt://x\"\n");
+        f.config = Some(path);
+        let text = AgentConfig::load(&f, Vec::new()).unwrap_err().to_string();
+        assert!(text.contains("urll"), "{text}");
+    }
+
+    #[test]
+    fn without_mqtt_section_inline_brokers_still_resolve() {
+        let config = AgentConfig::load(&flags(Some("/d")), Vec::new()).unwrap();
+        assert!(config.mqtt.default_broker().is_none());
+        assert!(
+            config
+                .mqtt
+                .resolve(Some("mqtt://127.0.0.1:1883"), None)
+                .is_ok()
+        );
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! Stop (SIGTERM/SIGINT), in STYLE.md's order: triggers stop and the server stops accepting
 //! (in-flight sync requests are answered 503; their executions continue after a restart) →
-//! executions checkpoint (`Runtime::shutdown`) → the journal closes → exit 0.
+//! executions checkpoint (`Runtime::shutdown`) → the MQTT publisher disconnects (after the
+//! runtime, so publishing steps get their acks; see [`crate::mqtt`]) → the journal closes →
+//! exit 0.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, LogFormat, RunFlags};
 use crate::metrics::{MeteredStore, Metrics};
+use crate::mqtt::{MqttForward, SharedPublisher};
 use crate::workflows::Workflows;
 
 /// How long tasks get to stop on their own before they are aborted.
@@ -132,6 +135,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         config = ?config.file,
         outbox_max_bytes = config.outbox.max_bytes,
         outbox_max_age = ?config.outbox.max_age,
+        mqtt = config.mqtt_default.as_deref().unwrap_or("none"),
         "reactor-agent starting"
     );
     std::fs::create_dir_all(&config.data)
@@ -143,19 +147,24 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     );
     let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(redb.clone(), metrics.clone()));
-    let actions = builtin_registry(BuiltinConfig {
+    let mut actions = builtin_registry(BuiltinConfig {
         exec: ExecConfig {
             allow: Allowlist::Only(config.exec_allow.clone()),
             ..ExecConfig::default()
         },
         ..BuiltinConfig::default()
     });
+    // One publisher for `mqtt.publish` and `emit` with `topic`; it connects on first use.
+    let publisher = SharedPublisher::new(config.mqtt.clone());
+    actions.register(Arc::new(publisher.action()));
     let device = json!({ "id": config.device.id, "labels": config.device.labels });
     let mut environment = reactor_core::cli::environment_from_process(&config.env_allow);
     environment.device = device;
     // Events emitted by workflows reach `event` triggers through the router; it must be the
     // runtime's bus before the runtime is shared, and learns the runtime right after.
-    let events = Arc::new(EventRouter::new(None));
+    // Emitted events with a `topic` are also published to MQTT (the router's forward hook).
+    let forward: Arc<dyn EventBus> = Arc::new(MqttForward::new(publisher.clone()));
+    let events = Arc::new(EventRouter::new(Some(forward)));
     let bus: Arc<dyn EventBus> = events.clone();
     let runtime = Runtime::new(
         store,
@@ -179,6 +188,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         routes,
         events.clone(),
         supervisor.clone(),
+        config.mqtt.clone(),
     ));
     let state = AgentState {
         runtime: runtime.clone(),
@@ -251,6 +261,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         );
     }
     events.detach();
+    // After the runtime (steps publishing while executions checkpointed got their acks),
+    // before the journal: see crate::mqtt.
+    tracing::info!("disconnecting MQTT publishers");
+    publisher.shutdown(GRACE).await;
     drop(state);
     redb.close().await.context("closing the journal")?;
     tracing::info!("reactor-agent stopped");

@@ -11,12 +11,14 @@
 //! - [`reload`]: hot reload of the workflows folder.
 //! - [`embedded`]: workflows compiled into the binary.
 //! - [`server`], [`api`], [`metrics`]: the HTTP server, `/api/v1`, `/metrics`.
+//! - [`mqtt`]: the MQTT publisher (`mqtt.publish`, `emit` with `topic`) and `mqtt` triggers.
 
 mod api;
 mod config;
 mod daemon;
 mod embedded;
 mod metrics;
+mod mqtt;
 mod reload;
 mod server;
 mod workflows;

@@ -19,10 +19,9 @@ use std::time::Duration;
 
 use reactor_core::engine::Runtime;
 use reactor_core::flow::{TriggerKind, Workflow};
+use reactor_core::mqtt::MqttBrokers;
 use reactor_core::store::StoreWrite;
-use reactor_core::trigger::{
-    EventRouter, HttpRoutes, Supervisor, TriggerContext, TriggerStats, build_light,
-};
+use reactor_core::trigger::{EventRouter, HttpRoutes, Supervisor, TriggerContext, TriggerStats};
 
 /// How long a replaced workflow's triggers get to stop before they are aborted.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -69,6 +68,8 @@ pub struct Workflows {
     routes: Arc<HttpRoutes>,
     events: Arc<EventRouter>,
     supervisor: Arc<Supervisor>,
+    /// The brokers `mqtt` triggers connect to.
+    brokers: Arc<MqttBrokers>,
     active: Mutex<BTreeMap<String, Active>>,
     /// Until [`Workflows::start`], trigger tasks are not spawned: at start-up every workflow
     /// is loaded (so a `startup` trigger's emitted event finds its `event` subscribers) and
@@ -117,12 +118,14 @@ impl Workflows {
         routes: Arc<HttpRoutes>,
         events: Arc<EventRouter>,
         supervisor: Arc<Supervisor>,
+        brokers: MqttBrokers,
     ) -> Workflows {
         Workflows {
             runtime,
             routes,
             events,
             supervisor,
+            brokers: Arc::new(brokers),
             active: Mutex::default(),
             live: false.into(),
         }
@@ -326,7 +329,7 @@ impl Workflows {
             if let TriggerKind::Http(trigger) = &spec.kind {
                 http.push(trigger.clone());
             }
-            match build_light(spec) {
+            match crate::mqtt::build_trigger(&self.brokers, &name, index, spec) {
                 Ok(None) => {}
                 Ok(Some(_)) => info.task = Some(format!("trigger {}", info.label)),
                 Err(error) => {
@@ -344,8 +347,9 @@ impl Workflows {
 
     fn spawn_tasks(&self, workflow: &Workflow, infos: &[TriggerInfo]) {
         let name = workflow.name.to_string();
-        for (spec, info) in workflow.triggers.iter().zip(infos) {
+        for (index, (spec, info)) in workflow.triggers.iter().zip(infos).enumerate() {
             let Some(task) = &info.task else { continue };
+            let brokers = self.brokers.clone();
             let stats = Arc::new(TriggerStats::default());
             let runtime = self.runtime.clone();
             let spec = spec.clone();
@@ -356,7 +360,7 @@ impl Workflows {
                     stats: task_stats.clone(),
                     ..TriggerContext::new(&workflow_name, runtime.clone(), cancel)
                 };
-                let built = build_light(&spec);
+                let built = crate::mqtt::build_trigger(&brokers, &workflow_name, index, &spec);
                 async move {
                     match built? {
                         Some(trigger) => trigger.run(context).await,

@@ -380,7 +380,10 @@ impl Subscriber<'_> {
                                 granted = connection::qos_number(granted),
                                 "MQTT broker granted a lower QoS");
                         }
-                        SubscribeReasonCode::Success(_) => {}
+                        SubscribeReasonCode::Success(_) => {
+                            info!(workflow = %self.context.workflow, filter = %self.trigger.filter,
+                                "MQTT subscribed");
+                        }
                     }
                 }
             }

@@ -162,10 +162,7 @@ impl Shared {
         }
         if let Value::Object(steps) = &mut self.globals.steps {
             let mut entry = Map::new();
-            entry.insert(
-                "status".into(),
-                Value::from(record.status.as_str()),
-            );
+            entry.insert("status".into(), Value::from(record.status.as_str()));
             entry.insert("output".into(), record.output);
             entry.insert(
                 "error".into(),

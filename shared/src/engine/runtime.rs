@@ -292,7 +292,10 @@ impl Runtime {
         let id = ExecutionId::new();
         let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.subscribers).entry(id).or_default().push(tx);
+        lock(&self.inner.subscribers)
+            .entry(id)
+            .or_default()
+            .push(tx);
         let submitted = self.start(wf, id, event, inputs, None, key).await;
         match submitted {
             Ok(Submission::Accepted(id)) => Ok((Submission::Accepted(id), Some(Watch(rx)))),

@@ -154,7 +154,6 @@ async fn side_effects_are_journaled_before_and_after() {
             "started",
             "start first@1",
             "end first@1",
-            "end pure@1",
             "start last@1",
             "end last@1"
         ]

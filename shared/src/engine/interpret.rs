@@ -449,6 +449,12 @@ fn run_kind<'a>(
     let locals = locals.clone();
     Box::pin(async move {
         match &step.kind {
+            // `transform` only evaluates its `value`: the machine does it itself, with no
+            // command and no journal entry — replay recomputes it exactly.
+            StepKind::Action(action) if action.action == "transform" => {
+                let mut input = ctx.eval(&action.with, &locals)?;
+                Ok(Flow::Ran(input.get_mut("value").map(Value::take).unwrap_or(Value::Null)))
+            }
             StepKind::Action(action) => {
                 let idempotency_key = format!("{}:{path}", ctx.execution);
                 let mut execution = ctx.h.lock().globals.execution.clone();

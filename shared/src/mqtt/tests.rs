@@ -24,7 +24,8 @@ use crate::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
 use crate::trigger::{Trigger, TriggerContext, TriggerError};
 
 const MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
-const WAIT: Duration = Duration::from_secs(10);
+// Generous: CI machines are small and may be busy.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn prefix() -> String {
     format!("reactor-test/{}", ulid::Ulid::new())

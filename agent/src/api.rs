@@ -116,6 +116,9 @@ async fn run_workflow(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
+    if !state.accepting() {
+        return crate::server::starting();
+    }
     if !state.workflows.is_active(&name) {
         return problem(
             StatusCode::NOT_FOUND,

@@ -58,6 +58,11 @@ impl AgentState {
             && self.waiting_triggers().is_empty()
     }
 
+    /// Whether events may start executions: start-up (recovery included) is complete.
+    pub fn accepting(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// Triggers with a task that is not running (restarting after an error, or given up).
     /// A trigger whose task finished (`startup`) counts as running.
     pub fn waiting_triggers(&self) -> Vec<String> {

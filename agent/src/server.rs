@@ -5,6 +5,11 @@
 //! `max_body` can only be lower. When shutdown begins the server stops accepting connections
 //! and requests still waiting for a sync execution are answered 503 (the execution resumes
 //! after the restart).
+//!
+//! Until start-up is complete (`/healthz` 200) http triggers and manual runs answer 503 with
+//! `Retry-After: 1`: routes exist as soon as the workflows are loaded, but recovery must see
+//! the journal before any new execution starts, or it would resume an execution this process
+//! just started (a second driver for one journal).
 
 use std::net::SocketAddr;
 
@@ -85,6 +90,9 @@ async fn trigger(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    if !state.accepting() {
+        return starting();
+    }
     let (parts, body) = request.into_parts();
     // The global DefaultBodyLimit applies too; a route's own limit is usually lower. One byte
     // over the route's limit is read so that the routes answer 413 themselves.
@@ -147,6 +155,19 @@ async fn trigger(
         reply = state.workflows.routes().handle(request) => reply,
     };
     into_response(reply)
+}
+
+/// 503 for events that arrive before start-up is complete.
+pub fn starting() -> Response {
+    let mut response = crate::api::problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the agent is starting",
+        "unfinished executions are being recovered; try again shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn into_response(reply: HttpReply) -> Response {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Throughput workload (a) of issue 3: HTTP POST -> rule (temp > 30 and zone == "A") -> JSON
+# reply, with durable journaling (every request is one execution committed to redb with
+# Durability::Immediate; concurrent requests share group commits).
+#
+#   cargo build --release -p reactor-agent
+#   benches/load/run-http.sh                  # 64 connections, 2 threads, 30 s
+#   DURATION=15s CONNECTIONS=64 benches/load/run-http.sh
+#
+# Needs wrk (apt-get install -y wrk) and curl. AGENT overrides the binary
+# (default $CARGO_TARGET_DIR/release/reactor-agent, else target/release/reactor-agent).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+agent=${AGENT:-${CARGO_TARGET_DIR:-$root/target}/release/reactor-agent}
+duration=${DURATION:-30s}
+connections=${CONNECTIONS:-64}
+threads=${THREADS:-2}
+port=${PORT:-18080}
+url=http://127.0.0.1:$port
+
+work=$(mktemp -d)
+mkdir "$work/workflows"
+cp "$here/workflows/rule-http.yaml" "$work/workflows/"
+RUST_LOG=${RUST_LOG:-warn} "$agent" run --workflows "$work/workflows" --data "$work/data" \
+  --listen "127.0.0.1:$port" 2>"$work/agent.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+until curl -sf "$url/healthz" >/dev/null; do
+  kill -0 $pid 2>/dev/null || { cat "$work/agent.log"; exit 1; }
+  sleep 0.05
+done
+echo "agent $("$agent" --version 2>/dev/null || true), pid $pid, idle RSS $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
+for body in '{"device":"sensor-1","zone":"A","temp":31.5}' '{"device":"sensor-2","zone":"B","temp":22.0}'; do
+  echo "POST /rule $body -> $(curl -s -H 'content-type: application/json' -d "$body" "$url/rule")"
+done
+
+wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$here/rule.lua" "$url"
+
+echo "RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
+echo "journal $(du -h "$work/data/journal.redb" | cut -f1)"
+curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits)' || true
+if [ -s "$work/agent.log" ]; then echo "--- agent log (warnings):"; tail -5 "$work/agent.log"; fi

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Throughput workload (b) of issue 3: MQTT QoS 1 in -> rule -> mqtt.publish out, through the
+# Mosquitto on 127.0.0.1:1883, durable journaling on.
+#
+#   cargo build --release -p reactor-agent -p reactor-benches --bin reactor-agent --bin mqtt_load
+#   benches/load/run-mqtt.sh              # 100,000 messages
+#   COUNT=300000 benches/load/run-mqtt.sh
+#
+# Needs an agent with the mqtt trigger wired in (workflow benches/load/workflows/rule-mqtt.yaml).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+agent=${AGENT:-$target/release/reactor-agent}
+load=${LOAD:-$target/release/mqtt_load}
+count=${COUNT:-100000}
+port=${PORT:-18081}
+
+work=$(mktemp -d)
+mkdir "$work/workflows"
+cp "$here/workflows/rule-mqtt.yaml" "$work/workflows/"
+RUST_LOG=${RUST_LOG:-warn} "$agent" run --workflows "$work/workflows" --data "$work/data" \
+  --listen "127.0.0.1:$port" 2>"$work/agent.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
+  kill -0 $pid 2>/dev/null || { cat "$work/agent.log"; exit 1; }
+  sleep 0.05
+done
+"$load" "$count" 127.0.0.1 1883
+echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
+if [ -s "$work/agent.log" ]; then echo "--- agent log:"; tail -5 "$work/agent.log"; fi

@@ -1,0 +1,139 @@
+//! Load generator for the MQTT throughput workload (issue 3, `benches/load/README.md`):
+//! publishes `COUNT` QoS 1 readings to `bench/reactor/in/<device>` on a broker and counts the
+//! agent's replies on `bench/reactor/out` (workflow `benches/load/workflows/rule-mqtt.yaml`).
+//!
+//! Usage: `mqtt_load [COUNT] [HOST] [PORT]` (defaults 100000, 127.0.0.1, 1883).
+//!
+//! Prints messages per second end to end (first publish to last reply), the publish rate,
+//! replies lost (never received within 10 s of the last one) and duplicates (QoS 1 allows them).
+
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+
+const IN_TOPIC: &str = "bench/reactor/in";
+const OUT_TOPIC: &str = "bench/reactor/out";
+/// How long to wait for more replies once none have come.
+const QUIET: Duration = Duration::from_secs(10);
+
+fn options(id: &str, host: &str, port: u16) -> MqttOptions {
+    let mut options = MqttOptions::new(id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_inflight(256);
+    options
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let count: usize = args.get(1).map_or(Ok(100_000), |a| a.parse())?;
+    let host = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = args.get(3).map_or(Ok(1883), |a| a.parse())?;
+
+    // The counter subscribes first and says when it is subscribed.
+    let (counter, mut counter_loop) =
+        AsyncClient::new(options("reactor-bench-count", &host, port), 1024);
+    counter.subscribe(OUT_TOPIC, QoS::AtLeastOnce).await?;
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let counting = tokio::spawn(async move {
+        let mut subscribed = Some(subscribed_tx);
+        let mut seen = vec![false; count];
+        let (mut unique, mut duplicates, mut foreign) = (0usize, 0usize, 0usize);
+        let mut last = Instant::now();
+        loop {
+            let event = match tokio::time::timeout(QUIET, counter_loop.poll()).await {
+                Err(_) => break, // quiet for QUIET
+                Ok(Err(error)) => {
+                    eprintln!("counter connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Ok(Ok(event)) => event,
+            };
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) => {
+                    let seq = serde_json::from_slice::<Value>(&publish.payload)
+                        .ok()
+                        .and_then(|v| v["seq"].as_u64())
+                        .and_then(|s| usize::try_from(s).ok())
+                        .filter(|s| *s < count);
+                    match seq {
+                        Some(seq) if seen[seq] => duplicates += 1,
+                        Some(seq) => {
+                            seen[seq] = true;
+                            unique += 1;
+                            last = Instant::now();
+                            if unique == count {
+                                break;
+                            }
+                        }
+                        None => foreign += 1,
+                    }
+                }
+                _ => {}
+            }
+        }
+        (unique, duplicates, foreign, last)
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed_rx).await??;
+
+    let (publisher, mut publisher_loop) =
+        AsyncClient::new(options("reactor-bench-load", &host, port), 1024);
+    let publishing = tokio::spawn(async move {
+        let mut acked = 0usize;
+        while acked < count {
+            match publisher_loop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    eprintln!("publisher connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    let start = Instant::now();
+    for seq in 0..count {
+        let (zone, temp) = if seq % 2 == 0 {
+            ("A", 31.5)
+        } else {
+            ("B", 22.0)
+        };
+        let device = format!("sensor-{}", seq % 16);
+        let payload = json!({ "seq": seq, "device": device, "zone": zone, "temp": temp });
+        publisher
+            .publish(
+                format!("{IN_TOPIC}/{device}"),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&payload)?,
+            )
+            .await?;
+    }
+    publishing.await?;
+    let published = start.elapsed();
+    let (unique, duplicates, foreign, last) = counting.await?;
+    let end_to_end = last.saturating_duration_since(start).as_secs_f64();
+    println!(
+        "published {count} (QoS 1, acked by the broker) in {:.2} s: {:.0} msg/s",
+        published.as_secs_f64(),
+        count as f64 / published.as_secs_f64()
+    );
+    println!(
+        "received {unique} replies in {end_to_end:.2} s: {:.0} msg/s end to end; lost {}, \
+         duplicates {duplicates}, other messages {foreign}",
+        unique as f64 / end_to_end.max(f64::EPSILON),
+        count - unique
+    );
+    let _ = publisher.disconnect().await;
+    let _ = counter.disconnect().await;
+    Ok(())
+}

@@ -453,7 +453,12 @@ fn run_kind<'a>(
             // command and no journal entry — replay recomputes it exactly.
             StepKind::Action(action) if action.action == "transform" => {
                 let mut input = ctx.eval(&action.with, &locals)?;
-                Ok(Flow::Ran(input.get_mut("value").map(Value::take).unwrap_or(Value::Null)))
+                Ok(Flow::Ran(
+                    input
+                        .get_mut("value")
+                        .map(Value::take)
+                        .unwrap_or(Value::Null),
+                ))
             }
             StepKind::Action(action) => {
                 let idempotency_key = format!("{}:{path}", ctx.execution);

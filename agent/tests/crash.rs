@@ -242,7 +242,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_event_and_repeats_no_fi
         // One kill in four at any moment from the start (during start-up and recovery); the
         // others while serving, up to 250 ms after /healthz says ready.
         let random = Duration::from_millis(rng.next() % 250);
-        if rng.next() % 4 != 0 {
+        if !rng.next().is_multiple_of(4) {
             agent.healthy(Duration::from_secs(20)).await;
         }
         tokio::time::sleep(random).await;

@@ -88,8 +88,11 @@ fn runtime(store: Arc<dyn Store>) -> Runtime {
     runtime
 }
 
+/// Each call gets its own client-id prefix: tests run at once, and two clients with one id
+/// make the broker drop the older connection (and what it had in flight).
 fn brokers(url: &str) -> MqttBrokers {
-    MqttBrokers::with_default(MqttSettings::from_url(url, "reactor-test").unwrap())
+    let prefix = format!("rt{}", &ulid::Ulid::new().to_string()[18..]);
+    MqttBrokers::with_default(MqttSettings::from_url(url, &prefix).unwrap())
 }
 
 struct Running {

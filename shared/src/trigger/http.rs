@@ -405,9 +405,17 @@ fn decode_body(request: &HttpRequest) -> Result<Value, String> {
         return serde_json::from_slice(&request.body)
             .map_err(|e| format!("invalid JSON body: {e}"));
     }
-    String::from_utf8(request.body.clone())
-        .map(Value::String)
-        .map_err(|_| "the body is not UTF-8 text; send JSON or text".to_string())
+    let text = String::from_utf8(request.body.clone())
+        .map_err(|_| "the body is not UTF-8 text; send JSON or text".to_string())?;
+    // Clients such as `curl -d` label JSON as a form: without a JSON content type, a body
+    // that is a JSON object or list is still taken as JSON; anything else stays text.
+    let trimmed = text.trim_start();
+    if (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && let Ok(value) = serde_json::from_str::<Value>(&text)
+    {
+        return Ok(value);
+    }
+    Ok(Value::String(text))
 }
 
 /// Adds `value` under `name`; a repeated name turns the entry into a list.

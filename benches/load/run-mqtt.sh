@@ -14,12 +14,15 @@ target=${CARGO_TARGET_DIR:-$root/target}
 agent=${AGENT:-$target/release/reactor-agent}
 load=${LOAD:-$target/release/mqtt_load}
 count=${COUNT:-100000}
+window=${WINDOW:-500}
 port=${PORT:-18081}
 
 work=$(mktemp -d)
 mkdir "$work/workflows"
 cp "$here/workflows/rule-mqtt.yaml" "$work/workflows/"
-RUST_LOG=${RUST_LOG:-warn} "$agent" run --workflows "$work/workflows" --data "$work/data" \
+# A new device id per run: the trigger's persistent session (client id from the device id)
+# would otherwise receive what an earlier run left queued at the broker.
+REACTOR_DEVICE__ID=bench-$$ RUST_LOG=${RUST_LOG:-warn} "$agent" run --workflows "$work/workflows" --data "$work/data" \
   --listen "127.0.0.1:$port" 2>"$work/agent.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
@@ -27,6 +30,6 @@ until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
   kill -0 $pid 2>/dev/null || { cat "$work/agent.log"; exit 1; }
   sleep 0.05
 done
-"$load" "$count" 127.0.0.1 1883
+"$load" "$count" 127.0.0.1 1883 "$window"
 echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 if [ -s "$work/agent.log" ]; then echo "--- agent log:"; tail -5 "$work/agent.log"; fi

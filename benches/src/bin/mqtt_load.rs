@@ -2,11 +2,18 @@
 //! publishes `COUNT` QoS 1 readings to `bench/reactor/in/<device>` on a broker and counts the
 //! agent's replies on `bench/reactor/out` (workflow `benches/load/workflows/rule-mqtt.yaml`).
 //!
-//! Usage: `mqtt_load [COUNT] [HOST] [PORT]` (defaults 100000, 127.0.0.1, 1883).
+//! Usage: `mqtt_load [COUNT] [HOST] [PORT] [WINDOW]` (defaults 100000, 127.0.0.1, 1883, 500).
+//!
+//! At most WINDOW messages are outstanding (published, reply not yet seen): Mosquitto queues
+//! at most `max_queued_messages` (default 1000) QoS 1 messages for a subscriber that falls
+//! behind and drops the rest ("Outgoing messages are being dropped for client …"), so an
+//! unpaced publisher measures the broker's queue limit, not the agent.
 //!
 //! Prints messages per second end to end (first publish to last reply), the publish rate,
 //! replies lost (never received within 10 s of the last one) and duplicates (QoS 1 allows them).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -32,11 +39,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count: usize = args.get(1).map_or(Ok(100_000), |a| a.parse())?;
     let host = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1".into());
     let port: u16 = args.get(3).map_or(Ok(1883), |a| a.parse())?;
+    let window: usize = args.get(4).map_or(Ok(500), |a| a.parse())?;
+    let replies = Arc::new(AtomicUsize::new(0));
 
     // The counter subscribes first and says when it is subscribed.
     let (counter, mut counter_loop) =
         AsyncClient::new(options("reactor-bench-count", &host, port), 1024);
     counter.subscribe(OUT_TOPIC, QoS::AtLeastOnce).await?;
+    let replied = replies.clone();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
     let counting = tokio::spawn(async move {
         let mut subscribed = Some(subscribed_tx);
@@ -70,6 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         Some(seq) => {
                             seen[seq] = true;
                             unique += 1;
+                            replied.store(unique, Ordering::Relaxed);
                             last = Instant::now();
                             if unique == count {
                                 break;
@@ -102,6 +113,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let start = Instant::now();
     for seq in 0..count {
+        while seq >= replies.load(Ordering::Relaxed) + window {
+            if counting.is_finished() {
+                break; // the counter gave up: report what arrived
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
         let (zone, temp) = if seq % 2 == 0 {
             ("A", 31.5)
         } else {

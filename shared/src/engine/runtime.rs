@@ -510,6 +510,10 @@ impl Runtime {
         let unfinished = self.inner.store.unfinished().await?;
         let count = unfinished.len();
         for (record, journal) in unfinished {
+            // An execution submitted while recovery ran is already driven by its own task.
+            if lock(&self.inner.running).contains_key(&record.id) {
+                continue;
+            }
             let Some(wf) = self.workflow(&record.workflow, Some(record.version)) else {
                 let mut failed = record.clone();
                 failed.status = ExecutionStatus::Failed;

@@ -37,6 +37,9 @@ steps:
     if: ${{ vars.passed > 0 }}
     action: transform
     with: { value: { passed: "${{ vars.passed }}", of: "${{ size(event.data.scores) }}" } }
+  - id: note
+    action: log
+    with: { message: "graded ${{ size(event.data.scores) }} scores" }
 output:
   results: ${{ steps.grade.output }}
   summary: ${{ steps.summary.output }}
@@ -72,6 +75,11 @@ fn built() -> Workflow {
                 .id("summary")
                 .when("${{ vars.passed > 0 }}")
                 .with(json!({ "value": { "passed": "${{ vars.passed }}", "of": "${{ size(event.data.scores) }}" } })),
+        )
+        .step(
+            StepBuilder::action("log")
+                .id("note")
+                .with(json!({ "message": "graded ${{ size(event.data.scores) }} scores" })),
         )
         .output(json!({ "results": "${{ steps.grade.output }}", "summary": "${{ steps.summary.output }}" }))
         .build()
@@ -118,6 +126,8 @@ async fn builder_and_yaml_twin_run_identically() {
         let (built_result, built_journal) = execute(built(), data.clone()).await;
         assert_eq!(yaml_result, built_result, "for {data}");
         assert_eq!(yaml_journal, built_journal, "for {data}");
+        // `transform` never leaves the machine; the `log` step is an effect both journals hold.
+        assert_eq!(yaml_journal.len(), 1, "for {data}: {yaml_journal:?}");
         assert_eq!(yaml_result["status"], "succeeded");
     }
     let (result, _) = execute(built(), json!({ "scores": [70, 20, 50] })).await;

@@ -34,6 +34,7 @@
 //!    otherwise; then the route's role check, 403 when the token's role is below it.
 
 mod auth;
+mod run;
 mod state;
 
 use axum::Router;
@@ -46,6 +47,7 @@ use axum::routing::{MethodRouter, get};
 use serde_json::json;
 
 pub use self::auth::TokenCache;
+pub use self::run::run;
 pub use self::state::HubState;
 pub use crate::api::problem::ApiError;
 use crate::auth::Role;

@@ -2,5 +2,14 @@
 //! benches of the workspace.
 //!
 //! - [`db`]: the SQL layer (SQLite or PostgreSQL), its migrations and the journal store.
+//! - [`config`]: `hub.toml` + `REACTOR_*` + flags for `serve`.
+//! - [`server`]: `serve`'s wiring, [`server::HubState`], the route table, the auth layer.
+//! - [`api`]: the API v1 handlers, problem details, OpenAPI, traces, diffs, retry.
+//! - [`auth`]: tokens and roles; [`cli`]: `reactor-hub token`.
 
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
 pub mod db;
+pub mod server;

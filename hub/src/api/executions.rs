@@ -8,18 +8,16 @@ use reactor_core::Value;
 use reactor_core::engine::{
     Event, ExecutionId, ExecutionRecord, ExecutionStatus, Submission, SubmitError, Timestamp,
 };
-use reactor_core::store::ExecutionQuery;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::problem::{ApiError, ApiResult};
+use crate::db::ExecutionFilter;
 use crate::server::HubState;
 
 /// Page size of `GET /executions` when `limit` is not given, and its maximum.
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
-/// Executions read per store page while `since` filters a list.
-const SCAN_PAGE: usize = 500;
 
 /// 503 while start-up (recovery) runs.
 pub(super) fn starting() -> ApiError {
@@ -169,13 +167,6 @@ fn summary(record: &ExecutionRecord) -> Value {
     })
 }
 
-/// The smallest execution id created at `at` or later: ids are ULIDs, time first, so
-/// `before = id_at(until)` lists exactly the executions created before `until`.
-fn id_at(at: Timestamp) -> ExecutionId {
-    let millis = u64::try_from(at.millis()).unwrap_or(0);
-    ExecutionId(ulid::Ulid::from_parts(millis, 0))
-}
-
 /// `GET /api/v1/executions` — newest first; `next_cursor` pages.
 pub async fn list(
     State(state): State<HubState>,
@@ -219,49 +210,18 @@ pub async fn list(
         .filter(|s| !s.is_empty())
         .map(|s| parse_time("until", s))
         .transpose()?;
-    if let Some(device) = query.device.as_deref().filter(|d| !d.is_empty()) {
-        // Executions on the hub are started by its own triggers and API; executions of
-        // devices arrive with fleet sync, which records their device. Until then no hub
-        // execution has a device, so the filter matches none — said, not guessed.
-        let _ = device;
-        return Ok(axum::Json(json!({ "executions": [], "next_cursor": null })).into_response());
-    }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    // The older of the cursor and `until` bounds the page from above.
-    let mut before = match (cursor, until.map(id_at)) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let filter = ExecutionFilter {
+        workflow: query.workflow.filter(|w| !w.is_empty()),
+        status,
+        device: query.device.filter(|d| !d.is_empty()),
+        since,
+        until,
+        before: cursor,
+        limit,
     };
-    let workflow = query.workflow.filter(|w| !w.is_empty());
-    let store = state.workflows.runtime().store();
-    let mut found: Vec<ExecutionRecord> = Vec::new();
-    // Without `since` one store query answers; with it, pages are read until enough match or
-    // an execution older than `since` shows up (lists are newest first).
-    let mut exhausted = false;
-    while found.len() < limit && !exhausted {
-        let page = if since.is_some() { SCAN_PAGE } else { limit };
-        let records = store
-            .executions(&ExecutionQuery {
-                workflow: workflow.clone(),
-                status,
-                before,
-                limit: page,
-            })
-            .await?;
-        exhausted = records.len() < page;
-        before = records.last().map(|r| r.id).or(before);
-        for record in records {
-            if since.is_some_and(|since| record.created_at < since) {
-                exhausted = true;
-                break;
-            }
-            found.push(record);
-            if found.len() == limit {
-                break;
-            }
-        }
-    }
-    let next = (found.len() == limit && !exhausted)
+    let found = state.store.list(&filter).await?;
+    let next = (found.len() == limit)
         .then(|| found.last().map(|r| r.id.to_string()))
         .flatten();
     let list: Vec<Value> = found.iter().map(summary).collect();

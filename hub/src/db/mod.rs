@@ -12,6 +12,9 @@
 //! survive a power cut, as on the agent (redb `Durability::Immediate`). The cost is one fsync
 //! of the WAL per commit, which the journal's group commit shares between many writers.
 
+pub mod tokens;
+pub mod workflows;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;

@@ -186,23 +186,22 @@ macro_rules! version_from_row {
     };
 }
 
-const WORKFLOW_COLUMNS: &str = "name, latest_version, active, created_at, updated_at";
-const VERSION_COLUMNS: &str = "name, version, source, hash, created_at, author";
-
 /// Active workflows, by name.
 pub async fn list_active(db: &Database) -> Result<Vec<StoredWorkflow>, sqlx::Error> {
-    let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE active = $1 ORDER BY name");
+    let sql = "SELECT name, latest_version, active, created_at, updated_at FROM workflows \
+               WHERE active = $1 ORDER BY name";
     on_pool!(db, pool => {
-        let rows = sqlx::query(&sql).bind(true).fetch_all(pool).await?;
+        let rows = sqlx::query(sql).bind(true).fetch_all(pool).await?;
         rows.iter().map(|row| Ok(workflow_from_row!(row))).collect()
     })
 }
 
 /// The workflow `name`, active or not.
 pub async fn get(db: &Database, name: &str) -> Result<Option<StoredWorkflow>, sqlx::Error> {
-    let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = $1");
+    let sql = "SELECT name, latest_version, active, created_at, updated_at FROM workflows \
+               WHERE name = $1";
     on_pool!(db, pool => {
-        match sqlx::query(&sql).bind(name).fetch_optional(pool).await? {
+        match sqlx::query(sql).bind(name).fetch_optional(pool).await? {
             Some(row) => Ok(Some(workflow_from_row!(row))),
             None => Ok(None),
         }
@@ -215,10 +214,11 @@ pub async fn version(
     name: &str,
     version: u32,
 ) -> Result<Option<StoredVersion>, sqlx::Error> {
-    let sql = format!("SELECT {VERSION_COLUMNS} FROM workflow_versions WHERE name = $1 AND version = $2");
+    let sql = "SELECT name, version, source, hash, created_at, author FROM workflow_versions \
+               WHERE name = $1 AND version = $2";
     let version = i32::try_from(version).unwrap_or(i32::MAX);
     on_pool!(db, pool => {
-        match sqlx::query(&sql).bind(name).bind(version).fetch_optional(pool).await? {
+        match sqlx::query(sql).bind(name).bind(version).fetch_optional(pool).await? {
             Some(row) => Ok(Some(version_from_row!(row))),
             None => Ok(None),
         }
@@ -227,11 +227,10 @@ pub async fn version(
 
 /// Every version of `name`, oldest first.
 pub async fn versions(db: &Database, name: &str) -> Result<Vec<StoredVersion>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {VERSION_COLUMNS} FROM workflow_versions WHERE name = $1 ORDER BY version"
-    );
+    let sql = "SELECT name, version, source, hash, created_at, author FROM workflow_versions \
+               WHERE name = $1 ORDER BY version";
     on_pool!(db, pool => {
-        let rows = sqlx::query(&sql).bind(name).fetch_all(pool).await?;
+        let rows = sqlx::query(sql).bind(name).fetch_all(pool).await?;
         rows.iter().map(|row| Ok(version_from_row!(row))).collect()
     })
 }

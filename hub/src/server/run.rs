@@ -24,12 +24,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HubState, Server, TokenCache};
 use crate::config::{HubConfig, LogFormat, ServeFlags};
-use crate::db::Database;
+use crate::db::{Database, HubInstance, SqlStore};
 
 /// How long tasks get to stop on their own before they are aborted.
 const GRACE: Duration = Duration::from_secs(5);
 /// How long running executions get to reach a step boundary.
 const CHECKPOINT_GRACE: Duration = Duration::from_secs(10);
+/// This hub's lease on its unfinished executions, and how often it is renewed.
+const LEASE: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Meta-key prefix of the runtime's copy of workflow versions (the journal's meta table).
 const META_PREFIX: &str = "hub.workflow";
 
@@ -91,11 +94,14 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     .await
     .context("opening the database")?;
     db.migrate().await.context("migrating the database")?;
-    let store: Arc<dyn Store> = Arc::new(
-        crate::db::SqlStore::open(db.clone())
+    let instance = Arc::new(
+        HubInstance::register(&db, LEASE)
             .await
-            .context("opening the journal")?,
+            .context("registering this hub instance")?,
     );
+    let heartbeat = instance.spawn_heartbeat(HEARTBEAT);
+    let sql = Arc::new(SqlStore::new(db.clone(), instance.id()));
+    let store: Arc<dyn Store> = sql.clone();
     let actions = builtin_registry(BuiltinConfig {
         exec: ExecConfig {
             allow: Allowlist::Only(config.exec_allow.clone()),
@@ -135,6 +141,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     );
     let state = HubState {
         db: db.clone(),
+        store: sql.clone(),
         runtime: runtime.clone(),
         workflows: workflows.clone(),
         tokens: Arc::new(TokenCache::default()),
@@ -199,6 +206,11 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     drop(state);
     drop(workflows);
     drop(runtime);
+    drop(sql);
+    heartbeat.abort();
+    if let Err(error) = instance.release().await {
+        tracing::warn!(%error, "could not release this hub's lease");
+    }
     db.close().await;
     tracing::info!("reactor-hub stopped");
     Ok(())

@@ -8,14 +8,16 @@ use reactor_core::engine::Runtime;
 use tokio_util::sync::CancellationToken;
 
 use super::TokenCache;
-use crate::db::Database;
+use crate::db::{Database, SqlStore};
 
 /// The state handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HubState {
     /// The hub's database (workflows, tokens, the journal …).
     pub db: Database,
-    /// The engine, journaling into `db`.
+    /// The journal in `db` (the runtime's store), for queries the `Store` trait lacks.
+    pub store: Arc<SqlStore>,
+    /// The engine, journaling into `store`.
     pub runtime: Runtime,
     /// The active workflows and their triggers.
     pub workflows: Arc<ActiveWorkflows>,

@@ -33,7 +33,9 @@ impl Harness for PostgresHarness {
     type Store = SqlStore;
 
     async fn fresh(&mut self) -> SqlStore {
-        let database = TempPostgres::create("store").await.expect("create database");
+        let database = TempPostgres::create("store")
+            .await
+            .expect("create database");
         let (store, instance) = open(database.url()).await;
         self.database = Some(database);
         self.instance = Some(instance);
@@ -47,7 +49,12 @@ impl Harness for PostgresHarness {
         let db = store.database().clone();
         drop(store);
         db.close().await;
-        let url = self.database.as_ref().expect("fresh first").url().to_string();
+        let url = self
+            .database
+            .as_ref()
+            .expect("fresh first")
+            .url()
+            .to_string();
         let (store, instance) = open(&url).await;
         self.instance = Some(instance);
         Some(store)
@@ -60,7 +67,9 @@ mod conformance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_twice_and_filters_use_every_column() {
-    let database = TempPostgres::create("filters").await.expect("create database");
+    let database = TempPostgres::create("filters")
+        .await
+        .expect("create database");
     let (store, _instance) = open(database.url()).await;
     store.database().migrate().await.expect("idempotent");
     let mut batch = Vec::new();
@@ -106,12 +115,17 @@ async fn migrations_run_twice_and_filters_use_every_column() {
         })
         .await
         .expect("page");
-    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id(18), id(17)]);
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![id(18), id(17)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_cannot_write_to_an_execution_it_does_not_own() {
-    let database = TempPostgres::create("fence").await.expect("create database");
+    let database = TempPostgres::create("fence")
+        .await
+        .expect("create database");
     let (a, _a_instance) = open(database.url()).await;
     let (b, _b_instance) = open(database.url()).await;
     let rec = record(id(1), "w", ExecutionStatus::Running);
@@ -123,13 +137,21 @@ async fn another_instance_cannot_write_to_an_execution_it_does_not_own() {
     assert!(matches!(err, StoreError::InvalidWrite(_)), "{err}");
     // B's claim skips it: A's lease holds.
     assert!(b.unfinished().await.expect("claim").is_empty());
-    a.write(vec![append(rec.id, 1)]).await.expect("the owner writes");
+    a.write(vec![append(rec.id, 1)])
+        .await
+        .expect("the owner writes");
     assert_eq!(a.unfinished().await.expect("own").len(), 1);
     // Retention sees only finished executions, whoever owns them.
     assert_eq!(
-        b.prune(Retention { keep: 0, max_age: None }, Timestamp::now())
-            .await
-            .expect("prune"),
+        b.prune(
+            Retention {
+                keep: 0,
+                max_age: None
+            },
+            Timestamp::now()
+        )
+        .await
+        .expect("prune"),
         0
     );
 }

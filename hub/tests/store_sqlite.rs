@@ -72,7 +72,10 @@ async fn unsupported_urls_are_refused_clearly() {
     let err = Database::open(Some("mysql://root@localhost/x"), dir.path())
         .await
         .expect_err("mysql is not a hub database");
-    assert!(err.to_string().contains("unsupported database URL"), "{err}");
+    assert!(
+        err.to_string().contains("unsupported database URL"),
+        "{err}"
+    );
 }
 
 /// The size of the database file plus its WAL.
@@ -116,7 +119,10 @@ async fn retention_keeps_the_file_bounded() {
     let round = 3_000;
     fill(&store, 0, round).await;
     let full = footprint(dir.path());
-    let removed = store.prune(retention, Timestamp::now()).await.expect("prune");
+    let removed = store
+        .prune(retention, Timestamp::now())
+        .await
+        .expect("prune");
     assert_eq!(removed, round as usize - 500);
     let after_first = footprint(dir.path());
     assert!(
@@ -124,10 +130,16 @@ async fn retention_keeps_the_file_bounded() {
         "pruning gave space back: {full} -> {after_first}"
     );
     fill(&store, round, round).await;
-    let removed = store.prune(retention, Timestamp::now()).await.expect("prune");
+    let removed = store
+        .prune(retention, Timestamp::now())
+        .await
+        .expect("prune");
     assert_eq!(removed, round as usize);
     fill(&store, 2 * round, round).await;
-    let removed = store.prune(retention, Timestamp::now()).await.expect("prune");
+    let removed = store
+        .prune(retention, Timestamp::now())
+        .await
+        .expect("prune");
     assert_eq!(removed, round as usize);
     let after_third = footprint(dir.path());
     let kept = store
@@ -140,7 +152,9 @@ async fn retention_keeps_the_file_bounded() {
     let db_file = std::fs::metadata(dir.path().join("hub.db"))
         .expect("db file")
         .len();
-    eprintln!("full {full} B, after first prune {after_first} B, after third {after_third} B, db file {db_file} B");
+    eprintln!(
+        "full {full} B, after first prune {after_first} B, after third {after_third} B, db file {db_file} B"
+    );
     assert!(
         db_file <= full / 2,
         "the database file is bounded by retention: {db_file} B after 9,000 executions vs {full} B for 3,000"

@@ -55,11 +55,14 @@ impl HubInstance {
                         path: lock_path.clone(),
                         source,
                     })?;
-                file.try_lock().map_err(|_| DbError::Busy(path.display().to_string()))?;
+                file.try_lock()
+                    .map_err(|_| DbError::Busy(path.display().to_string()))?;
                 lock = Some(file);
                 let now = Timestamp::now().millis();
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::query("DELETE FROM hub_instances").execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM hub_instances")
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO hub_instances (id, host, pid, started_at, heartbeat_at, lease_until) \
                      VALUES (?1, ?2, ?3, ?4, ?4, ?5)",

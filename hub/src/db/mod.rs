@@ -14,10 +14,12 @@
 
 mod instance;
 mod journal;
+mod leader;
 pub mod testing;
 
 pub use self::instance::HubInstance;
 pub use self::journal::{ExecutionFilter, MAX_GROUP, PRUNE_CHUNK, SqlStore};
+pub use self::leader::{LEADER_LOCK, Leader, Leadership};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -76,7 +76,9 @@ impl Drop for TempPostgres {
         .join();
         match dropped {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(database = %self.name, %error, "dropping a test database failed"),
+            Ok(Err(error)) => {
+                tracing::warn!(database = %self.name, %error, "dropping a test database failed")
+            }
             Err(_) => tracing::warn!(database = %self.name, "dropping a test database panicked"),
         }
     }

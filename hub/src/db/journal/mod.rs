@@ -255,9 +255,10 @@ pub(crate) fn postgres_now() -> &'static str {
 
 /// Finished executions with `finished_at` below this are older than `retention.max_age`.
 pub(crate) fn age_cut(retention: Retention, now: Timestamp) -> Option<i64> {
-    retention
-        .max_age
-        .map(|age| now.millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
+    retention.max_age.map(|age| {
+        now.millis()
+            .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+    })
 }
 
 #[async_trait]
@@ -329,7 +330,12 @@ pub(crate) fn list_sql(
         push("workflow", "=", Bind::Text(workflow.clone()), &mut binds);
     }
     if let Some(status) = filter.status {
-        push("status", "=", Bind::Text(status.as_str().into()), &mut binds);
+        push(
+            "status",
+            "=",
+            Bind::Text(status.as_str().into()),
+            &mut binds,
+        );
     }
     if let Some(device) = &filter.device {
         push("device", "=", Bind::Text(device.clone()), &mut binds);

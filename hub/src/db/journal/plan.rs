@@ -344,7 +344,10 @@ mod tests {
             )])
         };
         let refused = plan(&[vec![append(a.id, 1)]], stored("other", false), "me");
-        assert!(matches!(refused.outcomes[0], Err(StoreError::InvalidWrite(_))));
+        assert!(matches!(
+            refused.outcomes[0],
+            Err(StoreError::InvalidWrite(_))
+        ));
         assert!(refused.is_empty());
         let own = plan(&[vec![append(a.id, 1)]], stored("me", false), "me");
         assert!(own.outcomes[0].is_ok());

@@ -84,14 +84,38 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> 
                                   $6::text[], $7::text[], $8::int4[], $9::text[])",
         )
         .bind(rows.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.workflow.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.status.to_string()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, s)| s.workflow.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, s)| s.status.to_string())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|(_, s)| s.created_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, s)| s.finished_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.device.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(r, _)| r.owner.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(r, _)| seq32(r.next_seq)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.record.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, s)| s.device.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(r, _)| r.owner.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(r, _)| seq32(r.next_seq))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, s)| s.record.clone())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
     }
@@ -150,8 +174,18 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> 
             "INSERT INTO meta (key, value) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
         )
-        .bind(plan.meta_put.iter().map(|m| m.0.clone()).collect::<Vec<_>>())
-        .bind(plan.meta_put.iter().map(|m| m.1.clone()).collect::<Vec<_>>())
+        .bind(
+            plan.meta_put
+                .iter()
+                .map(|m| m.0.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.meta_put
+                .iter()
+                .map(|m| m.1.clone())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
     }
@@ -281,7 +315,11 @@ pub(super) async fn prune(
         .map_err(|err| io("prune", &err))
 }
 
-async fn prune_rows(pool: &PgPool, retention: Retention, now: Timestamp) -> Result<usize, sqlx::Error> {
+async fn prune_rows(
+    pool: &PgPool,
+    retention: Retention,
+    now: Timestamp,
+) -> Result<usize, sqlx::Error> {
     let keep = i64::try_from(retention.keep).unwrap_or(i64::MAX);
     let cut: Option<(i64, String)> = sqlx::query_as(
         "SELECT finished_at, id FROM executions WHERE finished_at IS NOT NULL \

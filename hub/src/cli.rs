@@ -45,7 +45,12 @@ pub struct DataFlags {
     #[arg(long, env = "REACTOR_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Database URL (postgres://…); without it, SQLite in the data folder.
-    #[arg(long, env = "REACTOR_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REACTOR_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database: Option<String>,
 }
 
@@ -107,8 +112,10 @@ async fn run_token(command: TokenCommand, out: &mut dyn Write) -> anyhow::Result
                     t.role,
                     t.name.as_deref().unwrap_or("-"),
                     t.created_at.to_rfc3339(),
-                    t.revoked_at
-                        .map_or_else(|| "active".to_string(), |at| format!("revoked {}", at.to_rfc3339()))
+                    t.revoked_at.map_or_else(
+                        || "active".to_string(),
+                        |at| format!("revoked {}", at.to_rfc3339())
+                    )
                 )?;
             }
         }

@@ -46,7 +46,12 @@ pub struct ServeFlags {
     pub listen: Option<String>,
     /// Database URL: postgres://USER@HOST/DB for PostgreSQL; without it, SQLite in the data
     /// folder. [file: database]
-    #[arg(long, env = "REACTOR_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REACTOR_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database: Option<String>,
     /// The hub.toml file [default: ./hub.toml when it exists].
     #[arg(long, env = "REACTOR_CONFIG", value_name = "FILE")]
@@ -462,7 +467,10 @@ fn validate(
         MAX_BODY_LIMIT,
     );
     let keep = bounded("retention.keep", merged.keep, 100_000, u64::MAX);
-    for list in [&merged.exec_allow, &merged.env_allow].into_iter().flatten() {
+    for list in [&merged.exec_allow, &merged.env_allow]
+        .into_iter()
+        .flatten()
+    {
         if list.value.iter().any(|name| name.trim().is_empty()) {
             bad("allow", &list.origin, "an empty name is not allowed".into());
         }
@@ -573,9 +581,7 @@ mod tests {
             config: Some(path.clone()),
             ..ServeFlags::default()
         };
-        let text = HubConfig::load(&flags, Vec::new())
-            .unwrap_err()
-            .to_string();
+        let text = HubConfig::load(&flags, Vec::new()).unwrap_err().to_string();
         assert!(text.contains(&format!("{}:3:1", path.display())), "{text}");
         assert!(text.contains("max_bdy"), "{text}");
     }

@@ -70,7 +70,10 @@ async fn workflows_lifecycle(place: Place) {
     assert_eq!(one.body["description"], "says hello");
     assert!(one.body["author"].is_string());
 
-    let versions = hub.get("/api/v1/workflows/hello/versions").await.expect(200);
+    let versions = hub
+        .get("/api/v1/workflows/hello/versions")
+        .await
+        .expect(200);
     assert_eq!(versions.body["versions"].as_array().unwrap().len(), 2);
     let v1 = hub
         .get("/api/v1/workflows/hello/versions/1")
@@ -118,7 +121,10 @@ async fn workflows_lifecycle(place: Place) {
         .await
         .problem(404);
     // Versions outlive the deletion; re-creating continues the numbering.
-    let versions = hub.get("/api/v1/workflows/hello/versions").await.expect(200);
+    let versions = hub
+        .get("/api/v1/workflows/hello/versions")
+        .await
+        .expect(200);
     assert_eq!(versions.body["active"], false);
     let again = hub
         .send_yaml("POST", "/api/v1/workflows", &hello(1, "hi"))
@@ -184,7 +190,10 @@ async fn executions(place: Place) {
     assert_eq!(load["status"], "failed");
     assert!(load["error"]["message"].is_string());
     let text = failed.to_string();
-    assert!(!text.contains("canary-5ecret-value"), "secret leaked: {text}");
+    assert!(
+        !text.contains("canary-5ecret-value"),
+        "secret leaked: {text}"
+    );
 
     // Retry from the failed step: `count` is not performed again.
     std::fs::write(&needed, "ready").unwrap();
@@ -193,19 +202,27 @@ async fn executions(place: Place) {
         .await
         .expect(202);
     assert_eq!(retry.body["from_step"], "load");
-    let retried = hub.finished(retry.body["execution"].as_str().unwrap()).await;
+    let retried = hub
+        .finished(retry.body["execution"].as_str().unwrap())
+        .await;
     assert_eq!(retried["status"], "succeeded", "{retried}");
     assert_eq!(retried["output"], "ready");
     assert_eq!(std::fs::read_to_string(&counter).unwrap(), "x");
     hub.post_json(
-        &format!("/api/v1/executions/{}/retry", retry.body["execution"].as_str().unwrap()),
+        &format!(
+            "/api/v1/executions/{}/retry",
+            retry.body["execution"].as_str().unwrap()
+        ),
         json!({}),
     )
     .await
     .problem(409);
 
     // Listing and filters.
-    let all = hub.get("/api/v1/executions?workflow=pipeline").await.expect(200);
+    let all = hub
+        .get("/api/v1/executions?workflow=pipeline")
+        .await
+        .expect(200);
     assert_eq!(all.body["executions"].as_array().unwrap().len(), 2);
     let failed_only = hub
         .get("/api/v1/executions?workflow=pipeline&status=failed")
@@ -219,7 +236,10 @@ async fn executions(place: Place) {
         .get(&format!("/api/v1/executions?limit=1&cursor={cursor}"))
         .await
         .expect(200);
-    assert_ne!(next.body["executions"][0]["id"], page.body["executions"][0]["id"]);
+    assert_ne!(
+        next.body["executions"][0]["id"],
+        page.body["executions"][0]["id"]
+    );
     let future = hub
         .get("/api/v1/executions?since=2999-01-01T00:00:00Z")
         .await
@@ -231,7 +251,9 @@ async fn executions(place: Place) {
         .expect(200);
     assert!(past.body["executions"].as_array().unwrap().is_empty());
     hub.get("/api/v1/executions?status=done").await.problem(400);
-    hub.get("/api/v1/executions?since=yesterday").await.problem(400);
+    hub.get("/api/v1/executions?since=yesterday")
+        .await
+        .problem(400);
     hub.get("/api/v1/executions/not-an-id").await.problem(400);
     hub.get("/api/v1/executions/01ARZ3NDEKTSV4RRFFQ69G5FAV")
         .await
@@ -279,7 +301,10 @@ async fn executions(place: Place) {
         .get("/api/v1/executions?workflow=on-order")
         .await
         .expect(200);
-    let id = list.body["executions"][0]["id"].as_str().unwrap().to_string();
+    let id = list.body["executions"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let done = hub.finished(&id).await;
     assert_eq!(done["output"], 42);
     hub.post_json("/api/v1/events", json!({ "data": {} }))
@@ -370,10 +395,13 @@ async fn problems_body_limit_and_openapi() {
                     Some(Body::Json(json!({}))),
                 )
                 .await;
-            assert_ne!(reply.status, 405, "{method} {path} not mounted: {}", reply.text);
             assert_ne!(
-                reply.body["detail"],
-                "no such route; see /api/v1/openapi.json",
+                reply.status, 405,
+                "{method} {path} not mounted: {}",
+                reply.text
+            );
+            assert_ne!(
+                reply.body["detail"], "no such route; see /api/v1/openapi.json",
                 "{method} {path} not mounted"
             );
         }

@@ -63,7 +63,13 @@ fn table() -> Vec<Row> {
         row("GET", "/api/v1/workflows/{name}", None, Viewer, 404),
         row("PUT", "/api/v1/workflows/{name}", yaml(), Editor, 422),
         row("DELETE", "/api/v1/workflows/{name}", None, Editor, 404),
-        row("GET", "/api/v1/workflows/{name}/versions", None, Viewer, 404),
+        row(
+            "GET",
+            "/api/v1/workflows/{name}/versions",
+            None,
+            Viewer,
+            404,
+        ),
         row(
             "GET",
             "/api/v1/workflows/{name}/versions/{version}",
@@ -72,7 +78,13 @@ fn table() -> Vec<Row> {
             404,
         ),
         row("GET", "/api/v1/workflows/{name}/diff", None, Viewer, 404),
-        row("POST", "/api/v1/workflows/{name}/run", json(json!({})), Editor, 404),
+        row(
+            "POST",
+            "/api/v1/workflows/{name}/run",
+            json(json!({})),
+            Editor,
+            404,
+        ),
         row("GET", "/api/v1/executions", None, Viewer, 200),
         row("GET", "/api/v1/executions/{id}", None, Viewer, 404),
         row("POST", "/api/v1/executions/{id}/cancel", None, Editor, 404),
@@ -165,8 +177,8 @@ async fn every_route_every_role() {
         if row.need == Need::Open {
             continue;
         }
-        let role = &openapi.body["paths"][row.template][row.method.to_lowercase()]
-            ["x-required-role"];
+        let role =
+            &openapi.body["paths"][row.template][row.method.to_lowercase()]["x-required-role"];
         assert_eq!(
             role.as_str().unwrap(),
             format!("{:?}", row.need).to_lowercase(),
@@ -183,7 +195,12 @@ async fn bad_and_revoked_tokens_are_refused() {
     let place = Place::sqlite(&dir.path().join("data"));
     let hub = Hub::start(place.clone(), &[]).await;
     let reply = hub
-        .call("GET", "/api/v1/workflows", Some("rh_not-a-real-token"), None)
+        .call(
+            "GET",
+            "/api/v1/workflows",
+            Some("rh_not-a-real-token"),
+            None,
+        )
         .await
         .problem(401);
     assert!(reply.text.contains("unknown or revoked"), "{}", reply.text);

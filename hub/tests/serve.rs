@@ -11,7 +11,10 @@ use serde_json::json;
 
 #[test]
 fn help_documents_flags_file_keys_and_env() {
-    let output = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     for needle in [
@@ -25,7 +28,10 @@ fn help_documents_flags_file_keys_and_env() {
         "127.0.0.1:8090",
         "token create",
     ] {
-        assert!(text.contains(needle), "{needle} missing from --help:\n{text}");
+        assert!(
+            text.contains(needle),
+            "{needle} missing from --help:\n{text}"
+        );
     }
     let output = Command::new(BIN)
         .args(["token", "create", "--help"])
@@ -39,7 +45,11 @@ fn help_documents_flags_file_keys_and_env() {
 fn bad_configuration_exits_2_with_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hub.toml");
-    std::fs::write(&file, "listen = \"nowhere\"\n[limits]\nmax_body = 0\nbogus = 1\n").unwrap();
+    std::fs::write(
+        &file,
+        "listen = \"nowhere\"\n[limits]\nmax_body = 0\nbogus = 1\n",
+    )
+    .unwrap();
     let output = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&file)
@@ -62,7 +72,12 @@ fn bad_configuration_exits_2_with_every_problem() {
     assert!(stderr.contains("REACTOR_RETENTION__MAX_AGE"), "{stderr}");
 
     let output = Command::new(BIN)
-        .args(["serve", "--database", "mysql://root@127.0.0.1/test", "--data"])
+        .args([
+            "serve",
+            "--database",
+            "mysql://root@127.0.0.1/test",
+            "--data",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -137,7 +152,10 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes_executions() {
         "reactor-hub stopped",
     ]
     .iter()
-    .map(|line| logs.find(line).unwrap_or_else(|| panic!("{line} not logged:\n{logs}")))
+    .map(|line| {
+        logs.find(line)
+            .unwrap_or_else(|| panic!("{line} not logged:\n{logs}"))
+    })
     .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{logs}");
 

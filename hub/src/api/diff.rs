@@ -156,7 +156,10 @@ mod tests {
 
     #[test]
     fn a_changed_line_is_removed_then_added() {
-        let lines = lines("name: a\nsteps:\n  - log: hi\n", "name: a\nsteps:\n  - log: bye\n");
+        let lines = lines(
+            "name: a\nsteps:\n  - log: hi\n",
+            "name: a\nsteps:\n  - log: bye\n",
+        );
         assert_eq!(
             lines,
             vec![

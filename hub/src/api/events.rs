@@ -39,7 +39,9 @@ pub async fn emit(State(state): State<HubState>, body: Bytes) -> ApiResult<Respo
             &format!("expected {{\"type\": \"...\", \"source\": \"...\", \"data\": ...}}: {error}"),
         )
     })?;
-    let source = request.source.unwrap_or_else(|| "reactor:hub:api".to_string());
+    let source = request
+        .source
+        .unwrap_or_else(|| "reactor:hub:api".to_string());
     if request.event_type.trim().is_empty()
         || request.event_type.len() > MAX_NAME
         || source.len() > MAX_NAME
@@ -50,14 +52,19 @@ pub async fn emit(State(state): State<HubState>, body: Bytes) -> ApiResult<Respo
         ));
     }
     let event = Event::new(&request.event_type, &source, request.data);
-    let started = state.workflows.events().route(&event).await.map_err(|message| {
-        tracing::warn!(event = %event.id, %message, "routing an API event failed");
-        ApiError::unavailable(
-            "the event was not delivered to every workflow",
-            "some matching workflows could not start; try again",
-            1,
-        )
-    })?;
+    let started = state
+        .workflows
+        .events()
+        .route(&event)
+        .await
+        .map_err(|message| {
+            tracing::warn!(event = %event.id, %message, "routing an API event failed");
+            ApiError::unavailable(
+                "the event was not delivered to every workflow",
+                "some matching workflows could not start; try again",
+                1,
+            )
+        })?;
     state.workflows.runtime().deliver(&event).await;
     Ok((
         StatusCode::ACCEPTED,

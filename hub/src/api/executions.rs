@@ -53,11 +53,9 @@ pub(super) fn submit_error(name: &str, error: SubmitError) -> ApiError {
             "the event was not accepted",
             &format!("evaluating the workflow's {what}: {message}"),
         ),
-        SubmitError::ShuttingDown => ApiError::unavailable(
-            "the hub is stopping",
-            "try again after it restarts",
-            5,
-        ),
+        SubmitError::ShuttingDown => {
+            ApiError::unavailable("the hub is stopping", "try again after it restarts", 5)
+        }
         other => ApiError::internal(other),
     }
 }

@@ -39,7 +39,10 @@ fn query_parameters(method: &Method, path: &str) -> Vec<Value> {
         ("GET", "/api/v1/executions") => &[
             ("workflow", "workflow name"),
             ("status", "queued, running, succeeded, failed or cancelled"),
-            ("since", "created at or after (RFC 3339 or epoch milliseconds)"),
+            (
+                "since",
+                "created at or after (RFC 3339 or epoch milliseconds)",
+            ),
             ("until", "created before (RFC 3339 or epoch milliseconds)"),
             ("device", "device id (executions reported by devices)"),
             ("limit", "page size, 1 to 500 (default 50)"),

@@ -7,9 +7,14 @@ use axum::response::{IntoResponse, Response};
 use reactor_core::dsl::Diagnostic;
 use serde_json::{Map, Value, json};
 
-/// An API error: status, title, detail, and extension members.
+/// An API error: a boxed [`Problem`] (handlers return `Result<_, ApiError>` on every path,
+/// so the error stays one pointer wide).
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub struct ApiError(pub Box<Problem>);
+
+/// The members of a problem-details document.
+#[derive(Debug, Clone)]
+pub struct Problem {
     pub status: StatusCode,
     pub title: String,
     pub detail: String,
@@ -27,14 +32,19 @@ pub const INVALID_WORKFLOW: &str = "urn:reactor:problem:invalid-workflow";
 impl ApiError {
     /// A problem with `status`, `title` and `detail`.
     pub fn new(status: StatusCode, title: &str, detail: &str) -> ApiError {
-        ApiError {
+        ApiError(Box::new(Problem {
             status,
             title: title.to_string(),
             detail: detail.to_string(),
             kind: "about:blank",
             extra: Map::new(),
             retry_after: None,
-        }
+        }))
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.0.status
     }
 
     pub fn bad_request(title: &str, detail: &str) -> ApiError {
@@ -68,7 +78,7 @@ impl ApiError {
     /// 503 with `Retry-After`.
     pub fn unavailable(title: &str, detail: &str, retry_after: u32) -> ApiError {
         let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, title, detail);
-        error.retry_after = Some(retry_after);
+        error.0.retry_after = Some(retry_after);
         error
     }
 
@@ -82,7 +92,7 @@ impl ApiError {
                 diagnostics.len()
             ),
         );
-        error.kind = INVALID_WORKFLOW;
+        error.0.kind = INVALID_WORKFLOW;
         let list: Vec<Value> = diagnostics
             .iter()
             .map(|d| {
@@ -94,7 +104,10 @@ impl ApiError {
                 })
             })
             .collect();
-        error.extra.insert("diagnostics".into(), Value::Array(list));
+        error
+            .0
+            .extra
+            .insert("diagnostics".into(), Value::Array(list));
         error
     }
 
@@ -110,19 +123,26 @@ impl ApiError {
 
     /// The problem document.
     pub fn body(&self) -> Value {
+        let problem = &self.0;
         let mut body = Map::new();
-        body.insert("type".into(), json!(self.kind));
-        body.insert("title".into(), json!(self.title));
-        body.insert("status".into(), json!(self.status.as_u16()));
-        body.insert("detail".into(), json!(self.detail));
-        body.extend(self.extra.clone());
+        body.insert("type".into(), json!(problem.kind));
+        body.insert("title".into(), json!(problem.title));
+        body.insert("status".into(), json!(problem.status.as_u16()));
+        body.insert("detail".into(), json!(problem.detail));
+        body.extend(problem.extra.clone());
         Value::Object(body)
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.title, self.detail)
+        write!(
+            f,
+            "{} {}: {}",
+            self.0.status.as_u16(),
+            self.0.title,
+            self.0.detail
+        )
     }
 }
 
@@ -131,17 +151,17 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
-            self.status,
+            self.0.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             self.body().to_string(),
         )
             .into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.0.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = self.0.retry_after {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -3,7 +3,7 @@
 //!
 //! What "retry" does, precisely:
 //! 1. Only a `failed` execution can be retried (409 otherwise), with the workflow version it
-//!    ran (still loaded: every stored version is loaded at start for this).
+//!    ran (loaded from the database when the runtime no longer has it).
 //! 2. The failed step is the execution's `error.step` (a step id or path). Replaying the old
 //!    journal tells which effects belong to it; the new journal is the old one up to (not
 //!    including) the first fact that started an effect of that step. `CancelRequested` facts
@@ -87,6 +87,36 @@ pub fn retry_journal(
     kept
 }
 
+/// Loads a stored version of a workflow into the runtime's catalog (not made active), for
+/// a retry of an execution that ran on it.
+async fn load_version(
+    state: &HubState,
+    name: &str,
+    version: u32,
+) -> ApiResult<Arc<reactor_core::flow::Workflow>> {
+    let gone = || {
+        ApiError::conflict(
+            "version not available",
+            &format!("workflow {name} version {version} is not stored on this hub"),
+        )
+    };
+    let stored = crate::db::workflows::version(&state.db, name, version)
+        .await?
+        .ok_or_else(gone)?;
+    let source = format!("db:{name}@v{version}");
+    let mut workflow =
+        reactor_core::dsl::parse_workflow(&source, &stored.source).map_err(|_| {
+            ApiError::conflict(
+                "version no longer valid",
+                &format!("workflow {name} version {version} no longer validates on this hub"),
+            )
+        })?;
+    workflow.version = version;
+    let runtime = state.workflows.runtime();
+    runtime.load(workflow);
+    runtime.workflow(name, Some(version)).ok_or_else(gone)
+}
+
 /// `POST /api/v1/executions/{id}/retry`
 pub async fn retry(State(state): State<HubState>, Path(id): Path<String>) -> ApiResult<Response> {
     if !state.accepting() {
@@ -104,14 +134,9 @@ pub async fn retry(State(state): State<HubState>, Path(id): Path<String>) -> Api
         ));
     }
     let runtime = state.workflows.runtime();
-    let Some(workflow) = runtime.workflow(&old.workflow, Some(old.version)) else {
-        return Err(ApiError::conflict(
-            "version not loaded",
-            &format!(
-                "workflow {} version {} is not loaded on this hub",
-                old.workflow, old.version
-            ),
-        ));
+    let workflow = match runtime.workflow(&old.workflow, Some(old.version)) {
+        Some(workflow) => workflow,
+        None => load_version(&state, &old.workflow, old.version).await?,
     };
     if workflow.concurrency.is_some() {
         return Err(ApiError::conflict(

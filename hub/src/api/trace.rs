@@ -49,15 +49,8 @@ fn describe(command: &Command) -> Option<(String, &'static str, Option<String>, 
             workflow,
             input,
             ..
-        } => Some((
-            step_of(key),
-            "call",
-            Some(workflow.clone()),
-            input.clone(),
-        )),
-        Command::Emit { key, event, .. } => {
-            Some((step_of(key), "emit", None, event.to_value()))
-        }
+        } => Some((step_of(key), "call", Some(workflow.clone()), input.clone())),
+        Command::Emit { key, event, .. } => Some((step_of(key), "emit", None, event.to_value())),
         Command::StartTimer { .. } | Command::AwaitEvent { .. } | Command::Cancel { .. } => None,
     }
 }
@@ -89,28 +82,27 @@ pub fn build(
     let mut by_key: HashMap<String, usize> = HashMap::new();
     let mut by_step: HashMap<String, usize> = HashMap::new();
     let mut entries: Vec<Entry> = Vec::new();
-    let mut learn = |machine: &mut Machine,
-                     by_key: &mut HashMap<String, usize>,
-                     entries: &mut Vec<Entry>| {
-        for command in machine.take_commands() {
-            let Some((step, kind, action, input)) = describe(&command) else {
-                continue;
-            };
-            let index = *by_step.entry(step.clone()).or_insert_with(|| {
-                entries.push(Entry {
-                    step,
-                    kind,
-                    order: entries.len(),
-                    ..Entry::default()
+    let mut learn =
+        |machine: &mut Machine, by_key: &mut HashMap<String, usize>, entries: &mut Vec<Entry>| {
+            for command in machine.take_commands() {
+                let Some((step, kind, action, input)) = describe(&command) else {
+                    continue;
+                };
+                let index = *by_step.entry(step.clone()).or_insert_with(|| {
+                    entries.push(Entry {
+                        step,
+                        kind,
+                        order: entries.len(),
+                        ..Entry::default()
+                    });
+                    entries.len() - 1
                 });
-                entries.len() - 1
-            });
-            let entry = &mut entries[index];
-            entry.action = action;
-            entry.input = input;
-            by_key.insert(command.key().to_string(), index);
-        }
-    };
+                let entry = &mut entries[index];
+                entry.action = action;
+                entry.input = input;
+                by_key.insert(command.key().to_string(), index);
+            }
+        };
     learn(&mut machine, &mut by_key, &mut entries);
     for fact in rest {
         match fact {

@@ -125,7 +125,9 @@ async fn deploy(
         .await
         .map_err(ApiError::internal)?;
     let runtime_version = match installed {
-        reactor_core::deploy::Installed::New(v) | reactor_core::deploy::Installed::Unchanged(v) => v,
+        reactor_core::deploy::Installed::New(v) | reactor_core::deploy::Installed::Unchanged(v) => {
+            v
+        }
     };
     if runtime_version != saved.version() {
         tracing::warn!(
@@ -297,9 +299,8 @@ pub async fn diff(
     Path(name): Path<String>,
     query: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(query) = query.map_err(|_| {
-        ApiError::bad_request("bad query", "from and to are version numbers")
-    })?;
+    let Query(query) =
+        query.map_err(|_| ApiError::bad_request("bad query", "from and to are version numbers"))?;
     let workflow = known(&state, &name).await?;
     let to = query.to.unwrap_or(workflow.latest_version);
     let from = match query.from {
@@ -317,11 +318,8 @@ pub async fn diff(
     let old = one_version(&state, &name, from).await?;
     let new = one_version(&state, &name, to).await?;
     let lines = super::diff::lines(&old.source, &new.source);
-    let unified = super::diff::unified(
-        &lines,
-        &format!("{name} v{from}"),
-        &format!("{name} v{to}"),
-    );
+    let unified =
+        super::diff::unified(&lines, &format!("{name} v{from}"), &format!("{name} v{to}"));
     Ok(axum::Json(json!({
         "name": name,
         "from": from,

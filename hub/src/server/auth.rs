@@ -28,7 +28,11 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// The caller owning `token`, if it is a live token.
-    pub async fn lookup(&self, db: &Database, token: &str) -> Result<Option<Principal>, sqlx::Error> {
+    pub async fn lookup(
+        &self,
+        db: &Database,
+        token: &str,
+    ) -> Result<Option<Principal>, sqlx::Error> {
         let hash = hash_token(token);
         {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

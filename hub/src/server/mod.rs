@@ -136,11 +136,9 @@ impl Server {
         let max_body = self.state.max_body;
         let mut api: Router<HubState> = Router::new();
         for spec in self.routes {
-            let handler = spec
-                .handler
-                .route_layer(middleware::from_fn(move |request: Request, next: Next| {
-                    auth::require(spec.role, request, next)
-                }));
+            let handler = spec.handler.route_layer(middleware::from_fn(
+                move |request: Request, next: Next| auth::require(spec.role, request, next),
+            ));
             api = api.route(spec.path, handler);
         }
         api = api.route(

@@ -40,10 +40,7 @@ pub struct PgDatabase {
 impl PgDatabase {
     pub async fn create() -> PgDatabase {
         use sqlx::Connection;
-        let name = format!(
-            "hubapi_{}",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
+        let name = format!("hubapi_{}", ulid::Ulid::new().to_string().to_lowercase());
         let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
@@ -167,7 +164,11 @@ impl Hub {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "hub not healthy: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "hub not healthy: {}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -231,8 +232,13 @@ impl Hub {
 
     pub async fn send_yaml(&self, method: &str, path: &str, yaml: &str) -> Reply {
         let token = self.admin.clone();
-        self.call(method, path, Some(&token), Some(Body::Text(yaml.to_string())))
-            .await
+        self.call(
+            method,
+            path,
+            Some(&token),
+            Some(Body::Text(yaml.to_string())),
+        )
+        .await
     }
 
     /// Polls an execution until it is finished.
@@ -268,7 +274,11 @@ impl Hub {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "hub did not stop: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "hub did not stop: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -254,3 +254,90 @@ async fn bad_and_revoked_tokens_are_refused() {
         );
     }
 }
+
+/// The `http` trigger family (every path the API does not own): a trigger with its own auth
+/// is checked by that auth only; `auth: none` needs an editor token; an unserved path is 401
+/// without a token; the reserved prefixes stay the API's.
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_routes_every_role() {
+    const SECRET: &str = "trigger-table-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::sqlite(&dir.path().join("data"));
+    let hub = Hub::start(place.clone(), &[("REACTOR_SECRET_HOOK", SECRET)]).await;
+    let viewer = create_token(&place, "viewer");
+    let editor = create_token(&place, "editor");
+    let yaml = r#"
+reactor: 1
+name: table
+triggers:
+  - http: { path: /t/open, response: async }
+  - http: { path: /t/token, auth: token, secret: "${{ secrets.HOOK }}", response: async }
+  - http: { path: /t/github, verify: github, secret: "${{ secrets.HOOK }}", response: async }
+steps:
+  - action: transform
+    with: { value: 1 }
+"#;
+    hub.send_yaml("POST", "/api/v1/workflows", yaml)
+        .await
+        .expect(201);
+    let body = b"{}".to_vec();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let tag = ring::hmac::sign(&key, &body);
+    let signature: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+
+    // (path, the trigger's own credential header if any, status per caller: none, viewer,
+    // editor, admin).
+    let own_token = ("authorization", format!("Bearer {SECRET}"));
+    let github = ("x-hub-signature-256", format!("sha256={signature}"));
+    type Case = (&'static str, Option<(&'static str, String)>, [u16; 4]);
+    let cases: Vec<Case> = vec![
+        ("/t/open", None, [401, 403, 202, 202]),
+        // Own auth: the hub token is neither needed nor enough.
+        ("/t/token", Some(own_token), [202, 202, 202, 202]),
+        ("/t/token", None, [401, 401, 401, 401]),
+        ("/t/github", Some(github), [202, 202, 202, 202]),
+        ("/t/github", None, [401, 401, 401, 401]),
+        ("/t/unserved", None, [401, 403, 404, 404]),
+        ("/api/v1/unserved", None, [401, 404, 404, 404]),
+        ("/metrics/x", None, [401, 404, 404, 404]),
+    ];
+    let callers = [None, Some(viewer), Some(editor), Some(hub.admin.clone())];
+    let mut failures = Vec::new();
+    for (path, credential, expected) in &cases {
+        for (caller, expected) in callers.iter().zip(expected) {
+            let mut request = api_support::client()
+                .post(hub.url(path))
+                .header("content-type", "application/json")
+                .body(body.clone());
+            // A trigger's own `Authorization` replaces the hub token (one header).
+            match (credential, caller) {
+                (Some((name, value)), _) => {
+                    request = request.header(*name, value);
+                    if *name != "authorization"
+                        && let Some(token) = caller
+                    {
+                        request = request.bearer_auth(token);
+                    }
+                }
+                (None, Some(token)) => request = request.bearer_auth(token),
+                (None, None) => {}
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            if status != *expected {
+                failures.push(format!(
+                    "POST {path} as {:?}: expected {expected}, got {status} {}",
+                    caller.as_ref().map(|t| &t[..8]),
+                    response.text().await.unwrap_or_default()
+                ));
+            } else if status >= 400 {
+                let content_type = response.headers()["content-type"].to_str().unwrap();
+                assert!(
+                    content_type.starts_with("application/problem+json"),
+                    "POST {path}: {content_type}"
+                );
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

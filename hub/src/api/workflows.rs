@@ -94,6 +94,8 @@ async fn deploy(
 ) -> ApiResult<Saved> {
     let name = workflow.name.to_string();
     let _guard = state.deploy.lock().await;
+    crate::server::http_triggers::check_paths(&workflow, state.workflows.routes())
+        .map_err(|diagnostics| ApiError::invalid_workflow(&diagnostics))?;
     if create_only
         && let Some(existing) = store::get(&state.db, &name).await?
         && existing.active

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -73,34 +73,52 @@ pub(super) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .map(str::to_string);
-    let Some(token) = token else {
-        return ApiError::unauthorized("send `Authorization: Bearer TOKEN`").into_response();
-    };
-    match state.tokens.lookup(&state.db, &token).await {
-        Ok(Some(principal)) => {
+    match caller(&state, request.headers()).await {
+        Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Ok(None) => ApiError::unauthorized("the token is unknown or revoked").into_response(),
-        Err(error) => ApiError::internal(error).into_response(),
+        Err(refused) => refused,
+    }
+}
+
+/// The caller named by the request's bearer token, or the 401 (500 when the database fails)
+/// to answer.
+pub(super) async fn caller(state: &HubState, headers: &HeaderMap) -> Result<Principal, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    let Some(token) = token else {
+        return Err(ApiError::unauthorized("send `Authorization: Bearer TOKEN`").into_response());
+    };
+    match state.tokens.lookup(&state.db, token).await {
+        Ok(Some(principal)) => Ok(principal),
+        Ok(None) => Err(ApiError::unauthorized("the token is unknown or revoked").into_response()),
+        Err(error) => Err(ApiError::internal(error).into_response()),
+    }
+}
+
+/// 403 unless `principal`'s role allows `needed`.
+pub(super) fn check_role(principal: &Principal, needed: Role) -> Result<(), Response> {
+    if principal.role.allows(needed) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&format!(
+            "this route needs the {needed} role; the token has {}",
+            principal.role
+        ))
+        .into_response())
     }
 }
 
 /// Lets the request through when its caller's role allows `needed`; 403 otherwise.
 pub(super) async fn require(needed: Role, request: Request, next: Next) -> Response {
     match request.extensions().get::<Principal>() {
-        Some(principal) if principal.role.allows(needed) => next.run(request).await,
-        Some(principal) => ApiError::forbidden(&format!(
-            "this route needs the {needed} role; the token has {}",
-            principal.role
-        ))
-        .into_response(),
+        Some(principal) => match check_role(principal, needed) {
+            Ok(()) => next.run(request).await,
+            Err(refused) => refused,
+        },
         None => ApiError::unauthorized("send `Authorization: Bearer TOKEN`").into_response(),
     }
 }

@@ -32,8 +32,12 @@
 //!    body is read, and `DefaultBodyLimit` caps streamed bodies at the same size;
 //! 3. authentication (every route but `/healthz`): `Authorization: Bearer TOKEN`, 401
 //!    otherwise; then the route's role check, 403 when the token's role is below it.
+//!
+//! Every other path is a workflow's `http` trigger (the fallback, [`http_triggers`]): its
+//! own auth when it declares one, else a hub token of role `editor` or higher.
 
 mod auth;
+pub mod http_triggers;
 mod run;
 mod state;
 
@@ -149,17 +153,14 @@ impl Server {
                 }),
             ),
         );
-        let api = api
-            .fallback(|| async {
-                ApiError::not_found("not found", "no such route; see /api/v1/openapi.json")
-            })
-            .layer(middleware::from_fn_with_state(
-                self.state.clone(),
-                auth::authenticate,
-            ));
+        let api = api.layer(middleware::from_fn_with_state(
+            self.state.clone(),
+            auth::authenticate,
+        ));
         Router::new()
             .route("/healthz", get(healthz))
             .merge(api)
+            .fallback(http_triggers::serve)
             .layer(DefaultBodyLimit::max(max_body))
             .layer(middleware::from_fn(move |request: Request, next: Next| {
                 limit_body(max_body, request, next)
@@ -206,7 +207,12 @@ async fn limit_body(max: usize, request: Request, next: Next) -> Response {
 async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || response
+            .extensions()
+            .get::<http_triggers::TriggerAnswer>()
+            .is_some()
+    {
         return response;
     }
     let is_problem = response

@@ -159,9 +159,12 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     let app = Server::new(state.clone()).router();
     let stopping = state.stopping.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stopping.cancelled().await })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stopping.cancelled().await })
+        .await
     });
 
     load_workflows(&state).await?;

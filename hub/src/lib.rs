@@ -6,6 +6,7 @@
 //! - [`server`]: `serve`'s wiring, [`server::HubState`], the route table, the auth layer.
 //! - [`api`]: the API v1 handlers, problem details, OpenAPI, traces, diffs, retry.
 //! - [`auth`]: tokens and roles; [`cli`]: `reactor-hub token`.
+//! - [`triggers`]: the trigger factory, singleton triggers gated on leadership.
 
 pub mod api;
 pub mod auth;
@@ -13,3 +14,4 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod server;
+pub mod triggers;

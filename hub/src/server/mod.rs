@@ -37,6 +37,7 @@
 //! own auth when it declares one, else a hub token of role `editor` or higher.
 
 mod auth;
+pub mod cluster;
 pub mod http_triggers;
 mod run;
 mod state;

@@ -2,7 +2,9 @@
 //!
 //! Start: config → logs → database (open + migrations) → runtime on the SQL journal →
 //! HTTP listener (`/healthz` says 503 until ready) → workflows stored in the database are
-//! loaded → unfinished executions recovered → triggers started → ready.
+//! loaded → unfinished executions recovered → triggers started (singleton triggers only on
+//! the leader, [`crate::triggers`]) → workflow sync and adoption loop
+//! ([`super::cluster`]) → ready.
 //!
 //! Stop (SIGTERM/SIGINT), in STYLE.md's order: the server stops accepting and triggers stop
 //! → running executions checkpoint (`Runtime::shutdown`) → the event router lets go of the
@@ -16,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use reactor_core::action::exec::{Allowlist, ExecConfig};
 use reactor_core::action::{BuiltinConfig, builtin_registry};
-use reactor_core::deploy::{ActiveWorkflows, Origin};
+use reactor_core::deploy::ActiveWorkflows;
 use reactor_core::engine::{EventBus, Runtime, RuntimeConfig};
 use reactor_core::store::{Retention, Store};
 use reactor_core::trigger::{EventRouter, HttpRoutes, LightTriggers, Supervisor};
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HubState, Server, TokenCache};
 use crate::config::{HubConfig, LogFormat, ServeFlags};
-use crate::db::{Database, HubInstance, SqlStore};
+use crate::db::{Database, HubInstance, Leader, SqlStore};
+use crate::triggers::LeaderTriggers;
 
 /// How long tasks get to stop on their own before they are aborted.
 const GRACE: Duration = Duration::from_secs(5);
@@ -33,6 +36,8 @@ const CHECKPOINT_GRACE: Duration = Duration::from_secs(10);
 /// This hub's lease on its unfinished executions, and how often it is renewed.
 const LEASE: Duration = Duration::from_secs(15);
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a follower tries to take the leadership (and the leader checks its session).
+const LEADER_RETRY: Duration = Duration::from_secs(1);
 /// Meta-key prefix of the runtime's copy of workflow versions (the journal's meta table).
 const META_PREFIX: &str = "hub.workflow";
 
@@ -100,6 +105,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
             .context("registering this hub instance")?,
     );
     let heartbeat = instance.spawn_heartbeat(HEARTBEAT);
+    let leader = Leader::start(&db, instance.id(), LEADER_RETRY);
     let sql = Arc::new(SqlStore::new(db.clone(), instance.id()));
     let store: Arc<dyn Store> = sql.clone();
     let actions = builtin_registry(BuiltinConfig {
@@ -135,7 +141,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
             routes,
             events.clone(),
             supervisor.clone(),
-            Arc::new(LightTriggers),
+            Arc::new(LeaderTriggers::new(Arc::new(LightTriggers), leader.watch())),
         )
         .with_meta_prefix(META_PREFIX),
     );
@@ -167,26 +173,25 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         .await
     });
 
-    load_workflows(&state).await?;
-    workflows
-        .load_needed_versions()
-        .await
-        .context("loading the workflow versions of unfinished executions")?;
-    let recovered = runtime
-        .recover()
-        .await
-        .context("recovering unfinished executions")?;
+    super::cluster::sync_workflows(&state).await?;
+    let recovered = super::cluster::adopt(&state).await?;
     if recovered > 0 {
         tracing::info!(executions = recovered, "resumed unfinished executions");
     }
     workflows.start();
+    let cluster = super::cluster::spawn(state.clone());
     state.ready.store(true, Ordering::Release);
     tracing::info!(workflows = workflows.list().len(), "reactor-hub ready");
 
     shutdown_signal().await;
     tracing::info!("stopping: HTTP server and triggers first");
     state.stopping.cancel();
+    if tokio::time::timeout(GRACE, cluster).await.is_err() {
+        tracing::warn!("workflow sync and adoption did not stop in time");
+    }
     let report = supervisor.shutdown(GRACE).await;
+    // Singleton triggers have stopped: give the leadership up at once.
+    drop(leader);
     if !report.forced.is_empty() {
         tracing::warn!(tasks = ?report.forced, "tasks did not stop in time and were aborted");
     }
@@ -216,37 +221,6 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     }
     db.close().await;
     tracing::info!("reactor-hub stopped");
-    Ok(())
-}
-
-/// Installs the latest version of every active workflow stored in the database. A stored
-/// text that no longer validates (a newer hub's language changed) is logged and skipped.
-async fn load_workflows(state: &HubState) -> anyhow::Result<()> {
-    let stored = crate::db::workflows::active_sources(&state.db)
-        .await
-        .context("reading the stored workflows")?;
-    for version in stored {
-        let source = format!("db:{}@v{}", version.name, version.version);
-        match reactor_core::dsl::parse_workflow(&source, &version.source) {
-            Ok(mut workflow) => {
-                workflow.version = version.version;
-                state
-                    .workflows
-                    .install(
-                        workflow,
-                        &version.source,
-                        Origin::Database(format!("{}/{}", version.name, version.version)),
-                    )
-                    .await
-                    .with_context(|| format!("loading workflow {}", version.name))?;
-            }
-            Err(problems) => {
-                for problem in problems {
-                    tracing::warn!(%problem, "stored workflow no longer validates; not loaded");
-                }
-            }
-        }
-    }
     Ok(())
 }
 

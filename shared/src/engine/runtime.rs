@@ -504,16 +504,32 @@ impl Runtime {
         }
     }
 
-    /// Resumes every unfinished execution from its journal. Call once at start, after the
-    /// workflows are loaded.
+    /// Resumes every unfinished execution from its journal that this process does not drive
+    /// yet. Call at start, after the workflows are loaded; a store shared by several
+    /// processes (the hub's SQL journal) hands over the executions of processes that died, so
+    /// calling it again later adopts those (it is idempotent for this process' own work).
+    ///
+    /// Skipped: executions running here, and executions waiting here for a `concurrency`
+    /// slot (queued, or handed a slot and about to start). Because an execution is marked
+    /// running before its first write and its last write lands before it is unmarked, one
+    /// that is neither is re-read first: an execution that finished while this call ran is
+    /// not resumed from its stale journal. Queued executions are taken after the running
+    /// ones, and start at once when their slot has room. Returns how many it took up.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let unfinished = self.inner.store.unfinished().await?;
-        let count = unfinished.len();
+        let mut unfinished = self.inner.store.unfinished().await?;
+        // Running ones first, so that queued ones see the slots they occupy.
+        unfinished.sort_by_key(|(record, _)| record.status == ExecutionStatus::Queued);
+        let mut resumed = 0;
         for (record, journal) in unfinished {
-            // An execution submitted while recovery ran is already driven by its own task.
-            if lock(&self.inner.running).contains_key(&record.id) {
+            if self.drives(&record) {
                 continue;
             }
+            // The list may predate this execution's end here.
+            match self.inner.store.execution(record.id).await? {
+                Some(fresh) if fresh.finished_at.is_none() && !self.drives(&fresh) => {}
+                _ => continue,
+            }
+            resumed += 1;
             let Some(wf) = self.workflow(&record.workflow, Some(record.version)) else {
                 let mut failed = record.clone();
                 failed.status = ExecutionStatus::Failed;
@@ -531,10 +547,12 @@ impl Runtime {
                     .await?;
                 continue;
             };
-            if let (Some(_), Some(key)) = (&wf.concurrency, &record.concurrency_key) {
+            if let (Some(concurrency), Some(key)) = (&wf.concurrency, &record.concurrency_key) {
                 let mut slots = lock(&self.inner.slots);
                 let slot = slots.entry((wf.name.to_string(), key.clone())).or_default();
-                if record.status == ExecutionStatus::Queued {
+                if record.status == ExecutionStatus::Queued
+                    && slot.running.len() >= concurrency.limit.max(1) as usize
+                {
                     slot.queue.push_back(record.id);
                     continue;
                 }
@@ -542,7 +560,23 @@ impl Runtime {
             }
             self.resume(wf, record, journal).await?;
         }
-        Ok(count)
+        Ok(resumed)
+    }
+
+    /// Whether this process drives `record` already: running, or holding or awaiting a
+    /// concurrency slot.
+    fn drives(&self, record: &ExecutionRecord) -> bool {
+        if lock(&self.inner.running).contains_key(&record.id) {
+            return true;
+        }
+        let Some(key) = &record.concurrency_key else {
+            return false;
+        };
+        lock(&self.inner.slots)
+            .get(&(record.workflow.clone(), key.clone()))
+            .is_some_and(|slot| {
+                slot.running.contains(&record.id) || slot.queue.contains(&record.id)
+            })
     }
 
     async fn resume(

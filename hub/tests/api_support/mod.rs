@@ -173,6 +173,11 @@ impl Hub {
         }
     }
 
+    /// The server process' id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -176,7 +176,11 @@ async fn two_hubs_share_the_work_and_survive_a_kill_9() {
             killed = true;
         }
         n += 1;
-        let target = if n % 2 == 0 && !killed { &a } else { &b };
+        let target = if n.is_multiple_of(2) && !killed {
+            &a
+        } else {
+            &b
+        };
         let sent = client()
             .post(target.url("/api/v1/workflows/work/run"))
             .bearer_auth(&editor)
@@ -244,7 +248,9 @@ async fn two_hubs_share_the_work_and_survive_a_kill_9() {
     let store = SqlStore::new(db.clone(), "multi-serve-reader");
     for id in &ids {
         let id = id.parse().unwrap();
-        let journal = reactor_core::store::Store::journal(&store, id).await.unwrap();
+        let journal = reactor_core::store::Store::journal(&store, id)
+            .await
+            .unwrap();
         let mut ends: BTreeMap<String, usize> = BTreeMap::new();
         for fact in &journal {
             if let reactor_core::engine::Fact::EffectFinished { key, .. } = fact {

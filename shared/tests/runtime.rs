@@ -613,11 +613,14 @@ async fn cancelling_a_queued_execution_records_it_cancelled() {
     assert!(!runtime.cancel(running, "too late").await);
 }
 
+/// What `Store::unfinished` answers.
+type Unfinished = Vec<(ExecutionRecord, Vec<Fact>)>;
+
 /// A store whose `unfinished()` can be made to answer an old snapshot: the list a shared
 /// store returned just before executions finished (as periodic adoption sees it).
 struct StaleUnfinished {
     inner: MemoryStore,
-    snapshot: Mutex<Option<Vec<(ExecutionRecord, Vec<Fact>)>>>,
+    snapshot: Mutex<Option<Unfinished>>,
 }
 
 #[async_trait]
@@ -625,7 +628,7 @@ impl Store for StaleUnfinished {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         self.inner.write(batch).await
     }
-    async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
+    async fn unfinished(&self) -> Result<Unfinished, StoreError> {
         let snapshot = self.snapshot.lock().unwrap().clone();
         match snapshot {
             Some(old) => Ok(old),

@@ -78,37 +78,36 @@ pub(super) async fn authenticate(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
 /// The caller named by the request's bearer token, or the 401 (500 when the database fails)
 /// to answer.
-pub(super) async fn caller(state: &HubState, headers: &HeaderMap) -> Result<Principal, Response> {
+pub(super) async fn caller(state: &HubState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
     let Some(token) = token else {
-        return Err(ApiError::unauthorized("send `Authorization: Bearer TOKEN`").into_response());
+        return Err(ApiError::unauthorized("send `Authorization: Bearer TOKEN`"));
     };
     match state.tokens.lookup(&state.db, token).await {
         Ok(Some(principal)) => Ok(principal),
-        Ok(None) => Err(ApiError::unauthorized("the token is unknown or revoked").into_response()),
-        Err(error) => Err(ApiError::internal(error).into_response()),
+        Ok(None) => Err(ApiError::unauthorized("the token is unknown or revoked")),
+        Err(error) => Err(ApiError::internal(error)),
     }
 }
 
 /// 403 unless `principal`'s role allows `needed`.
-pub(super) fn check_role(principal: &Principal, needed: Role) -> Result<(), Response> {
+pub(super) fn check_role(principal: &Principal, needed: Role) -> Result<(), ApiError> {
     if principal.role.allows(needed) {
         Ok(())
     } else {
         Err(ApiError::forbidden(&format!(
             "this route needs the {needed} role; the token has {}",
             principal.role
-        ))
-        .into_response())
+        )))
     }
 }
 
@@ -117,7 +116,7 @@ pub(super) async fn require(needed: Role, request: Request, next: Next) -> Respo
     match request.extensions().get::<Principal>() {
         Some(principal) => match check_role(principal, needed) {
             Ok(()) => next.run(request).await,
-            Err(refused) => refused,
+            Err(refused) => refused.into_response(),
         },
         None => ApiError::unauthorized("send `Authorization: Bearer TOKEN`").into_response(),
     }

@@ -115,14 +115,14 @@ pub(super) async fn serve(State(state): State<HubState>, request: Request) -> Re
     if own_auth != Some(true) {
         let principal = match auth::caller(&state, request.headers()).await {
             Ok(principal) => principal,
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         };
         if is_reserved(&path) {
             return ApiError::not_found("not found", "no such route; see /api/v1/openapi.json")
                 .into_response();
         }
         if let Err(refused) = auth::check_role(&principal, UNPROTECTED_TRIGGER_ROLE) {
-            return refused;
+            return refused.into_response();
         }
     }
     if !state.accepting() || state.stopping.is_cancelled() {

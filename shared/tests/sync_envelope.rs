@@ -212,7 +212,10 @@ fn bounds_and_seq_rules_are_enforced_both_ways() {
                 count,
             }),
         );
-        assert!(envelope::encode(&gap).is_err(), "{from}..{to} count {count}");
+        assert!(
+            envelope::encode(&gap).is_err(),
+            "{from}..{to} count {count}"
+        );
     }
 }
 

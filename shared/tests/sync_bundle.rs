@@ -255,6 +255,16 @@ async fn every_refusal_case_has_its_own_error() {
     // Nothing above moved the accepted version or replaced the stored bundle.
     assert_eq!(version(&store).await, Some(5));
     assert_eq!(BundleVerifier::active(&store).await.unwrap(), Some(valid));
+    assert_eq!(
+        verifier
+            .reopen(&store)
+            .await
+            .unwrap()
+            .unwrap()
+            .manifest
+            .version,
+        5
+    );
     assert!(refusals.len() >= 12, "{refusals:#?}");
 }
 
@@ -397,6 +407,10 @@ async fn accepted_version_survives_a_restart_of_the_redb_store() {
     assert_eq!(version(&store).await, Some(7));
     assert_eq!(BundleVerifier::active(&store).await.unwrap(), Some(bytes));
     let mut verifier = verifier(&key);
+    // After a restart the stored bundle is re-opened (signature and digests checked again).
+    let reopened = verifier.reopen(&store).await.unwrap().unwrap();
+    assert_eq!(reopened.manifest.version, 7);
+    assert_eq!(reopened.workflows, workflows("a"));
     assert!(matches!(
         verifier
             .accept(&key.sign(spec(6)), NOW, &device(), &store)

@@ -380,6 +380,38 @@ impl BundleVerifier {
         labels: &BTreeMap<String, String>,
         state: Option<&BundleState>,
     ) -> Result<VerifiedBundle, BundleError> {
+        self.check(bytes, Some((now, labels)), state)
+    }
+
+    /// Re-opens the accepted bundle after a restart (to apply it again): reads the stored
+    /// bytes and state, checks the signature and workflow digests again and that it is the
+    /// very bundle the state records. Expiry and target were checked at acceptance and are
+    /// not checked again: a bundle that expires keeps running until a newer one arrives.
+    pub async fn reopen<S: Store + ?Sized>(
+        &self,
+        store: &S,
+    ) -> Result<Option<VerifiedBundle>, BundleError> {
+        let (Some(state), Some(bytes)) = (Self::state(store).await?, Self::active(store).await?)
+        else {
+            return Ok(None);
+        };
+        let bundle = self.check(&bytes, None, Some(&state))?;
+        if bundle.manifest.version != state.version
+            || bundle.manifest_sha256 != state.manifest_sha256
+        {
+            return Err(BundleError::Store(StoreError::Corrupt(
+                "the stored bundle is not the one the bundle state records".to_owned(),
+            )));
+        }
+        Ok(Some(bundle))
+    }
+
+    fn check(
+        &self,
+        bytes: &[u8],
+        device: Option<(Timestamp, &BTreeMap<String, String>)>,
+        state: Option<&BundleState>,
+    ) -> Result<VerifiedBundle, BundleError> {
         if bytes.len() > self.max_bytes {
             return Err(BundleError::Oversized {
                 len: bytes.len(),
@@ -419,21 +451,14 @@ impl BundleVerifier {
             return Err(BundleError::BadSignature);
         }
         check_workflows(&manifest, &raw.workflows)?;
-        if now >= manifest.expires {
-            return Err(BundleError::Expired {
-                expires: manifest.expires,
-                now,
-            });
-        }
-        for label in &manifest.target {
-            let actual = labels.get(&label.key);
-            if actual != Some(&label.value) {
-                return Err(BundleError::WrongTarget {
-                    key: label.key.clone(),
-                    expected: label.value.clone(),
-                    actual: actual.cloned(),
+        if let Some((now, labels)) = device {
+            if now >= manifest.expires {
+                return Err(BundleError::Expired {
+                    expires: manifest.expires,
+                    now,
                 });
             }
+            check_target(&manifest, labels)?;
         }
         let manifest_sha256 = sha256(&raw.manifest);
         if let Some(state) = state {
@@ -549,6 +574,20 @@ fn decode_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
         ));
     }
     Ok(manifest)
+}
+
+fn check_target(manifest: &Manifest, labels: &BTreeMap<String, String>) -> Result<(), BundleError> {
+    for label in &manifest.target {
+        let actual = labels.get(&label.key);
+        if actual != Some(&label.value) {
+            return Err(BundleError::WrongTarget {
+                key: label.key.clone(),
+                expected: label.value.clone(),
+                actual: actual.cloned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_workflows(manifest: &Manifest, workflows: &[WorkflowText]) -> Result<(), BundleError> {

@@ -277,7 +277,7 @@ pub struct VerifiedBundle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Acceptance {
     /// A new version: recorded durably, now to be applied.
-    Accepted(VerifiedBundle),
+    Accepted(Box<VerifiedBundle>),
     /// The version already accepted, same content (a retained bundle delivered again).
     AlreadyActive { version: u64 },
 }
@@ -368,7 +368,7 @@ impl BundleVerifier {
                 },
             ])
             .await?;
-        Ok(Acceptance::Accepted(verified))
+        Ok(Acceptance::Accepted(Box::new(verified)))
     }
 
     /// Every check, in the documented order, without touching the store. A bundle equal in

@@ -151,6 +151,8 @@ struct EndorsementBody<'a> {
 
 impl Endorsement {
     fn signed_bytes(&self) -> Vec<u8> {
+        // Cannot fail: plain fields into a growable buffer (same for every
+        // `to_allocvec(..).unwrap_or_default()` in this module).
         postcard::to_allocvec(&EndorsementBody {
             new_key: &self.new_key,
             retire_signer: self.retire_signer,

@@ -113,14 +113,17 @@ async fn throughput(spec: &str, total: u64, in_flight: u64) -> Result<()> {
     // Warm-up: connections, statement caches.
     drive(&engine, 2_000.min(total), in_flight).await;
     let (commits, batches) = (opened.store.commits(), opened.store.batches());
+    let busy = opened.store.writer_busy();
     let elapsed = drive(&engine, total, in_flight).await;
     let commits = opened.store.commits() - commits;
     let batches = opened.store.batches() - batches;
+    let busy = opened.store.writer_busy() - busy;
     println!(
-        "{spec}: {total} executions of pure-three, {in_flight} in flight: {:.0}/s ({:.2} s); {commits} commits, {:.1} batches/commit",
+        "{spec}: {total} executions of pure-three, {in_flight} in flight: {:.0}/s ({:.2} s); {commits} commits, {:.1} batches/commit, writer busy {:.0}%",
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         batches as f64 / commits.max(1) as f64,
+        100.0 * busy.as_secs_f64() / elapsed.as_secs_f64(),
     );
     engine.shutdown().await;
     Ok(())
@@ -153,7 +156,7 @@ fn bulk(n: u64, now: i64) -> StoreWrite {
     let span = 30 * DAY_MS;
     let created = now - span + (n as i64 * 7_919) % span;
     let id = ExecutionId(ulid::Ulid::from_parts(created as u64, u128::from(n) << 20 | 7));
-    let status = match n % 20 {
+    let status = match (n / WORKFLOWS) % 20 {
         0 => ExecutionStatus::Failed,
         1 => ExecutionStatus::Cancelled,
         2 => ExecutionStatus::Running,
@@ -195,7 +198,9 @@ async fn list(spec: &str, rows: u64, queries: u64) -> Result<()> {
     let start = Instant::now();
     const BATCH: u64 = 2_000;
     const WRITERS: u64 = 4;
-    let mut next = 0;
+    // A file filled by an earlier run (STORE = sqlite:PATH) is reused as it is.
+    let stored = count(store.database()).await?;
+    let mut next = if stored >= rows { rows } else { 0 };
     while next < rows {
         let writes = (0..WRITERS).filter_map(|w| {
             let from = next + w * BATCH;
@@ -284,6 +289,22 @@ async fn list(spec: &str, rows: u64, queries: u64) -> Result<()> {
         ms(percentile(&all, 99)),
     );
     Ok(())
+}
+
+async fn count(db: &Database) -> Result<u64> {
+    let count: i64 = match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM executions")
+                .fetch_one(pool)
+                .await?
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM executions")
+                .fetch_one(pool)
+                .await?
+        }
+    };
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// Refreshes the planner's statistics after the bulk load, as a hub's periodic maintenance

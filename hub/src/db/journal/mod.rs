@@ -86,6 +86,8 @@ struct Shared {
     instance: String,
     commits: AtomicU64,
     batches: AtomicU64,
+    /// Time the writer task spent committing, in nanoseconds.
+    busy_nanos: AtomicU64,
 }
 
 struct Request {
@@ -103,6 +105,7 @@ impl SqlStore {
             instance: instance.into(),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            busy_nanos: AtomicU64::new(0),
         });
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(writer(Arc::clone(&shared), receiver));
@@ -128,6 +131,11 @@ impl SqlStore {
         self.shared.batches.load(Ordering::Relaxed)
     }
 
+    /// Time the writer task spent committing groups (busy / wall time = its utilisation).
+    pub fn writer_busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.busy_nanos.load(Ordering::Relaxed))
+    }
+
     /// Executions matching `filter`, newest first (the API's list).
     pub async fn list(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRecord>, StoreError> {
         match &self.shared.db {
@@ -151,7 +159,10 @@ async fn writer(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let outcomes = commit_group(&shared, &group).await;
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.busy_nanos.fetch_add(busy, Ordering::Relaxed);
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }

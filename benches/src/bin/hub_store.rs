@@ -142,7 +142,12 @@ async fn drive(engine: &reactor_core::engine::Runtime, total: u64, in_flight: u6
                 panic!("not accepted: {submission:?}")
             };
             let record = engine.wait(id).await.expect("wait");
-            assert_eq!(record.status, ExecutionStatus::Succeeded, "{:?}", record.error);
+            assert_eq!(
+                record.status,
+                ExecutionStatus::Succeeded,
+                "{:?}",
+                record.error
+            );
             n += in_flight;
         }
     }))
@@ -155,7 +160,10 @@ async fn drive(engine: &reactor_core::engine::Runtime, total: u64, in_flight: u6
 fn bulk(n: u64, now: i64) -> StoreWrite {
     let span = 30 * DAY_MS;
     let created = now - span + (n as i64 * 7_919) % span;
-    let id = ExecutionId(ulid::Ulid::from_parts(created as u64, u128::from(n) << 20 | 7));
+    let id = ExecutionId(ulid::Ulid::from_parts(
+        created as u64,
+        u128::from(n) << 20 | 7,
+    ));
     let status = match (n / WORKFLOWS) % 20 {
         0 => ExecutionStatus::Failed,
         1 => ExecutionStatus::Cancelled,
@@ -205,8 +213,9 @@ async fn list(spec: &str, rows: u64, queries: u64) -> Result<()> {
         let writes = (0..WRITERS).filter_map(|w| {
             let from = next + w * BATCH;
             (from < rows).then(|| {
-                let batch: Vec<StoreWrite> =
-                    (from..(from + BATCH).min(rows)).map(|n| bulk(n, now)).collect();
+                let batch: Vec<StoreWrite> = (from..(from + BATCH).min(rows))
+                    .map(|n| bulk(n, now))
+                    .collect();
                 store.write(batch)
             })
         });

@@ -369,6 +369,9 @@ mod tests {
         assert_eq!(shapes(3), vec![1, 1, 1]);
         assert_eq!(shapes(150), vec![64, 64, 16, 4, 1, 1]);
         assert_eq!(shapes(150).iter().sum::<usize>(), 150);
-        assert_eq!(insert_sql("t (a, b)", 2, 2), "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)");
+        assert_eq!(
+            insert_sql("t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
     }
 }

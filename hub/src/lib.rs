@@ -2,5 +2,8 @@
 //! benches of the workspace.
 //!
 //! - [`db`]: the SQL layer (SQLite or PostgreSQL), its migrations and the journal store.
+//! - [`secrets`]: secrets encrypted at rest, their CLI and API, the engine's source of
+//!   `secrets.NAME`.
 
 pub mod db;
+pub mod secrets;

@@ -22,6 +22,10 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Secrets workflows read as secrets.NAME: set (value from stdin), list, delete.
+    /// Works offline on the data folder; values are encrypted at rest and never printed.
+    #[command(subcommand)]
+    Secret(reactor_hub::secrets::cli::SecretCommand),
     /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
     Validate {
         /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
@@ -56,6 +60,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
+        Command::Secret(command) => return reactor_hub::secrets::cli::secret(command),
         Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
         Command::Exec {
             file,

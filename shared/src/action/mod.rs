@@ -180,6 +180,8 @@ pub mod file_read;
 pub mod file_write;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+pub mod http_guard;
 pub mod log;
 pub mod mqtt_publish;
 mod settings;

@@ -12,6 +12,15 @@
 //! survive a power cut, as on the agent (redb `Durability::Immediate`). The cost is one fsync
 //! of the WAL per commit, which the journal's group commit shares between many writers.
 
+mod instance;
+mod journal;
+mod leader;
+pub mod testing;
+
+pub use self::instance::HubInstance;
+pub use self::journal::{ExecutionFilter, MAX_GROUP, PRUNE_CHUNK, SqlStore};
+pub use self::leader::{LEADER_LOCK, Leader, Leadership};
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -79,6 +88,9 @@ pub enum DbError {
         target: String,
         source: sqlx::Error,
     },
+    /// Another process holds the SQLite database (one hub per data folder).
+    #[error("another hub is already using {0}")]
+    Busy(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -125,6 +137,8 @@ impl Database {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            // Truncate the WAL back to this size after checkpoints: the files stay bounded.
+            .pragma("journal_size_limit", "67108864")
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(SQLITE_CONNECTIONS)

@@ -2,8 +2,17 @@
 //! benches of the workspace.
 //!
 //! - [`db`]: the SQL layer (SQLite or PostgreSQL), its migrations and the journal store.
+//! - [`config`]: `hub.toml` + `REACTOR_*` + flags for `serve`.
+//! - [`server`]: `serve`'s wiring, [`server::HubState`], the route table, the auth layer.
+//! - [`api`]: the API v1 handlers, problem details, OpenAPI, traces, diffs, retry.
+//! - [`auth`]: tokens and roles; [`cli`]: `reactor-hub token`.
 //! - [`secrets`]: secrets encrypted at rest, their CLI and API, the engine's source of
 //!   `secrets.NAME`.
 
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
 pub mod db;
 pub mod secrets;
+pub mod server;

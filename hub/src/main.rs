@@ -1,19 +1,23 @@
 //! `reactor-hub`: Reactor's fleet hub.
 //!
-//! Subcommands: `validate` and `exec` (the command-line contract in DSL.md, shared with the
-//! hub through `reactor_core::cli`) and `schema` (the JSON Schema of the workflow language).
+//! Subcommands: `serve` (the server: [`reactor_hub::server`]), `token` (API tokens, offline:
+//! [`reactor_hub::cli`]), `validate` and `exec` (the command-line contract in DSL.md, shared
+//! with the agent through `reactor_core::cli`) and `schema` (the JSON Schema of the workflow
+//! language).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reactor_core::cli::{self, ExecOptions};
+use reactor_hub::cli::TokenCommand;
+use reactor_hub::config::{SERVE_HELP, ServeFlags};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "reactor-hub",
     version,
-    about = "Reactor's hub: the fleet server (its `serve` command comes with the hub issue)."
+    about = "Reactor's hub: the control plane — workflows, executions and the API, on SQLite or PostgreSQL."
 )]
 struct Args {
     #[command(subcommand)]
@@ -22,6 +26,13 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the hub: the API on --listen, workflows and executions in the database (SQLite in
+    /// --data, or --database postgres://…). Zero configuration works.
+    #[command(after_long_help = SERVE_HELP, after_help = "See --help for hub.toml keys and REACTOR_* variables.")]
+    Serve(ServeFlags),
+    /// API tokens: create (printed once), list, revoke. Works offline on the data folder.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Secrets workflows read as secrets.NAME: set (value from stdin), list, delete.
     /// Works offline on the data folder; values are encrypted at rest and never printed.
     #[command(subcommand)]
@@ -60,6 +71,8 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
+        Command::Serve(flags) => return reactor_hub::server::run(&flags),
+        Command::Token(command) => return reactor_hub::cli::token(command),
         Command::Secret(command) => return reactor_hub::secrets::cli::secret(command),
         Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
         Command::Exec {

@@ -13,6 +13,9 @@
 //!   conformance suite, group commit, retention.
 //! - [`trigger`]: the `Trigger` trait and the light triggers (http routing, cron, interval,
 //!   file, event, startup).
+//! - [`deploy`]: the set of active workflows (install/replace/remove, versions kept in the
+//!   store's meta table, their triggers started through a pluggable `TriggerFactory`), shared
+//!   by the agent and the hub.
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
 //! - `mqtt` (feature `mqtt`): the MQTT trigger and publisher over rumqttc.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
@@ -25,6 +28,7 @@
 
 pub mod action;
 pub mod cli;
+pub mod deploy;
 pub mod dsl;
 pub mod engine;
 pub mod expr;

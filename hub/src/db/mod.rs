@@ -16,6 +16,8 @@ mod instance;
 mod journal;
 mod leader;
 pub mod testing;
+pub mod tokens;
+pub mod workflows;
 
 pub use self::instance::HubInstance;
 pub use self::journal::{ExecutionFilter, MAX_GROUP, PRUNE_CHUNK, SqlStore};

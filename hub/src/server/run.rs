@@ -1,0 +1,275 @@
+//! `reactor-hub serve`: start-up wiring and graceful shutdown.
+//!
+//! Start: config → logs → database (open + migrations) → runtime on the SQL journal →
+//! HTTP listener (`/healthz` says 503 until ready) → workflows stored in the database are
+//! loaded → unfinished executions recovered → triggers started → ready.
+//!
+//! Stop (SIGTERM/SIGINT), in STYLE.md's order: the server stops accepting and triggers stop
+//! → running executions checkpoint (`Runtime::shutdown`) → the event router lets go of the
+//! runtime → the database closes (pending writes flushed) → exit 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use reactor_core::action::exec::{Allowlist, ExecConfig};
+use reactor_core::action::{BuiltinConfig, builtin_registry};
+use reactor_core::deploy::{ActiveWorkflows, Origin};
+use reactor_core::engine::{EventBus, Runtime, RuntimeConfig};
+use reactor_core::store::{Retention, Store};
+use reactor_core::trigger::{EventRouter, HttpRoutes, LightTriggers, Supervisor};
+use tokio_util::sync::CancellationToken;
+
+use super::{HubState, Server, TokenCache};
+use crate::config::{HubConfig, LogFormat, ServeFlags};
+use crate::db::{Database, HubInstance, SqlStore};
+
+/// How long tasks get to stop on their own before they are aborted.
+const GRACE: Duration = Duration::from_secs(5);
+/// How long running executions get to reach a step boundary.
+const CHECKPOINT_GRACE: Duration = Duration::from_secs(10);
+/// This hub's lease on its unfinished executions, and how often it is renewed.
+const LEASE: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Meta-key prefix of the runtime's copy of workflow versions (the journal's meta table).
+const META_PREFIX: &str = "hub.workflow";
+
+/// Entry point of `serve`: exit 0 after a clean stop, 2 for a refused configuration, 1 for a
+/// start-up failure.
+pub fn run(flags: &ServeFlags) -> ExitCode {
+    let config = match HubConfig::load(flags, std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "reactor-hub stopped");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn serve(config: HubConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data = %config.data.display(),
+        database = %config.database.as_ref().map_or_else(|| "sqlite (data folder)".to_string(), ToString::to_string),
+        config = ?config.file,
+        "reactor-hub starting"
+    );
+    let db = Database::open(
+        config.database.as_ref().map(|url| url.expose()),
+        &config.data,
+    )
+    .await
+    .context("opening the database")?;
+    db.migrate().await.context("migrating the database")?;
+    let instance = Arc::new(
+        HubInstance::register(&db, LEASE)
+            .await
+            .context("registering this hub instance")?,
+    );
+    let heartbeat = instance.spawn_heartbeat(HEARTBEAT);
+    let sql = Arc::new(SqlStore::new(db.clone(), instance.id()));
+    let store: Arc<dyn Store> = sql.clone();
+    let actions = builtin_registry(BuiltinConfig {
+        exec: ExecConfig {
+            allow: Allowlist::Only(config.exec_allow.clone()),
+            ..ExecConfig::default()
+        },
+        ..BuiltinConfig::default()
+    });
+    let environment = reactor_core::cli::environment_from_process(&config.env_allow);
+    let events = Arc::new(EventRouter::new(None));
+    let bus: Arc<dyn EventBus> = events.clone();
+    let runtime = Runtime::new(
+        store,
+        actions,
+        environment,
+        RuntimeConfig {
+            max_running: config.max_running,
+            retention: Retention {
+                keep: config.retention_keep,
+                max_age: Some(config.retention_max_age),
+            },
+            ..RuntimeConfig::default()
+        },
+    )
+    .with_bus(bus);
+    events.attach(runtime.clone());
+    let supervisor = Arc::new(Supervisor::default());
+    let routes = Arc::new(HttpRoutes::new(runtime.clone()));
+    let workflows = Arc::new(
+        ActiveWorkflows::new(
+            runtime.clone(),
+            routes,
+            events.clone(),
+            supervisor.clone(),
+            Arc::new(LightTriggers),
+        )
+        .with_meta_prefix(META_PREFIX),
+    );
+    let state = HubState {
+        db: db.clone(),
+        store: sql.clone(),
+        runtime: runtime.clone(),
+        workflows: workflows.clone(),
+        tokens: Arc::new(TokenCache::default()),
+        deploy: Arc::default(),
+        max_body: config.max_body,
+        ready: Arc::default(),
+        stopping: CancellationToken::new(),
+    };
+
+    // Listen first so a port conflict fails fast; /healthz says 503 until ready.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "HTTP server listening");
+    let app = Server::new(state.clone()).router();
+    let stopping = state.stopping.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopping.cancelled().await })
+            .await
+    });
+
+    load_workflows(&state).await?;
+    workflows
+        .load_needed_versions()
+        .await
+        .context("loading the workflow versions of unfinished executions")?;
+    let recovered = runtime
+        .recover()
+        .await
+        .context("recovering unfinished executions")?;
+    if recovered > 0 {
+        tracing::info!(executions = recovered, "resumed unfinished executions");
+    }
+    workflows.start();
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(workflows = workflows.list().len(), "reactor-hub ready");
+
+    shutdown_signal().await;
+    tracing::info!("stopping: HTTP server and triggers first");
+    state.stopping.cancel();
+    let report = supervisor.shutdown(GRACE).await;
+    if !report.forced.is_empty() {
+        tracing::warn!(tasks = ?report.forced, "tasks did not stop in time and were aborted");
+    }
+    match tokio::time::timeout(GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTP server stopped with an error"),
+        Ok(Err(error)) => tracing::warn!(%error, "HTTP server task failed"),
+        Err(_) => tracing::warn!("HTTP server did not stop in time"),
+    }
+    tracing::info!("checkpointing running executions");
+    if tokio::time::timeout(CHECKPOINT_GRACE, runtime.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "executions did not reach a checkpoint in time; they resume from their journal"
+        );
+    }
+    events.detach();
+    drop(state);
+    drop(workflows);
+    drop(runtime);
+    drop(sql);
+    heartbeat.abort();
+    if let Err(error) = instance.release().await {
+        tracing::warn!(%error, "could not release this hub's lease");
+    }
+    db.close().await;
+    tracing::info!("reactor-hub stopped");
+    Ok(())
+}
+
+/// Installs the latest version of every active workflow stored in the database. A stored
+/// text that no longer validates (a newer hub's language changed) is logged and skipped.
+async fn load_workflows(state: &HubState) -> anyhow::Result<()> {
+    let stored = crate::db::workflows::active_sources(&state.db)
+        .await
+        .context("reading the stored workflows")?;
+    for version in stored {
+        let source = format!("db:{}@v{}", version.name, version.version);
+        match reactor_core::dsl::parse_workflow(&source, &version.source) {
+            Ok(mut workflow) => {
+                workflow.version = version.version;
+                state
+                    .workflows
+                    .install(
+                        workflow,
+                        &version.source,
+                        Origin::Database(format!("{}/{}", version.name, version.version)),
+                    )
+                    .await
+                    .with_context(|| format!("loading workflow {}", version.name))?;
+            }
+            Err(problems) => {
+                for problem in problems {
+                    tracing::warn!(%problem, "stored workflow no longer validates; not loaded");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -18,6 +18,7 @@
 //!   by the agent and the hub.
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
 //! - `mqtt` (feature `mqtt`): the MQTT trigger and publisher over rumqttc.
+//! - [`metrics`]: metric families, histograms, trigger counters, Prometheus text.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
 //! Invariants that matter:
@@ -33,6 +34,7 @@ pub mod dsl;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod store;

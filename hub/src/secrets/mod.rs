@@ -15,6 +15,7 @@
 //! another hub on the same PostgreSQL are picked up by [`SecretStore::watch`] within its period.
 
 
+pub mod api;
 pub mod cipher;
 pub mod cli;
 pub mod key;

@@ -24,7 +24,7 @@ pub use catalog::Catalog;
 pub use interpret::resolve_inputs;
 pub use journal::*;
 pub use machine::{ActionCommand, Command, Completion, Machine};
-pub use observe::{Observer, RuntimeEvent, StepEvent};
+pub use observe::{Fanout, Observer, RuntimeEvent, StepEvent};
 pub use redact::Redactor;
 pub use runtime::{EventBus, Runtime, RuntimeConfig, Submission, SubmitError, Watch};
 pub use scope::Environment;

@@ -48,3 +48,21 @@ pub enum RuntimeEvent<'a> {
 pub trait Observer: Send + Sync + 'static {
     fn observe(&self, event: &RuntimeEvent<'_>);
 }
+
+/// Several observers, called in order.
+#[derive(Clone, Default)]
+pub struct Fanout(pub Vec<std::sync::Arc<dyn Observer>>);
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Fanout").field(&self.0.len()).finish()
+    }
+}
+
+impl Observer for Fanout {
+    fn observe(&self, event: &RuntimeEvent<'_>) {
+        for observer in &self.0 {
+            observer.observe(event);
+        }
+    }
+}

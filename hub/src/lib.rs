@@ -6,6 +6,8 @@
 //! - [`server`]: `serve`'s wiring, [`server::HubState`], the route table, the auth layer.
 //! - [`api`]: the API v1 handlers, problem details, OpenAPI, traces, diffs, retry.
 //! - [`auth`]: tokens and roles; [`cli`]: `reactor-hub token`.
+//! - [`metrics`]: `GET /metrics` and the metric values alerts and the stream read.
+//! - [`stream`]: `GET /api/v1/stream`, the live stream (SSE) fed by the runtime.
 //! - [`secrets`]: secrets encrypted at rest, their CLI and API, the engine's source of
 //!   `secrets.NAME`.
 
@@ -14,5 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod secrets;
 pub mod server;
+pub mod stream;

@@ -137,6 +137,11 @@ async fn a_redirect_from_an_allowed_host_to_a_private_one_is_refused() {
 
     // Allowing the target too lets the redirect through.
     let record = call(&url, &["localhost", "127.0.0.1"]).await;
-    assert_eq!(record.status, ExecutionStatus::Succeeded, "{}", error_of(&record));
+    assert_eq!(
+        record.status,
+        ExecutionStatus::Succeeded,
+        "{}",
+        error_of(&record)
+    );
     assert_eq!(record.output["body"], json!("internal data"));
 }

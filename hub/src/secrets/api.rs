@@ -33,9 +33,11 @@ pub fn routes(store: SecretStore) -> Vec<RouteSpec> {
             "/api/v1/secrets/{name}",
             Role::Admin,
             "Create or replace a secret (body: {\"value\": \"…\"}; write-only)",
-            put(move |state: State<HubState>, name: Path<String>, body: Bytes| {
-                set(s2.clone(), state, name, body)
-            }),
+            put(
+                move |state: State<HubState>, name: Path<String>, body: Bytes| {
+                    set(s2.clone(), state, name, body)
+                },
+            ),
         ),
         RouteSpec::new(
             Method::DELETE,
@@ -51,12 +53,16 @@ pub fn routes(store: SecretStore) -> Vec<RouteSpec> {
 
 fn problem(error: SecretError) -> ApiError {
     match error {
-        SecretError::BadName(_) | SecretError::Empty(_) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid secret", &error.to_string())
-        }
-        SecretError::TooLarge { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "secret too large", &error.to_string())
-        }
+        SecretError::BadName(_) | SecretError::Empty(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid secret",
+            &error.to_string(),
+        ),
+        SecretError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "secret too large",
+            &error.to_string(),
+        ),
         SecretError::TooMany => ApiError::conflict("too many secrets", &error.to_string()),
         other => ApiError::internal(other),
     }

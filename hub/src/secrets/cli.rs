@@ -48,7 +48,12 @@ pub struct SecretPlace {
     #[arg(long, env = "REACTOR_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Database URL (postgres://…); without it, SQLite in the data folder.
-    #[arg(long, env = "REACTOR_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REACTOR_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database: Option<String>,
 }
 

@@ -197,7 +197,10 @@ mod tests {
         SecretKey::from_file(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let error = SecretKey::from_file(&path).unwrap_err();
-        assert!(matches!(error, KeyError::TooOpen { mode: 0o644, .. }), "{error}");
+        assert!(
+            matches!(error, KeyError::TooOpen { mode: 0o644, .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("chmod 600"), "{error}");
     }
 
@@ -209,7 +212,11 @@ mod tests {
             SecretKey::from_base64("AAAA").unwrap_err(),
             "3 bytes".to_string()
         );
-        assert!(SecretKey::from_base64("!!").unwrap_err().starts_with("not base64"));
+        assert!(
+            SecretKey::from_base64("!!")
+                .unwrap_err()
+                .starts_with("not base64")
+        );
         assert_eq!(format!("{key:?}"), "SecretKey(***)");
     }
 }

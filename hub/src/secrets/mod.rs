@@ -14,7 +14,6 @@
 //! Changes made through the API reach the runtime at once; changes made by the CLI or by
 //! another hub on the same PostgreSQL are picked up by [`SecretStore::watch`] within its period.
 
-
 pub mod api;
 pub mod cipher;
 pub mod cli;

@@ -134,9 +134,9 @@ impl NetGuard {
                 );
                 let bare = name.trim_start_matches('.');
                 let valid = !bare.is_empty()
-                    && bare
-                        .split('.')
-                        .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+                    && bare.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
                 if !valid {
                     return Err(error("bad host name"));
                 }
@@ -149,10 +149,12 @@ impl NetGuard {
     /// Whether the host name is allow-listed (then anything it resolves to is reachable).
     pub fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.hosts.iter().any(|allowed| match allowed.strip_prefix('.') {
-            Some(domain) => host == domain || host.ends_with(allowed.as_str()),
-            None => host == *allowed,
-        })
+        self.hosts
+            .iter()
+            .any(|allowed| match allowed.strip_prefix('.') {
+                Some(domain) => host == domain || host.ends_with(allowed.as_str()),
+                None => host == *allowed,
+            })
     }
 
     /// Checks one address reached for `host`.
@@ -170,7 +172,11 @@ impl NetGuard {
     /// Checks a URL whose host is an address (names are checked when resolved).
     pub fn check_url(&self, url: &Url) -> Result<(), Blocked> {
         let host = url.host_str().unwrap_or_default();
-        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Ok(ip) => self.check_ip(host, ip),
             // A name: checked when the resolver looks it up.
             Err(_) => Ok(()),
@@ -204,9 +210,8 @@ impl Resolve for GuardedResolver {
         let guard = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if guard.host_allowed(&host) {
                 return Ok(Box::new(found.into_iter()) as Addrs);
             }
@@ -380,8 +385,15 @@ mod tests {
         let url = |t: &str| Url::parse(t).unwrap();
         assert!(guard.check_url(&url("http://127.0.0.1:8080/x")).is_err());
         assert!(guard.check_url(&url("http://[::1]/")).is_err());
-        assert!(guard.check_url(&url("http://169.254.169.254/latest")).is_err());
-        assert!(guard.check_url(&url("http://0x7f.1/")).is_err(), "hex forms parse as IPv4");
+        assert!(
+            guard
+                .check_url(&url("http://169.254.169.254/latest"))
+                .is_err()
+        );
+        assert!(
+            guard.check_url(&url("http://0x7f.1/")).is_err(),
+            "hex forms parse as IPv4"
+        );
         assert!(guard.check_url(&url("http://example.com/")).is_ok());
     }
 }

@@ -191,7 +191,10 @@ mod tests {
         );
         let mut value = json!({"tok": ["a tok b", 1, {"k": "tok"}], "n": null});
         redactor.redact_value(&mut value);
-        assert_eq!(value, json!({"***": ["a *** b", 1, {"k": "***"}], "n": null}));
+        assert_eq!(
+            value,
+            json!({"***": ["a *** b", 1, {"k": "***"}], "n": null})
+        );
     }
 
     #[test]

@@ -245,11 +245,7 @@ impl Runtime {
     /// what is recorded). Executions already running keep the secrets they started with;
     /// values already recorded stay masked.
     pub fn set_secrets(&self, secrets: Map) {
-        let mut lent = self
-            .inner
-            .lent
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut lent = self.inner.lent.write().unwrap_or_else(|p| p.into_inner());
         let mut environment = Environment::clone(&lent.environment);
         environment.secrets = Value::Object(secrets);
         *lent = Lent::new(environment);
@@ -270,7 +266,10 @@ impl Runtime {
 
     /// Executions recorded and waiting for a `concurrency` slot in this process.
     pub fn queued(&self) -> usize {
-        lock(&self.inner.slots).values().map(|s| s.queue.len()).sum()
+        lock(&self.inner.slots)
+            .values()
+            .map(|s| s.queue.len())
+            .sum()
     }
 
     /// Executions holding a run slot (running, or waiting on timers and events).
@@ -640,8 +639,7 @@ impl Runtime {
         mut record: ExecutionRecord,
         journal: Vec<Fact>,
     ) -> Result<(), StoreError> {
-        let Some(machine) =
-            Machine::replay(wf, record.id, &journal, self.lent().environment)
+        let Some(machine) = Machine::replay(wf, record.id, &journal, self.lent().environment)
         else {
             return Err(StoreError::Corrupt(format!(
                 "execution {} has no start fact",
@@ -765,7 +763,12 @@ impl Runtime {
 }
 
 /// Evaluates the workflow-level `if` / `unless` against an event.
-fn admitted(wf: &Workflow, event: &Event, inputs: &Value, lent: &Lent) -> Result<bool, SubmitError> {
+fn admitted(
+    wf: &Workflow,
+    event: &Event,
+    inputs: &Value,
+    lent: &Lent,
+) -> Result<bool, SubmitError> {
     if wf.when.is_none() && wf.unless.is_none() {
         return Ok(true);
     }

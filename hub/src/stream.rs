@@ -299,8 +299,9 @@ fn subscribe(stream: &LiveStream, workflow: Option<String>, stop: CancellationTo
         )
         .into_response();
     };
-    let events =
-        futures::stream::unfold((subscription, workflow), |(mut subscription, workflow)| {
+    let events = futures::stream::unfold(
+        (subscription, workflow),
+        move |(mut subscription, workflow)| {
             let stop = stop.clone();
             async move {
                 // Cancel-safe: `next` holds no half-read item; the stream simply ends.
@@ -314,7 +315,8 @@ fn subscribe(stream: &LiveStream, workflow: Option<String>, stop: CancellationTo
                     .data(item.data.as_str());
                 Some((Ok::<_, Infallible>(event), (subscription, workflow)))
             }
-        });
+        },
+    );
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()

@@ -8,9 +8,11 @@
 //! - [`auth`]: tokens and roles; [`cli`]: `reactor-hub token`.
 //! - [`metrics`]: `GET /metrics` and the metric values alerts and the stream read.
 //! - [`stream`]: `GET /api/v1/stream`, the live stream (SSE) fed by the runtime.
+//! - [`alerts`]: alert rules over the metrics, evaluated every second; events on firing.
 //! - [`secrets`]: secrets encrypted at rest, their CLI and API, the engine's source of
 //!   `secrets.NAME`.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -33,16 +33,27 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// A request refused by the guard.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{host} is {address}, a {range} address: the http action refuses non-public targets here unless they are allow-listed"
-)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocked {
     pub host: String,
     pub address: IpAddr,
     /// Which range (`loopback`, `private`, `link-local` …).
     pub range: &'static str,
 }
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let literal = self.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
+        if literal {
+            write!(f, "{} is a {} address", self.host, self.range)?;
+        } else {
+            write!(f, "{} is {}, a {} address", self.host, self.address, self.range)?;
+        }
+        f.write_str(": the http action refuses non-public targets here unless they are allow-listed")
+    }
+}
+
+impl std::error::Error for Blocked {}
 
 /// An allow-list entry that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

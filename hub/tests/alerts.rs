@@ -38,10 +38,17 @@ async fn a_rule_fires_after_for_and_resolves_with_history_stream_and_events() {
         )
         .await
         .problem(422);
-    assert!(bad.text.contains("metric must be") && bad.text.contains("for:"), "{}", bad.text);
-    hub.post_json("/api/v1/alerts", json!({"metric": "m", "comparator": "~", "threshold": 1}))
-        .await
-        .problem(400);
+    assert!(
+        bad.text.contains("metric must be") && bad.text.contains("for:"),
+        "{}",
+        bad.text
+    );
+    hub.post_json(
+        "/api/v1/alerts",
+        json!({"metric": "m", "comparator": "~", "threshold": 1}),
+    )
+    .await
+    .problem(400);
 
     let created = hub
         .post_json(
@@ -93,7 +100,10 @@ async fn a_rule_fires_after_for_and_resolves_with_history_stream_and_events() {
     let (_, resolved) = stream
         .until(Duration::from_secs(10), |e| e.event == "alert.resolved")
         .await;
-    assert!(resolved.is_some(), "alert.resolved once the sleeper finished");
+    assert!(
+        resolved.is_some(),
+        "alert.resolved once the sleeper finished"
+    );
 
     let history = hub
         .get(&format!("/api/v1/alerts/{id}/history"))
@@ -124,7 +134,12 @@ async fn a_rule_fires_after_for_and_resolves_with_history_stream_and_events() {
             let id = item["id"].as_str().or_else(|| item["execution"].as_str());
             if let Some(id) = id {
                 let done = hub.finished(id).await;
-                kinds.push(done["output"]["kind"].as_str().unwrap_or_default().to_string());
+                kinds.push(
+                    done["output"]["kind"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
                 assert_eq!(done["output"]["rule"], json!(id_of(&firing)), "{done}");
             }
         }
@@ -137,9 +152,14 @@ async fn a_rule_fires_after_for_and_resolves_with_history_stream_and_events() {
     };
     assert_eq!(kinds, ["reactor.alert.firing", "reactor.alert.resolved"]);
 
-    hub.call("DELETE", &format!("/api/v1/alerts/{id}"), Some(&hub.admin.clone()), None)
-        .await
-        .expect(204);
+    hub.call(
+        "DELETE",
+        &format!("/api/v1/alerts/{id}"),
+        Some(&hub.admin.clone()),
+        None,
+    )
+    .await
+    .expect(204);
     hub.get(&format!("/api/v1/alerts/{id}/history"))
         .await
         .problem(404);

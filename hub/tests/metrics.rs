@@ -59,7 +59,10 @@ async fn metrics_cover_executions_steps_triggers_queues_and_the_process() {
         .expect(202);
     hub.finished(run.body["execution"].as_str().unwrap()).await;
     let emitted = hub
-        .post_json("/api/v1/events", json!({"type": "metrics.test", "data": {"x": 1}}))
+        .post_json(
+            "/api/v1/events",
+            json!({"type": "metrics.test", "data": {"x": 1}}),
+        )
         .await
         .expect(202);
     assert_eq!(emitted.body["started"], 1, "{}", emitted.text);
@@ -109,7 +112,12 @@ async fn metrics_cover_executions_steps_triggers_queues_and_the_process() {
         1.0,
     );
     assert!(
-        sample(&text, "reactor_trigger_lag_seconds_count{workflow=\"m-ok\"}").unwrap() >= 4.0,
+        sample(
+            &text,
+            "reactor_trigger_lag_seconds_count{workflow=\"m-ok\"}"
+        )
+        .unwrap()
+            >= 4.0,
         "{text}"
     );
     expect("reactor_executions_queued", 0.0);

@@ -40,7 +40,9 @@ async fn echo_server(seen: Seen) -> SocketAddr {
                     .iter()
                     .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
                     .collect();
-                s2.lock().unwrap().push(Value::Object(echoed.clone()).to_string());
+                s2.lock()
+                    .unwrap()
+                    .push(Value::Object(echoed.clone()).to_string());
                 async move { axum::Json(Value::Object(echoed)) }
             }),
         );
@@ -136,7 +138,10 @@ fn set_by_cli(place: &Place, name: &str, value: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(!printed.contains(value), "the CLI printed the value: {printed}");
+    assert!(
+        !printed.contains(value),
+        "the CLI printed the value: {printed}"
+    );
 }
 
 fn count(haystack: &[u8], needle: &str) -> usize {
@@ -270,5 +275,103 @@ async fn canary_secrets_never_reach_the_database_logs_or_api() {
     // Redaction happened (rather than the values never being used).
     let all = replies.join("\n");
     assert!(all.contains("***"), "{all}");
-    assert!(logs.contains("the token is ***"), "the log step ran: {logs}");
+    assert!(
+        logs.contains("the token is ***"),
+        "the log step ran: {logs}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_refuses_a_key_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::sqlite(&dir.path().join("data"));
+    std::fs::create_dir_all(&place.data).unwrap();
+    set_by_cli(&place, "ANY", "value-1");
+    let key = place.data.join("secret.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&place.data)
+        .env_remove("REACTOR_DATABASE_URL")
+        .env_remove("REACTOR_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+
+    // With the key in the environment instead, the file is not read; a wrong key cannot
+    // decrypt the stored secret and the hub says which secret, not its value.
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&place.data)
+        .env_remove("REACTOR_DATABASE_URL")
+        .env(
+            "REACTOR_SECRET_KEY",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\\\"ANY\\\" cannot be decrypted")
+            || stderr.contains("\"ANY\" cannot be decrypted"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("value-1"), "{stderr}");
+}
+
+/// The store on PostgreSQL (its own database): set, replace, list, decrypt, delete; the
+/// ciphertext in the table holds no plaintext.
+#[tokio::test]
+async fn secret_store_on_postgres() {
+    use reactor_hub::db::Database;
+    use reactor_hub::secrets::SecretStore;
+    use reactor_hub::secrets::key::SecretKey;
+    use sqlx::Row as _;
+
+    let pg = api_support::PgDatabase::create().await;
+    let db = Database::open(Some(&pg.url), std::path::Path::new("/nonexistent"))
+        .await
+        .unwrap();
+    db.migrate().await.unwrap();
+    let store = SecretStore::new(db.clone(), &SecretKey::generate().unwrap());
+    let value = format!("pg-canary-{}", ulid::Ulid::new());
+    assert!(!store.set("PG_ONE", "first").await.unwrap());
+    assert!(store.set("PG_ONE", &value).await.unwrap());
+    store.set("PG_TWO", "second").await.unwrap();
+    let names: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["PG_ONE", "PG_TWO"]);
+    let all = store.decrypt_all().await.unwrap();
+    assert_eq!(all["PG_ONE"], json!(value));
+    let Database::Postgres(pool) = &db else {
+        panic!("not postgres")
+    };
+    let rows = sqlx::query("SELECT nonce, ciphertext FROM secrets")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    for row in rows {
+        let nonce: Vec<u8> = row.get("nonce");
+        let ciphertext: Vec<u8> = row.get("ciphertext");
+        assert_eq!(nonce.len(), 24);
+        assert_eq!(count(&ciphertext, &value), 0);
+    }
+    assert!(store.delete("PG_TWO").await.unwrap());
+    assert!(!store.delete("PG_TWO").await.unwrap());
+    db.close().await;
+    pg.drop_now().await;
 }

@@ -34,7 +34,12 @@ async fn stream_sends_execution_and_step_events_filtered_by_workflow_and_metrics
         .until(Duration::from_secs(5), |e| e.event == "metrics")
         .await;
     let snapshot = snapshot.expect("a metrics snapshot");
-    assert_eq!(snapshot.data["subscribers"], json!(2.0), "{:?}", snapshot.data);
+    assert_eq!(
+        snapshot.data["subscribers"],
+        json!(2.0),
+        "{:?}",
+        snapshot.data
+    );
 
     let two = hub
         .post_json("/api/v1/workflows/s-two/run", json!({"level": "info"}))
@@ -97,5 +102,7 @@ async fn stream_sends_execution_and_step_events_filtered_by_workflow_and_metrics
     expected.sort_by_key(|v| v.as_str().unwrap_or_default().to_string());
     assert_eq!(ended, expected);
 
-    hub.call("GET", "/api/v1/stream", None, None).await.problem(401);
+    hub.call("GET", "/api/v1/stream", None, None)
+        .await
+        .problem(401);
 }

@@ -47,9 +47,15 @@ impl std::fmt::Display for Blocked {
         if literal {
             write!(f, "{} is a {} address", self.host, self.range)?;
         } else {
-            write!(f, "{} is {}, a {} address", self.host, self.address, self.range)?;
+            write!(
+                f,
+                "{} is {}, a {} address",
+                self.host, self.address, self.range
+            )?;
         }
-        f.write_str(": the http action refuses non-public targets here unless they are allow-listed")
+        f.write_str(
+            ": the http action refuses non-public targets here unless they are allow-listed",
+        )
     }
 }
 

@@ -43,13 +43,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// (workflow, action, result) of a step latency histogram.
+type StepKey = (String, String, &'static str);
+
 /// Counters fed by the runtime. Cheap per event: a map lookup and an atomic add.
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
     /// (workflow, status) → count; `started` counts new executions.
     executions: Mutex<HashMap<(String, &'static str), Arc<AtomicU64>>>,
     /// (workflow, action, result) → step latency.
-    steps: Mutex<HashMap<(String, String, &'static str), Arc<Histogram>>>,
+    steps: Mutex<HashMap<StepKey, Arc<Histogram>>>,
     /// workflow → trigger lag.
     lag: Mutex<HashMap<String, Arc<Histogram>>>,
 }

@@ -47,7 +47,9 @@ fn options() -> anyhow::Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--subscribers" => options.subscribers = value.parse()?,
             "--executions" => options.executions = value.parse()?,
@@ -94,7 +96,11 @@ async fn measure(runtime: &Runtime, total: u64, concurrency: u64) -> anyhow::Res
 fn connect(
     addr: std::net::SocketAddr,
     n: usize,
-) -> (Arc<AtomicU64>, CancellationToken, std::thread::JoinHandle<()>) {
+) -> (
+    Arc<AtomicU64>,
+    CancellationToken,
+    std::thread::JoinHandle<()>,
+) {
     let bytes = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let (b, s) = (bytes.clone(), stop.clone());
@@ -111,7 +117,8 @@ fn connect(
                     let Ok(mut socket) = tokio::net::TcpStream::connect(addr).await else {
                         return;
                     };
-                    let request = "GET /stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n";
+                    let request =
+                        "GET /stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n";
                     if socket.write_all(request.as_bytes()).await.is_err() {
                         return;
                     }

@@ -168,3 +168,56 @@ async fn a_rule_fires_after_for_and_resolves_with_history_stream_and_events() {
 fn id_of(event: &stream_support::SseEvent) -> serde_json::Value {
     event.data["rule"]["id"].clone()
 }
+
+/// The rules and history tables on PostgreSQL (its own database), evaluated in-process.
+#[tokio::test]
+async fn alert_store_and_evaluation_on_postgres() {
+    use std::sync::Arc;
+
+    use reactor_core::engine::{Environment, Runtime, RuntimeConfig, Timestamp};
+    use reactor_core::store::MemoryStore;
+    use reactor_hub::alerts::Alerts;
+    use reactor_hub::alerts::rule::{AlertState, RuleRequest};
+    use reactor_hub::db::Database;
+    use reactor_hub::metrics::{EngineMetrics, Telemetry};
+    use reactor_hub::stream::LiveStream;
+
+    let pg = api_support::PgDatabase::create().await;
+    let db = Database::open(Some(&pg.url), std::path::Path::new("/nonexistent"))
+        .await
+        .unwrap();
+    db.migrate().await.unwrap();
+    let runtime = Runtime::new(
+        Arc::new(MemoryStore::new()),
+        reactor_core::action::builtin_registry(Default::default()),
+        Environment::empty(),
+        RuntimeConfig::default(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = Arc::new(Telemetry::new(
+        Arc::new(EngineMetrics::new()),
+        runtime.clone(),
+        None,
+        dir.path().to_path_buf(),
+    ));
+    let alerts = Alerts::new(db.clone(), telemetry, LiveStream::new(), runtime, None);
+    let request: RuleRequest = serde_json::from_value(json!({
+        "metric": "reactor_executions_queued",
+        "comparator": "==",
+        "threshold": 0
+    }))
+    .unwrap();
+    let rule = alerts.create(request).await.unwrap();
+    assert_eq!(alerts.rules().await.unwrap(), [rule.clone()]);
+    alerts.evaluate(Timestamp(1_000)).await.unwrap();
+    assert_eq!(alerts.state(&rule.id), AlertState::Firing { since: 1_000 });
+    let history = alerts.history(&rule.id, 10).await.unwrap().unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].state, "firing");
+    assert_eq!(history[0].value, Some(0.0));
+    assert!(alerts.history("nope", 10).await.unwrap().is_none());
+    assert!(alerts.delete(&rule.id).await.unwrap());
+    assert!(alerts.rules().await.unwrap().is_empty());
+    db.close().await;
+    pg.drop_now().await;
+}

@@ -12,19 +12,28 @@
 //! `?workflow=NAME` keeps only that workflow's execution and step events (metrics and alerts
 //! always pass).
 //!
-//! Design (what keeps 1,000 subscribers cheap for the engine): one `tokio::sync::broadcast`
-//! channel. The runtime's [`Observer`] call builds the event and encodes its whole SSE frame
-//! **once** (only while someone listens); `send` puts an `Arc` in the ring and never blocks
-//! or waits for a subscriber. Each subscriber, when woken, takes every frame already waiting
-//! (up to [`MAX_BATCH`]) and writes them as one chunk: no per-subscriber encoding, one write
-//! per wake-up however busy the engine is. A subscriber that falls more than [`CAPACITY`]
-//! events behind skips ahead and gets a `lagged` event saying how many it missed.
-//! Subscribers are capped ([`MAX_SUBSCRIBERS`]); beyond it the route answers 503. The
-//! `metrics` event every second doubles as the keep-alive.
+//! Design — what keeps 1,000 subscribers from slowing the engine (figures in
+//! docs/performance.md, "Live stream fan-out"):
+//! - Nothing is built while nobody listens. The runtime's [`Observer`] call only *admits* an
+//!   event into the current window of [`TICK`] (100 ms) — a counter check under a short lock —
+//!   and encodes its SSE frame once if admitted.
+//! - Each window admits at most [`CAP_PER_TICK`] execution events and as many step events for
+//!   unfiltered subscribers, and as many again per workflow some subscriber filters on; the
+//!   rest are only counted. Alerts, metrics snapshots and lag notices always pass.
+//! - A pump task, once per window, builds one chunk per distinct filter (frames concatenated,
+//!   plus `lagged {"missed": N}` when events were left out) and hands each subscriber a
+//!   reference-counted copy through a small queue. The engine never waits for a subscriber;
+//!   a subscriber whose queue is full misses that chunk and is told so in its next one.
+//!
+//! So each subscriber receives everything up to 100 execution and 100 step events per second
+//! (≤ 100 ms late), and a faithful sample with counts of what was skipped beyond that: a live
+//! view, not a log — the executions API has the full record. At most [`MAX_SUBSCRIBERS`]
+//! (503 beyond); the `metrics` event every second doubles as the keep-alive.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -36,7 +45,7 @@ use reactor_core::engine::{ExecutionRecord, Observer, Outcome, RuntimeEvent};
 use reactor_core::metrics::Labels;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::problem::ApiError;
@@ -44,113 +53,317 @@ use crate::auth::Role;
 use crate::metrics::Telemetry;
 use crate::server::RouteSpec;
 
-/// Events kept for slow subscribers before they skip.
-pub const CAPACITY: usize = 4096;
+/// One window of the stream.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Execution events (and, separately, step events) a subscriber gets per window.
+pub const CAP_PER_TICK: usize = 10;
+/// Chunks queued per subscriber before it misses some.
+pub const SUBSCRIBER_QUEUE: usize = 16;
 /// Most subscribers at once.
 pub const MAX_SUBSCRIBERS: u64 = 10_000;
 /// How often a metrics snapshot is sent.
 pub const SNAPSHOT_PERIOD: Duration = Duration::from_secs(1);
-/// Most frames written in one chunk.
-pub const MAX_BATCH: usize = 512;
+/// Most events held in one window (a bound, not a budget: admission keeps it far lower).
+const MAX_WINDOW: usize = 100_000;
 
-/// One event, serialised once for every subscriber.
+/// Which budget an event draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Execution = 0,
+    Step = 1,
+    /// Alerts, metrics, lag notices: never left out.
+    Always = 2,
+}
+
+fn class_of(kind: &str) -> Class {
+    if kind.starts_with("execution.") {
+        Class::Execution
+    } else if kind.starts_with("step.") {
+        Class::Step
+    } else {
+        Class::Always
+    }
+}
+
+/// One admitted event, encoded once.
 #[derive(Debug)]
-pub struct StreamItem {
-    /// The SSE event name (`execution.started` …).
-    pub kind: &'static str,
-    /// The workflow it concerns, for `?workflow=` (`None`: for everyone).
-    pub workflow: Option<String>,
-    /// The encoded SSE frame: `event: KIND\ndata: JSON\n\n`.
-    pub frame: Bytes,
+struct Item {
+    class: Class,
+    workflow: Option<String>,
+    /// `event: KIND\ndata: JSON\n\n` (JSON has no raw newlines).
+    frame: Bytes,
 }
 
-impl StreamItem {
-    /// An item with its frame encoded (`data` is one line: JSON has no raw newlines).
-    pub fn new(kind: &'static str, workflow: Option<&str>, data: &Value) -> StreamItem {
-        StreamItem {
-            kind,
-            workflow: workflow.map(str::to_string),
-            frame: Bytes::from(format!("event: {kind}\ndata: {data}\n\n")),
-        }
-    }
+fn frame(kind: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
 }
 
-/// The broadcast hub of the live stream.
-#[derive(Debug, Clone)]
+/// What one window collected.
+#[derive(Debug, Default)]
+struct Window {
+    items: Vec<Item>,
+    /// Admitted for everyone, per class.
+    admitted: [usize; 2],
+    /// Admitted per filtered workflow, per class.
+    admitted_for: HashMap<String, [usize; 2]>,
+    /// Left out at admission: for everyone, and per filtered workflow.
+    skipped: u64,
+    skipped_for: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    id: u64,
+    filter: Option<String>,
+    queue: mpsc::Sender<Bytes>,
+    /// Frames it missed because its queue was full.
+    missed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    window: Mutex<Window>,
+    /// Workflow filters in use → how many subscribers use each.
+    filters: Mutex<HashMap<String, usize>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    count: Arc<AtomicU64>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The live stream: admission, windows and subscribers. Cheap to clone.
+#[derive(Debug, Clone, Default)]
 pub struct LiveStream {
-    sender: broadcast::Sender<Arc<StreamItem>>,
-    subscribers: Arc<AtomicU64>,
-}
-
-impl Default for LiveStream {
-    fn default() -> Self {
-        LiveStream::new()
-    }
+    shared: Arc<Shared>,
 }
 
 impl LiveStream {
     pub fn new() -> LiveStream {
-        let (sender, _) = broadcast::channel(CAPACITY);
-        LiveStream {
-            sender,
-            subscribers: Arc::default(),
-        }
+        LiveStream::default()
     }
 
     /// Connected subscribers (for `/metrics`: `reactor_stream_subscribers`).
     pub fn subscribers(&self) -> Arc<AtomicU64> {
-        self.subscribers.clone()
+        self.shared.count.clone()
     }
 
     /// Whether anyone listens (events are not even built otherwise).
     pub fn listening(&self) -> bool {
-        self.sender.receiver_count() > 0
+        self.shared.count.load(Ordering::Relaxed) > 0
     }
 
-    /// Sends an event to every subscriber (dropped when there is none).
+    /// Offers an event to the current window: admitted (and encoded) within the budgets,
+    /// counted otherwise. Never blocks on a subscriber.
     pub fn publish(&self, kind: &'static str, workflow: Option<&str>, data: &Value) {
         if !self.listening() {
             return;
         }
-        let _ = self
-            .sender
-            .send(Arc::new(StreamItem::new(kind, workflow, data)));
+        let class = class_of(kind);
+        let filtered = workflow.filter(|w| lock(&self.shared.filters).contains_key(*w));
+        {
+            let mut window = lock(&self.shared.window);
+            let window = &mut *window;
+            let admit = match class {
+                Class::Always => window.items.len() < MAX_WINDOW,
+                Class::Execution | Class::Step => {
+                    let slot = class as usize;
+                    let for_all = window.admitted[slot] < CAP_PER_TICK;
+                    let for_filter = filtered.is_some_and(|w| {
+                        window
+                            .admitted_for
+                            .get(w)
+                            .is_none_or(|counts| counts[slot] < CAP_PER_TICK)
+                    });
+                    if for_all || for_filter {
+                        window.admitted[slot] += 1;
+                        if let Some(w) = filtered {
+                            window.admitted_for.entry(w.to_string()).or_default()[slot] += 1;
+                        }
+                        window.items.len() < MAX_WINDOW
+                    } else {
+                        false
+                    }
+                }
+            };
+            if !admit {
+                window.skipped += 1;
+                if let Some(w) = filtered {
+                    *window.skipped_for.entry(w.to_string()).or_default() += 1;
+                }
+                return;
+            }
+        }
+        let item = Item {
+            class,
+            workflow: workflow.map(str::to_string),
+            frame: frame(kind, data),
+        };
+        lock(&self.shared.window).items.push(item);
     }
 
-    /// A new subscription (also counted), or `None` when [`MAX_SUBSCRIBERS`] are connected.
-    pub fn subscribe(&self) -> Option<Subscription> {
-        let now = self.subscribers.fetch_add(1, Ordering::AcqRel);
+    /// A new subscriber for `workflow` (all when `None`), or `None` when [`MAX_SUBSCRIBERS`]
+    /// are connected.
+    pub fn subscribe(&self, workflow: Option<String>) -> Option<Subscription> {
+        let now = self.shared.count.fetch_add(1, Ordering::AcqRel);
         if now >= MAX_SUBSCRIBERS {
-            self.subscribers.fetch_sub(1, Ordering::AcqRel);
+            self.shared.count.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        let (queue, receiver) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(w) = &workflow {
+            *lock(&self.shared.filters).entry(w.clone()).or_default() += 1;
+        }
+        lock(&self.shared.subscribers).push(Subscriber {
+            id,
+            filter: workflow,
+            queue,
+            missed: 0,
+        });
         Some(Subscription {
-            receiver: self.sender.subscribe(),
-            count: self.subscribers.clone(),
+            id,
+            receiver,
+            shared: self.shared.clone(),
         })
     }
 
-    /// Sends a `metrics` snapshot every [`SNAPSHOT_PERIOD`] while anyone listens, until
-    /// `stop` fires.
-    pub async fn run_snapshots(self, telemetry: Arc<Telemetry>, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(SNAPSHOT_PERIOD);
+    /// Closes the current window: one chunk per distinct filter, handed to every subscriber.
+    pub fn flush(&self) {
+        let window = std::mem::take(&mut *lock(&self.shared.window));
+        if window.items.is_empty() && window.skipped == 0 {
+            return;
+        }
+        let mut chunks: HashMap<Option<String>, Option<(Bytes, u64)>> = HashMap::new();
+        let mut subscribers = lock(&self.shared.subscribers);
+        subscribers.retain_mut(|subscriber| {
+            let chunk = chunks
+                .entry(subscriber.filter.clone())
+                .or_insert_with(|| chunk_for(&window, subscriber.filter.as_deref()));
+            let Some((bytes, frames)) = chunk else {
+                return true;
+            };
+            let bytes = if subscriber.missed > 0 {
+                let note = frame("lagged", &json!({ "missed": subscriber.missed }));
+                let mut joined = Vec::with_capacity(note.len() + bytes.len());
+                joined.extend_from_slice(&note);
+                joined.extend_from_slice(bytes);
+                Bytes::from(joined)
+            } else {
+                bytes.clone()
+            };
+            match subscriber.queue.try_send(bytes) {
+                Ok(()) => {
+                    subscriber.missed = 0;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    subscriber.missed += *frames;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    /// The pump: closes a window every [`TICK`] and sends a `metrics` snapshot every
+    /// [`SNAPSHOT_PERIOD`] while anyone listens, until `stop` fires.
+    pub async fn run(self, telemetry: Option<Arc<Telemetry>>, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_snapshot = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if !self.listening() {
+            if let Some(telemetry) = &telemetry
+                && self.listening()
+                && last_snapshot.elapsed() >= SNAPSHOT_PERIOD
+            {
+                last_snapshot = tokio::time::Instant::now();
+                let telemetry = telemetry.clone();
+                if let Ok(value) = tokio::task::spawn_blocking(move || snapshot(&telemetry)).await {
+                    self.publish("metrics", None, &value);
+                }
+            }
+            self.flush();
+        }
+    }
+}
+
+/// The chunk subscribers with `filter` get from `window`, and how many frames it holds;
+/// `None` when there is nothing for them.
+fn chunk_for(window: &Window, filter: Option<&str>) -> Option<(Bytes, u64)> {
+    let mut taken = [0usize; 2];
+    let mut skipped = match filter {
+        None => window.skipped,
+        Some(w) => window.skipped_for.get(w).copied().unwrap_or(0),
+    };
+    let mut out = Vec::new();
+    let mut frames = 0u64;
+    for item in &window.items {
+        let matches = match (filter, item.workflow.as_deref()) {
+            (Some(wanted), Some(of)) => wanted == of,
+            _ => true,
+        };
+        if !matches {
+            continue;
+        }
+        if item.class != Class::Always {
+            let slot = item.class as usize;
+            if taken[slot] >= CAP_PER_TICK {
+                skipped += 1;
                 continue;
             }
-            let telemetry = telemetry.clone();
-            let Ok(snapshot) = tokio::task::spawn_blocking(move || snapshot(&telemetry)).await
-            else {
-                continue;
-            };
-            self.publish("metrics", None, &snapshot);
+            taken[slot] += 1;
         }
+        out.extend_from_slice(&item.frame);
+        frames += 1;
+    }
+    if skipped > 0 {
+        out.extend_from_slice(&frame("lagged", &json!({ "missed": skipped })));
+        frames += 1;
+    }
+    (frames > 0).then(|| (Bytes::from(out), frames))
+}
+
+/// One subscriber: its queue of chunks. Unregistered when dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    receiver: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+}
+
+impl Subscription {
+    /// The next chunk of frames; `None` when the stream closed.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let filter = {
+            let mut subscribers = lock(&self.shared.subscribers);
+            let at = subscribers.iter().position(|s| s.id == self.id);
+            at.map(|at| subscribers.swap_remove(at))
+                .and_then(|s| s.filter)
+        };
+        if let Some(w) = filter {
+            let mut filters = lock(&self.shared.filters);
+            if let Some(n) = filters.get_mut(&w) {
+                *n -= 1;
+                if *n == 0 {
+                    filters.remove(&w);
+                }
+            }
+        }
+        self.shared.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -174,80 +387,6 @@ pub fn snapshot(telemetry: &Telemetry) -> Value {
         "memory_bytes": value("reactor_process_resident_memory_bytes"),
         "subscribers": value("reactor_stream_subscribers"),
     })
-}
-
-/// One subscriber's receiver; uncounted when dropped.
-#[derive(Debug)]
-pub struct Subscription {
-    receiver: broadcast::Receiver<Arc<StreamItem>>,
-    count: Arc<AtomicU64>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Subscription {
-    /// The next event for `workflow` (all when `None`); a `lagged` item when this subscriber
-    /// fell behind; `None` when the stream closed.
-    pub async fn next(&mut self, workflow: Option<&str>) -> Option<Arc<StreamItem>> {
-        loop {
-            match self.receiver.recv().await {
-                Ok(item) => {
-                    if wanted(workflow, &item) {
-                        return Some(item);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Some(lagged(missed));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-
-    /// The next frames for `workflow`: waits for one, then takes every frame already waiting
-    /// (up to [`MAX_BATCH`]) into one chunk. `None` when the stream closed.
-    pub async fn next_batch(&mut self, workflow: Option<&str>) -> Option<Bytes> {
-        let first = self.next(workflow).await?;
-        let mut frames = vec![first];
-        while frames.len() < MAX_BATCH {
-            match self.receiver.try_recv() {
-                Ok(item) => {
-                    if wanted(workflow, &item) {
-                        frames.push(item);
-                    }
-                }
-                Err(broadcast::error::TryRecvError::Lagged(missed)) => frames.push(lagged(missed)),
-                Err(_) => break,
-            }
-        }
-        if frames.len() == 1 {
-            return Some(frames[0].frame.clone());
-        }
-        let mut chunk = Vec::with_capacity(frames.iter().map(|f| f.frame.len()).sum());
-        for item in &frames {
-            chunk.extend_from_slice(&item.frame);
-        }
-        Some(Bytes::from(chunk))
-    }
-}
-
-fn wanted(workflow: Option<&str>, item: &StreamItem) -> bool {
-    match (workflow, item.workflow.as_deref()) {
-        (Some(wanted), Some(of)) => wanted == of,
-        _ => true,
-    }
-}
-
-fn lagged(missed: u64) -> Arc<StreamItem> {
-    Arc::new(StreamItem::new(
-        "lagged",
-        None,
-        &json!({ "missed": missed }),
-    ))
 }
 
 fn execution_data(record: &ExecutionRecord) -> Value {
@@ -342,7 +481,7 @@ pub fn sse_response(
     workflow: Option<String>,
     stop: CancellationToken,
 ) -> Response {
-    let Some(subscription) = stream.subscribe() else {
+    let Some(subscription) = stream.subscribe(workflow) else {
         return ApiError::unavailable(
             "too many stream subscribers",
             &format!("the live stream serves at most {MAX_SUBSCRIBERS} subscribers"),
@@ -355,15 +494,15 @@ pub fn sse_response(
         Ok::<_, Infallible>(Bytes::from_static(b": reactor live stream\n\n"))
     });
     let frames = futures::stream::unfold(
-        (subscription, workflow, stop),
-        |(mut subscription, workflow, stop)| async move {
-            // Cancel-safe: `next_batch` holds no half-taken frame; the stream simply ends.
+        (subscription, stop),
+        |(mut subscription, stop)| async move {
+            // Cancel-safe: a chunk is either taken whole or left in the queue.
             let chunk = tokio::select! {
                 biased;
                 () = stop.cancelled() => return None,
-                chunk = subscription.next_batch(workflow.as_deref()) => chunk?,
+                chunk = subscription.next() => chunk?,
             };
-            Some((Ok::<_, Infallible>(chunk), (subscription, workflow, stop)))
+            Some((Ok::<_, Infallible>(chunk), (subscription, stop)))
         },
     );
     (
@@ -374,4 +513,100 @@ pub fn sse_response(
         Body::from_stream(futures::StreamExt::chain(hello, frames)),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bytes: &Bytes) -> Vec<(String, Value)> {
+        let text = std::str::from_utf8(bytes).unwrap();
+        text.split("\n\n")
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                let mut lines = f.lines();
+                let event = lines
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("event: ")
+                    .to_string();
+                let data = lines.next().unwrap().trim_start_matches("data: ");
+                (event, serde_json::from_str(data).unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn budgets_per_window_with_counts_of_what_was_left_out() {
+        let stream = LiveStream::new();
+        stream.publish("execution.started", Some("a"), &json!({"n": 0}));
+        assert!(
+            lock(&stream.shared.window).items.is_empty(),
+            "nobody listens"
+        );
+
+        let mut all = stream.subscribe(None).unwrap();
+        let mut only_b = stream.subscribe(Some("b".into())).unwrap();
+        for n in 0..25 {
+            stream.publish("step.started", Some("a"), &json!({"n": n}));
+        }
+        for n in 0..3 {
+            stream.publish("execution.finished", Some("b"), &json!({"n": n}));
+            stream.publish("step.started", Some("b"), &json!({"n": n}));
+        }
+        stream.publish("alert.firing", None, &json!({}));
+        stream.flush();
+
+        let got = frames(&all.next().await.unwrap());
+        let steps = got.iter().filter(|(e, _)| e == "step.started").count();
+        assert_eq!(steps, CAP_PER_TICK, "{got:?}");
+        assert_eq!(
+            got.iter()
+                .filter(|(e, _)| e == "execution.finished")
+                .count(),
+            3
+        );
+        assert!(got.iter().any(|(e, _)| e == "alert.firing"));
+        let (last, data) = got.last().unwrap();
+        assert_eq!(last, "lagged");
+        assert_eq!(data["missed"], json!(25 + 3 - CAP_PER_TICK), "{got:?}");
+
+        // The filtered subscriber gets all of b's events although a's used up the budget.
+        let got = frames(&only_b.next().await.unwrap());
+        let kinds: Vec<&str> = got.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "execution.finished",
+                "step.started",
+                "execution.finished",
+                "step.started",
+                "execution.finished",
+                "step.started",
+                "alert.firing"
+            ]
+        );
+        drop(only_b);
+        assert_eq!(stream.subscribers().load(Ordering::Relaxed), 1);
+        assert!(lock(&stream.shared.filters).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_misses_chunks_and_is_told() {
+        let stream = LiveStream::new();
+        let mut slow = stream.subscribe(None).unwrap();
+        for n in 0..SUBSCRIBER_QUEUE + 2 {
+            stream.publish("execution.started", Some("a"), &json!({ "n": n }));
+            stream.flush();
+        }
+        for _ in 0..SUBSCRIBER_QUEUE {
+            slow.next().await.unwrap();
+        }
+        stream.publish("execution.started", Some("a"), &json!({"n": "late"}));
+        stream.flush();
+        let got = frames(&slow.next().await.unwrap());
+        assert_eq!(got[0].0, "lagged");
+        assert_eq!(got[0].1["missed"], json!(2));
+        assert_eq!(got[1].1["n"], json!("late"));
+    }
 }

@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use reactor_benches::{MIXED_FIVE, event, runtime};
 use reactor_core::engine::{Fanout, Runtime, RuntimeConfig, Submission};
 use reactor_core::store::MemoryStore;
-use reactor_hub::metrics::EngineMetrics;
+use reactor_hub::metrics::{EngineMetrics, Telemetry};
 use reactor_hub::stream::{LiveStream, sse_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -153,9 +153,19 @@ async fn main() -> anyhow::Result<()> {
         RuntimeConfig::default(),
         &[MIXED_FIVE],
     )
-    .with_observer(Arc::new(Fanout(vec![engine, Arc::new(live.clone())])));
+    .with_observer(Arc::new(Fanout(vec![
+        engine.clone(),
+        Arc::new(live.clone()),
+    ])));
 
     let server_stop = CancellationToken::new();
+    let telemetry = Arc::new(Telemetry::new(
+        engine.clone(),
+        runtime.clone(),
+        None,
+        std::env::temp_dir(),
+    ));
+    tokio::spawn(live.clone().run(Some(telemetry), server_stop.clone()));
     let app = {
         let (live, stop) = (live.clone(), server_stop.clone());
         axum::Router::new().route(

@@ -270,7 +270,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The secrets watch (changes by the CLI or another hub) and the stream's metrics snapshots,
+/// The secrets watch (changes by the CLI or another hub) and the live stream's pump,
 /// supervised like triggers.
 fn spawn_ops_tasks(
     supervisor: &Supervisor,
@@ -299,7 +299,7 @@ fn spawn_ops_tasks(
         move |stop| {
             let (live, telemetry) = (live.clone(), telemetry.clone());
             async move {
-                live.run_snapshots(telemetry, stop).await;
+                live.run(Some(telemetry), stop).await;
                 Ok(())
             }
         },

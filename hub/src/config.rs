@@ -74,6 +74,8 @@ Configuration (hub.toml; layers: defaults < file < REACTOR_* environment < flags
   [exec]     allow = [\"/usr/bin/echo\"]  commands the exec action may run (default: none,
              the exec action is off on the hub)
   [env]      allow = [\"HOME\"]            environment variables visible as env.NAME
+  [http]     allow = [\"10.0.0.0/8\", \"api.internal\"]  non-public targets the http action
+             may reach (CIDRs, addresses, host names, *.domain; default: none)
 
 Environment: every key also as REACTOR_<SECTION>__<KEY>, e.g. REACTOR_LIMITS__MAX_BODY=65536,
 REACTOR_EXEC__ALLOW='[\"echo\"]' (values are TOML values, or plain text).
@@ -105,6 +107,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     retention: Option<RawRetention>,
     exec: Option<RawAllow>,
+    http: Option<RawAllow>,
     env: Option<RawAllow>,
 }
 
@@ -185,6 +188,8 @@ pub struct HubConfig {
     pub retention_max_age: Duration,
     pub exec_allow: Vec<String>,
     pub env_allow: Vec<String>,
+    /// Non-public targets the `http` action may reach (`[http] allow`).
+    pub http_allow: Vec<String>,
     /// The file the configuration came from, if any (for logs).
     pub file: Option<PathBuf>,
 }
@@ -256,6 +261,7 @@ struct Merged {
     keep: Option<Layered<u64>>,
     max_age: Option<Layered<String>>,
     exec_allow: Option<Layered<Vec<String>>>,
+    http_allow: Option<Layered<Vec<String>>>,
     env_allow: Option<Layered<Vec<String>>>,
 }
 
@@ -272,6 +278,7 @@ impl Merged {
         pick(&mut self.keep, retention.keep, origin);
         pick(&mut self.max_age, retention.max_age, origin);
         pick(&mut self.exec_allow, raw.exec.and_then(|e| e.allow), origin);
+        pick(&mut self.http_allow, raw.http.and_then(|e| e.allow), origin);
         pick(&mut self.env_allow, raw.env.and_then(|e| e.allow), origin);
     }
 }
@@ -467,13 +474,18 @@ fn validate(
         MAX_BODY_LIMIT,
     );
     let keep = bounded("retention.keep", merged.keep, 100_000, u64::MAX);
-    for list in [&merged.exec_allow, &merged.env_allow]
+    for list in [&merged.exec_allow, &merged.env_allow, &merged.http_allow]
         .into_iter()
         .flatten()
     {
         if list.value.iter().any(|name| name.trim().is_empty()) {
             bad("allow", &list.origin, "an empty name is not allowed".into());
         }
+    }
+    if let Some(list) = &merged.http_allow
+        && let Err(error) = reactor_core::action::http_guard::NetGuard::new(&list.value)
+    {
+        bad("http.allow", &list.origin, error.to_string());
     }
     let max_age = match merged.max_age {
         None => Duration::from_secs(30 * 86_400),
@@ -506,6 +518,7 @@ fn validate(
         retention_keep: usize::try_from(keep).unwrap_or(usize::MAX),
         retention_max_age: max_age,
         exec_allow: merged.exec_allow.map(|l| l.value).unwrap_or_default(),
+        http_allow: merged.http_allow.map(|l| l.value).unwrap_or_default(),
         env_allow: merged.env_allow.map(|l| l.value).unwrap_or_default(),
         file,
     })

@@ -20,6 +20,7 @@
 //! - `mqtt` (feature `mqtt`): the MQTT trigger and publisher over rumqttc.
 //! - `sync` (feature `sync`): the fleet protocol between agent and hub: topics, versioned
 //!   postcard envelopes, signed bundles.
+//! - [`metrics`]: metric families, histograms, trigger counters, Prometheus text.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
 //! Invariants that matter:
@@ -35,6 +36,7 @@ pub mod dsl;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod store;

@@ -220,6 +220,9 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         .with_routes(crate::alerts::api::routes(alerts.clone()))
         .router();
     let app = enroll.merge(app);
+    let fleet_broker = crate::fleet::start_endpoint(&config.fleet, &db, state.stopping.clone())
+        .await
+        .context("the device MQTT endpoint")?;
     spawn_ops_tasks(&supervisor, &runtime, secrets, live, telemetry);
     let stopping = state.stopping.clone();
     let server = tokio::spawn(async move {
@@ -280,6 +283,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         );
     }
     events.detach();
+    drop(fleet_broker);
     drop(state);
     drop(workflows);
     drop(runtime);

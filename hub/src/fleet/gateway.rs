@@ -8,8 +8,9 @@
 //!    will may only be the device's own `status` topic. Otherwise CONNACK with a refusal code
 //!    and the connection closes.
 //! 2. the gateway opens its own connection to the broker with the internal login and the
-//!    client id `d/{device}` (a `/` no device id can contain, so a device can never take the
-//!    hub's or another device's session), and forwards the broker's packets as they are.
+//!    client id `d%{device}` (a `%` no device id can contain, and rumqttd refuses `/`), so a
+//!    device can never take the hub's or another device's session; the broker's packets go
+//!    back to the device as they are.
 //! 3. every packet from the device is decoded before it is forwarded: PUBLISH only to its
 //!    own `status`, `events`, `executions`; SUBSCRIBE only to exactly its own `ack`,
 //!    `bundle`, `cmd` (no wildcards); a second CONNECT is refused. Any other topic or filter
@@ -128,7 +129,7 @@ impl Gateway {
         };
         let mut upstream = TcpStream::connect(self.upstream).await?;
         let _ = upstream.set_nodelay(true);
-        connect.client_id = format!("d/{}", id.as_str());
+        connect.client_id = format!("d%{}", id.as_str());
         connect.login = Some(Login::new(
             self.login.username.clone(),
             self.login.password.clone(),

@@ -18,6 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// A CONNECT to refuse: client id, login, last-will topic.
+type BadConnect = (String, Option<(String, String)>, Option<String>);
+
 struct Fleet {
     addr: std::net::SocketAddr,
     devices: Vec<(String, String)>,
@@ -224,7 +227,7 @@ async fn devices_are_confined_to_their_prefix() {
     while fleet.seen.try_recv().is_ok() {}
 
     // Identities: wrong or borrowed credentials, ids that would widen or escape a topic.
-    let bad_connects: Vec<(String, Option<(String, String)>, Option<String>)> = vec![
+    let bad_connects: Vec<BadConnect> = vec![
         (
             "alpha".into(),
             Some(("alpha".into(), "rd_wrong".into())),

@@ -59,6 +59,57 @@ pub struct ServeFlags {
     /// Log format: human (default) or json (one object per line). [file: log.format]
     #[arg(long, env = "REACTOR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Device MQTT endpoint: the embedded broker behind the hub's own identity and topic
+    /// checks (docs/fleet.md). Off unless set.
+    #[arg(long, env = "REACTOR_MQTT_LISTEN", value_name = "ADDR")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// The broker address enrollment hands to devices [default: mqtt://MQTT_LISTEN, or
+    /// --mqtt-broker].
+    #[arg(long, env = "REACTOR_MQTT_ADVERTISE", value_name = "URL")]
+    pub mqtt_advertise: Option<String>,
+    /// An external broker instead of the embedded one: mqtt://[USER:PASS@]HOST:PORT (its
+    /// ACLs must confine each device to reactor/v1/d/{device}/).
+    #[arg(
+        long,
+        env = "REACTOR_MQTT_BROKER",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub mqtt_broker: Option<String>,
+}
+
+impl FleetConfig {
+    /// The broker address enrollment hands out (empty when no broker is configured).
+    pub fn broker_url(&self) -> String {
+        if let Some(url) = &self.advertise {
+            return url.clone();
+        }
+        if let Some(addr) = self.mqtt_listen {
+            return format!("mqtt://{addr}");
+        }
+        match &self.external_broker {
+            // Never hand out the hub's own broker credentials.
+            Some(url) => match url.split_once("://") {
+                Some((scheme, rest)) => {
+                    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                    format!("{scheme}://{host}")
+                }
+                None => url.clone(),
+            },
+            None => String::new(),
+        }
+    }
+}
+
+/// The fleet side of `serve` (flags and their variables only).
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    /// Where the device-facing MQTT endpoint listens (embedded broker).
+    pub mqtt_listen: Option<SocketAddr>,
+    /// What enrollment tells devices to connect to.
+    pub advertise: Option<String>,
+    /// An external broker the hub connects to instead.
+    pub external_broker: Option<String>,
 }
 
 /// The text of `serve --help` after the flags: the file's keys and the environment layer.
@@ -192,6 +243,8 @@ pub struct HubConfig {
     pub http_allow: Vec<String>,
     /// The file the configuration came from, if any (for logs).
     pub file: Option<PathBuf>,
+    /// Broker and enrollment settings.
+    pub fleet: FleetConfig,
 }
 
 /// Where a configuration value came from, for error messages.
@@ -320,7 +373,19 @@ impl HubConfig {
             flags.log_format,
             &Origin::Flag("log-format"),
         );
-        let config = validate(merged, file, &mut problems);
+        let config = validate(merged, file, &mut problems).map(|mut config| {
+            config.fleet = FleetConfig {
+                mqtt_listen: flags.mqtt_listen,
+                advertise: flags.mqtt_advertise.clone(),
+                external_broker: flags.mqtt_broker.clone(),
+            };
+            config
+        });
+        if flags.mqtt_listen.is_some() && flags.mqtt_broker.is_some() {
+            problems.push(
+                "mqtt-listen and mqtt-broker: choose the embedded broker or an external one".into(),
+            );
+        }
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError { problems }),
@@ -521,6 +586,7 @@ fn validate(
         http_allow: merged.http_allow.map(|l| l.value).unwrap_or_default(),
         env_allow: merged.env_allow.map(|l| l.value).unwrap_or_default(),
         file,
+        fleet: FleetConfig::default(),
     })
 }
 

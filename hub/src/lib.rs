@@ -10,6 +10,7 @@
 //! - [`metrics`]: `GET /metrics` and the metric values alerts and the stream read.
 //! - [`stream`]: `GET /api/v1/stream`, the live stream (SSE) fed by the runtime.
 //! - [`alerts`]: alert rules over the metrics, evaluated every second; events on firing.
+//! - [`fleet`]: devices, enrollment, the device MQTT endpoint, ingestion, signing key.
 //! - [`secrets`]: secrets encrypted at rest, their CLI and API, the engine's source of
 //!   `secrets.NAME`.
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fleet;
 pub mod metrics;
 pub mod secrets;
 pub mod server;

@@ -120,6 +120,8 @@ fn table() -> Vec<Row> {
         row("GET", "/api/v1/alerts", None, Viewer, 200),
         row("DELETE", "/api/v1/alerts/{id}", None, Editor, 404),
         row("GET", "/api/v1/alerts/{id}/history", None, Viewer, 404),
+        // Fleet (hub/src/fleet; POST /api/v1/enroll takes no bearer token: fleet_enroll.rs).
+        row("GET", "/api/v1/devices", None, Viewer, 200),
     ]
 }
 

@@ -199,12 +199,30 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         runtime.clone(),
         Some(workflows.clone()),
     ));
+    let signer = crate::fleet::keys::load_or_create(
+        &db,
+        &crate::secrets::cipher::Cipher::new(
+            &crate::secrets::key::SecretKey::load(&config.data).context("the secrets key")?,
+        ),
+    )
+    .await
+    .context("the fleet's bundle-signing key")?;
+    let enroll = crate::fleet::api::enroll_router(crate::fleet::api::EnrollState {
+        db: db.clone(),
+        signer: signer.clone(),
+        broker: config.fleet.broker_url(),
+    });
     let app = Server::new(state.clone())
+        .with_routes(crate::fleet::api::routes())
         .with_routes(crate::secrets::api::routes(secrets.clone()))
         .with_routes(crate::metrics::routes(telemetry.clone()))
         .with_routes(crate::stream::routes(live.clone(), state.stopping.clone()))
         .with_routes(crate::alerts::api::routes(alerts.clone()))
         .router();
+    let app = enroll.merge(app);
+    let fleet_broker = crate::fleet::start_endpoint(&config.fleet, &db, state.stopping.clone())
+        .await
+        .context("the device MQTT endpoint")?;
     spawn_ops_tasks(&supervisor, &runtime, secrets, live, telemetry);
     let stopping = state.stopping.clone();
     let server = tokio::spawn(async move {
@@ -222,6 +240,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         tracing::info!(executions = recovered, "resumed unfinished executions");
     }
     workflows.start();
+    let cluster = super::cluster::spawn(state.clone());
     supervisor.spawn(
         "hub.alerts",
         Arc::new(TriggerStats::default()),
@@ -233,7 +252,6 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
             }
         },
     );
-    let cluster = super::cluster::spawn(state.clone());
     state.ready.store(true, Ordering::Release);
     tracing::info!(workflows = workflows.list().len(), "reactor-hub ready");
 
@@ -265,6 +283,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         );
     }
     events.detach();
+    drop(fleet_broker);
     drop(state);
     drop(workflows);
     drop(runtime);

@@ -61,9 +61,24 @@ fn options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-/// Runs `total` executions with `concurrency` callers; returns executions per second.
-async fn measure(runtime: &Runtime, total: u64, concurrency: u64) -> anyhow::Result<f64> {
+/// CPU time this process used so far (user + system), seconds, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `total` executions with `concurrency` callers; returns executions per second and
+/// the process's CPU microseconds per execution (subscriber readers included).
+async fn measure(runtime: &Runtime, total: u64, concurrency: u64) -> anyhow::Result<(f64, f64)> {
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_seconds();
     let started = Instant::now();
     let mut callers = Vec::new();
     for _ in 0..concurrency {
@@ -89,7 +104,9 @@ async fn measure(runtime: &Runtime, total: u64, concurrency: u64) -> anyhow::Res
     for caller in callers {
         caller.await??;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = (cpu_seconds() - cpu) * 1e6 / total as f64;
+    Ok((rate, cpu_us))
 }
 
 /// Connects `n` raw SSE readers to `addr`; returns the bytes they read and a stop token.
@@ -184,10 +201,13 @@ async fn main() -> anyhow::Result<()> {
     measure(&runtime, options.executions / 4, options.concurrency).await?;
     let mut without = Vec::new();
     let mut with = Vec::new();
+    let mut cpu_without = Vec::new();
+    let mut cpu_with = Vec::new();
     let mut delivered = 0u64;
     for round in 0..options.rounds {
-        let base = measure(&runtime, options.executions, options.concurrency).await?;
+        let (base, base_cpu) = measure(&runtime, options.executions, options.concurrency).await?;
         without.push(base);
+        cpu_without.push(base_cpu);
 
         let (bytes, stop, thread) = connect(addr, options.subscribers);
         let subscribers = live.subscribers();
@@ -202,8 +222,10 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let loaded = measure(&runtime, options.executions, options.concurrency).await?;
+        let (loaded, loaded_cpu) =
+            measure(&runtime, options.executions, options.concurrency).await?;
         with.push(loaded);
+        cpu_with.push(loaded_cpu);
         // Let the readers drain what is in flight before counting.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let read = bytes.load(Ordering::Relaxed);
@@ -214,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         println!(
-            "round {round}: {base:.0} exec/s without subscribers, {loaded:.0} exec/s with {} ({:+.1} %), {:.1} MiB streamed",
+            "round {round}: {base:.0} exec/s ({base_cpu:.1} CPU-µs each) without subscribers, {loaded:.0} exec/s ({loaded_cpu:.1} CPU-µs) with {} ({:+.1} %), {:.1} MiB streamed",
             options.subscribers,
             (loaded / base - 1.0) * 100.0,
             read as f64 / (1024.0 * 1024.0)
@@ -224,11 +246,24 @@ async fn main() -> anyhow::Result<()> {
         values.sort_by(|a, b| a.total_cmp(b));
         values[values.len() / 2]
     };
+    // Rounds are paired (each loaded run right after its baseline), so the median of the
+    // per-round changes is what drifting background load disturbs least.
+    let mut changes: Vec<f64> = without
+        .iter()
+        .zip(&with)
+        .map(|(base, loaded)| (loaded / base - 1.0) * 100.0)
+        .collect();
+    let change = median(&mut changes);
     let (base, loaded) = (median(&mut without), median(&mut with));
+    let (base_cpu, loaded_cpu) = (median(&mut cpu_without), median(&mut cpu_with));
     println!(
-        "median: {base:.0} exec/s without, {loaded:.0} exec/s with {} subscribers: {:+.1} % ({} executions x {} rounds, concurrency {}, {:.1} MiB streamed in all)",
+        "median CPU per execution: {base_cpu:.1} µs without, {loaded_cpu:.1} µs with {} subscribers: {:+.1} %",
         options.subscribers,
-        (loaded / base - 1.0) * 100.0,
+        (loaded_cpu / base_cpu - 1.0) * 100.0
+    );
+    println!(
+        "median: {base:.0} exec/s without, {loaded:.0} exec/s with {} subscribers; median per-round change {change:+.1} % ({} executions x {} rounds, concurrency {}, {:.1} MiB streamed in all)",
+        options.subscribers,
         options.executions,
         options.rounds,
         options.concurrency,

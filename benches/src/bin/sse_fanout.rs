@@ -70,7 +70,12 @@ fn cpu_seconds() -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the ')'.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -251,10 +256,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "median: {base:.0} exec/s without, {loaded:.0} exec/s with {} subscribers; median per-round change {change:+.1} % ({} executions x {} rounds, concurrency {})",
-        options.subscribers,
-        options.executions,
-        options.rounds,
-        options.concurrency,
+        options.subscribers, options.executions, options.rounds, options.concurrency,
     );
     server_stop.cancel();
     runtime.shutdown().await;

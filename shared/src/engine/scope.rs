@@ -27,6 +27,26 @@ impl Environment {
             device: Value::Null,
         }
     }
+
+    /// The environment an execution started by `event` sees. A runtime without a device
+    /// identity of its own (the hub) lends `device` from the event instead when the event
+    /// came from a device: `meta.device` (its id) and `meta.device_labels` become
+    /// `device.id` and `device.labels`. Otherwise the environment as it is.
+    pub fn for_event(self: &Arc<Self>, event: &crate::engine::Event) -> Arc<Environment> {
+        if !self.device.is_null() {
+            return self.clone();
+        }
+        let Some(id) = event.meta.get("device").and_then(Value::as_str) else {
+            return self.clone();
+        };
+        let labels = match event.meta.get("device_labels") {
+            Some(labels @ Value::Object(_)) => labels.clone(),
+            _ => Value::Object(Map::new()),
+        };
+        let mut environment = Environment::clone(self);
+        environment.device = serde_json::json!({ "id": id, "labels": labels });
+        Arc::new(environment)
+    }
 }
 
 /// Execution-wide names.

@@ -782,3 +782,19 @@ pub async fn counts(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::walk;
+
+    #[test]
+    fn walk_stops_at_holes_and_crosses_gaps() {
+        assert_eq!(walk(0, &[1, 2, 3], &[]), (3, true));
+        assert_eq!(walk(0, &[2, 3], &[]), (0, false));
+        assert_eq!(walk(0, &[1, 2, 6, 7], &[(3, 5)]), (7, true));
+        assert_eq!(walk(0, &[1, 2, 9], &[(3, 5)]), (5, false));
+        // Seqs at or below the start are skipped; overlapping gaps are fine.
+        assert_eq!(walk(4, &[3, 4, 5], &[(1, 8)]), (8, true));
+        assert_eq!(walk(0, &[], &[(1, 4), (5, 6)]), (6, true));
+    }
+}

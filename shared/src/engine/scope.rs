@@ -117,3 +117,31 @@ impl Scope for View<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::Event;
+
+    #[test]
+    fn device_comes_from_the_event_only_without_an_own_identity() {
+        let mut event = Event::new("reading", "sensor", json!({}));
+        event.meta = json!({ "device": "pump-1", "device_labels": { "site": "north" } });
+        let hub = Arc::new(Environment::empty());
+        assert_eq!(
+            hub.for_event(&event).device,
+            json!({ "id": "pump-1", "labels": { "site": "north" } })
+        );
+        assert!(
+            hub.for_event(&Event::new("x", "y", json!({})))
+                .device
+                .is_null()
+        );
+        let mut agent = Environment::empty();
+        agent.device = json!({ "id": "self", "labels": {} });
+        let agent = Arc::new(agent);
+        assert_eq!(agent.for_event(&event).device["id"], "self");
+    }
+}

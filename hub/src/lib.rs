@@ -24,5 +24,5 @@ pub mod fleet;
 pub mod metrics;
 pub mod secrets;
 pub mod server;
-pub mod triggers;
 pub mod stream;
+pub mod triggers;

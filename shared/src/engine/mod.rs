@@ -20,7 +20,9 @@ pub use catalog::Catalog;
 pub use interpret::resolve_inputs;
 pub use journal::*;
 pub use machine::{ActionCommand, Command, Completion, Machine};
-pub use runtime::{EventBus, Runtime, RuntimeConfig, Submission, SubmitError, Watch};
+pub use runtime::{
+    DedupeMark, EventBus, MarkRecord, Runtime, RuntimeConfig, Submission, SubmitError, Watch,
+};
 pub use scope::Environment;
 
 #[cfg(test)]

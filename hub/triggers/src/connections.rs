@@ -251,7 +251,11 @@ impl Connections {
         })
     }
 
-    fn secret_field(&self, value: Option<&str>, field: &str) -> Result<Option<String>, TriggerError> {
+    fn secret_field(
+        &self,
+        value: Option<&str>,
+        field: &str,
+    ) -> Result<Option<String>, TriggerError> {
         let Some(value) = value else {
             return Ok(None);
         };
@@ -397,19 +401,30 @@ mod tests {
     #[test]
     fn named_connection_gets_its_secret_password() {
         let resolved = connections()
-            .resolve(&Connection::Named("orders".into()), "postgres", &["postgres", "postgresql"])
+            .resolve(
+                &Connection::Named("orders".into()),
+                "postgres",
+                &["postgres", "postgresql"],
+            )
             .unwrap();
-        assert_eq!(resolved.address, "postgres://reactor:p%40ss%20word@db:5432/shop");
+        assert_eq!(
+            resolved.address,
+            "postgres://reactor:p%40ss%20word@db:5432/shop"
+        );
         assert_eq!(resolved.display, "postgres://reactor@db:5432/shop");
         assert!(!format!("{resolved:?}").contains("ss"));
     }
 
     #[test]
     fn default_connection_is_named_after_the_type() {
-        let resolved = connections().resolve(&Connection::Default, "kafka", &[]).unwrap();
+        let resolved = connections()
+            .resolve(&Connection::Default, "kafka", &[])
+            .unwrap();
         assert_eq!(resolved.address, "k1:9092,k2:9092");
         assert_eq!(resolved.password.as_deref(), Some("k"));
-        let error = connections().resolve(&Connection::Default, "redis", &["redis"]).unwrap_err();
+        let error = connections()
+            .resolve(&Connection::Default, "redis", &["redis"])
+            .unwrap_err();
         assert!(error.to_string().contains("connections.redis"), "{error}");
     }
 
@@ -419,11 +434,30 @@ mod tests {
         let err = |conn: Connection, kind: &str, schemes: &[&str]| {
             c.resolve(&conn, kind, schemes).unwrap_err().to_string()
         };
-        assert!(err(Connection::Named("nope".into()), "redis", &["redis"]).contains("known: kafka, orders"));
-        assert!(err(Connection::Url("redis://u:pw@h".into()), "redis", &["redis"]).contains("holds a password"));
-        assert!(err(Connection::Url("http://h".into()), "redis", &["redis", "rediss"]).contains("redis:// or rediss://"));
+        assert!(
+            err(Connection::Named("nope".into()), "redis", &["redis"])
+                .contains("known: kafka, orders")
+        );
+        assert!(
+            err(
+                Connection::Url("redis://u:pw@h".into()),
+                "redis",
+                &["redis"]
+            )
+            .contains("holds a password")
+        );
+        assert!(
+            err(
+                Connection::Url("http://h".into()),
+                "redis",
+                &["redis", "rediss"]
+            )
+            .contains("redis:// or rediss://")
+        );
         assert!(err(Connection::Url("redis://".into()), "redis", &["redis"]).contains("no host"));
-        assert!(err(Connection::Url("kafka://h:9092".into()), "kafka", &[]).contains("without scheme"));
+        assert!(
+            err(Connection::Url("kafka://h:9092".into()), "kafka", &[]).contains("without scheme")
+        );
         let literal = Connections::new(
             BTreeMap::from([(
                 "x".to_string(),

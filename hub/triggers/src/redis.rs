@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, RedisError, Value as RedisValue};
 use reactor_core::engine::{DedupeMark, Event, Submission};
 use reactor_core::flow::{self, RedisSource};
 use reactor_core::trigger::{Trigger, TriggerContext, TriggerError};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, RedisError, Value as RedisValue};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
@@ -59,8 +59,9 @@ impl RedisTrigger {
         connections: &Connections,
     ) -> Result<RedisTrigger, TriggerError> {
         let connection = connections.resolve(&spec.connection, "redis", &["redis", "rediss"])?;
-        Client::open(connection.address.as_str())
-            .map_err(|e| TriggerError::Settings(format!("redis url {}: {e}", connection.display)))?;
+        Client::open(connection.address.as_str()).map_err(|e| {
+            TriggerError::Settings(format!("redis url {}: {e}", connection.display))
+        })?;
         let consumer = match &spec.source {
             RedisSource::Stream {
                 consumer: Some(consumer),
@@ -68,8 +69,10 @@ impl RedisTrigger {
             } => consumer.clone(),
             _ => connections.instance().to_string(),
         };
-        if let RedisSource::Channel(channel) | RedisSource::Stream { stream: channel, .. } =
-            &spec.source
+        if let RedisSource::Channel(channel)
+        | RedisSource::Stream {
+            stream: channel, ..
+        } = &spec.source
             && channel.is_empty()
         {
             return Err(TriggerError::Settings(
@@ -139,9 +142,7 @@ impl Trigger for RedisTrigger {
         let mut recorded = 0u64;
         loop {
             let session = match &self.source {
-                RedisSource::Channel(channel) => {
-                    self.pubsub(&context, channel, &mut backoff).await
-                }
+                RedisSource::Channel(channel) => self.pubsub(&context, channel, &mut backoff).await,
                 RedisSource::Stream { stream, group, .. } => {
                     let mut reader = StreamReader {
                         trigger: &self,
@@ -202,7 +203,9 @@ impl RedisTrigger {
                 message = messages.next() => message,
             };
             let Some(message) = message else {
-                return Err(Failure::Retry("redis: the subscription connection closed".into()));
+                return Err(Failure::Retry(
+                    "redis: the subscription connection closed".into(),
+                ));
             };
             let (data, encoding) = decode_payload(message.get_payload_bytes());
             let name = message.get_channel_name().to_string();
@@ -245,7 +248,11 @@ impl StreamReader<'_> {
             .query_async(&mut conn)
             .await;
         match created {
-            Ok(()) => info!(stream = self.stream, group = self.group, "redis consumer group created"),
+            Ok(()) => info!(
+                stream = self.stream,
+                group = self.group,
+                "redis consumer group created"
+            ),
             Err(error) if error.code() == Some("BUSYGROUP") => {}
             Err(error) => return Err(error.into()),
         }
@@ -388,7 +395,12 @@ impl StreamReader<'_> {
         }
         self.ack(conn, &acks).await?;
         // Acknowledged entries are never delivered again: their marks can go.
-        if let Err(error) = self.context.runtime.forget_marks(&self.context.workflow, &keys).await {
+        if let Err(error) = self
+            .context
+            .runtime
+            .forget_marks(&self.context.workflow, &keys)
+            .await
+        {
             debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
         }
         if !complete {
@@ -422,7 +434,9 @@ impl StreamReader<'_> {
             .await;
         let Ok(groups) = groups else { return };
         for group in groups {
-            let name = group.get("name").and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+            let name = group
+                .get("name")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
             if name.as_deref() != Some(self.group) {
                 continue;
             }
@@ -432,7 +446,9 @@ impl StreamReader<'_> {
                     .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
                     .unwrap_or(0)
             };
-            self.context.stats.set_lag(number("pending") + number("lag"));
+            self.context
+                .stats
+                .set_lag(number("pending") + number("lag"));
         }
     }
 

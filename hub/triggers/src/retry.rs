@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use reactor_core::engine::{Submission, SubmitError};
 use reactor_core::trigger::{TriggerContext, TriggerError};
-use tracing::warn;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// Reconnect delays: 200 ms doubling to 30 s, each with "equal jitter" (half fixed, half
 /// random) so that many triggers cut off at once do not reconnect in step.
@@ -149,7 +149,6 @@ pub(crate) enum Failure {
     /// Give up (the supervisor decides).
     Fatal(TriggerError),
 }
-
 
 /// Whether a submission is final for the source (acknowledge it): recorded, skipped,
 /// dropped, or an event the workflow can never take (poison, logged).

@@ -139,3 +139,54 @@ pub fn workflow(name: &str, trigger: &str) -> String {
         "reactor: 1\nname: {name}\ntriggers:\n  - {trigger}\nsteps:\n  - action: transform\n    with: {{ value: \"${{{{ event.data }}}}\" }}\n"
     )
 }
+
+/// A TCP relay to a real server whose connections a test can cut (servers like NATS offer
+/// no per-connection kill to an unprivileged client).
+pub struct Relay {
+    pub port: u16,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(upstream: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let upstream = upstream.to_string();
+        let list = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                list.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Relay {
+            port,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every relayed connection (both ends see the connection close).
+    pub fn cut(&self) -> usize {
+        let mut list = self.connections.lock().unwrap();
+        let live = list.iter().filter(|t| !t.is_finished()).count();
+        for task in list.drain(..) {
+            task.abort();
+        }
+        live
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

@@ -40,6 +40,9 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod sql;
+
 pub use connections::{ConnectionConfig, Connections, Secrets};
 pub use payload::decode_payload;
 pub use retry::Leader;

@@ -83,8 +83,8 @@ struct Cursor<'a> {
     pos: usize,
 }
 
-impl Cursor<'_> {
-    fn rest(&self) -> &str {
+impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a str {
         &self.text[self.pos..]
     }
 
@@ -106,7 +106,7 @@ impl Cursor<'_> {
     }
 
     /// Letters up to the next non-letter.
-    fn word(&mut self) -> &str {
+    fn word(&mut self) -> &'a str {
         let rest = &self.text[self.pos..];
         let len = rest
             .find(|c: char| !c.is_ascii_alphabetic())

@@ -67,7 +67,10 @@ pub fn build(
         }
         #[cfg(feature = "mysql")]
         TriggerKind::Mysql(settings) => Box::new(mysql::MysqlTrigger::new(settings, connections)?),
-        #[allow(unreachable_patterns, reason = "reachable when a source's feature is off")]
+        #[allow(
+            unreachable_patterns,
+            reason = "reachable when a source's feature is off"
+        )]
         TriggerKind::Kafka(_)
         | TriggerKind::Nats(_)
         | TriggerKind::Redis(_)

@@ -18,11 +18,6 @@ pub fn decode_payload(payload: &[u8]) -> (Value, &'static str) {
     }
 }
 
-/// Text as a JSON value: parsed when it is JSON, else the text itself.
-pub(crate) fn text_value(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,7 +28,5 @@ mod tests {
         assert_eq!(decode_payload(br#"{"a":1}"#), (json!({"a": 1}), "json"));
         assert_eq!(decode_payload(b"hello"), (json!("hello"), "text"));
         assert_eq!(decode_payload(&[0xff, 0xfe]), (json!("//4="), "base64"));
-        assert_eq!(text_value("12"), json!(12));
-        assert_eq!(text_value("x y"), json!("x y"));
     }
 }

@@ -257,8 +257,10 @@ async fn poll_reports_new_rows_by_column_and_waits_for_leadership() {
         "INSERT INTO {table} (item, qty) VALUES ('a', 1), ('b', 2)"
     ))
     .await;
-    let events = wait_events(&runtime, "orders", 2).await;
+    let mut events = wait_events(&runtime, "orders", 2).await;
     assert_eq!(events.len(), 2);
+    // Rows are submitted together: order by position.
+    events.sort_by_key(|e| e.meta["position"].as_i64());
     assert_eq!(events[0].data["operation"], json!("upsert"));
     assert_eq!(events[0].data["new"]["item"], json!("a"));
     assert_eq!(events[1].data["new"]["item"], json!("b"));

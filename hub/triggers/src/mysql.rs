@@ -278,10 +278,7 @@ impl MysqlTrigger {
         loop {
             let waiting = !ready.is_empty() || boundary.is_some();
             let next = if waiting {
-                match tokio::time::timeout(GATHER, stream.next()).await {
-                    Ok(next) => Some(next),
-                    Err(_) => None,
-                }
+                tokio::time::timeout(GATHER, stream.next()).await.ok()
             } else {
                 Some(tokio::select! {
                     biased;
@@ -315,6 +312,8 @@ impl MysqlTrigger {
                                 pos: rotate.position(),
                             });
                         }
+                        // A transaction ends with XID (transactional engines) or with a query
+                        // other than BEGIN (COMMIT of other engines, DDL).
                         Some(EventData::XidEvent(_)) => {
                             ready.append(&mut open);
                             boundary = Some(BinlogPosition {
@@ -322,14 +321,12 @@ impl MysqlTrigger {
                                 pos: log_pos,
                             });
                         }
-                        Some(EventData::QueryEvent(query)) => {
-                            if query.query().trim() != "BEGIN" {
-                                ready.append(&mut open);
-                                boundary = Some(BinlogPosition {
-                                    file: file.clone(),
-                                    pos: log_pos,
-                                });
-                            }
+                        Some(EventData::QueryEvent(query)) if query.query().trim() != "BEGIN" => {
+                            ready.append(&mut open);
+                            boundary = Some(BinlogPosition {
+                                file: file.clone(),
+                                pos: log_pos,
+                            });
                         }
                         Some(EventData::RowsEvent(rows)) => {
                             let Some(tme) = stream.get_tme(rows.table_id()) else {

@@ -331,7 +331,7 @@ async fn pubsub_channels_and_patterns() {
         "alerts",
         build(&runtime, "alerts", &Connections::default()),
     );
-    let mut conn = client().await;
+    let conn = client().await;
     let channel = format!("{prefix}.temp");
     // Pub/sub keeps nothing for absent subscribers: publish until the subscription is live.
     assert!(

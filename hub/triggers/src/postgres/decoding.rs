@@ -24,7 +24,7 @@ pub struct Change {
 pub enum Line {
     Begin,
     Commit,
-    Change(Change),
+    Change(Box<Change>),
     /// A change this trigger does not report (`TRUNCATE`, messages).
     Other,
 }
@@ -69,13 +69,13 @@ pub fn parse(line: &str) -> Result<Line, String> {
             new = Some(tuple);
         }
     }
-    Ok(Line::Change(Change {
+    Ok(Line::Change(Box::new(Change {
         schema,
         table,
         operation,
         new,
         old,
-    }))
+    })))
 }
 
 struct Cursor<'a> {
@@ -219,7 +219,7 @@ mod tests {
 
     fn change(line: &str) -> Change {
         match parse(line).unwrap() {
-            Line::Change(change) => change,
+            Line::Change(change) => *change,
             other => panic!("{other:?}"),
         }
     }

@@ -310,10 +310,7 @@ impl Session<'_> {
             match committed {
                 Ok(()) => {
                     // Committed offsets are never consumed again by the group: marks can go.
-                    if let Err(error) = context.runtime.forget_marks(&context.workflow, &keys).await
-                    {
-                        debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-                    }
+                    retry::forget_soon(context, keys);
                 }
                 Err(error) => {
                     // E.g. the partition moved in a rebalance: its next owner consumes from

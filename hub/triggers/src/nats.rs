@@ -39,7 +39,7 @@ use crate::payload::decode_payload;
 use crate::retry::{self, Backoff, Failure, handled};
 
 /// Messages asked for (and submitted concurrently) per pull.
-const BATCH: usize = 128;
+const BATCH: usize = 512;
 /// How long one pull waits for messages.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -372,15 +372,9 @@ impl Reader<'_> {
         });
         acked.extend(futures::future::join_all(acks).await.into_iter().flatten());
         // Confirmed acks are never redelivered: their marks can go.
-        if let Err(error) = self
-            .context
-            .runtime
-            .forget_marks(&self.context.workflow, &acked)
-            .await
-        {
-            debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-        }
-        if acked.len() < to_ack.len() {
+        let confirmed = acked.len();
+        retry::forget_soon(self.context, acked);
+        if confirmed < to_ack.len() {
             return Err(Failure::Retry("JetStream acks were not confirmed".into()));
         }
         Ok(())

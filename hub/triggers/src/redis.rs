@@ -30,14 +30,14 @@ use reactor_core::trigger::{Trigger, TriggerContext, TriggerError};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value as RedisValue};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::connections::{Connections, Resolved};
 use crate::payload::decode_payload;
 use crate::retry::{self, Backoff, Failure, handled};
 
 /// Entries read (and submitted concurrently) per round trip.
-const BATCH: usize = 128;
+const BATCH: usize = 512;
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -395,14 +395,7 @@ impl StreamReader<'_> {
         }
         self.ack(conn, &acks).await?;
         // Acknowledged entries are never delivered again: their marks can go.
-        if let Err(error) = self
-            .context
-            .runtime
-            .forget_marks(&self.context.workflow, &keys)
-            .await
-        {
-            debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-        }
+        retry::forget_soon(self.context, keys);
         if !complete {
             retry::pause(&self.context.cancel, Duration::from_millis(500)).await;
         }

@@ -78,6 +78,22 @@ pub(crate) async fn failed(
     pause(&context.cancel, delay).await
 }
 
+/// Deletes the de-duplication marks of `keys` without waiting: the delete rides in the
+/// store's next group commit with the executions of the following batch instead of costing
+/// the pipeline a commit of its own. A delete lost to a crash leaves a mark for pruning.
+pub(crate) fn forget_soon(context: &TriggerContext, keys: Vec<String>) {
+    if keys.is_empty() {
+        return;
+    }
+    let runtime = context.runtime.clone();
+    let workflow = context.workflow.clone();
+    tokio::spawn(async move {
+        if let Err(error) = runtime.forget_marks(&workflow, &keys).await {
+            tracing::debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
+        }
+    });
+}
+
 /// Whether this hub leads (multi-hub: change capture and pollers run on the leader only).
 /// The default always leads (a single hub).
 #[derive(Clone, Debug)]

@@ -8,6 +8,7 @@
 //!
 //! Zero configuration works: SQLite in `./reactor-data/hub.db`, HTTP on 127.0.0.1:8090.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use reactor_core::flow::parse_duration;
+use reactor_hub_triggers::ConnectionConfig;
 use serde::Deserialize;
 
 /// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
@@ -160,6 +162,8 @@ struct RawConfig {
     exec: Option<RawAllow>,
     http: Option<RawAllow>,
     env: Option<RawAllow>,
+    /// Named connections of the broker and database triggers (`[connections.NAME]`).
+    connections: Option<BTreeMap<String, ConnectionConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +249,9 @@ pub struct HubConfig {
     pub file: Option<PathBuf>,
     /// Broker and enrollment settings.
     pub fleet: FleetConfig,
+    /// Named connections for `kafka`, `nats`, `redis`, `postgres` and `mysql` triggers
+    /// (`[connections.NAME]` in hub.toml; credentials only as secret references).
+    pub connections: BTreeMap<String, ConnectionConfig>,
 }
 
 /// Where a configuration value came from, for error messages.
@@ -316,6 +323,7 @@ struct Merged {
     exec_allow: Option<Layered<Vec<String>>>,
     http_allow: Option<Layered<Vec<String>>>,
     env_allow: Option<Layered<Vec<String>>>,
+    connections: Option<Layered<BTreeMap<String, ConnectionConfig>>>,
 }
 
 impl Merged {
@@ -333,6 +341,7 @@ impl Merged {
         pick(&mut self.exec_allow, raw.exec.and_then(|e| e.allow), origin);
         pick(&mut self.http_allow, raw.http.and_then(|e| e.allow), origin);
         pick(&mut self.env_allow, raw.env.and_then(|e| e.allow), origin);
+        pick(&mut self.connections, raw.connections, origin);
     }
 }
 
@@ -587,6 +596,7 @@ fn validate(
         env_allow: merged.env_allow.map(|l| l.value).unwrap_or_default(),
         file,
         fleet: FleetConfig::default(),
+        connections: merged.connections.map(|l| l.value).unwrap_or_default(),
     })
 }
 

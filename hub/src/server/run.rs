@@ -23,7 +23,8 @@ use reactor_core::deploy::ActiveWorkflows;
 use reactor_core::engine::{EventBus, Fanout, Runtime, RuntimeConfig};
 use reactor_core::store::{Retention, Store};
 use reactor_core::trigger::TriggerStats;
-use reactor_core::trigger::{EventRouter, HttpRoutes, LightTriggers, Supervisor};
+use reactor_core::trigger::{EventRouter, HttpRoutes, LightTriggers, Supervisor, TriggerFactory};
+use reactor_hub_triggers::{Connections, SourceTriggers};
 use tokio_util::sync::CancellationToken;
 
 use super::{HubState, Server, TokenCache};
@@ -154,13 +155,32 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     events.attach(runtime.clone());
     let supervisor = Arc::new(Supervisor::default());
     let routes = Arc::new(HttpRoutes::new(runtime.clone()));
+    // Broker and database triggers first (credentials resolved from the hub's secrets at
+    // build time), then core's light triggers; singletons gated on leadership around both.
+    let secrets_of = runtime.clone();
+    let connections = Connections::new(
+        config.connections.clone(),
+        Arc::new(move |name: &str| {
+            secrets_of
+                .environment()
+                .secrets
+                .get(name)
+                .and_then(|value| value.as_str())
+                .map(str::to_owned)
+        }),
+    )
+    .with_instance(instance.id());
+    let source_triggers: Arc<dyn TriggerFactory> = Arc::new(SourceTriggers::new(
+        Arc::new(connections),
+        Arc::new(LightTriggers),
+    ));
     let workflows = Arc::new(
         ActiveWorkflows::new(
             runtime.clone(),
             routes,
             events.clone(),
             supervisor.clone(),
-            Arc::new(LeaderTriggers::new(Arc::new(LightTriggers), leader.watch())),
+            Arc::new(LeaderTriggers::new(source_triggers, leader.watch())),
         )
         .with_meta_prefix(META_PREFIX),
     );

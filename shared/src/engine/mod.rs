@@ -26,7 +26,9 @@ pub use journal::*;
 pub use machine::{ActionCommand, Command, Completion, Machine};
 pub use observe::{Fanout, Observer, RuntimeEvent, StepEvent};
 pub use redact::Redactor;
-pub use runtime::{EventBus, Runtime, RuntimeConfig, Submission, SubmitError, Watch};
+pub use runtime::{
+    DedupeMark, EventBus, MarkRecord, Runtime, RuntimeConfig, Submission, SubmitError, Watch,
+};
 pub use scope::Environment;
 
 #[cfg(test)]

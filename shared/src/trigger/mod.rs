@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::Value;
-use crate::engine::{Event, Runtime, Submission, SubmitError};
+use crate::engine::{DedupeMark, Event, Runtime, Submission, SubmitError};
 use crate::flow::{TriggerKind, TriggerSpec};
 
 pub mod cron;
@@ -43,7 +43,7 @@ mod supervisor;
 
 pub use self::event::EventRouter;
 pub use self::http::{HttpReply, HttpRequest, HttpRoutes};
-pub use self::stats::{TriggerStats, TriggerStatsSnapshot, WarnLimiter};
+pub use self::stats::{TriggerStats, TriggerStatsSnapshot, UNHEALTHY_AFTER, WarnLimiter};
 pub use self::supervisor::{ShutdownReport, Supervisor, SupervisorConfig, TaskState};
 
 /// What a running trigger can reach.
@@ -77,6 +77,33 @@ impl TriggerContext {
             .await;
         match &result {
             Ok(_) => self.stats.count_event(),
+            Err(error) => self.stats.record_error(&error.to_string()),
+        }
+        result
+    }
+
+    /// Like [`TriggerContext::submit`], at most once per `mark` (see
+    /// [`Runtime::submit_once`]): for sources that redeliver what was recorded but not yet
+    /// acknowledged when the process died.
+    pub async fn submit_once(
+        &self,
+        event: Event,
+        mark: DedupeMark,
+    ) -> Result<Submission, SubmitError> {
+        let result = self
+            .runtime
+            .submit_once(
+                &self.workflow,
+                event,
+                Value::Object(Default::default()),
+                mark,
+            )
+            .await;
+        match &result {
+            Ok(_) => {
+                self.stats.count_event();
+                self.stats.record_success();
+            }
             Err(error) => self.stats.record_error(&error.to_string()),
         }
         result

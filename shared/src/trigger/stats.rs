@@ -22,6 +22,13 @@ pub struct TriggerStats {
     pub rejected: AtomicU64,
     /// Times the supervisor restarted the trigger.
     pub restarts: AtomicU64,
+    /// How far behind its source the trigger is, in the source's unit (Kafka: messages not
+    /// yet consumed; streams: pending entries; CDC: bytes of WAL/binlog). 0 where a source
+    /// does not tell.
+    pub lag: AtomicU64,
+    /// Errors since the last success ([`TriggerStats::record_success`]); at
+    /// [`UNHEALTHY_AFTER`] or more the trigger is reported unhealthy.
+    pub failing: AtomicU64,
     last_error: Mutex<Option<(Timestamp, String)>>,
 }
 
@@ -33,8 +40,21 @@ pub struct TriggerStatsSnapshot {
     pub shed: u64,
     pub rejected: u64,
     pub restarts: u64,
+    pub lag: u64,
+    /// Errors in a row (reset by a success).
+    pub failing: u64,
     /// When and what, for the last error.
     pub last_error: Option<(Timestamp, String)>,
+}
+
+/// A trigger with this many errors in a row (connect, read, submit) is unhealthy.
+pub const UNHEALTHY_AFTER: u64 = 3;
+
+impl TriggerStatsSnapshot {
+    /// False while the trigger keeps failing (see [`UNHEALTHY_AFTER`]); `last_error` says why.
+    pub fn healthy(&self) -> bool {
+        self.failing < UNHEALTHY_AFTER
+    }
 }
 
 impl TriggerStats {
@@ -50,9 +70,17 @@ impl TriggerStats {
     pub fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
-    /// Counts an error and keeps its message as the last one.
+    /// The source works again (connected, read, recorded): clears the failure streak.
+    pub fn record_success(&self) {
+        self.failing.store(0, Ordering::Relaxed);
+    }
+    pub fn set_lag(&self, lag: u64) {
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+    /// Counts an error (also in the failure streak) and keeps its message as the last one.
     pub fn record_error(&self, message: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.failing.fetch_add(1, Ordering::Relaxed);
         *self
             .last_error
             .lock()
@@ -66,6 +94,8 @@ impl TriggerStats {
             shed: self.shed.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            lag: self.lag.load(Ordering::Relaxed),
+            failing: self.failing.load(Ordering::Relaxed),
             last_error: self
                 .last_error
                 .lock()
@@ -138,6 +168,12 @@ mod tests {
         stats.record_error("broken");
         let snap = stats.snapshot();
         assert_eq!((snap.events, snap.errors), (1, 1));
-        assert_eq!(snap.last_error.unwrap().1, "broken");
+        assert_eq!(snap.last_error.clone().unwrap().1, "broken");
+        assert!(snap.healthy());
+        stats.record_error("still broken");
+        stats.record_error("broken for good");
+        assert!(!stats.snapshot().healthy());
+        stats.record_success();
+        assert!(stats.snapshot().healthy());
     }
 }

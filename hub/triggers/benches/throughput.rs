@@ -1,0 +1,334 @@
+//! Events/s from a source into durably recorded executions of a 1-step workflow (redb journal
+//! in a temp dir, `Durability::Immediate`), beside a raw consumer of the same source doing the
+//! same reads and acknowledgements without recording anything.
+//!
+//! `cargo bench -p reactor-hub-triggers --bench throughput [-- redis kafka postgres]`
+//! Needs Redis on 6379 and PostgreSQL on 5432 (wal_level=logical); Kafka is librdkafka's mock
+//! cluster. `REACTOR_BENCH_EVENTS` sets the event count (default 20000).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use reactor_core::action::builtin_registry;
+use reactor_core::engine::{Environment, Runtime, RuntimeConfig};
+use reactor_core::store::{RedbOptions, RedbStore};
+use reactor_core::trigger::{Trigger, TriggerContext};
+use reactor_hub_triggers::Connections;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+fn events() -> usize {
+    std::env::var("REACTOR_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+}
+
+fn name(prefix: &str) -> String {
+    format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A runtime over a fresh redb journal, with a 1-step workflow whose trigger is `trigger`.
+fn runtime(dir: &tempfile::TempDir, trigger: &str) -> Runtime {
+    let store = RedbStore::open(dir.path().join("journal.redb"), RedbOptions::default()).unwrap();
+    let runtime = Runtime::new(
+        Arc::new(store),
+        builtin_registry(Default::default()),
+        Environment::empty(),
+        RuntimeConfig::default(),
+    );
+    let yaml = format!(
+        "reactor: 1\nname: bench\ntriggers:\n  - {trigger}\nsteps:\n  - action: transform\n    with: {{ value: \"${{{{ event.data }}}}\" }}\n"
+    );
+    runtime.load(reactor_core::dsl::parse_workflow("bench.yaml", &yaml).unwrap());
+    runtime
+}
+
+/// Runs the workflow's trigger until `count` executions started; returns events/s.
+async fn drive(runtime: &Runtime, count: usize) -> f64 {
+    let spec = runtime.workflow("bench", None).unwrap().triggers[0].clone();
+    let trigger: Box<dyn Trigger> = reactor_hub_triggers::build(&spec, &Connections::default())
+        .unwrap()
+        .unwrap();
+    let context = TriggerContext::new("bench", runtime.clone(), CancellationToken::new());
+    let task = tokio::spawn(trigger.run(context.clone()));
+    // Timed from the first recorded execution: connecting and joining groups are not
+    // throughput.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while runtime.stats().started.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(Instant::now() < deadline, "nothing recorded");
+    }
+    let started = Instant::now();
+    let first = runtime.stats().started.load(Ordering::Relaxed);
+    while runtime.stats().started.load(Ordering::Relaxed) < count as u64 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(Instant::now() < deadline, "too slow");
+    }
+    let rate = (count as u64 - first) as f64 / started.elapsed().as_secs_f64();
+    context.cancel.cancel();
+    let _ = task.await;
+    rate
+}
+
+fn report(source: &str, count: usize, raw: f64, reactor: f64) {
+    println!(
+        "{source:<14} {count:>7} events  raw consumer {raw:>10.0}/s  reactor {reactor:>9.0}/s  ({:.0} % of raw)",
+        100.0 * reactor / raw
+    );
+}
+
+async fn redis_bench(count: usize) {
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let fill = |stream: String, mut conn: redis::aio::MultiplexedConnection| async move {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("hub")
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for chunk in 0..count.div_ceil(1000) {
+            let mut pipe = redis::pipe();
+            for n in chunk * 1000..((chunk + 1) * 1000).min(count) {
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("*")
+                    .arg("n")
+                    .arg(n)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await.unwrap();
+        }
+    };
+    // Raw: XREADGROUP 128 at a time + XACK.
+    let stream = name("bench_raw");
+    fill(stream.clone(), conn.clone()).await;
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < count {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("hub")
+            .arg("raw")
+            .arg("COUNT")
+            .arg(128)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ids: Vec<String> = reply
+            .keys
+            .into_iter()
+            .flat_map(|k| k.ids)
+            .map(|i| i.id)
+            .collect();
+        seen += ids.len();
+        let _: i64 = redis::cmd("XACK")
+            .arg(&stream)
+            .arg("hub")
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let raw = count as f64 / started.elapsed().as_secs_f64();
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Reactor.
+    let stream = name("bench_rt");
+    fill(stream.clone(), conn.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(
+        &dir,
+        &format!("redis: {{ stream: {stream}, group: hub, url: \"redis://127.0.0.1:6379\" }}"),
+    );
+    let reactor = drive(&runtime, count).await;
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    report("redis stream", count, raw, reactor);
+}
+
+async fn kafka_bench(count: usize) {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let fill = |topic: String| {
+        let producer = producer.clone();
+        async move {
+            let sends = (0..count).map(|n| {
+                let producer = producer.clone();
+                let topic = topic.clone();
+                async move {
+                    let payload = format!("{{\"n\": {n}}}");
+                    producer
+                        .send(
+                            FutureRecord::<(), _>::to(&topic).payload(&payload),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .unwrap();
+                }
+            });
+            futures::future::join_all(sends).await;
+        }
+    };
+    // Raw: receive, commit every 256 synchronously.
+    let topic = name("bench_raw");
+    cluster.create_topic(&topic, 4, 1).unwrap();
+    fill(topic.clone()).await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "raw")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let first = consumer.recv().await.unwrap().detach();
+    let started = Instant::now();
+    let mut seen = 1;
+    let mut last = first;
+    while seen < count {
+        last = consumer.recv().await.unwrap().detach();
+        seen += 1;
+        if seen % 256 == 0 {
+            consumer.commit_consumer_state(CommitMode::Sync).ok();
+        }
+    }
+    let _ = last.offset();
+    let raw = count as f64 / started.elapsed().as_secs_f64();
+    drop(consumer);
+    // Reactor.
+    let topic = name("bench_rt");
+    cluster.create_topic(&topic, 4, 1).unwrap();
+    fill(topic.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(
+        &dir,
+        &format!("kafka: {{ topic: {topic}, group: rt, from: earliest, brokers: \"{brokers}\" }}"),
+    );
+    let reactor = drive(&runtime, count).await;
+    report("kafka (mock)", count, raw, reactor);
+}
+
+async fn postgres_bench(count: usize) {
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let table = name("bench_cdc");
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id serial PRIMARY KEY, item text)"
+    )))
+    .await
+    .unwrap();
+    let fill = |slot: String| {
+        let table = table.clone();
+        async move {
+            let mut conn = PgConnection::connect(url).await.unwrap();
+            sqlx::query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')")
+                .bind(&slot)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            // 100 rows per transaction.
+            for _ in 0..count.div_ceil(100) {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} (item) SELECT 'item ' || g FROM generate_series(1, 100) g"
+                )))
+                .await
+                .unwrap();
+            }
+        }
+    };
+    // Raw: peek 500, then advance, without recording.
+    let slot = name("bench_raw");
+    fill(slot.clone()).await;
+    let started = Instant::now();
+    let mut seen = 0usize;
+    while seen < count {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, 500, 'include-xids', '1', 'skip-empty-xacts', '1')",
+        )
+        .bind(&slot)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        seen += rows.iter().filter(|r| r.1.starts_with("table ")).count();
+        if let Some((lsn, _)) = rows.last() {
+            sqlx::query("SELECT count(*) FROM pg_logical_slot_get_changes($1, $2::pg_lsn, NULL, 'include-xids', '1', 'skip-empty-xacts', '1')")
+                .bind(&slot).bind(lsn).execute(&mut conn).await.unwrap();
+        }
+    }
+    let raw = count as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Reactor (operations: insert, the rows of the raw run's fill are already consumed).
+    let slot = reactor_hub_triggers::postgres::PostgresTrigger::slot_name(
+        "bench",
+        &format!("\"{table}\""),
+    );
+    fill(slot.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(
+        &dir,
+        &format!("postgres: {{ table: {table}, operations: insert, url: \"{url}\" }}"),
+    );
+    let reactor = drive(&runtime, count).await;
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&mut conn)
+        .await
+        .ok();
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .await
+        .unwrap();
+    report("postgres cdc", count, raw, reactor);
+}
+
+fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let on = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let count = events();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if on("redis") {
+            redis_bench(count).await;
+        }
+        if on("kafka") {
+            kafka_bench(count).await;
+        }
+        if on("postgres") {
+            postgres_bench(count).await;
+        }
+    });
+}

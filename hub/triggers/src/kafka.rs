@@ -1,0 +1,389 @@
+//! The `kafka` trigger: a consumer-group member on one or more topics.
+//!
+//! The group (`group:`, default `reactor-{workflow}`) spreads partitions over the hubs
+//! consuming with it. Offsets are never committed automatically: after a batch of messages
+//! is submitted, the offset after the last message recorded in an unbroken run from the
+//! start of the batch is committed per partition (synchronously), so a commit never covers a
+//! message that is not durably recorded. Each message is submitted with the de-duplication
+//! key `kafka/{topic}/{partition}/{offset}`: a message recorded but not committed when the hub
+//! died (or when a rebalance moved its partition) is consumed again by whoever owns the
+//! partition next, and starts nothing new. When a message cannot be recorded, the prefix
+//! before it is committed and the consumer is rebuilt, which resumes at the committed offset.
+//!
+//! `from: earliest|latest` applies when the group has no committed offset for a partition.
+//! Event: type `kafka`, source `reactor:kafka/{topic}`, `data` = the value parsed as JSON when
+//! it parses, else text, else base64 (`null` for a tombstone); `meta` = `{topic, partition,
+//! offset, key, headers, timestamp, encoding}` (key and header values as text, base64 when
+//! not UTF-8). `lag` (trigger stats) is the sum over the partitions seen of high watermark −
+//! next offset, refreshed every few seconds.
+//!
+//! librdkafka reconnects to brokers by itself; transport errors are counted as trigger errors
+//! and a received message clears the failure streak. Connection properties (TLS, SASL) come
+//! from the connection's `options` (librdkafka property names) and `username`/`password`
+//! (`sasl.username`/`sasl.password`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use reactor_core::engine::{DedupeMark, Event, Submission};
+use reactor_core::flow::{self, KafkaStart};
+use reactor_core::trigger::{Trigger, TriggerContext, TriggerError, TriggerStats};
+use serde_json::{Map, Value, json};
+use tracing::{debug, info, warn};
+
+use crate::connections::{Connections, Resolved};
+use crate::payload::decode_payload;
+use crate::retry::{self, Backoff, Failure, handled};
+
+/// Messages gathered (and submitted concurrently) per batch.
+const BATCH: usize = 256;
+/// How long a batch waits for more messages after its first.
+const GATHER: Duration = Duration::from_millis(5);
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+type KafkaConsumer = StreamConsumer<Reporter>;
+
+/// Counts librdkafka's client errors (brokers down, authentication …) as trigger errors:
+/// they arrive on librdkafka's error callback, not through `recv`.
+struct Reporter {
+    stats: Arc<TriggerStats>,
+}
+
+impl ClientContext for Reporter {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.stats
+            .record_error(&format!("kafka: {error}: {reason}"));
+        debug!(%error, reason, "librdkafka error");
+    }
+}
+
+impl ConsumerContext for Reporter {}
+
+/// A running `kafka` trigger.
+#[derive(Debug)]
+pub struct KafkaTrigger {
+    topics: Vec<String>,
+    group: Option<String>,
+    from: KafkaStart,
+    connection: Resolved,
+    stop_before_ack: Option<u64>,
+}
+
+impl KafkaTrigger {
+    pub fn new(
+        spec: &flow::KafkaTrigger,
+        connections: &Connections,
+    ) -> Result<KafkaTrigger, TriggerError> {
+        let connection = connections.resolve(&spec.connection, "kafka", &[])?;
+        if spec.topics.is_empty() {
+            return Err(TriggerError::Settings(
+                "the kafka trigger needs at least one topic".into(),
+            ));
+        }
+        for topic in &spec.topics {
+            if topic.is_empty()
+                || topic.len() > 249
+                || !topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(TriggerError::Settings(format!(
+                    "kafka topic {topic:?} must be 1-249 characters of a-z, A-Z, 0-9, '.', '_', '-'"
+                )));
+            }
+        }
+        Ok(KafkaTrigger {
+            topics: spec.topics.clone(),
+            group: spec.group.clone(),
+            from: spec.from,
+            connection,
+            stop_before_ack: None,
+        })
+    }
+
+    /// Crash tests: once `recorded` messages are recorded, stop with an error instead of
+    /// committing — what a hub killed between record and commit leaves behind.
+    pub fn stop_before_ack(mut self, recorded: u64) -> KafkaTrigger {
+        self.stop_before_ack = Some(recorded);
+        self
+    }
+
+    fn consumer(
+        &self,
+        workflow: &str,
+        stats: Arc<TriggerStats>,
+    ) -> Result<KafkaConsumer, KafkaError> {
+        let mut config = ClientConfig::new();
+        let group = self
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("reactor-{workflow}"));
+        config
+            .set("bootstrap.servers", &self.connection.address)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                match self.from {
+                    KafkaStart::Earliest => "earliest",
+                    KafkaStart::Latest => "latest",
+                },
+            );
+        for (key, value) in &self.connection.options {
+            config.set(key, value);
+        }
+        if let Some(user) = &self.connection.username {
+            config.set("sasl.username", user);
+        }
+        if let Some(password) = &self.connection.password {
+            config.set("sasl.password", password);
+        }
+        let consumer: KafkaConsumer = config.create_with_context(Reporter { stats })?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(consumer)
+    }
+}
+
+#[async_trait]
+impl Trigger for KafkaTrigger {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn run(self: Box<Self>, context: TriggerContext) -> Result<(), TriggerError> {
+        let mut backoff = Backoff::default();
+        let mut recorded = 0u64;
+        loop {
+            let session = match self.consumer(&context.workflow, context.stats.clone()) {
+                Ok(consumer) => {
+                    info!(workflow = %context.workflow, brokers = %self.connection.display,
+                        topics = ?self.topics, "Kafka consumer subscribed");
+                    let mut session = Session {
+                        trigger: &self,
+                        context: &context,
+                        consumer: Arc::new(consumer),
+                        recorded: &mut recorded,
+                        next_offsets: HashMap::new(),
+                        next_lag: Instant::now() + LAG_EVERY,
+                    };
+                    let result = session.run(&mut backoff).await;
+                    // Leave the group cleanly so its partitions move at once.
+                    let consumer = session.consumer.clone();
+                    drop(session);
+                    let _ = tokio::task::spawn_blocking(move || consumer.unsubscribe()).await;
+                    result
+                }
+                Err(KafkaError::ClientCreation(message)) => {
+                    return Err(TriggerError::Settings(format!(
+                        "kafka client settings: {message}"
+                    )));
+                }
+                Err(error) => Err(Failure::Retry(format!("kafka: {error}"))),
+            };
+            match session {
+                Ok(()) => return Ok(()),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Retry(message)) => {
+                    if !retry::failed(&context, &mut backoff, "kafka", &message).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Session<'a> {
+    trigger: &'a KafkaTrigger,
+    context: &'a TriggerContext,
+    consumer: Arc<KafkaConsumer>,
+    recorded: &'a mut u64,
+    /// (topic, partition) → the offset after the last message seen, for `lag`.
+    next_offsets: HashMap<(String, i32), i64>,
+    next_lag: Instant,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, backoff: &mut Backoff) -> Result<(), Failure> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.context.cancel.cancelled() => return Ok(()),
+                // Cancel safety: an unreturned message stays in librdkafka's queue; anything
+                // not committed is consumed again by the next owner of its partition.
+                message = self.consumer.recv() => message.map(|m| m.detach()),
+            };
+            let first = match first {
+                Ok(message) => message,
+                Err(error) => {
+                    // Transport errors are informational: librdkafka reconnects by itself.
+                    self.context.stats.record_error(&format!("kafka: {error}"));
+                    debug!(%error, "Kafka consumer error");
+                    if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+                        return Err(Failure::Retry(format!("kafka: {error}")));
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            self.context.stats.record_success();
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + GATHER;
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(message)) => batch.push(message.detach()),
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+            self.process(batch).await?;
+            if Instant::now() >= self.next_lag {
+                self.next_lag = Instant::now() + LAG_EVERY;
+                self.update_lag().await;
+            }
+        }
+    }
+
+    async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<(), Failure> {
+        let context = self.context;
+        let submissions = batch.iter().map(|message| {
+            let key = format!("kafka/{}/{}/{}", message.topic(), message.partition(), message.offset());
+            let mark = DedupeMark::new(
+                key.clone(),
+                json!({"topic": message.topic(), "partition": message.partition(), "offset": message.offset()}),
+            );
+            let event = event_for(message);
+            async move { (key, context.submit_once(event, mark).await) }
+        });
+        let results = futures::future::join_all(submissions).await;
+        // Per partition: commit up to the first message that was not recorded.
+        let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut broken: BTreeMap<(String, i32), ()> = BTreeMap::new();
+        let mut keys = Vec::with_capacity(batch.len());
+        for (message, (key, result)) in batch.iter().zip(results) {
+            let partition = (message.topic().to_string(), message.partition());
+            self.next_offsets
+                .insert(partition.clone(), message.offset() + 1);
+            if broken.contains_key(&partition) {
+                continue;
+            }
+            if handled(&context.workflow, &key, &result) {
+                if matches!(result, Ok(Submission::Accepted(_))) {
+                    *self.recorded += 1;
+                }
+                commit.insert(partition, message.offset() + 1);
+                keys.push(key);
+            } else {
+                broken.insert(partition, ());
+            }
+        }
+        if let Some(limit) = self.trigger.stop_before_ack
+            && *self.recorded >= limit
+        {
+            return Err(Failure::Fatal(TriggerError::Source(format!(
+                "stopped before committing {} recorded messages (crash test)",
+                keys.len()
+            ))));
+        }
+        if !commit.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for ((topic, partition), offset) in &commit {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(|e| Failure::Retry(format!("kafka commit: {e}")))?;
+            }
+            let consumer = self.consumer.clone();
+            let committed =
+                tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+                    .await
+                    .map_err(|e| Failure::Retry(format!("kafka commit: {e}")))?;
+            match committed {
+                Ok(()) => {
+                    // Committed offsets are never consumed again by the group: marks can go.
+                    retry::forget_soon(context, keys);
+                }
+                Err(error) => {
+                    // E.g. the partition moved in a rebalance: its next owner consumes from
+                    // the last commit, and the marks de-duplicate what this hub recorded.
+                    warn!(workflow = %context.workflow, %error, "Kafka commit failed");
+                    return Err(Failure::Retry(format!("kafka commit: {error}")));
+                }
+            }
+        }
+        if !broken.is_empty() {
+            return Err(Failure::Retry(
+                "kafka: a message was not recorded; resuming from the last commit".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn update_lag(&self) {
+        let consumer = self.consumer.clone();
+        let positions: Vec<((String, i32), i64)> = self
+            .next_offsets
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let lag = tokio::task::spawn_blocking(move || {
+            let mut lag = 0u64;
+            for ((topic, partition), next) in positions {
+                if let Ok((_, high)) =
+                    consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                {
+                    lag += u64::try_from(high - next).unwrap_or(0);
+                }
+            }
+            lag
+        })
+        .await
+        .unwrap_or(0);
+        self.context.stats.set_lag(lag);
+    }
+}
+
+/// The event for one message (see the module docs for the shape).
+pub fn event_for(message: &OwnedMessage) -> Event {
+    let (data, encoding) = match message.payload() {
+        Some(payload) => decode_payload(payload),
+        None => (Value::Null, "null"),
+    };
+    let mut event = Event::new("kafka", &format!("reactor:kafka/{}", message.topic()), data);
+    let mut headers = Map::new();
+    if let Some(list) = message.headers() {
+        for header in list.iter() {
+            headers.insert(
+                header.key.to_string(),
+                header.value.map(text).unwrap_or(Value::Null),
+            );
+        }
+    }
+    event.meta = json!({
+        "topic": message.topic(),
+        "partition": message.partition(),
+        "offset": message.offset(),
+        "key": message.key().map(text),
+        "headers": headers,
+        "timestamp": message.timestamp().to_millis(),
+        "encoding": encoding,
+    });
+    event
+}
+
+/// Bytes as text, or base64 when they are not UTF-8.
+fn text(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_string()),
+        Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    }
+}

@@ -1,0 +1,190 @@
+//! What the SQL sources (`postgres`, `mysql`) share: table and column names, the poll
+//! position, and delayed forgetting of de-duplication marks.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use reactor_core::engine::Runtime;
+use reactor_core::flow::{PollSettings, RowOperation};
+use reactor_core::store::StoreWrite;
+use reactor_core::trigger::TriggerError;
+use serde_json::Value;
+
+/// `table` or `schema.table`, both plain identifiers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TableName {
+    pub schema: Option<String>,
+    pub table: String,
+}
+
+impl TableName {
+    pub(crate) fn parse(text: &str) -> Result<TableName, TriggerError> {
+        let (schema, table) = match text.split_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, text),
+        };
+        for part in schema.iter().chain([&table]) {
+            check_identifier(part, "table")?;
+        }
+        Ok(TableName {
+            schema: schema.map(str::to_string),
+            table: table.to_string(),
+        })
+    }
+
+    /// Quoted with `quote` (`"` for PostgreSQL, `` ` `` for MySQL).
+    pub(crate) fn quoted(&self, quote: char) -> String {
+        match &self.schema {
+            Some(schema) => format!("{q}{schema}{q}.{q}{}{q}", self.table, q = quote),
+            None => format!("{q}{}{q}", self.table, q = quote),
+        }
+    }
+}
+
+/// Letters, digits, `_` and `$`, not starting with a digit, at most 63 bytes: names that
+/// need no escaping (quoted anyway).
+pub(crate) fn check_identifier(name: &str, what: &str) -> Result<(), TriggerError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    if valid {
+        Ok(())
+    } else {
+        Err(TriggerError::Settings(format!(
+            "{what} name {name:?} must be 1-63 letters, digits, _ or $ (schema.table allowed)"
+        )))
+    }
+}
+
+pub(crate) fn operation_name(operation: RowOperation) -> &'static str {
+    match operation {
+        RowOperation::Insert => "insert",
+        RowOperation::Update => "update",
+        RowOperation::Delete => "delete",
+    }
+}
+
+/// The `poll` settings of a `mode: poll` trigger, checked.
+pub(crate) fn poll_settings(poll: Option<&PollSettings>) -> Result<PollSettings, TriggerError> {
+    let poll = poll
+        .cloned()
+        .ok_or_else(|| TriggerError::Settings("mode poll needs poll: { column, every }".into()))?;
+    check_identifier(&poll.column, "poll column")?;
+    if poll.every < Duration::from_millis(10) {
+        return Err(TriggerError::Settings(
+            "poll every must be at least 10ms".into(),
+        ));
+    }
+    Ok(poll)
+}
+
+/// The stored poll position (the last column value recorded), under `key`.
+pub(crate) async fn load_position(runtime: &Runtime, key: &str) -> Result<Option<Value>, String> {
+    match runtime.store().meta(key).await {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("poll position {key:?} is unreadable: {e}")),
+        Err(error) => Err(format!("reading the poll position: {error}")),
+    }
+}
+
+pub(crate) async fn save_position(
+    runtime: &Runtime,
+    key: &str,
+    position: &Value,
+) -> Result<(), String> {
+    let value = serde_json::to_vec(position).map_err(|e| e.to_string())?;
+    runtime
+        .store()
+        .write(vec![StoreWrite::PutMeta {
+            key: key.to_string(),
+            value: Some(value),
+        }])
+        .await
+        .map_err(|e| format!("storing the poll position: {e}"))
+}
+
+/// A de-duplication key for a poll row: the column value, hashed when long.
+pub(crate) fn poll_key(prefix: &str, position: &Value) -> String {
+    let text = position.to_string();
+    if text.len() <= 200 {
+        format!("{prefix}/{text}")
+    } else {
+        format!("{prefix}/#{:016x}", fnv(text.as_bytes()))
+    }
+}
+
+/// FNV-1a, for stable short names (slot names, long keys).
+pub(crate) fn fnv(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Marks whose source position was advanced, forgotten only after `delay`: a database may
+/// lose a slot or position advance that it had not yet made durable (a checkpoint) and then
+/// deliver those changes again — the marks must outlive that window.
+#[derive(Debug)]
+pub(crate) struct Forgetting {
+    delay: Duration,
+    queue: VecDeque<(Instant, Vec<String>)>,
+}
+
+impl Forgetting {
+    pub(crate) fn new(delay: Duration) -> Forgetting {
+        Forgetting {
+            delay,
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, keys: Vec<String>) {
+        if !keys.is_empty() {
+            self.queue.push_back((Instant::now(), keys));
+        }
+    }
+
+    /// Forgets the marks whose delay has passed.
+    pub(crate) async fn flush(&mut self, runtime: &Runtime, workflow: &str) {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.queue.front() {
+            if at.elapsed() < self.delay {
+                break;
+            }
+            if let Some((_, keys)) = self.queue.pop_front() {
+                due.extend(keys);
+            }
+        }
+        if let Err(error) = runtime.forget_marks(workflow, &due).await {
+            tracing::debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        let t = TableName::parse("sales.orders").unwrap();
+        assert_eq!(t.quoted('"'), "\"sales\".\"orders\"");
+        assert_eq!(TableName::parse("orders").unwrap().quoted('`'), "`orders`");
+        for bad in ["", "a.b.c", "x;drop", "1abc", "a b", "\"q\""] {
+            assert!(TableName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_poll_keys_are_hashed() {
+        assert_eq!(poll_key("p", &serde_json::json!(42)), "p/42");
+        let long = poll_key("p", &serde_json::json!("x".repeat(500)));
+        assert!(long.starts_with("p/#") && long.len() < 40);
+    }
+}

@@ -1,0 +1,273 @@
+//! The `kafka` trigger against librdkafka's mock cluster (a real Kafka protocol server,
+//! in-process, with consumer groups and commits).
+
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use reactor_core::engine::Runtime;
+use reactor_core::flow;
+use reactor_core::trigger::TriggerError;
+use reactor_hub_triggers::kafka::KafkaTrigger;
+use reactor_hub_triggers::{ConnectionConfig, Connections};
+use serde_json::json;
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap()
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, partition: i32, n: usize) {
+    let payload = format!("{{\"n\": {n}}}");
+    let key = format!("device-{n}");
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .payload(&payload)
+                .key(&key)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "source",
+                    value: Some("test"),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+/// The group's committed offsets of `topic`'s `partitions`.
+async fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let brokers = brokers.to_string();
+    let group = group.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(&topic, p);
+        }
+        let offsets = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap();
+        offsets
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+fn yaml(topic: &str, group: &str, brokers: &str) -> String {
+    workflow(
+        "orders",
+        &format!(
+            "kafka: {{ topic: {topic}, group: {group}, from: earliest, brokers: \"{brokers}\" }}"
+        ),
+    )
+}
+
+/// Brokers as a named connection with librdkafka options: a short session timeout, so
+/// that a member that vanished without leaving frees its partitions quickly.
+fn trigger(runtime: &Runtime, brokers: &str) -> KafkaTrigger {
+    let flow::TriggerKind::Kafka(mut settings) = spec(runtime, "orders").kind else {
+        panic!("not kafka");
+    };
+    settings.connection = flow::Connection::Named("mock".into());
+    let connections = Connections::new(
+        std::collections::BTreeMap::from([(
+            "mock".to_string(),
+            ConnectionConfig {
+                brokers: Some(brokers.to_string()),
+                options: std::collections::BTreeMap::from([
+                    ("session.timeout.ms".to_string(), "6000".to_string()),
+                    ("heartbeat.interval.ms".to_string(), "500".to_string()),
+                ]),
+                ..ConnectionConfig::default()
+            },
+        )]),
+        std::sync::Arc::new(|_: &str| None::<String>),
+    );
+    KafkaTrigger::new(&settings, &connections).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arrive_with_meta_and_offsets_are_committed_after_record() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("orders");
+    cluster.create_topic(&topic, 2, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    for n in 0..10 {
+        produce(&producer, &topic, (n % 2) as i32, n).await;
+    }
+    let runtime = runtime(&yaml(&topic, &group, &brokers));
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    let events = wait_events(&runtime, "orders", 10).await;
+    assert_eq!(events.len(), 10);
+    let mut ns: Vec<i64> = events
+        .iter()
+        .map(|e| e.data["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..10).collect::<Vec<_>>());
+    let third = events.iter().find(|e| e.data["n"] == json!(3)).unwrap();
+    assert_eq!(third.event_type, "kafka");
+    assert_eq!(third.source, format!("reactor:kafka/{topic}"));
+    assert_eq!(third.meta["topic"], json!(topic));
+    assert_eq!(third.meta["partition"], json!(1));
+    assert_eq!(third.meta["offset"], json!(1));
+    assert_eq!(third.meta["key"], json!("device-3"));
+    assert_eq!(third.meta["headers"], json!({"source": "test"}));
+    assert!(
+        eventually(|| {
+            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+            async move { committed(&b, &g, &t, 2).await == vec![5, 5] }
+        })
+        .await,
+        "the offsets after every recorded message are committed"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_record_and_commit_no_second_execution() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("crash");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    for n in 0..6 {
+        produce(&producer, &topic, 0, n).await;
+    }
+    let runtime = runtime(&yaml(&topic, &group, &brokers));
+    let first = Running::start(
+        &runtime,
+        "orders",
+        Box::new(trigger(&runtime, &brokers).stop_before_ack(6)),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(60), first.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
+    assert_eq!(executions(&runtime, "orders").await.len(), 6);
+    assert_eq!(
+        committed(&brokers, &group, &topic, 1).await,
+        vec![-1],
+        "nothing was committed"
+    );
+
+    // The group consumes the six again from the start: none runs twice.
+    let again = Running::start(&runtime, "orders", Box::new(trigger(&runtime, &brokers)));
+    let done = eventually(|| {
+        let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+        async move { committed(&b, &g, &t, 1).await == vec![6] }
+    })
+    .await;
+    assert!(
+        done,
+        "committed {:?}, stats {:?}, dedup {}",
+        committed(&brokers, &group, &topic, 1).await,
+        again.context.stats.snapshot(),
+        runtime
+            .stats()
+            .deduplicated
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(
+        executions(&runtime, "orders").await.len(),
+        6,
+        "no second execution"
+    );
+    assert_eq!(
+        runtime
+            .stats()
+            .deduplicated
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+    produce(&producer, &topic, 0, 6).await;
+    assert_eq!(wait_events(&runtime, "orders", 7).await.len(), 7);
+    again.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_the_broker_comes_back() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("outage");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    produce(&producer, &topic, 0, 0).await;
+    let runtime = runtime(&yaml(&topic, &group, &brokers));
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    assert_eq!(wait_events(&runtime, "orders", 1).await.len(), 1);
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.broker_up(1).unwrap();
+    produce(&producer, &topic, 0, 1).await;
+    assert_eq!(wait_events(&runtime, "orders", 2).await.len(), 2);
+    assert!(running.context.stats.snapshot().healthy());
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_brokers_make_it_unhealthy() {
+    let runtime = runtime(&yaml("t", "g", "127.0.0.1:1"));
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    let stats = running.context.stats.clone();
+    assert!(
+        eventually(|| {
+            let s = stats.clone();
+            async move { !s.snapshot().healthy() }
+        })
+        .await
+    );
+    assert!(stats.snapshot().last_error.unwrap().1.contains("kafka"));
+    running.stop().await.unwrap();
+}
+
+#[test]
+fn settings_errors_are_clear() {
+    let runtime = runtime(&yaml("bad topic!", "g", "127.0.0.1:9092"));
+    let error = reactor_hub_triggers::build(&spec(&runtime, "orders"), &Connections::default())
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("kafka topic"), "{error}");
+}

@@ -1,0 +1,398 @@
+//! The `redis` trigger against the real Redis on 127.0.0.1:6379.
+
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reactor_core::trigger::TriggerError;
+use reactor_hub_triggers::Connections;
+use reactor_hub_triggers::redis::RedisTrigger;
+use serde_json::json;
+
+const URL: &str = "redis://127.0.0.1:6379";
+
+async fn client() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str, n: usize) -> String {
+    redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("n")
+        .arg(n)
+        .arg("kind")
+        .arg("order")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap();
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("XPENDING: {other:?}"),
+        },
+        other => panic!("XPENDING: {other:?}"),
+    }
+}
+
+async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
+    let _: () = redis::cmd("DEL")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+fn stream_trigger(
+    runtime: &reactor_core::engine::Runtime,
+    name: &str,
+    consumer: &str,
+) -> RedisTrigger {
+    let flow::TriggerKind::Redis(settings) = spec(runtime, name).kind else {
+        panic!("not a redis trigger");
+    };
+    let mut settings = settings;
+    if let flow::RedisSource::Stream { consumer: c, .. } = &mut settings.source {
+        *c = Some(consumer.to_string());
+    }
+    RedisTrigger::new(&settings, &Connections::default()).unwrap()
+}
+
+use reactor_core::flow;
+
+#[tokio::test]
+async fn stream_entries_start_executions_and_are_acknowledged() {
+    let stream = unique("reactor_test_stream");
+    let yaml = workflow(
+        "orders",
+        &format!("redis: {{ stream: {stream}, group: hub, url: \"{URL}\" }}"),
+    );
+    let runtime = runtime(&yaml);
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    let mut conn = client().await;
+    // The group is created at the stream's end: wait until it exists before producing.
+    assert!(
+        eventually(|| {
+            let mut c = conn.clone();
+            let s = stream.clone();
+            async move {
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&s)
+                    .query_async::<redis::Value>(&mut c)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await
+    );
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(xadd(&mut conn, &stream, n).await);
+    }
+    let events = wait_events(&runtime, "orders", 20).await;
+    assert_eq!(events.len(), 20);
+    let mut seen: Vec<i64> = events
+        .iter()
+        .map(|e| e.data["n"].as_str().unwrap().parse().unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    let first = events.iter().find(|e| e.data["n"] == json!("0")).unwrap();
+    assert_eq!(first.event_type, "redis");
+    assert_eq!(first.source, format!("reactor:redis/{stream}"));
+    assert_eq!(first.data["kind"], json!("order"));
+    assert_eq!(first.meta["stream"], json!(stream));
+    assert_eq!(first.meta["group"], json!("hub"));
+    assert_eq!(first.meta["id"], json!(ids[0]));
+    assert!(
+        eventually(|| {
+            let mut c = conn.clone();
+            let s = stream.clone();
+            async move { pending(&mut c, &s, "hub").await == 0 }
+        })
+        .await,
+        "every recorded entry is acknowledged"
+    );
+    // Acknowledged entries leave no de-duplication mark behind.
+    let key = format!("redis/{stream}/hub/{}", ids[0]);
+    assert!(
+        eventually(|| {
+            let r = runtime.clone();
+            let k = key.clone();
+            async move { r.mark("orders", &k).await.unwrap().is_none() }
+        })
+        .await
+    );
+    running.stop().await.unwrap();
+    cleanup(&mut conn, &stream).await;
+}
+
+#[tokio::test]
+async fn killed_between_record_and_ack_no_second_execution() {
+    let stream = unique("reactor_test_crash");
+    let yaml = workflow(
+        "orders",
+        &format!("redis: {{ stream: {stream}, group: hub, url: \"{URL}\" }}"),
+    );
+    let runtime = runtime(&yaml);
+    let mut conn = client().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("hub")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for n in 0..5 {
+        xadd(&mut conn, &stream, n).await;
+    }
+    // First consumer: records all five, then "dies" before acknowledging.
+    let dying = stream_trigger(&runtime, "orders", "hub-a").stop_before_ack(5);
+    let first = Running::start(&runtime, "orders", Box::new(dying));
+    let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
+    assert_eq!(executions(&runtime, "orders").await.len(), 5);
+    assert_eq!(
+        pending(&mut conn, &stream, "hub").await,
+        5,
+        "nothing was acknowledged"
+    );
+
+    // The same consumer comes back: it re-reads its pending entries, runs nothing twice.
+    let again = Running::start(
+        &runtime,
+        "orders",
+        Box::new(stream_trigger(&runtime, "orders", "hub-a")),
+    );
+    assert!(
+        eventually(|| {
+            let mut c = conn.clone();
+            let s = stream.clone();
+            async move { pending(&mut c, &s, "hub").await == 0 }
+        })
+        .await
+    );
+    assert_eq!(
+        executions(&runtime, "orders").await.len(),
+        5,
+        "no second execution"
+    );
+    again.stop().await.unwrap();
+
+    // A consumer that dies for good: another one claims its entries (XAUTOCLAIM).
+    for n in 5..8 {
+        xadd(&mut conn, &stream, n).await;
+    }
+    let dying = stream_trigger(&runtime, "orders", "hub-b").stop_before_ack(3);
+    let second = Running::start(&runtime, "orders", Box::new(dying));
+    let _ = tokio::time::timeout(Duration::from_secs(30), second.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(executions(&runtime, "orders").await.len(), 8);
+    assert_eq!(pending(&mut conn, &stream, "hub").await, 3);
+    let claimer = stream_trigger(&runtime, "orders", "hub-c")
+        .with_claim(Duration::from_millis(100), Duration::from_millis(200));
+    let claimer = Running::start(&runtime, "orders", Box::new(claimer));
+    assert!(
+        eventually(|| {
+            let mut c = conn.clone();
+            let s = stream.clone();
+            async move { pending(&mut c, &s, "hub").await == 0 }
+        })
+        .await,
+        "the dead consumer's entries are claimed and acknowledged"
+    );
+    assert_eq!(
+        executions(&runtime, "orders").await.len(),
+        8,
+        "claimed entries did not run twice"
+    );
+    assert_eq!(
+        runtime
+            .stats()
+            .deduplicated
+            .load(std::sync::atomic::Ordering::Relaxed),
+        8
+    );
+    claimer.stop().await.unwrap();
+    cleanup(&mut conn, &stream).await;
+}
+
+#[tokio::test]
+async fn reconnects_after_client_kill() {
+    let stream = unique("reactor_test_kill");
+    let consumer = unique("killme");
+    let yaml = workflow(
+        "orders",
+        &format!("redis: {{ stream: {stream}, group: hub, consumer: {consumer}, url: \"{URL}\" }}"),
+    );
+    let runtime = runtime(&yaml);
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    let mut conn = client().await;
+    let find = |conn: redis::aio::MultiplexedConnection| {
+        let name = format!("reactor-{consumer}");
+        async move {
+            let mut conn = conn;
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            list.lines()
+                .find(|l| l.split(' ').any(|f| f == format!("name={name}")))
+                .and_then(|l| {
+                    l.split(' ')
+                        .find_map(|f| f.strip_prefix("id="))
+                        .map(str::to_string)
+                })
+        }
+    };
+    assert!(
+        eventually(|| {
+            let c = conn.clone();
+            let f = &find;
+            async move { f(c).await.is_some() }
+        })
+        .await
+    );
+    xadd(&mut conn, &stream, 1).await;
+    assert_eq!(wait_events(&runtime, "orders", 1).await.len(), 1);
+    let id = find(conn.clone()).await.unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Produced while the trigger is cut off: arrives after it reconnects.
+    xadd(&mut conn, &stream, 2).await;
+    assert_eq!(wait_events(&runtime, "orders", 2).await.len(), 2);
+    assert!(
+        eventually(|| {
+            let c = conn.clone();
+            let f = &find;
+            let id = id.clone();
+            async move { f(c).await.is_some_and(|new| new != id) }
+        })
+        .await,
+        "a new connection replaced the killed one"
+    );
+    assert!(
+        running.context.stats.snapshot().errors >= 1,
+        "the cut was counted"
+    );
+    assert!(running.context.stats.snapshot().healthy());
+    running.stop().await.unwrap();
+    cleanup(&mut conn, &stream).await;
+}
+
+#[tokio::test]
+async fn pubsub_channels_and_patterns() {
+    let prefix = unique("reactor_test_chan");
+    let yaml = workflow(
+        "alerts",
+        &format!("redis: {{ channel: \"{prefix}.*\", url: \"{URL}\" }}"),
+    );
+    let runtime = runtime(&yaml);
+    let running = Running::start(
+        &runtime,
+        "alerts",
+        build(&runtime, "alerts", &Connections::default()),
+    );
+    let conn = client().await;
+    let channel = format!("{prefix}.temp");
+    // Pub/sub keeps nothing for absent subscribers: publish until the subscription is live.
+    assert!(
+        eventually(|| {
+            let mut c = conn.clone();
+            let ch = channel.clone();
+            async move {
+                redis::cmd("PUBLISH")
+                    .arg(&ch)
+                    .arg(r#"{"t": 31.5}"#)
+                    .query_async::<i64>(&mut c)
+                    .await
+                    .unwrap()
+                    > 0
+            }
+        })
+        .await
+    );
+    let events = wait_events(&runtime, "alerts", 1).await;
+    assert_eq!(events[0].data, json!({"t": 31.5}));
+    assert_eq!(events[0].meta["channel"], json!(channel));
+    assert_eq!(events[0].meta["pattern"], json!(format!("{prefix}.*")));
+    assert_eq!(events[0].meta["encoding"], json!("json"));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn persistent_failure_is_unhealthy_with_its_error() {
+    let yaml = workflow(
+        "orders",
+        "redis: { stream: s, group: g, url: \"redis://127.0.0.1:1\" }",
+    );
+    let runtime = runtime(&yaml);
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    let stats = running.context.stats.clone();
+    assert!(
+        eventually(|| {
+            let s = stats.clone();
+            async move { !s.snapshot().healthy() }
+        })
+        .await
+    );
+    let snapshot = stats.snapshot();
+    let (_, error) = snapshot.last_error.unwrap();
+    assert!(error.contains("redis"), "{error}");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn settings_errors_are_clear() {
+    let yaml = workflow(
+        "orders",
+        "redis: { stream: s, group: g, url: \"http://127.0.0.1\" }",
+    );
+    let runtime = runtime(&yaml);
+    let error = reactor_hub_triggers::build(&spec(&runtime, "orders"), &Connections::default())
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("redis://"), "{error}");
+}

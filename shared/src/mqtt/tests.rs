@@ -596,3 +596,42 @@ fn ranges(numbers: &[usize]) -> String {
     }
     out.join(" ")
 }
+
+/// A burst larger than the publish queue waits for room instead of failing (the load run's
+/// failed `mqtt.publish` steps): every publish of 400 concurrent ones is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_burst_beyond_the_queue_waits_for_room() {
+    let p = prefix();
+    let publisher = Arc::new(RumqttPublisher::new(brokers(MOSQUITTO)));
+    let burst = 400;
+    assert!(burst > super::publisher::PUBLISH_QUEUE * 4);
+    let mut tasks = Vec::new();
+    for n in 0..burst {
+        let publisher = publisher.clone();
+        let topic = format!("{p}/burst/{n}");
+        tasks.push(tokio::spawn(async move {
+            publisher
+                .publish(MqttMessage {
+                    broker: None,
+                    topic,
+                    payload: b"x".to_vec(),
+                    qos: Qos::AtLeastOnce,
+                    retain: false,
+                })
+                .await
+        }));
+    }
+    let mut failed = Vec::new();
+    for task in tasks {
+        if let Err(error) = task.await.unwrap() {
+            failed.push(error.to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {burst} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    publisher.shutdown(Duration::from_secs(2)).await;
+}

@@ -12,11 +12,14 @@
 #   FOOTPRINT_NO_BUILD=1 FOOTPRINT_BIN=… measure an existing binary
 #   FOOTPRINT_RUSTFLAGS="…"              extra rustflags for an experiment (rebuilds)
 #
-# The shipped x86_64 build is a plain static executable, not a static PIE:
-#   RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static"
-# A static PIE carries ~45,000 relocations (.rela.dyn, 1.09 MB) for its pointer tables and
-# applies them at every start; the cost is ASLR of the agent's own image (stack, heap and
-# mmap are still randomised). docs/performance.md "Footprint" has the figures.
+# The shipped x86_64 build:
+#   RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
+#              -C link-arg=-Wl,--icf=all"
+# - a plain static executable, not a static PIE: a PIE carries ~45,000 relocations
+#   (.rela.dyn, 1.09 MB) and applies them at every start; the cost is ASLR of the agent's own
+#   image (stack, heap and mmap are still randomised);
+# - identical code folding in the linker (rust-lld is the default linker for this target).
+# docs/performance.md "Footprint" has the figures.
 #
 # Needs python3 (the start-time client: it polls /healthz every 0.5 ms with a raw socket, so
 # the figure is not dominated by spawning curl). The mqtt fixtures expect Mosquitto on
@@ -34,7 +37,7 @@ SIZE_BUDGET=$((8 * 1024 * 1024))
 RSS_BUDGET_KIB=$((10 * 1024))
 START_BUDGET_MS=50
 
-RUSTFLAGS_SMALL="-C target-feature=+crt-static -C relocation-model=static ${FOOTPRINT_RUSTFLAGS:-}"
+RUSTFLAGS_SMALL="-C target-feature=+crt-static -C relocation-model=static -C link-arg=-Wl,--icf=all ${FOOTPRINT_RUSTFLAGS:-}"
 if [ "${FOOTPRINT_NO_BUILD:-0}" != 1 ]; then
     echo "== build: RUSTFLAGS=\"$RUSTFLAGS_SMALL\" cargo build --locked --profile $PROFILE -p reactor-agent --target $TARGET"
     RUSTFLAGS="$RUSTFLAGS_SMALL" \

@@ -18,6 +18,9 @@
 //!   by the agent and the hub.
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
 //! - `mqtt` (feature `mqtt`): the MQTT trigger and publisher over rumqttc.
+//! - `sync` (feature `sync`): the fleet protocol between agent and hub: topics, versioned
+//!   postcard envelopes, signed bundles.
+//! - [`metrics`]: metric families, histograms, trigger counters, Prometheus text.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
 //! Invariants that matter:
@@ -33,9 +36,12 @@ pub mod dsl;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod store;
+#[cfg(feature = "sync")]
+pub mod sync;
 pub mod trigger;
 
 /// JSON-like values used for event data, inputs, outputs and variables.

@@ -157,6 +157,9 @@ async fn drive(engine: &reactor_core::engine::Runtime, total: u64, in_flight: u6
 
 /// The `n`th bulk execution: 20 workflows, 200 devices, one of five statuses, spread over the
 /// last 30 days.
+/// Builds the filter of one query kind from (query number, a time).
+type FilterFor = fn(u64, i64) -> ExecutionFilter;
+
 fn bulk(n: u64, now: i64) -> StoreWrite {
     let span = 30 * DAY_MS;
     let created = now - span + (n as i64 * 7_919) % span;
@@ -229,7 +232,7 @@ async fn list(spec: &str, rows: u64, queries: u64) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     analyze(store.database()).await?;
-    let kinds: [(&str, fn(u64, i64) -> ExecutionFilter); 8] = [
+    let kinds: [(&str, FilterFor); 8] = [
         ("newest", |_, _| ExecutionFilter::default()),
         ("workflow", |q, _| ExecutionFilter {
             workflow: Some(format!("workflow-{}", q % WORKFLOWS)),

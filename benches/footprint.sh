@@ -10,7 +10,16 @@
 #   benches/footprint.sh                 build, measure, print; exit 1 if a budget is missed
 #   FOOTPRINT_STARTS=20                  number of starts for the median (default 10)
 #   FOOTPRINT_NO_BUILD=1 FOOTPRINT_BIN=… measure an existing binary
-#   FOOTPRINT_RUSTFLAGS="-C relocation-model=static"  extra flags for an experiment (rebuilds)
+#   FOOTPRINT_RUSTFLAGS="…"              extra rustflags for an experiment (rebuilds)
+#
+# The shipped x86_64 build:
+#   RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static
+#              -C link-arg=-Wl,--icf=all"
+# - a plain static executable, not a static PIE: a PIE carries ~45,000 relocations
+#   (.rela.dyn, 1.09 MB) and applies them at every start; the cost is ASLR of the agent's own
+#   image (stack, heap and mmap are still randomised);
+# - identical code folding in the linker (rust-lld is the default linker for this target).
+# docs/performance.md "Footprint" has the figures.
 #
 # Needs python3 (the start-time client: it polls /healthz every 0.5 ms with a raw socket, so
 # the figure is not dominated by spawning curl). The mqtt fixtures expect Mosquitto on
@@ -28,9 +37,10 @@ SIZE_BUDGET=$((8 * 1024 * 1024))
 RSS_BUDGET_KIB=$((10 * 1024))
 START_BUDGET_MS=50
 
+RUSTFLAGS_SMALL="-C target-feature=+crt-static -C relocation-model=static -C link-arg=-Wl,--icf=all ${FOOTPRINT_RUSTFLAGS:-}"
 if [ "${FOOTPRINT_NO_BUILD:-0}" != 1 ]; then
-    echo "== build: RUSTFLAGS=\"-C target-feature=+crt-static ${FOOTPRINT_RUSTFLAGS:-}\" cargo build --locked --profile $PROFILE -p reactor-agent --target $TARGET"
-    RUSTFLAGS="-C target-feature=+crt-static ${FOOTPRINT_RUSTFLAGS:-}" \
+    echo "== build: RUSTFLAGS=\"$RUSTFLAGS_SMALL\" cargo build --locked --profile $PROFILE -p reactor-agent --target $TARGET"
+    RUSTFLAGS="$RUSTFLAGS_SMALL" \
         cargo build --locked --profile "$PROFILE" -p reactor-agent --target "$TARGET"
 fi
 [ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
@@ -119,12 +129,19 @@ try:
     proc, _ = start(warm_data)
     time.sleep(2)
     st = status(proc.pid)
+    # The idle RSS counts with the mqtt triggers connected: count the agent's broker links.
+    try:
+        ss = subprocess.run(["ss", "-tnpH", "state", "established", "( dport = :1883 )"],
+                            capture_output=True, text=True).stdout
+        mqtt_links = sum(1 for line in ss.splitlines() if f"pid={proc.pid}," in line)
+    except OSError:
+        mqtt_links = -1
     stop(proc)
     print(json.dumps({
         "cold_median_ms": statistics.median(cold), "cold_max_ms": max(cold),
         "warm_median_ms": statistics.median(warm), "warm_max_ms": max(warm),
         "vmrss_kib": int(st["VmRSS"].split()[0]), "vmhwm_kib": int(st["VmHWM"].split()[0]),
-        "threads": int(st["Threads"]),
+        "threads": int(st["Threads"]), "mqtt_links": mqtt_links,
     }))
 finally:
     shutil.rmtree(root, ignore_errors=True)
@@ -134,6 +151,29 @@ field() { printf '%s' "$results" | python3 -c "import json,sys; print(json.load(
 cold=$(field cold_median_ms); cold_max=$(field cold_max_ms)
 warm=$(field warm_median_ms); warm_max=$(field warm_max_ms)
 rss=$(field vmrss_kib); hwm=$(field vmhwm_kib); threads=$(field threads)
+mqtt_links=$(field mqtt_links)
+
+# Start costs: durable syncs of one start on an existing data folder (each is a disk flush).
+syncs="strace not installed"
+if command -v strace >/dev/null; then
+    sdata=$(mktemp -d)
+    sport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    for round in cold warm; do
+        strace -f -qq -c -e trace=fsync,fdatasync,sync_file_range -o "$sdata/strace-$round" \
+            "$BIN" run --workflows "$FLOWS" --data "$sdata/data" --listen "127.0.0.1:$sport" 2>/dev/null &
+        spid=$!
+        for _ in $(seq 1 400); do
+            curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null 2>&1 && break
+            sleep 0.025
+        done
+        # SIGTERM the agent (strace's child), then strace ends with it.
+        for child in $(pgrep -P "$spid"); do kill -TERM "$child"; done
+        wait "$spid" 2>/dev/null || true
+    done
+    count() { awk '$NF ~ /^(fsync|fdatasync|sync_file_range)$/ { n += $4 } END { print n + 0 }' "$1"; }
+    syncs="$(count "$sdata/strace-cold") on a new data folder, $(count "$sdata/strace-warm") on an existing one (start to SIGTERM, strace -c)"
+    rm -rf "$sdata"
+fi
 
 echo
 echo "== Footprint ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m))"
@@ -144,5 +184,6 @@ verdict "$static" "statically linked"
 verdict "$(awk -v a="$warm" -v b="$cold" -v m="$START_BUDGET_MS" 'BEGIN { print (a <= m && b <= m) ? 1 : 0 }')" \
     "start to /healthz 200: median $(printf '%.1f' "$warm") ms (max $(printf '%.1f' "$warm_max")) on an existing data folder, $(printf '%.1f' "$cold") ms (max $(printf '%.1f' "$cold_max")) on a new one; budget $START_BUDGET_MS ms"
 verdict "$([ "$rss" -le "$RSS_BUDGET_KIB" ] && echo 1)" \
-    "idle RSS, 10 workflows, 2 s idle: VmRSS $rss KiB ($(mib "$rss" 1024)), peak VmHWM $hwm KiB, $threads threads; budget 10 MiB"
+    "idle RSS, 10 workflows, 2 s idle: VmRSS $rss KiB ($(mib "$rss" 1024)), peak VmHWM $hwm KiB, $threads threads, $mqtt_links MQTT connections up; budget 10 MiB"
+echo "      journal syncs per start: $syncs"
 exit "$failed"

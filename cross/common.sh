@@ -9,6 +9,8 @@
 #                             (default: ${CARGO_TARGET_DIR:-~/.cache/reactor}/cross)
 #   REACTOR_CROSS_NO_INSTALL=1  never call apt-get; fail if something is missing
 #   REACTOR_CROSS_SKIP_SMOKE=1  build only
+#   REACTOR_CROSS_PROFILE     cargo profile (default release-small, the shipped binary; CI's
+#                             smoke build uses dev without debug info: see scripts/cross-check)
 
 set -euo pipefail
 
@@ -16,7 +18,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CROSS_TARGET_DIR="${REACTOR_CROSS_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/reactor}/cross}"
 DEB_RUSTC=/usr/bin/rustc
 DEB_CARGO=/usr/bin/cargo
-PROFILE=release-small
+PROFILE=${REACTOR_CROSS_PROFILE:-release-small}
 APT_UPDATED=0
 
 say() { printf '== %s\n' "$*"; }
@@ -40,14 +42,21 @@ pkg_version() {
 
 apt_update_once() {
     if [ "$APT_UPDATED" -eq 0 ]; then
-        say "apt-get update"
-        as_root apt-get update -q
+        # Only the native architecture and the one being built: a mirror in sync can fail one
+        # architecture's index (seen: bookworm-security armhf "File has unexpected size"), and
+        # apt then drops that whole suite for every architecture.
+        local archs
+        archs=$(dpkg --print-architecture)${CROSS_ARCH:+,$CROSS_ARCH}
+        say "apt-get update (architectures $archs)"
+        as_root apt-get update -q -o "APT::Architectures=$archs" ||
+            say "warning: apt-get update reported errors; continuing with the indexes it got"
         APT_UPDATED=1
     fi
 }
 
-# ensure_arch ARCH: a foreign dpkg architecture (arm64, armhf).
+# ensure_arch ARCH: a foreign dpkg architecture (arm64, armhf); also the one apt updates.
 ensure_arch() {
+    CROSS_ARCH=$1
     if ! { [ "$(dpkg --print-architecture)" = "$1" ] ||
         dpkg --print-foreign-architectures | grep -qx "$1"; }; then
         [ "${REACTOR_CROSS_NO_INSTALL:-0}" = 1 ] && die "dpkg architecture $1 missing"
@@ -128,7 +137,9 @@ cross_build() {
             --target "$target" "$@"
     )
     say "build took $((SECONDS - started)) s"
-    BIN="$CROSS_TARGET_DIR/$target/$PROFILE/reactor-agent"
+    local dir=$PROFILE
+    [ "$PROFILE" = dev ] && dir=debug
+    BIN="$CROSS_TARGET_DIR/$target/$dir/reactor-agent"
     [ -x "$BIN" ] || die "no binary at $BIN"
 }
 

@@ -74,7 +74,8 @@ pub fn scan(dir: &Path) -> Vec<ScannedFile> {
     scanned
 }
 
-/// Applies a scan: `files` holds the hash of each file as last applied.
+/// Applies a scan: `files` holds the hash of each file as last applied. The new versions of
+/// all changed files are recorded in one journal write.
 pub async fn apply(
     workflows: &ActiveWorkflows,
     scanned: Vec<ScannedFile>,
@@ -89,6 +90,9 @@ pub async fn apply(
         }
     }
     files.retain(|path, _| present.contains(path));
+    let mut batch = Vec::new();
+    // Names claimed by files of this batch (not active yet).
+    let mut claimed: HashMap<String, PathBuf> = HashMap::new();
     for file in scanned {
         if files.get(&file.path) == Some(&file.hash) {
             continue;
@@ -107,9 +111,15 @@ pub async fn apply(
             continue;
         };
         let name = workflow.name.to_string();
-        if let Some(Origin::File(other)) = workflows.origin(&name)
+        let other = match claimed.get(&name) {
+            Some(path) => Some(path.clone()),
+            None => match workflows.origin(&name) {
+                Some(Origin::File(other)) if present.contains(&other) => Some(other),
+                _ => None,
+            },
+        };
+        if let Some(other) = other
             && other != file.path
-            && present.contains(&other)
         {
             tracing::error!(file = %file.path.display(), workflow = %name, other = %other.display(), "another file already defines this workflow name; skipped");
             continue;
@@ -120,8 +130,11 @@ pub async fn apply(
                 workflows.remove(&old).await;
             }
         }
-        let origin = Origin::File(file.path.clone());
-        workflows.install(workflow, &file.text, origin).await?;
+        claimed.insert(name, file.path.clone());
+        batch.push((workflow, file.text, Origin::File(file.path)));
+    }
+    if !batch.is_empty() {
+        workflows.install_many(batch).await?;
     }
     Ok(())
 }

@@ -36,7 +36,8 @@ pub fn active_set(
 }
 
 /// Loads the workflows compiled into the binary and those of `dir`; the folder's win over
-/// embedded ones of the same name. Problems are logged as validator lines and skipped.
+/// embedded ones of the same name. Problems are logged as validator lines and skipped. New
+/// versions are recorded with at most two journal writes (embedded, folder).
 pub async fn load_all(
     workflows: &ActiveWorkflows,
     dir: Option<&std::path::Path>,
@@ -50,6 +51,7 @@ pub async fn load_all(
         .iter()
         .filter_map(|f| f.workflow.as_ref().map(|w| w.name.to_string()))
         .collect();
+    let mut embedded = Vec::new();
     for (file, text) in crate::embedded::WORKFLOWS {
         let source = format!("embedded:{file}");
         match reactor_core::dsl::parse_workflow(&source, text) {
@@ -57,9 +59,11 @@ pub async fn load_all(
                 tracing::info!(workflow = %workflow.name, "the workflows folder overrides the embedded workflow");
             }
             Ok(workflow) => {
-                workflows
-                    .install(workflow, text, Origin::Embedded(file.to_string()))
-                    .await?;
+                embedded.push((
+                    workflow,
+                    text.to_string(),
+                    Origin::Embedded(file.to_string()),
+                ));
             }
             Err(problems) => {
                 for problem in problems {
@@ -67,6 +71,11 @@ pub async fn load_all(
                 }
             }
         }
+    }
+    // One journal write for the embedded workflows' new versions, one for the folder's (none
+    // when nothing changed since the last start).
+    if !embedded.is_empty() {
+        workflows.install_many(embedded).await?;
     }
     crate::reload::apply(workflows, from_dir, files).await
 }

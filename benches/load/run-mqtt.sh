@@ -31,5 +31,6 @@ until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
   sleep 0.05
 done
 "$load" "$count" 127.0.0.1 1883 "$window"
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^reactor_(executions_total|trigger_events_total|trigger_errors_total|store_commits)' || true
 echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 if [ -s "$work/agent.log" ]; then echo "--- agent log:"; tail -5 "$work/agent.log"; fi

@@ -66,6 +66,7 @@ pub enum Installed {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeployError {
+    /// The durable write of new versions failed (for a batch: the first workflow of it).
     #[error("recording workflow {workflow} v{version}: {source}")]
     Store {
         workflow: String,
@@ -211,51 +212,93 @@ impl ActiveWorkflows {
     /// the workflow goes live.
     pub async fn install(
         &self,
-        mut workflow: Workflow,
+        workflow: Workflow,
         text: &str,
         origin: Origin,
     ) -> Result<Installed, DeployError> {
-        let name = workflow.name.to_string();
-        let hash = content_hash(text);
-        let previous = lock(&self.active).get(&name).map(|a| (a.version, a.hash));
-        let previous = match previous {
-            Some(p) => Some(p),
-            None => self.stored_version(&name).await,
-        };
-        let version = versions::decide(previous, hash, workflow.version);
-        if previous.is_some_and(|(v, h)| h != hash && workflow.version <= v) {
-            tracing::info!(
-                workflow = %name,
-                file_version = workflow.version,
-                version,
-                "content changed but `version` did not grow: version bumped"
-            );
+        let mut installed = self
+            .install_many(vec![(workflow, text.to_string(), origin)])
+            .await?;
+        Ok(installed.remove(0))
+    }
+
+    /// [`ActiveWorkflows::install`] for several workflows with **one** durable write for all
+    /// of their new versions (none when every version is already stored, as on a restart with
+    /// unchanged files). Installs happen in order; the answer has one entry per workflow.
+    pub async fn install_many(
+        &self,
+        workflows: Vec<(Workflow, String, Origin)>,
+    ) -> Result<Vec<Installed>, DeployError> {
+        let mut decided: Vec<(u32, u64)> = Vec::with_capacity(workflows.len());
+        let mut batch = Vec::new();
+        // Versions decided earlier in this batch, by name.
+        let mut in_batch: BTreeMap<String, (u32, u64)> = BTreeMap::new();
+        for (workflow, text, _) in &workflows {
+            let name = workflow.name.as_str();
+            let hash = content_hash(text);
+            let active = lock(&self.active).get(name).map(|a| (a.version, a.hash));
+            let previous = match in_batch.get(name).copied().or(active) {
+                Some(p) => Some(p),
+                None => self.stored_version(name).await,
+            };
+            let version = versions::decide(previous, hash, workflow.version);
+            if previous.is_some_and(|(v, h)| h != hash && workflow.version <= v) {
+                tracing::info!(
+                    workflow = %name,
+                    file_version = workflow.version,
+                    version,
+                    "content changed but `version` did not grow: version bumped"
+                );
+            }
+            // Same (version, hash) as stored or active: its text is stored already.
+            if previous != Some((version, hash)) {
+                batch.push(StoreWrite::PutMeta {
+                    key: self.keys.active(name),
+                    value: Some(versions::encode_active(version, hash)),
+                });
+                batch.push(StoreWrite::PutMeta {
+                    key: self.keys.text(name, version),
+                    value: Some(text.as_bytes().to_vec()),
+                });
+            }
+            in_batch.insert(name.to_string(), (version, hash));
+            decided.push((version, hash));
         }
+        if !batch.is_empty() {
+            let (first, _, _) = &workflows[0];
+            self.runtime
+                .store()
+                .write(batch)
+                .await
+                .map_err(|source| DeployError::Store {
+                    workflow: first.name.to_string(),
+                    version: decided[0].0,
+                    source,
+                })?;
+        }
+        let mut answers = Vec::with_capacity(workflows.len());
+        for ((workflow, _, origin), (version, hash)) in workflows.into_iter().zip(decided) {
+            answers.push(self.activate(workflow, origin, version, hash).await);
+        }
+        Ok(answers)
+    }
+
+    /// Makes a recorded version live (or reports it unchanged).
+    async fn activate(
+        &self,
+        mut workflow: Workflow,
+        origin: Origin,
+        version: u32,
+        hash: u64,
+    ) -> Installed {
+        let name = workflow.name.to_string();
         let unchanged = lock(&self.active)
             .get(&name)
             .is_some_and(|a| a.hash == hash && a.version == version && a.origin == origin);
         if unchanged {
-            return Ok(Installed::Unchanged(version));
+            return Installed::Unchanged(version);
         }
         workflow.version = version;
-        self.runtime
-            .store()
-            .write(vec![
-                StoreWrite::PutMeta {
-                    key: self.keys.active(&name),
-                    value: Some(versions::encode_active(version, hash)),
-                },
-                StoreWrite::PutMeta {
-                    key: self.keys.text(&name, version),
-                    value: Some(text.as_bytes().to_vec()),
-                },
-            ])
-            .await
-            .map_err(|source| DeployError::Store {
-                workflow: name.clone(),
-                version,
-                source,
-            })?;
         self.stop(&name).await;
         self.runtime.load(workflow.clone());
         let workflow = Arc::new(workflow);
@@ -274,7 +317,7 @@ impl ActiveWorkflows {
                 triggers,
             },
         );
-        Ok(Installed::New(version))
+        Installed::New(version)
     }
 
     /// Stops offering `name`: its triggers stop; running executions finish on their version.

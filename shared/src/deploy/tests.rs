@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::trigger::testing::{memory, runtime, wait_for};
 use crate::trigger::{LightTriggers, TaskState};
 
@@ -192,4 +192,98 @@ async fn needed_versions_load_from_the_store() {
     assert_eq!(loaded.version, 1);
     assert_eq!(fresh.list()[0].version, 2, "v1 is loaded, not active");
     fresh.runtime().shutdown().await;
+}
+
+/// Counts durable writes (each is one commit, one fsync on redb).
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: crate::store::MemoryStore,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for CountingStore {
+    async fn write(&self, batch: Vec<crate::store::StoreWrite>) -> Result<(), StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.write(batch).await
+    }
+    async fn unfinished(
+        &self,
+    ) -> Result<Vec<(crate::engine::ExecutionRecord, Vec<crate::engine::Fact>)>, StoreError> {
+        self.inner.unfinished().await
+    }
+    async fn execution(
+        &self,
+        id: crate::engine::ExecutionId,
+    ) -> Result<Option<crate::engine::ExecutionRecord>, StoreError> {
+        self.inner.execution(id).await
+    }
+    async fn journal(
+        &self,
+        id: crate::engine::ExecutionId,
+    ) -> Result<Vec<crate::engine::Fact>, StoreError> {
+        self.inner.journal(id).await
+    }
+    async fn executions(
+        &self,
+        query: &crate::store::ExecutionQuery,
+    ) -> Result<Vec<crate::engine::ExecutionRecord>, StoreError> {
+        self.inner.executions(query).await
+    }
+    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta(key).await
+    }
+    async fn prune(
+        &self,
+        retention: crate::store::Retention,
+        now: crate::engine::Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.inner.prune(retention, now).await
+    }
+}
+
+#[tokio::test]
+async fn a_start_records_all_new_versions_in_one_write_and_a_restart_in_none() {
+    let store = Arc::new(CountingStore::default());
+    let writes = || store.writes.load(std::sync::atomic::Ordering::SeqCst);
+    let batch = |texts: &[String]| -> Vec<(Workflow, String, Origin)> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    parse(t),
+                    t.clone(),
+                    Origin::File(format!("/w/{i}.yaml").into()),
+                )
+            })
+            .collect()
+    };
+    let texts: Vec<String> = (0..10)
+        .map(|i| text(&format!("w{i}"), 1, "{ http: { path: /x } }", i))
+        .collect();
+    let set = active(store.clone());
+    let installed = set.install_many(batch(&texts)).await.unwrap();
+    assert_eq!(installed, vec![Installed::New(1); 10]);
+    assert_eq!(writes(), 1, "ten new versions, one write");
+    assert_eq!(set.list().len(), 10);
+
+    // A restart with the same texts: every version is stored already.
+    let again = active(store.clone());
+    again.install_many(batch(&texts)).await.unwrap();
+    assert_eq!(writes(), 1, "nothing new, nothing written");
+    assert_eq!(again.version("w3"), Some(1));
+
+    // One changed text: one write, one bump; the rest unchanged.
+    let mut changed = texts.clone();
+    changed[3] = text("w3", 1, "{ http: { path: /x } }", 99);
+    let installed = again.install_many(batch(&changed)).await.unwrap();
+    assert_eq!(installed[3], Installed::New(2));
+    assert_eq!(installed[4], Installed::Unchanged(1));
+    assert_eq!(writes(), 2);
+    assert_eq!(
+        store.meta("test.workflow.w3.v2").await.unwrap().as_deref(),
+        Some(changed[3].as_bytes())
+    );
 }

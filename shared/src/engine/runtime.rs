@@ -1309,7 +1309,14 @@ impl Driver {
             self.record.finished_at = Some(Timestamp::now());
             self.record.steps = self.machine.step_records();
             self.runtime.redactor().redact_record(&mut self.record);
-            self.buffer.push(StoreWrite::Update(self.record.clone()));
+            // An execution that finishes before its first flush (pure workflows, sync http
+            // replies) is created finished: one record write instead of create + update.
+            match self.buffer.first_mut() {
+                Some(StoreWrite::Create { record, .. }) if record.id == self.record.id => {
+                    record.clone_from(&self.record);
+                }
+                _ => self.buffer.push(StoreWrite::Update(self.record.clone())),
+            }
         }
         launches
     }

@@ -49,7 +49,7 @@ pub fn options(
 
 /// A rustls client config with the ring provider (never the process default, which may not
 /// be installed) trusting `ca_file` or the system roots.
-fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
+pub(super) fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 

@@ -5,7 +5,9 @@
 //! - `connection`: rumqttc options (TLS with the ring provider), reconnect backoff with
 //!   jitter, rate-limited warnings.
 //! - [`trigger`]: [`MqttTrigger`] — persistent session, manual acks after the execution is
-//!   durably recorded (at least once), bounded concurrent submissions.
+//!   durably recorded (at least once), bounded concurrent submissions. Its connection
+//!   (`link`) is driven by hand over rumqttc's codec so acknowledgements are never starved by
+//!   deliveries (see `link` for the message loss this fixed).
 //! - [`publisher`]: [`RumqttPublisher`] — one lazily connected client per broker; QoS ≥ 1
 //!   publishes return after the broker's PUBACK / PUBCOMP.
 //! - `factory`: [`MqttTriggers`] — the light triggers plus `mqtt`, a
@@ -18,6 +20,7 @@
 
 mod connection;
 mod factory;
+mod link;
 pub mod publisher;
 pub mod settings;
 pub mod trigger;

@@ -2,8 +2,9 @@
 //!
 //! - Lazy: a broker's connection starts with its first message and then stays up, reconnecting
 //!   with backoff (warnings rate-limited).
-//! - Bounded: each connection takes at most [`PUBLISH_QUEUE`] waiting messages; beyond that,
-//!   and when a message is not confirmed within the publish timeout, `publish` answers
+//! - Bounded: each connection takes at most [`PUBLISH_QUEUE`] waiting messages; beyond that a
+//!   `publish` waits for room (backpressure on the steps). When a message is neither queued
+//!   nor confirmed within the publish timeout, `publish` answers
 //!   [`PublishError::Unavailable`] (retryable). While disconnected, messages wait in the queue
 //!   (until their timeout).
 //! - Confirmed: QoS 0 returns once the message is written to the socket; QoS 1 once the broker's
@@ -120,18 +121,29 @@ impl MqttPublisher for RumqttPublisher {
             .map_err(|e| PublishError::Rejected(e.to_string()))?;
         check(&message, &settings)?;
         let (reply, answer) = oneshot::channel();
-        self.connection(&settings)
-            .try_send(Request { message, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => PublishError::Unavailable(format!(
-                    "the publish queue for {} is full",
-                    settings.url
-                )),
-                mpsc::error::TrySendError::Closed(_) => {
-                    PublishError::Unavailable("the MQTT publisher is shutting down".into())
-                }
-            })?;
-        match tokio::time::timeout(self.timeout, answer).await {
+        // Backpressure: a full queue makes the step wait for room (within the same timeout
+        // as the broker's confirmation) instead of failing at once under a burst.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let queued = tokio::time::timeout_at(
+            deadline,
+            self.connection(&settings).send(Request { message, reply }),
+        )
+        .await;
+        match queued {
+            Ok(Ok(())) => {}
+            Ok(Err(_closed)) => {
+                return Err(PublishError::Unavailable(
+                    "the MQTT publisher is shutting down".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(PublishError::Unavailable(format!(
+                    "the publish queue for {} stayed full for {:?}",
+                    settings.url, self.timeout
+                )));
+            }
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PublishError::Unavailable(
                 "the MQTT connection stopped".into(),

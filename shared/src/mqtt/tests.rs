@@ -473,3 +473,165 @@ async fn trigger_connects_once_the_broker_comes_up() {
     running.stop().await;
     publisher.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Issue 3's load loss, as a test: a sustained QoS 1 stream through the real Mosquitto must
+/// arrive whole. `REACTOR_MQTT_STREAM` sets the count (default 5,000). The publisher keeps at
+/// most `WINDOW` messages unrecorded: Mosquitto queues at most `max_queued_messages` (1,000 by
+/// default) for a subscriber that falls behind and drops the rest by design.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_qos1_stream_arrives_whole() {
+    const WINDOW: u64 = 500;
+    let count: u64 = std::env::var("REACTOR_MQTT_STREAM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let p = prefix();
+    let store = Arc::new(MemoryStore::new());
+    let runtime = Runtime::new(
+        store.clone(),
+        ActionRegistry::new(),
+        Environment::empty(),
+        RuntimeConfig {
+            retention: Retention {
+                keep: usize::MAX,
+                max_age: None,
+            },
+            ..RuntimeConfig::default()
+        },
+    );
+    runtime.load(
+        WorkflowBuilder::new("w")
+            .when("${{ event.data != \"probe\" }}")
+            .step(StepBuilder::set(json!({ "seen": true })))
+            .var("seen", json!(false))
+            .build()
+            .expect("valid workflow"),
+    );
+    let running = start(
+        &runtime,
+        MOSQUITTO,
+        &format!("{p}/stream/+"),
+        1,
+        &format!("rt-{}", ulid::Ulid::new()),
+    );
+    let probe = RumqttPublisher::new(brokers(MOSQUITTO));
+    wait_subscribed(&runtime, &probe, &format!("{p}/stream/probe")).await;
+    probe.shutdown(Duration::from_secs(2)).await;
+
+    let mut options = MqttOptions::new(format!("rt-load-{}", ulid::Ulid::new()), "127.0.0.1", 1883);
+    options.set_clean_session(true).set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < count {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(error) => panic!("load publisher: {error}"),
+            }
+        }
+    });
+    let started = || runtime.stats().started.load(Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + WAIT * 4;
+    for seq in 0..count {
+        while seq >= started() + WINDOW {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stalled: {} of {seq} published messages recorded",
+                started()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let topic = format!("{p}/stream/d{}", seq % 8);
+        let payload = serde_json::to_vec(&json!({ "seq": seq })).unwrap();
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(WAIT, acks)
+        .await
+        .expect("broker acked every publish")
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while started() < count && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every sequence number recorded (duplicates are allowed by QoS 1, losses are not).
+    let mut seen = vec![false; usize::try_from(count).unwrap()];
+    for record in store.executions(&ExecutionQuery::default()).await.unwrap() {
+        if let Some(Fact::Started { event, .. }) = store.journal(record.id).await.unwrap().first()
+            && let Some(seq) = event.data["seq"].as_u64()
+        {
+            seen[usize::try_from(seq).unwrap()] = true;
+        }
+    }
+    let missing: Vec<usize> = (0..seen.len()).filter(|i| !seen[*i]).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {count} messages never recorded: {}",
+        missing.len(),
+        ranges(&missing)
+    );
+    let _ = client.disconnect().await;
+    running.stop().await;
+    runtime.shutdown().await;
+}
+
+/// `[1, 2, 3, 7]` → `"1-3 7"`.
+fn ranges(numbers: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let mut j = i;
+        while j + 1 < numbers.len() && numbers[j + 1] == numbers[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            numbers[i].to_string()
+        } else {
+            format!("{}-{}", numbers[i], numbers[j])
+        });
+        i = j + 1;
+    }
+    out.join(" ")
+}
+
+/// A burst larger than the publish queue waits for room instead of failing (the load run's
+/// failed `mqtt.publish` steps): every publish of 400 concurrent ones is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_burst_beyond_the_queue_waits_for_room() {
+    let p = prefix();
+    let publisher = Arc::new(RumqttPublisher::new(brokers(MOSQUITTO)));
+    let burst = 400;
+    assert!(burst > super::publisher::PUBLISH_QUEUE * 4);
+    let mut tasks = Vec::new();
+    for n in 0..burst {
+        let publisher = publisher.clone();
+        let topic = format!("{p}/burst/{n}");
+        tasks.push(tokio::spawn(async move {
+            publisher
+                .publish(MqttMessage {
+                    broker: None,
+                    topic,
+                    payload: b"x".to_vec(),
+                    qos: Qos::AtLeastOnce,
+                    retain: false,
+                })
+                .await
+        }));
+    }
+    let mut failed = Vec::new();
+    for task in tasks {
+        if let Err(error) = task.await.unwrap() {
+            failed.push(error.to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {burst} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    publisher.shutdown(Duration::from_secs(2)).await;
+}

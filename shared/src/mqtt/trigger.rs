@@ -18,14 +18,14 @@
 //! while the agent was away are queued by the broker and arrive after reconnecting. QoS 0
 //! messages are never queued.
 //!
-//! Pipeline: rumqttc's event loop runs in its own future (never cancelled mid-poll) and hands
-//! messages over a channel of `inflight` capacity; up to `inflight` submissions run at once and
-//! are acknowledged in completion order (MQTT allows any order for QoS 1 acks; rumqttc sends
-//! QoS 2 PUBRECs in the order given, and the broker's PUBREL/PUBCOMP follow per packet id).
-//! While every slot is taken, the channel fills and the event loop stops reading: TCP pushes
-//! back on the broker. The loop keeps pinging as long as the channel has room; a runtime
-//! blocked for longer than 1.5 × keep-alive lets the broker drop the link, after which unacked
-//! messages are redelivered (QoS 0 messages still buffered are lost).
+//! Pipeline: the connection (`super::link`) runs in its own future and hands messages over a
+//! channel of `inflight` capacity; every turn it first writes all queued acknowledgements. Up
+//! to `inflight` submissions run at once and are acknowledged in completion order (MQTT allows any order for QoS 1 acks; QoS 2 PUBRECs go
+//! in the order given, and the broker's PUBREL/PUBCOMP follow per packet id).
+//! While every slot is taken, the channel fills and the connection stops reading: TCP pushes
+//! back on the broker. The connection keeps pinging meanwhile, so a busy runtime does not
+//! lose the link; if the link drops, unacked messages are redelivered (QoS 0 messages still
+//! buffered are lost).
 //!
 //! Event: type `mqtt`, source `reactor:mqtt/{topic}`, `data` = the payload parsed as JSON when
 //! it parses, else the UTF-8 text, else the base64 (standard alphabet, padded) of the bytes;
@@ -41,16 +41,14 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rumqttc::{
-    AsyncClient, ClientError, ConnectionError, Event as MqttEvent, EventLoop, Outgoing, Packet,
-    Publish, QoS, SubAck, SubscribeReasonCode,
-};
+use rumqttc::{Publish, QoS, SubscribeReasonCode};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::connection::{self, Backoff, CONNECT_TIMEOUT_SECS, Throttle, WARN_EVERY};
+use super::connection::{self, Backoff, Throttle, WARN_EVERY};
+use super::link::{Connection, Ended, Inbound, LinkError, Outbound};
 use super::settings::{MqttBrokers, MqttSettings, validate_filter};
 use crate::Value;
 use crate::engine::{Event, Submission, SubmitError};
@@ -61,9 +59,9 @@ use crate::trigger::{Trigger, TriggerContext, TriggerError};
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the DISCONNECT to be written.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
-/// Extra room in rumqttc's request channel beyond one ack per slot (subscribe, disconnect).
+/// Extra room in the link's request channel beyond one ack per slot (subscribe, disconnect).
 const REQUEST_SLACK: usize = 8;
-/// How often acks that did not fit in rumqttc's request channel are tried again.
+/// How often acks that did not fit in the link's request channel are tried again.
 const RETRY_TICK: Duration = Duration::from_millis(50);
 
 /// A running subscription for one `mqtt` trigger entry.
@@ -112,15 +110,6 @@ impl MqttTrigger {
     }
 }
 
-/// What the event-loop future reports to the trigger.
-#[derive(Debug)]
-enum Link {
-    Connected { session_present: bool },
-    Lost,
-    Message(Publish),
-    SubAck(SubAck),
-}
-
 /// A finished submission, with the connection it arrived on.
 struct Done {
     publish: Publish,
@@ -138,31 +127,23 @@ impl Trigger for MqttTrigger {
 
     async fn run(self: Box<Self>, context: TriggerContext) -> Result<(), TriggerError> {
         let limit = usize::from(self.settings.inflight.max(1));
-        let mut options =
-            connection::options(&self.settings, &self.client_id, self.settings.clean_session)
-                .map_err(TriggerError::Settings)?;
-        options.set_manual_acks(true);
-        let (client, mut eventloop) = AsyncClient::new(options, limit + REQUEST_SLACK);
-        let mut network = eventloop.network_options();
-        network.set_connection_timeout(CONNECT_TIMEOUT_SECS);
-        eventloop.set_network_options(network);
-
+        let (outbound_tx, outbound_rx) = mpsc::channel(limit + REQUEST_SLACK);
         let (links_tx, links_rx) = mpsc::channel(limit);
         let stop_link = CancellationToken::new();
         let link_done = CancellationToken::new();
         let reconnect = Arc::new(Notify::new());
         let link = LinkLoop {
-            eventloop,
+            settings: self.settings.clone(),
+            client_id: self.client_id.clone(),
+            outbound: outbound_rx,
             links: links_tx,
             stop: stop_link.clone(),
             reconnect: reconnect.clone(),
-            broker: self.settings.url.clone(),
-            client_id: self.client_id.clone(),
         };
         let subscriber = Subscriber {
             trigger: &self,
             context: &context,
-            client,
+            outbound: outbound_tx,
             links: links_rx,
             reconnect,
             limit,
@@ -206,79 +187,83 @@ impl Trigger for MqttTrigger {
     }
 }
 
-/// Owns rumqttc's event loop: polls it, reconnects with backoff, forwards what matters.
+/// Owns the broker connection ([`Connection`]): connects, serves it, reconnects with backoff.
 struct LinkLoop {
-    eventloop: EventLoop,
-    links: mpsc::Sender<Link>,
+    settings: Arc<MqttSettings>,
+    client_id: String,
+    outbound: mpsc::Receiver<Outbound>,
+    links: mpsc::Sender<Inbound>,
     stop: CancellationToken,
     /// Drop the connection now (so the broker redelivers what was not acknowledged).
     reconnect: Arc<Notify>,
-    broker: String,
-    client_id: String,
 }
 
 impl LinkLoop {
     async fn run(mut self) {
         let mut backoff = Backoff::default();
         let mut failures = Throttle::new(WARN_EVERY);
-        let mut connected = false;
         loop {
-            let polled = tokio::select! {
+            let connected = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
-                // Cancel safety: `notified` holds no data; the connection is dropped on purpose.
-                () = self.reconnect.notified(), if connected => {
-                    self.eventloop.clean();
-                    Err(ConnectionError::RequestsDone)
-                }
-                // Cancel safety: `poll` is only dropped here at shutdown or on a forced
-                // reconnect, when the connection is being abandoned anyway.
-                polled = self.eventloop.poll() => polled,
+                connected = Connection::connect(&self.settings, &self.client_id, self.settings.clean_session) => connected,
             };
-            let link = match polled {
-                Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+            let error = match connected {
+                Ok((connection, session_present)) => {
                     backoff.reset();
                     failures.reset();
-                    connected = true;
-                    info!(broker = %self.broker, client_id = %self.client_id,
-                        session_present = ack.session_present, "MQTT connected");
-                    Link::Connected {
-                        session_present: ack.session_present,
-                    }
-                }
-                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => Link::Message(publish),
-                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => Link::SubAck(ack),
-                Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => return,
-                Ok(_) => continue,
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    if let Some(suppressed) = failures.allow() {
-                        warn!(broker = %self.broker, client_id = %self.client_id,
-                            error = %error, retry_in = ?delay, suppressed,
-                            "MQTT connection failed; reconnecting");
-                    }
-                    let was_connected = std::mem::take(&mut connected);
-                    if was_connected && !send(&self.links, &self.stop, Link::Lost).await {
+                    info!(broker = %self.settings.url, client_id = %self.client_id,
+                        session_present, "MQTT connected");
+                    // Requests queued for the previous connection (acks of its deliveries)
+                    // are not sent on this one: the broker redelivers those messages.
+                    while self.outbound.try_recv().is_ok() {}
+                    if !send(
+                        &self.links,
+                        &self.stop,
+                        Inbound::Connected { session_present },
+                    )
+                    .await
+                    {
                         return;
                     }
-                    tokio::select! {
+                    let served = tokio::select! {
                         biased;
                         () = self.stop.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
+                        // Cancel safety: the connection is dropped on purpose.
+                        () = self.reconnect.notified() => Err(LinkError::Protocol(
+                            "dropped so that the broker redelivers unrecorded messages".into(),
+                        )),
+                        served = connection.serve(&mut self.outbound, &self.links) => served,
+                    };
+                    match served {
+                        Ok(Ended::Disconnected | Ended::Abandoned) => return,
+                        Err(error) => {
+                            if !send(&self.links, &self.stop, Inbound::Lost).await {
+                                return;
+                            }
+                            error
+                        }
                     }
-                    continue;
                 }
+                Err(error) => error,
             };
-            if !send(&self.links, &self.stop, link).await {
-                return;
+            let delay = backoff.next_delay();
+            if let Some(suppressed) = failures.allow() {
+                warn!(broker = %self.settings.url, client_id = %self.client_id,
+                    error = %error, retry_in = ?delay, suppressed,
+                    "MQTT connection failed; reconnecting");
+            }
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
             }
         }
     }
 }
 
-/// False when the trigger is gone or stopping. (A free function: `EventLoop` is not `Sync`, so
-/// no `&LinkLoop` may be held across an await.)
-async fn send(links: &mpsc::Sender<Link>, stop: &CancellationToken, link: Link) -> bool {
+/// False when the trigger is gone or stopping.
+async fn send(links: &mpsc::Sender<Inbound>, stop: &CancellationToken, link: Inbound) -> bool {
     tokio::select! {
         biased;
         () = stop.cancelled() => false,
@@ -291,15 +276,15 @@ async fn send(links: &mpsc::Sender<Link>, stop: &CancellationToken, link: Link) 
 struct Subscriber<'a> {
     trigger: &'a MqttTrigger,
     context: &'a TriggerContext,
-    client: AsyncClient,
-    links: mpsc::Receiver<Link>,
+    outbound: mpsc::Sender<Outbound>,
+    links: mpsc::Receiver<Inbound>,
     reconnect: Arc<Notify>,
     limit: usize,
     /// Counts connections; an ack is sent only on the connection its message came on.
     generation: u64,
     connected: bool,
     subscribe_due: bool,
-    /// Acks that did not fit in rumqttc's request channel yet (at most `limit`).
+    /// Acks that did not fit in the link's request channel yet (at most `limit`).
     acks_due: Vec<Publish>,
     in_flight: FuturesUnordered<Submitting>,
     submit_errors: Throttle,
@@ -330,7 +315,7 @@ impl Subscriber<'_> {
                 link = self.links.recv(), if draining || self.in_flight.len() < self.limit => {
                     match link {
                         Some(link) => self.on_link(link, draining)?,
-                        None => return Err(TriggerError::Source("the MQTT event loop stopped".into())),
+                        None => return Err(TriggerError::Source("the MQTT connection task stopped".into())),
                     }
                 }
                 () = tokio::time::sleep(RETRY_TICK), if due => {}
@@ -344,13 +329,13 @@ impl Subscriber<'_> {
         }
         self.flush_requests();
         // The session stays at the broker (persistent): queued messages wait for the next run.
-        let _ = self.client.try_disconnect();
+        let _ = self.outbound.try_send(Outbound::Disconnect);
         Ok(())
     }
 
-    fn on_link(&mut self, link: Link, draining: bool) -> Result<(), TriggerError> {
+    fn on_link(&mut self, link: Inbound, draining: bool) -> Result<(), TriggerError> {
         match link {
-            Link::Connected { session_present } => {
+            Inbound::Connected { session_present } => {
                 self.generation += 1;
                 self.connected = true;
                 // Always (re)subscribe: harmless when the session kept the subscription, needed
@@ -359,13 +344,13 @@ impl Subscriber<'_> {
                 self.acks_due.clear();
                 debug!(workflow = %self.context.workflow, session_present, "MQTT subscribing");
             }
-            Link::Lost => {
+            Inbound::Lost => {
                 self.connected = false;
                 // Acks of the old connection must not be sent on the next one: the broker
                 // redelivers those messages instead.
                 self.acks_due.clear();
             }
-            Link::SubAck(ack) => {
+            Inbound::SubAck(ack) => {
                 for code in ack.return_codes {
                     match code {
                         SubscribeReasonCode::Failure => {
@@ -387,7 +372,7 @@ impl Subscriber<'_> {
                     }
                 }
             }
-            Link::Message(publish) => {
+            Inbound::Message(publish) => {
                 if draining {
                     // Not acknowledged: a QoS ≥ 1 message comes back on the next session.
                     return Ok(());
@@ -445,30 +430,35 @@ impl Subscriber<'_> {
         }
     }
 
-    /// Hands due requests to rumqttc without waiting: waiting here could deadlock with the
-    /// event loop, which is blocked handing us a message.
+    /// Hands due requests to the link without waiting: waiting here could deadlock with the
+    /// link, which may be waiting to hand us a message.
     fn flush_requests(&mut self) {
         if self.subscribe_due {
-            match self
-                .client
-                .try_subscribe(self.trigger.filter.clone(), self.trigger.qos)
-            {
+            let subscribe = Outbound::Subscribe {
+                filter: self.trigger.filter.clone(),
+                qos: self.trigger.qos,
+            };
+            match self.outbound.try_send(subscribe) {
                 Ok(()) => self.subscribe_due = false,
-                Err(ClientError::TryRequest(_)) => {}
-                Err(error) => {
-                    debug!(error = %error, "MQTT subscribe not queued");
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    debug!("MQTT subscribe not queued: the link stopped");
                     self.subscribe_due = false;
                 }
             }
         }
-        while let Some(publish) = self.acks_due.first() {
-            match self.client.try_ack(publish) {
-                Ok(()) => {
-                    self.acks_due.remove(0);
-                }
-                Err(_) => break,
+        let mut sent = 0;
+        for publish in &self.acks_due {
+            let ack = Outbound::Ack {
+                qos: publish.qos,
+                pkid: publish.pkid,
+            };
+            if self.outbound.try_send(ack).is_err() {
+                break;
             }
+            sent += 1;
         }
+        self.acks_due.drain(..sent);
     }
 }
 

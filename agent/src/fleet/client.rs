@@ -389,11 +389,19 @@ impl Client {
                                         last_progress = tokio::time::Instant::now();
                                     }
                                 }
-                                Channel::Bundle => {
-                                    if !publish.payload.is_empty() {
-                                        let _ = inbound.try_send(Inbound::Bundle(publish.payload.to_vec()));
+                                // An empty retained payload clears the topic: nothing to do.
+                                Channel::Bundle if !publish.payload.is_empty() => match decode(&publish.payload) {
+                                    Ok(Frame::Message(Envelope { message: Message::Bundle(bundle), .. })) => {
+                                        let _ = inbound.try_send(Inbound::Bundle(bundle.bytes));
                                     }
-                                }
+                                    Ok(Frame::Unsupported(unsupported)) => tracing::warn!(
+                                        version = unsupported.version,
+                                        kind = unsupported.kind,
+                                        "bundle frame of a newer protocol: keeping the current bundle"
+                                    ),
+                                    Ok(_) => tracing::warn!("not a bundle frame on the bundle topic"),
+                                    Err(error) => tracing::warn!(%error, "undecodable bundle frame skipped"),
+                                },
                                 Channel::Cmd => match decode(&publish.payload) {
                                     Ok(frame) => { let _ = inbound.try_send(Inbound::Command(frame)); }
                                     Err(error) => tracing::warn!(%error, "undecodable command frame skipped"),

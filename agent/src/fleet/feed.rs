@@ -4,9 +4,11 @@
 //!   [`FleetStore`] wraps the journal and, when a write finishes an execution, appends its
 //!   summary to the outbox *before* the journal write. A crash between the two repeats the
 //!   summary at most once (the execution id tells the hub it is the same), never loses it.
-//! - **Events emitted by workflows whose type starts with `hub.`** ([`HUB_EVENT_PREFIX`]):
-//!   [`FleetBus`] wraps the event bus and appends them before the `emit` step completes, so an
-//!   emitted event is durable once the step is. Other events stay on the device.
+//! - **Every event emitted by a workflow** (DSL.md: on an agent, `emit` is also forwarded to
+//!   the hub): [`FleetBus`] wraps the event bus and appends it before the `emit` step
+//!   completes, so an emitted event is durable once the step is. Events that only triggered
+//!   workflows (http requests, MQTT messages, files, timers) stay on the device; a workflow
+//!   that wants one upstream emits it.
 //!
 //! Under `policy = "block_triggers"` a full outbox makes these appends wait for room (an
 //! ack): executions stall at their end, `max_running` fills up and triggers wait.
@@ -24,9 +26,6 @@ use reactor_core::sync::messages::{
     DeviceEvent, ExecutionRef, ExecutionReport, JsonText, MAX_NAME_BYTES, MAX_TEXT_BYTES,
     MAX_TRACE_STEPS, Outcome, StepTrace,
 };
-
-/// Emitted events of these types go to the hub.
-pub const HUB_EVENT_PREFIX: &str = "hub.";
 
 /// Appends to the outbox, waiting for room under `block_triggers`.
 #[derive(Debug, Clone)]
@@ -215,7 +214,7 @@ impl Store for FleetStore {
     }
 }
 
-/// The event bus, feeding `hub.*` events to the outbox before passing every event on.
+/// The event bus, feeding every emitted event to the outbox before passing it on.
 pub struct FleetBus {
     inner: Arc<dyn EventBus>,
     feed: Feed,
@@ -236,13 +235,11 @@ impl FleetBus {
 #[async_trait]
 impl EventBus for FleetBus {
     async fn publish(&self, event: &Event, topic: Option<&str>) -> Result<(), String> {
-        if event.event_type.starts_with(HUB_EVENT_PREFIX) {
-            let payload = postcard::to_allocvec(&device_event(event)).map_err(|e| e.to_string())?;
-            self.feed
-                .append(RecordKind::Event, payload)
-                .await
-                .map_err(|e| format!("outbox: {e}"))?;
-        }
+        let payload = postcard::to_allocvec(&device_event(event)).map_err(|e| e.to_string())?;
+        self.feed
+            .append(RecordKind::Event, payload)
+            .await
+            .map_err(|e| format!("outbox: {e}"))?;
         self.inner.publish(event, topic).await
     }
 }

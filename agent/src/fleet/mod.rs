@@ -2,7 +2,7 @@
 //! the hub's broker (docs/fleet.md, protocol in docs/sync-protocol.md).
 //!
 //! - [`enroll`]: `reactor-agent enroll` and the enrollment file in the data folder.
-//! - [`feed`]: what goes up (every execution summary; emitted `hub.*` events) and how it
+//! - [`feed`]: what goes up (every execution summary, every emitted event) and how it
 //!   enters the outbox (`reactor_core::outbox`, in the journal's redb file).
 //! - [`client`]: the MQTT connection: status + last will, drain in order, acks, resends.
 //! - [`inbound`]: signed bundles (verified before any YAML is parsed) and commands.
@@ -91,7 +91,7 @@ impl Fleet {
         ))
     }
 
-    /// The event bus, with `hub.*` events feeding the outbox.
+    /// The event bus, with emitted events feeding the outbox.
     pub fn wrap_bus(&self, bus: Arc<dyn EventBus>) -> Arc<dyn EventBus> {
         Arc::new(FleetBus::new(bus, Feed::new(self.outbox.clone())))
     }

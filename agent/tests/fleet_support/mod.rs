@@ -88,6 +88,8 @@ pub struct HubState {
     pub arrival: Vec<u64>,
     pub online: Option<(u64, Presence, Option<u64>)>,
     pub command_results: Vec<(u64, String)>,
+    /// When the first record batch arrived (drain measurements).
+    pub first_batch_at: Option<std::time::Instant>,
 }
 
 impl HubState {
@@ -228,6 +230,13 @@ impl Hub {
 /// Stores a frame; returns the seq to ack when the contiguous prefix moved (or a resend came).
 fn ingest(state: &mut HubState, channel: Channel, envelope: Envelope) -> Option<u64> {
     let before = state.acked;
+    if matches!(
+        envelope.message,
+        Message::EventBatch(_) | Message::ExecutionBatch(_)
+    ) && state.first_batch_at.is_none()
+    {
+        state.first_batch_at = Some(std::time::Instant::now());
+    }
     match envelope.message {
         Message::EventBatch(batch) => {
             for (i, event) in batch.events.iter().enumerate() {

@@ -762,7 +762,10 @@ mod tests {
         f.config = Some(path.clone());
         let config = AgentConfig::load(&f, Vec::new()).unwrap();
         assert_eq!(config.outbox.policy, OverflowPolicy::BlockTriggers);
-        let vars = vec![("REACTOR_OUTBOX__POLICY".to_string(), "drop_newest".to_string())];
+        let vars = vec![(
+            "REACTOR_OUTBOX__POLICY".to_string(),
+            "drop_newest".to_string(),
+        )];
         let error = AgentConfig::load(&f, vars).unwrap_err().to_string();
         assert!(error.contains("outbox.policy"), "{error}");
         assert!(error.contains("drop_oldest"), "{error}");

@@ -235,7 +235,11 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     }
     if let Some(fleet) = &mut fleet {
         fleet
-            .start(runtime.store().clone(), workflows.clone(), Default::default())
+            .start(
+                runtime.store().clone(),
+                workflows.clone(),
+                Default::default(),
+            )
             .await?;
     }
     workflows.start();

@@ -79,9 +79,7 @@ async fn enroll(dir: &Path, device: &str, proxy: &Proxy) -> BundleSigner {
 
 async fn produce(agent: &Agent, from: u64, to: u64) {
     for n in from..=to {
-        let (status, body) = agent
-            .post("/produce", serde_json::json!({ "n": n }))
-            .await;
+        let (status, body) = agent.post("/produce", serde_json::json!({ "n": n })).await;
         assert!(status == 202 || status == 200, "{status} {body}");
     }
 }
@@ -226,7 +224,9 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         version,
         target: BTreeMap::from([("site".to_string(), "north".to_string())]),
         created: reactor_core::engine::Timestamp::now(),
-        expires: reactor_core::engine::Timestamp(reactor_core::engine::Timestamp::now().0 + 3_600_000),
+        expires: reactor_core::engine::Timestamp(
+            reactor_core::engine::Timestamp::now().0 + 3_600_000,
+        ),
         workflows: vec![WorkflowText {
             name: "produce".into(),
             text: WORKFLOW.into(),
@@ -258,7 +258,11 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         if status == 202 || status == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "bundle not installed: {}", agent.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bundle not installed: {}",
+            agent.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The status reports the bundle version (after the agent's reconnect).
@@ -274,13 +278,18 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
 
     // Commands: ping, run (twice with the same id: one execution), unknown workflow.
     let command = |seq: u64, command: Command| Envelope::new(Seq(seq), Message::Command(command));
-    hub.send(Channel::Cmd, command(10, Command::Ping { nonce: 42 }), false)
-        .await;
+    hub.send(
+        Channel::Cmd,
+        command(10, Command::Ping { nonce: 42 }),
+        false,
+    )
+    .await;
     let run = Command::RunWorkflow {
         workflow: "produce".into(),
         input: JsonText::from_value(&serde_json::json!({})),
     };
-    hub.send(Channel::Cmd, command(11, run.clone()), false).await;
+    hub.send(Channel::Cmd, command(11, run.clone()), false)
+        .await;
     hub.send(Channel::Cmd, command(11, run), false).await;
     hub.send(
         Channel::Cmd,
@@ -301,7 +310,10 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
             assert_eq!(results[0], (10, "Pong { nonce: 42 }".to_string()));
             assert_eq!(results[1].0, 11);
             assert!(results[1].1.starts_with("Started"), "{results:?}");
-            assert_eq!(results[2], results[1], "a repeated command gets the same answer");
+            assert_eq!(
+                results[2], results[1],
+                "a repeated command gets the same answer"
+            );
             assert_eq!(results[3], (12, "NotFound".to_string()));
             break;
         }

@@ -36,7 +36,14 @@ async fn drain_after_reconnect() {
     let addr = enrollment_server(&device, "re_t", proxy.port, signer.public_key()).await;
     let data = dir.path().join("data");
     let enrolled = std::process::Command::new(BIN)
-        .args(["enroll", "--hub", &format!("http://{addr}"), "--token", "re_t", "--data"])
+        .args([
+            "enroll",
+            "--hub",
+            &format!("http://{addr}"),
+            "--token",
+            "re_t",
+            "--data",
+        ])
         .arg(&data)
         .output()
         .unwrap();
@@ -44,8 +51,11 @@ async fn drain_after_reconnect() {
 
     // Pre-fill the outbox in the journal file the agent will open.
     {
-        let store = Arc::new(RedbStore::open(data.join("journal.redb"), RedbOptions::default()).unwrap());
-        let outbox = Outbox::open(store.clone(), OutboxLimits::default()).await.unwrap();
+        let store =
+            Arc::new(RedbStore::open(data.join("journal.redb"), RedbOptions::default()).unwrap());
+        let outbox = Outbox::open(store.clone(), OutboxLimits::default())
+            .await
+            .unwrap();
         let mut n = 0;
         while n < events {
             let batch: Vec<NewRecord> = (n..(n + 1000).min(events))

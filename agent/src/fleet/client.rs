@@ -31,7 +31,9 @@ use reactor_core::sync::messages::{
     MAX_BATCH_RECORDS, Presence, Status,
 };
 use reactor_core::sync::{Channel, DeviceId, Envelope, Frame, Message, Seq, decode, encode};
-use rumqttc::{AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -127,7 +129,10 @@ fn tls_config(ca_pem: Option<&str>) -> anyhow::Result<rustls::ClientConfig> {
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         }
     }
-    anyhow::ensure!(!roots.is_empty(), "no CA certificate to trust for the broker");
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "no CA certificate to trust for the broker"
+    );
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

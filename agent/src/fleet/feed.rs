@@ -48,14 +48,22 @@ impl Feed {
         };
         loop {
             let waiting = self.outbox.space().notified();
-            match self.outbox.append(vec![record.clone()], Timestamp::now()).await {
+            match self
+                .outbox
+                .append(vec![record.clone()], Timestamp::now())
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(OutboxError::Full { .. }) => {
                     // Re-check now and then too: expiry also makes room.
                     let _ = tokio::time::timeout(Duration::from_secs(1), waiting).await;
                 }
                 Err(OutboxError::TooLarge { size, max }) => {
-                    tracing::warn!(size, max, "record larger than the outbox: not sent to the hub");
+                    tracing::warn!(
+                        size,
+                        max,
+                        "record larger than the outbox: not sent to the hub"
+                    );
                     return Ok(());
                 }
                 Err(OutboxError::Store(error)) => return Err(error),

@@ -71,10 +71,8 @@ impl Handler {
                 }
                 Inbound::Command(frame) => {
                     if let Some((seq, outcome)) = self.command(frame).await {
-                        let envelope = Envelope::new(
-                            seq,
-                            Message::CommandResult(CommandResult { outcome }),
-                        );
+                        let envelope =
+                            Envelope::new(seq, Message::CommandResult(CommandResult { outcome }));
                         let _ = outgoing
                             .send(Outgoing::Frame(Channel::Executions, envelope))
                             .await;

@@ -156,8 +156,7 @@ impl Hub {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                        let Ok((device, channel)) =
-                            reactor_core::sync::parse_topic(&publish.topic)
+                        let Ok((device, channel)) = reactor_core::sync::parse_topic(&publish.topic)
                         else {
                             continue;
                         };
@@ -242,11 +241,11 @@ fn ingest(state: &mut HubState, channel: Channel, envelope: Envelope) -> Option<
             for (i, event) in batch.events.iter().enumerate() {
                 let seq = batch.first.0 + i as u64;
                 let text = format!("{} {}", event.event_type, event.data.as_str());
-                if state.stored.contains_key(&seq) {
-                    state.duplicates += 1;
-                } else {
-                    state.stored.insert(seq, ("event".into(), text));
+                if let std::collections::btree_map::Entry::Vacant(slot) = state.stored.entry(seq) {
+                    slot.insert(("event".into(), text));
                     state.arrival.push(seq);
+                } else {
+                    state.duplicates += 1;
                 }
             }
         }
@@ -254,10 +253,10 @@ fn ingest(state: &mut HubState, channel: Channel, envelope: Envelope) -> Option<
             for (i, report) in batch.executions.iter().enumerate() {
                 let seq = batch.first.0 + i as u64;
                 let text = format!("{} {:?}", report.workflow, report.outcome);
-                if state.stored.contains_key(&seq) {
-                    state.duplicates += 1;
+                if let std::collections::btree_map::Entry::Vacant(slot) = state.stored.entry(seq) {
+                    slot.insert(("execution".into(), text));
                 } else {
-                    state.stored.insert(seq, ("execution".into(), text));
+                    state.duplicates += 1;
                 }
             }
         }

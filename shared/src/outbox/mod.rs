@@ -329,10 +329,7 @@ impl Outbox {
     /// end at or below it. An ack below an earlier one, or above the last seq given, is
     /// ignored (returns `false`).
     pub async fn ack(&self, highest: u64) -> Result<bool, OutboxError> {
-        let moved = self
-            .store
-            .run(move |db| tables::ack(db, highest))
-            .await?;
+        let moved = self.store.run(move |db| tables::ack(db, highest)).await?;
         if moved {
             self.space.notify_waiters();
         }

@@ -8,8 +8,7 @@
 //! so the counters always agree with the tables.
 
 use ::redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 
 use super::{
@@ -206,11 +205,7 @@ impl Dropper<'_> {
                 let first = self.records.first().context("read first record")?;
                 first.map(|(seq, value)| {
                     let seq = seq.value();
-                    (
-                        seq,
-                        value.value().len(),
-                        decode_record(seq, value.value()),
-                    )
+                    (seq, value.value().len(), decode_record(seq, value.value()))
                 })
             };
             let Some((seq, stored_len, record)) = first else {
@@ -383,7 +378,10 @@ pub(super) fn pending(
         }
         Ok(())
     };
-    for entry in records.range(after.saturating_add(1)..).context("read records")? {
+    for entry in records
+        .range(after.saturating_add(1)..)
+        .context("read records")?
+    {
         if items.len() >= max_items || (bytes >= max_bytes && !items.is_empty()) {
             break;
         }

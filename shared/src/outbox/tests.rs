@@ -25,7 +25,7 @@ fn event(n: u64, size: usize) -> NewRecord {
     let mut payload = n.to_le_bytes().to_vec();
     payload.resize(size.max(8), 0xAB);
     NewRecord {
-        kind: if n % 3 == 0 {
+        kind: if n.is_multiple_of(3) {
             RecordKind::Execution
         } else {
             RecordKind::Event
@@ -154,7 +154,10 @@ async fn drop_oldest_keeps_the_byte_bound_and_reports_one_gap() {
     assert_eq!(records(&items), (16..=25).collect::<Vec<_>>());
     assert_eq!(items[0].first(), 1, "the gap comes first, in seq order");
     let stats = outbox.stats().await.unwrap();
-    assert_eq!((stats.dropped_full, stats.dropped(), stats.gaps), (15, 15, 1));
+    assert_eq!(
+        (stats.dropped_full, stats.dropped(), stats.gaps),
+        (15, 15, 1)
+    );
     // The gap is handed out: later drops start a new gap instead of changing it.
     outbox.append(vec![event(26, 100)], NOW).await.unwrap();
     let items = all(&outbox).await;
@@ -223,7 +226,10 @@ async fn block_triggers_refuses_when_full_and_fits_again_after_an_ack() {
     assert_eq!(records(&all(&outbox).await), vec![3, 4, 5, 6]);
     // One record larger than the whole outbox is refused under both policies.
     let huge = outbox.append(vec![event(7, 10 * 1024)], NOW).await;
-    assert!(matches!(huge, Err(OutboxError::TooLarge { .. })), "{huge:?}");
+    assert!(
+        matches!(huge, Err(OutboxError::TooLarge { .. })),
+        "{huge:?}"
+    );
 }
 
 #[tokio::test]

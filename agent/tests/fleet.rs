@@ -217,6 +217,7 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
     let data = dir.path().join("data");
     let agent = Agent::spawn(&workflows, &data, free_port(), &[]);
     agent.healthy(Duration::from_secs(20)).await;
+    hub.wait_online(Duration::from_secs(20)).await;
 
     // A forged bundle (another key) changes nothing.
     let forger = BundleSigner::from_seed(&[9; 32]).unwrap();

@@ -212,6 +212,19 @@ impl Hub {
         }
     }
 
+    /// Waits until the device reported itself online (it subscribed before that publish).
+    pub async fn wait_online(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let online = self.state.lock().unwrap().online;
+            if matches!(online, Some((_, Presence::Online, _))) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "device never online");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Publishes a frame to the device (bundle retained).
     pub async fn send(&self, channel: Channel, envelope: Envelope, retain: bool) {
         self.client

@@ -28,7 +28,7 @@ reactor: 1
 name: produce
 version: 1
 triggers:
-  - http: { path: /produce, method: POST }
+  - http: { path: /produce, method: POST, response: async }
 steps:
   - id: out
     emit:
@@ -321,4 +321,48 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         assert!(std::time::Instant::now() < deadline, "{results:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_triggers_holds_producers_back_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = unique("fk");
+    let proxy = Proxy::start().await;
+    let hub = Hub::start(&device).await;
+    enroll(dir.path(), &device, &proxy).await;
+    let workflows = dir.path().join("wf");
+    std::fs::create_dir_all(&workflows).unwrap();
+    write(&workflows, "produce.yaml", WORKFLOW);
+    let data = dir.path().join("data");
+    proxy.down();
+    let agent = Agent::spawn(
+        &workflows,
+        &data,
+        free_port(),
+        &[
+            ("REACTOR_OUTBOX__MAX_BYTES", "4096"),
+            ("REACTOR_OUTBOX__POLICY", "block_triggers"),
+        ],
+    );
+    agent.healthy(Duration::from_secs(20)).await;
+    // Far more than 4 KiB of records: the executions wait for room instead of dropping.
+    produce(&agent, 1, 60).await;
+    settle().await;
+    let (_, running) = agent.get("/api/v1/executions?status=running").await;
+    assert!(
+        running.to_string().contains("produce"),
+        "executions wait for room: {running}"
+    );
+    proxy.up();
+    hub.wait_acked(120, Duration::from_secs(60)).await;
+    let state = hub.state.lock().unwrap();
+    assert!(state.gaps.is_empty(), "nothing dropped: {:?}", state.gaps);
+    assert_eq!(
+        state.stored.keys().copied().collect::<Vec<_>>(),
+        (1..=120).collect::<Vec<_>>()
+    );
+    drop(state);
+    let mut numbers = event_numbers(&hub);
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=60).collect::<Vec<_>>());
 }

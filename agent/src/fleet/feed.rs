@@ -20,56 +20,112 @@ use async_trait::async_trait;
 use reactor_core::engine::{
     Event, EventBus, ExecutionId, ExecutionRecord, ExecutionStatus, Fact, StepStatus, Timestamp,
 };
-use reactor_core::outbox::{NewRecord, Outbox, OutboxError, RecordKind};
+use reactor_core::outbox::{NewRecord, Outbox, OutboxError, RECORD_OVERHEAD, RecordKind};
 use reactor_core::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
 use reactor_core::sync::messages::{
     DeviceEvent, ExecutionRef, ExecutionReport, JsonText, MAX_NAME_BYTES, MAX_TEXT_BYTES,
     MAX_TRACE_STEPS, Outcome, StepTrace,
 };
+use tokio::sync::{mpsc, oneshot};
 
-/// Appends to the outbox, waiting for room under `block_triggers`.
+/// Appends to the outbox, waiting for room under `block_triggers`. Cheap to clone; every
+/// clone feeds one appender task that group-commits whatever is queued (up to
+/// [`GROUP_RECORDS`] records in one outbox transaction, one fsync), the way the journal
+/// group-commits its writes.
 #[derive(Debug, Clone)]
 pub struct Feed {
-    outbox: Outbox,
+    sender: mpsc::Sender<Job>,
+}
+
+/// Most records appended in one outbox transaction.
+pub const GROUP_RECORDS: usize = 1_000;
+
+#[derive(Debug)]
+struct Job {
+    record: NewRecord,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl Feed {
+    /// Starts the appender task (call from within the runtime).
     pub fn new(outbox: Outbox) -> Feed {
-        Feed { outbox }
+        let (sender, receiver) = mpsc::channel(4 * GROUP_RECORDS);
+        tokio::spawn(appender(outbox, receiver));
+        Feed { sender }
     }
 
-    /// Appends one record durably. `TooLarge` records are logged and skipped (they can never
-    /// be sent); a full outbox under `block_triggers` waits for an ack.
+    /// Appends one record durably; returns once it is on disk. `TooLarge` records are
+    /// logged and skipped (they can never be sent); a full outbox under `block_triggers`
+    /// waits for an ack.
     pub async fn append(&self, kind: RecordKind, payload: Vec<u8>) -> Result<(), StoreError> {
         let record = NewRecord {
             kind,
             created: Timestamp::now(),
             payload,
         };
-        loop {
-            let waiting = self.outbox.space().notified();
-            match self
-                .outbox
-                .append(vec![record.clone()], Timestamp::now())
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(OutboxError::Full { .. }) => {
-                    // Re-check now and then too: expiry also makes room.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), waiting).await;
-                }
-                Err(OutboxError::TooLarge { size, max }) => {
-                    tracing::warn!(
-                        size,
-                        max,
-                        "record larger than the outbox: not sent to the hub"
-                    );
-                    return Ok(());
-                }
-                Err(OutboxError::Store(error)) => return Err(error),
-                Err(other) => return Err(StoreError::Io(other.to_string())),
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Job { record, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn appender(outbox: Outbox, mut receiver: mpsc::Receiver<Job>) {
+    let max = outbox.limits().max_bytes;
+    while let Some(first) = receiver.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_RECORDS {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
         }
+        // Chunks that fit the bound on their own (so `block_triggers` can always make room).
+        let mut chunk: Vec<Job> = Vec::new();
+        let mut bytes = 0u64;
+        for job in jobs {
+            let size = job.record.payload.len() as u64 + RECORD_OVERHEAD;
+            if size > max {
+                tracing::warn!(
+                    size,
+                    max,
+                    "record larger than the outbox: not sent to the hub"
+                );
+                let _ = job.reply.send(Ok(()));
+                continue;
+            }
+            if bytes + size > max {
+                append_chunk(&outbox, std::mem::take(&mut chunk)).await;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(job);
+        }
+        append_chunk(&outbox, chunk).await;
+    }
+}
+
+async fn append_chunk(outbox: &Outbox, jobs: Vec<Job>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let records: Vec<NewRecord> = jobs.iter().map(|job| job.record.clone()).collect();
+    let result = loop {
+        let waiting = outbox.space().notified();
+        match outbox.append(records.clone(), Timestamp::now()).await {
+            Ok(_) => break Ok(()),
+            Err(OutboxError::Full { .. }) => {
+                // Re-check now and then too: expiry also makes room.
+                let _ = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+            }
+            Err(OutboxError::Store(error)) => break Err(error),
+            Err(other) => break Err(StoreError::Io(other.to_string())),
+        }
+    };
+    for job in jobs {
+        let _ = job.reply.send(result.clone());
     }
 }
 

@@ -39,6 +39,7 @@ use feed::{Feed, FleetBus, FleetStore, Health};
 pub struct Fleet {
     enrollment: Enrollment,
     outbox: Outbox,
+    feed: Feed,
     health: Arc<Health>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -75,6 +76,7 @@ impl Fleet {
         );
         Ok(Some(Fleet {
             enrollment,
+            feed: Feed::new(outbox.clone()),
             outbox,
             health: Arc::default(),
             cancel: CancellationToken::new(),
@@ -86,14 +88,14 @@ impl Fleet {
     pub fn wrap_store(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
         Arc::new(FleetStore::new(
             store,
-            Feed::new(self.outbox.clone()),
+            self.feed.clone(),
             self.health.clone(),
         ))
     }
 
     /// The event bus, with emitted events feeding the outbox.
     pub fn wrap_bus(&self, bus: Arc<dyn EventBus>) -> Arc<dyn EventBus> {
-        Arc::new(FleetBus::new(bus, Feed::new(self.outbox.clone())))
+        Arc::new(FleetBus::new(bus, self.feed.clone()))
     }
 
     /// Re-applies the accepted bundle, then connects (in the background).

@@ -220,7 +220,10 @@ impl Hub {
             if matches!(online, Some((_, Presence::Online, _))) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "device never online");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "device never online"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

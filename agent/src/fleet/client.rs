@@ -198,6 +198,38 @@ pub fn frames(items: Vec<Pending>) -> Vec<(Channel, Envelope)> {
                 ));
             }
             Pending::Record(record) => {
+                enum Decoded {
+                    Event(DeviceEvent),
+                    Execution(ExecutionReport),
+                }
+                let decoded = match record.kind {
+                    RecordKind::Event => postcard::from_bytes(&record.payload).map(Decoded::Event),
+                    RecordKind::Execution => {
+                        postcard::from_bytes(&record.payload).map(Decoded::Execution)
+                    }
+                };
+                let decoded = match decoded {
+                    Ok(decoded) => decoded,
+                    Err(error) => {
+                        // Payloads are this agent's own encoding; one that does not decode
+                        // can never be sent: it goes out as a one-record corrupt gap (the
+                        // hub fills the hole, the ack removes the record).
+                        tracing::error!(seq = record.seq, %error, "outbox record does not decode: reported as a gap");
+                        flush(&mut events, &mut executions, first, &mut out);
+                        next = 0;
+                        let notice = GapNotice {
+                            from: Seq(record.seq),
+                            to: Seq(record.seq),
+                            reason: GapReason::Corrupt,
+                            count: 1,
+                        };
+                        out.push((
+                            Channel::Events,
+                            Envelope::new(Seq(record.seq), Message::Gap(notice)),
+                        ));
+                        continue;
+                    }
+                };
                 let same_run = match record.kind {
                     RecordKind::Event => !events.is_empty(),
                     RecordKind::Execution => !executions.is_empty(),
@@ -214,21 +246,9 @@ pub fn frames(items: Vec<Pending>) -> Vec<(Channel, Envelope)> {
                 }
                 next = record.seq + 1;
                 bytes += record.payload.len();
-                // Payloads were encoded by this agent; one that does not decode is skipped
-                // (it cannot be sent) and the hub sees a hole that the next gap fills.
-                match record.kind {
-                    RecordKind::Event => match postcard::from_bytes(&record.payload) {
-                        Ok(event) => events.push(event),
-                        Err(error) => {
-                            tracing::error!(seq = record.seq, %error, "outbox event does not decode")
-                        }
-                    },
-                    RecordKind::Execution => match postcard::from_bytes(&record.payload) {
-                        Ok(report) => executions.push(report),
-                        Err(error) => {
-                            tracing::error!(seq = record.seq, %error, "outbox summary does not decode")
-                        }
-                    },
+                match decoded {
+                    Decoded::Event(event) => events.push(event),
+                    Decoded::Execution(report) => executions.push(report),
                 }
             }
         }
@@ -475,5 +495,128 @@ impl std::fmt::Debug for Client {
             .field("device", &self.device)
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reactor_core::outbox::{Gap, Record};
+    use reactor_core::sync::messages::{DeviceEvent, JsonText};
+
+    use super::*;
+
+    fn event(seq: u64) -> Pending {
+        let payload = postcard::to_allocvec(&DeviceEvent {
+            id: format!("e{seq}"),
+            event_type: "t".into(),
+            source: "s".into(),
+            time: Timestamp(0),
+            data: JsonText::from_value(&serde_json::json!({ "seq": seq })),
+            meta: JsonText::from_value(&serde_json::json!({})),
+        })
+        .unwrap();
+        Pending::Record(Record {
+            seq,
+            kind: RecordKind::Event,
+            created: Timestamp(0),
+            payload,
+        })
+    }
+
+    fn execution(seq: u64) -> Pending {
+        let report = ExecutionReport {
+            execution: reactor_core::sync::messages::ExecutionRef([1; 16]),
+            workflow: "w".into(),
+            workflow_version: 1,
+            outcome: reactor_core::sync::messages::Outcome::Succeeded,
+            started_at: Timestamp(0),
+            finished_at: Some(Timestamp(1)),
+            error: None,
+            trace: Vec::new(),
+        };
+        Pending::Record(Record {
+            seq,
+            kind: RecordKind::Execution,
+            created: Timestamp(0),
+            payload: postcard::to_allocvec(&report).unwrap(),
+        })
+    }
+
+    /// (channel, kind, first seq, last seq) of each frame.
+    fn shape(items: Vec<Pending>) -> Vec<(Channel, &'static str, u64, u64)> {
+        frames(items)
+            .into_iter()
+            .map(|(channel, envelope)| {
+                let (kind, last) = match &envelope.message {
+                    Message::EventBatch(b) => ("events", b.last().0),
+                    Message::ExecutionBatch(b) => ("executions", b.last().0),
+                    Message::Gap(g) => ("gap", g.to.0),
+                    _ => ("other", 0),
+                };
+                // Every frame encodes (the receiver's bounds hold).
+                encode(&envelope).unwrap();
+                (channel, kind, envelope.seq.0, last)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_records_of_one_kind_share_a_frame_in_seq_order() {
+        let items = vec![
+            Pending::Gap(Gap {
+                from: 1,
+                to: 3,
+                count: 3,
+                reason: DropReason::Full,
+            }),
+            event(4),
+            event(5),
+            execution(6),
+            execution(7),
+            event(8),
+            // A hole in the seqs starts a new batch (a batch covers consecutive seqs only).
+            event(10),
+        ];
+        assert_eq!(
+            shape(items),
+            vec![
+                (Channel::Events, "gap", 1, 3),
+                (Channel::Events, "events", 4, 5),
+                (Channel::Executions, "executions", 6, 7),
+                (Channel::Events, "events", 8, 8),
+                (Channel::Events, "events", 10, 10),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_goes_out_as_a_corrupt_gap() {
+        let broken = Pending::Record(Record {
+            seq: 3,
+            kind: RecordKind::Event,
+            created: Timestamp(0),
+            payload: vec![0xFF; 3],
+        });
+        assert_eq!(
+            shape(vec![event(1), event(2), broken, event(4)]),
+            vec![
+                (Channel::Events, "events", 1, 2),
+                (Channel::Events, "gap", 3, 3),
+                (Channel::Events, "events", 4, 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn batches_stop_at_the_record_limit() {
+        let items: Vec<Pending> = (1..=2_500).map(event).collect();
+        assert_eq!(
+            shape(items),
+            vec![
+                (Channel::Events, "events", 1, 1_000),
+                (Channel::Events, "events", 1_001, 2_000),
+                (Channel::Events, "events", 2_001, 2_500),
+            ]
+        );
     }
 }

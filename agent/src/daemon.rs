@@ -225,14 +225,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
     let mut files = HashMap::new();
     crate::workflows::load_all(&workflows, config.workflows.as_deref(), &mut files).await?;
-    workflows.load_needed_versions().await?;
-    let recovered = runtime
-        .recover()
-        .await
-        .context("recovering unfinished executions")?;
-    if recovered > 0 {
-        tracing::info!(executions = recovered, "resumed unfinished executions");
-    }
+    // The accepted fleet bundle's workflows are active before recovery, like the folder's.
     if let Some(fleet) = &mut fleet {
         fleet
             .start(
@@ -241,6 +234,14 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
                 Default::default(),
             )
             .await?;
+    }
+    workflows.load_needed_versions().await?;
+    let recovered = runtime
+        .recover()
+        .await
+        .context("recovering unfinished executions")?;
+    if recovered > 0 {
+        tracing::info!(executions = recovered, "resumed unfinished executions");
     }
     workflows.start();
     if let Some(dir) = config.workflows.clone() {

@@ -321,6 +321,15 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         assert!(std::time::Instant::now() < deadline, "{results:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // After a kill -9 the accepted bundle is applied again from the store (it was not
+    // retained on the broker, so only the device's own record can bring it back).
+    let mut agent = agent;
+    agent.kill();
+    let agent = Agent::spawn(&workflows, &data, free_port(), &[]);
+    agent.healthy(Duration::from_secs(20)).await;
+    let (status, body) = agent.post("/produce", serde_json::json!({"n": 2})).await;
+    assert!(status == 202 || status == 200, "{status} {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,13 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+/// Stops the agent (its will is published), then clears the retained status it left.
+async fn cleanup(agent: Agent, hub: &Hub) {
+    drop(agent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.clear_retained().await;
+}
+
 fn event_numbers(hub: &Hub) -> Vec<u64> {
     let state = hub.state.lock().unwrap();
     state
@@ -138,16 +145,17 @@ async fn records_produced_during_an_outage_and_a_kill_arrive_once_in_order() {
     proxy.up();
     hub.wait_acked(200, Duration::from_secs(60)).await;
     settle().await;
-    let state = hub.state.lock().unwrap();
-    let last = *state.stored.keys().last().unwrap();
-    // Every seq stored exactly once (the map holds one entry per seq), no holes, no gaps.
-    assert!(state.gaps.is_empty(), "{:?}", state.gaps);
-    assert_eq!(
-        state.stored.keys().copied().collect::<Vec<_>>(),
-        (1..=last).collect::<Vec<_>>()
-    );
-    assert_eq!(state.acked, last);
-    drop(state);
+    {
+        let state = hub.state.lock().unwrap();
+        let last = *state.stored.keys().last().unwrap();
+        // Every seq stored exactly once (the map holds one entry per seq), no holes, no gaps.
+        assert!(state.gaps.is_empty(), "{:?}", state.gaps);
+        assert_eq!(
+            state.stored.keys().copied().collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>()
+        );
+        assert_eq!(state.acked, last);
+    }
     // Every event arrived; in seq order they are in production order. A kill -9 may repeat
     // an `emit` whose step had not finished (at least once), never lose one.
     let numbers = event_numbers(&hub);
@@ -155,13 +163,16 @@ async fn records_produced_during_an_outage_and_a_kill_arrive_once_in_order() {
     unique_numbers.dedup();
     assert_eq!(unique_numbers, (1..=100).collect::<Vec<_>>(), "{numbers:?}");
     assert!(numbers.len() <= 100 + 2, "{numbers:?}");
-    let state = hub.state.lock().unwrap();
-    assert!(
-        state.arrival.windows(2).all(|w| w[0] < w[1]) || state.duplicates > 0,
-        "events arrive in seq order"
-    );
-    let online = state.online.unwrap();
-    assert_eq!(online.1, reactor_core::sync::messages::Presence::Online);
+    {
+        let state = hub.state.lock().unwrap();
+        assert!(
+            state.arrival.windows(2).all(|w| w[0] < w[1]) || state.duplicates > 0,
+            "events arrive in seq order"
+        );
+        let online = state.online.unwrap();
+        assert_eq!(online.1, reactor_core::sync::messages::Presence::Online);
+    }
+    cleanup(agent, &hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,18 +202,21 @@ async fn overflow_is_dropped_oldest_first_and_reported_as_a_gap() {
     proxy.up();
     // 160 records were produced; the outbox kept only the newest that fit.
     hub.wait_acked(160, Duration::from_secs(60)).await;
-    let state = hub.state.lock().unwrap();
-    assert!(!state.gaps.is_empty(), "a gap was reported");
-    let dropped: u64 = state.gaps.values().map(|(_, count)| count).sum();
-    assert!(dropped > 0);
-    assert_eq!(
-        state.covered().into_iter().collect::<Vec<_>>(),
-        (1..=160).collect::<Vec<_>>(),
-        "every seq is stored or covered by a gap"
-    );
-    assert_eq!(state.stored.len() as u64 + dropped, 160);
-    // The newest records survived.
-    assert!(state.stored.contains_key(&160));
+    {
+        let state = hub.state.lock().unwrap();
+        assert!(!state.gaps.is_empty(), "a gap was reported");
+        let dropped: u64 = state.gaps.values().map(|(_, count)| count).sum();
+        assert!(dropped > 0);
+        assert_eq!(
+            state.covered().into_iter().collect::<Vec<_>>(),
+            (1..=160).collect::<Vec<_>>(),
+            "every seq is stored or covered by a gap"
+        );
+        assert_eq!(state.stored.len() as u64 + dropped, 160);
+        // The newest records survived.
+        assert!(state.stored.contains_key(&160));
+    }
+    cleanup(agent, &hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,6 +291,15 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The broker's retained status is that newest online status (the reconnect that
+    // published it was clean: no `Offline` will after it).
+    let retained = hub.retained_status().await.unwrap();
+    assert_eq!(
+        (retained.1, retained.2),
+        (reactor_core::sync::messages::Presence::Online, Some(2)),
+        "{retained:?}"
+    );
+
     // Commands: ping, run (twice with the same id: one execution), unknown workflow.
     let command = |seq: u64, command: Command| Envelope::new(Seq(seq), Message::Command(command));
     hub.send(
@@ -330,6 +353,7 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
     agent.healthy(Duration::from_secs(20)).await;
     let (status, body) = agent.post("/produce", serde_json::json!({"n": 2})).await;
     assert!(status == 202 || status == 200, "{status} {body}");
+    cleanup(agent, &hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,14 +388,16 @@ async fn block_triggers_holds_producers_back_and_drops_nothing() {
     );
     proxy.up();
     hub.wait_acked(120, Duration::from_secs(60)).await;
-    let state = hub.state.lock().unwrap();
-    assert!(state.gaps.is_empty(), "nothing dropped: {:?}", state.gaps);
-    assert_eq!(
-        state.stored.keys().copied().collect::<Vec<_>>(),
-        (1..=120).collect::<Vec<_>>()
-    );
-    drop(state);
+    {
+        let state = hub.state.lock().unwrap();
+        assert!(state.gaps.is_empty(), "nothing dropped: {:?}", state.gaps);
+        assert_eq!(
+            state.stored.keys().copied().collect::<Vec<_>>(),
+            (1..=120).collect::<Vec<_>>()
+        );
+    }
     let mut numbers = event_numbers(&hub);
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=60).collect::<Vec<_>>());
+    cleanup(agent, &hub).await;
 }

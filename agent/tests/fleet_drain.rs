@@ -90,14 +90,20 @@ async fn drain_after_reconnect() {
     let done = Instant::now();
     let first = hub.state.lock().unwrap().first_batch_at.unwrap();
     let elapsed = done - first;
-    let state = hub.state.lock().unwrap();
-    assert_eq!(state.stored.len() as u64, events);
+    let (stored, duplicates) = {
+        let state = hub.state.lock().unwrap();
+        (state.stored.len() as u64, state.duplicates)
+    };
+    assert_eq!(stored, events);
     println!(
         "fleet drain: {events} events in {:.3} s = {:.0} events/s (first batch -> last ack); \
          {:.3} s from broker up (includes the reconnect backoff); duplicates received: {}",
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64(),
         (done - up).as_secs_f64(),
-        state.duplicates
+        duplicates
     );
+    drop(agent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.clear_retained().await;
 }

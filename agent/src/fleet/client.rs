@@ -257,6 +257,19 @@ pub fn frames(items: Vec<Pending>) -> Vec<(Channel, Envelope)> {
     out
 }
 
+/// Sends DISCONNECT and polls until it left (at most 2 s), so the broker drops the will.
+async fn disconnect(client: &AsyncClient, events: &mut rumqttc::EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(event) = events.poll().await {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// The fleet connection.
 pub struct Client {
     pub enrollment: Enrollment,
@@ -369,14 +382,7 @@ impl Client {
                             Message::Status(self.status(Presence::Offline)),
                         ))?;
                         let _ = client.try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, offline);
-                        let _ = client.try_disconnect();
-                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                            while let Ok(event) = events.poll().await {
-                                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                                    break;
-                                }
-                            }
-                        }).await;
+                        disconnect(&client, &mut events).await;
                     }
                     return Ok(connected);
                 }
@@ -443,7 +449,9 @@ impl Client {
                         client.try_publish(self.topic(channel), QoS::AtLeastOnce, false, bytes)?;
                     }
                     Outgoing::StatusChanged => {
-                        let _ = client.try_disconnect();
+                        // A clean DISCONNECT (sent, not just queued): no will, so the
+                        // retained status is never an `Offline` newer than what follows.
+                        disconnect(&client, &mut events).await;
                         return Ok(true);
                     }
                 },

@@ -228,6 +228,54 @@ impl Hub {
         }
     }
 
+    /// The retained status on the broker, as a fresh subscriber sees it.
+    pub async fn retained_status(&self) -> Option<(u64, Presence, Option<u64>)> {
+        let mut options =
+            MqttOptions::new(format!("peek-{}", std::process::id()), "127.0.0.1", 1883);
+        options.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(options, 16);
+        client
+            .subscribe(self.device.topic(Channel::Status), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let found = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                        if let Ok(Frame::Message(Envelope {
+                            seq,
+                            message: Message::Status(status),
+                            ..
+                        })) = decode(&publish.payload)
+                        {
+                            return Some((seq.0, status.presence, status.bundle_version));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        let _ = client.disconnect().await;
+        found
+    }
+
+    /// Clears the device's retained status (test cleanup).
+    pub async fn clear_retained(&self) {
+        let _ = self
+            .client
+            .publish(
+                self.device.topic(Channel::Status),
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            )
+            .await;
+    }
+
     /// Publishes a frame to the device (bundle retained).
     pub async fn send(&self, channel: Channel, envelope: Envelope, retain: bool) {
         self.client

@@ -34,6 +34,9 @@ use client::{Client, ClientConfig, StatusSource};
 use enroll::Enrollment;
 use feed::{Feed, FleetBus, FleetStore, Health};
 
+/// How often the outbox's age bound is enforced besides appends.
+const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A device enrolled in a fleet, between `prepare` and `stop`.
 #[derive(Debug)]
 pub struct Fleet {
@@ -127,6 +130,24 @@ impl Fleet {
             config,
             status,
         };
+        // The age bound also applies while nothing is appended.
+        let outbox = self.outbox.clone();
+        let cancel = self.cancel.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(EXPIRE_EVERY);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = every.tick() => {
+                        match outbox.expire(reactor_core::engine::Timestamp::now()).await {
+                            Ok(0) => {}
+                            Ok(dropped) => tracing::warn!(dropped, "outbox records expired before reaching the hub"),
+                            Err(error) => tracing::warn!(%error, "outbox expiry failed"),
+                        }
+                    }
+                }
+            }
+        }));
         let (inbound_tx, inbound_rx) = mpsc::channel(64);
         let (outgoing_tx, outgoing_rx) = mpsc::channel(64);
         self.tasks.push(tokio::spawn(handler.run(

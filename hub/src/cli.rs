@@ -55,7 +55,7 @@ pub struct DataFlags {
 }
 
 impl DataFlags {
-    async fn open(&self) -> anyhow::Result<Database> {
+    pub(crate) async fn open(&self) -> anyhow::Result<Database> {
         let data = self
             .data
             .clone()

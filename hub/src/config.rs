@@ -59,6 +59,57 @@ pub struct ServeFlags {
     /// Log format: human (default) or json (one object per line). [file: log.format]
     #[arg(long, env = "REACTOR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Device MQTT endpoint: the embedded broker behind the hub's own identity and topic
+    /// checks (docs/fleet.md). Off unless set.
+    #[arg(long, env = "REACTOR_MQTT_LISTEN", value_name = "ADDR")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// The broker address enrollment hands to devices [default: mqtt://MQTT_LISTEN, or
+    /// --mqtt-broker].
+    #[arg(long, env = "REACTOR_MQTT_ADVERTISE", value_name = "URL")]
+    pub mqtt_advertise: Option<String>,
+    /// An external broker instead of the embedded one: mqtt://[USER:PASS@]HOST:PORT (its
+    /// ACLs must confine each device to reactor/v1/d/{device}/).
+    #[arg(
+        long,
+        env = "REACTOR_MQTT_BROKER",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub mqtt_broker: Option<String>,
+}
+
+impl FleetConfig {
+    /// The broker address enrollment hands out (empty when no broker is configured).
+    pub fn broker_url(&self) -> String {
+        if let Some(url) = &self.advertise {
+            return url.clone();
+        }
+        if let Some(addr) = self.mqtt_listen {
+            return format!("mqtt://{addr}");
+        }
+        match &self.external_broker {
+            // Never hand out the hub's own broker credentials.
+            Some(url) => match url.split_once("://") {
+                Some((scheme, rest)) => {
+                    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                    format!("{scheme}://{host}")
+                }
+                None => url.clone(),
+            },
+            None => String::new(),
+        }
+    }
+}
+
+/// The fleet side of `serve` (flags and their variables only).
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    /// Where the device-facing MQTT endpoint listens (embedded broker).
+    pub mqtt_listen: Option<SocketAddr>,
+    /// What enrollment tells devices to connect to.
+    pub advertise: Option<String>,
+    /// An external broker the hub connects to instead.
+    pub external_broker: Option<String>,
 }
 
 /// The text of `serve --help` after the flags: the file's keys and the environment layer.
@@ -74,6 +125,8 @@ Configuration (hub.toml; layers: defaults < file < REACTOR_* environment < flags
   [exec]     allow = [\"/usr/bin/echo\"]  commands the exec action may run (default: none,
              the exec action is off on the hub)
   [env]      allow = [\"HOME\"]            environment variables visible as env.NAME
+  [http]     allow = [\"10.0.0.0/8\", \"api.internal\"]  non-public targets the http action
+             may reach (CIDRs, addresses, host names, *.domain; default: none)
 
 Environment: every key also as REACTOR_<SECTION>__<KEY>, e.g. REACTOR_LIMITS__MAX_BODY=65536,
 REACTOR_EXEC__ALLOW='[\"echo\"]' (values are TOML values, or plain text).
@@ -105,6 +158,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     retention: Option<RawRetention>,
     exec: Option<RawAllow>,
+    http: Option<RawAllow>,
     env: Option<RawAllow>,
 }
 
@@ -185,8 +239,12 @@ pub struct HubConfig {
     pub retention_max_age: Duration,
     pub exec_allow: Vec<String>,
     pub env_allow: Vec<String>,
+    /// Non-public targets the `http` action may reach (`[http] allow`).
+    pub http_allow: Vec<String>,
     /// The file the configuration came from, if any (for logs).
     pub file: Option<PathBuf>,
+    /// Broker and enrollment settings.
+    pub fleet: FleetConfig,
 }
 
 /// Where a configuration value came from, for error messages.
@@ -256,6 +314,7 @@ struct Merged {
     keep: Option<Layered<u64>>,
     max_age: Option<Layered<String>>,
     exec_allow: Option<Layered<Vec<String>>>,
+    http_allow: Option<Layered<Vec<String>>>,
     env_allow: Option<Layered<Vec<String>>>,
 }
 
@@ -272,6 +331,7 @@ impl Merged {
         pick(&mut self.keep, retention.keep, origin);
         pick(&mut self.max_age, retention.max_age, origin);
         pick(&mut self.exec_allow, raw.exec.and_then(|e| e.allow), origin);
+        pick(&mut self.http_allow, raw.http.and_then(|e| e.allow), origin);
         pick(&mut self.env_allow, raw.env.and_then(|e| e.allow), origin);
     }
 }
@@ -313,7 +373,19 @@ impl HubConfig {
             flags.log_format,
             &Origin::Flag("log-format"),
         );
-        let config = validate(merged, file, &mut problems);
+        let config = validate(merged, file, &mut problems).map(|mut config| {
+            config.fleet = FleetConfig {
+                mqtt_listen: flags.mqtt_listen,
+                advertise: flags.mqtt_advertise.clone(),
+                external_broker: flags.mqtt_broker.clone(),
+            };
+            config
+        });
+        if flags.mqtt_listen.is_some() && flags.mqtt_broker.is_some() {
+            problems.push(
+                "mqtt-listen and mqtt-broker: choose the embedded broker or an external one".into(),
+            );
+        }
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError { problems }),
@@ -467,13 +539,18 @@ fn validate(
         MAX_BODY_LIMIT,
     );
     let keep = bounded("retention.keep", merged.keep, 100_000, u64::MAX);
-    for list in [&merged.exec_allow, &merged.env_allow]
+    for list in [&merged.exec_allow, &merged.env_allow, &merged.http_allow]
         .into_iter()
         .flatten()
     {
         if list.value.iter().any(|name| name.trim().is_empty()) {
             bad("allow", &list.origin, "an empty name is not allowed".into());
         }
+    }
+    if let Some(list) = &merged.http_allow
+        && let Err(error) = reactor_core::action::http_guard::NetGuard::new(&list.value)
+    {
+        bad("http.allow", &list.origin, error.to_string());
     }
     let max_age = match merged.max_age {
         None => Duration::from_secs(30 * 86_400),
@@ -506,8 +583,10 @@ fn validate(
         retention_keep: usize::try_from(keep).unwrap_or(usize::MAX),
         retention_max_age: max_age,
         exec_allow: merged.exec_allow.map(|l| l.value).unwrap_or_default(),
+        http_allow: merged.http_allow.map(|l| l.value).unwrap_or_default(),
         env_allow: merged.env_allow.map(|l| l.value).unwrap_or_default(),
         file,
+        fleet: FleetConfig::default(),
     })
 }
 

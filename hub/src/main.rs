@@ -33,6 +33,14 @@ enum Command {
     /// API tokens: create (printed once), list, revoke. Works offline on the data folder.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Fleet devices: add (prints a one-time enrollment token on its last line), list.
+    /// Works offline on the data folder.
+    #[command(subcommand)]
+    Device(reactor_hub::fleet::cli::DeviceCommand),
+    /// Secrets workflows read as secrets.NAME: set (value from stdin), list, delete.
+    /// Works offline on the data folder; values are encrypted at rest and never printed.
+    #[command(subcommand)]
+    Secret(reactor_hub::secrets::cli::SecretCommand),
     /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
     Validate {
         /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
@@ -69,6 +77,8 @@ fn main() -> ExitCode {
     let code = match args.command {
         Command::Serve(flags) => return reactor_hub::server::run(&flags),
         Command::Token(command) => return reactor_hub::cli::token(command),
+        Command::Device(command) => return reactor_hub::fleet::cli::device(command),
+        Command::Secret(command) => return reactor_hub::secrets::cli::secret(command),
         Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
         Command::Exec {
             file,

@@ -382,6 +382,10 @@ async fn problems_body_limit_and_openapi() {
                 continue;
             }
             assert!(operation["x-required-role"].is_string(), "{method} {path}");
+            // The live stream never ends: hub/tests/stream.rs covers it.
+            if path == "/api/v1/stream" {
+                continue;
+            }
             // Mounted: calling it with an admin token is never "no such route".
             let concrete = path
                 .replace("{name}", "nope")

@@ -105,6 +105,23 @@ fn table() -> Vec<Row> {
             201,
         ),
         row("DELETE", "/api/v1/tokens/{id}", None, Admin, 404),
+        // Secrets, metrics, the live stream, alerts (hub/src/{secrets,metrics,stream,alerts}).
+        row("GET", "/api/v1/secrets", None, Admin, 200),
+        row("PUT", "/api/v1/secrets/{name}", json(json!({})), Admin, 400),
+        row("DELETE", "/api/v1/secrets/{name}", None, Admin, 404),
+        row("GET", "/metrics", None, Viewer, 200),
+        // The stream never ends when allowed: an unknown query parameter makes the allowed
+        // answer a quick 400, after the role check.
+        Row {
+            path: "/api/v1/stream?unknown=1".into(),
+            ..row("GET", "/api/v1/stream", None, Viewer, 400)
+        },
+        row("POST", "/api/v1/alerts", json(json!({})), Editor, 400),
+        row("GET", "/api/v1/alerts", None, Viewer, 200),
+        row("DELETE", "/api/v1/alerts/{id}", None, Editor, 404),
+        row("GET", "/api/v1/alerts/{id}/history", None, Viewer, 404),
+        // Fleet (hub/src/fleet; POST /api/v1/enroll takes no bearer token: fleet_enroll.rs).
+        row("GET", "/api/v1/devices", None, Viewer, 200),
     ]
 }
 

@@ -22,6 +22,7 @@
 //!   in the journal's redb file.
 //! - `sync` (feature `sync`): the fleet protocol between agent and hub: topics, versioned
 //!   postcard envelopes, signed bundles.
+//! - [`metrics`]: metric families, histograms, trigger counters, Prometheus text.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
 //! Invariants that matter:
@@ -37,6 +38,7 @@ pub mod dsl;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "outbox")]

@@ -23,12 +23,15 @@ CREATE INDEX executions_by_workflow ON executions (workflow, id);
 CREATE INDEX executions_by_status ON executions (status, id);
 CREATE INDEX executions_by_workflow_status ON executions (workflow, status, id);
 CREATE INDEX executions_by_device ON executions (device, id) WHERE device IS NOT NULL;
-CREATE INDEX executions_by_created ON executions (created_at);
+CREATE INDEX executions_by_created ON executions (created_at, id);
 CREATE INDEX executions_by_finished ON executions (finished_at, id) WHERE finished_at IS NOT NULL;
 CREATE INDEX executions_unfinished ON executions (owner, id) WHERE finished_at IS NULL;
 
+-- No foreign key to executions: the store checks every append against the execution's row
+-- (locked) before writing, and deletes journals with their executions; a per-row FK check
+-- would cost more than the rest of the insert.
 CREATE TABLE journal (
-    execution TEXT    NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
+    execution TEXT    NOT NULL,
     seq       INTEGER NOT NULL,
     -- The Fact as JSON.
     fact      TEXT    NOT NULL,

@@ -17,16 +17,22 @@ use std::time::Duration;
 
 use anyhow::Context;
 use reactor_core::action::exec::{Allowlist, ExecConfig};
+use reactor_core::action::http::HttpConfig;
 use reactor_core::action::{BuiltinConfig, builtin_registry};
 use reactor_core::deploy::ActiveWorkflows;
-use reactor_core::engine::{EventBus, Runtime, RuntimeConfig};
+use reactor_core::engine::{EventBus, Fanout, Runtime, RuntimeConfig};
 use reactor_core::store::{Retention, Store};
+use reactor_core::trigger::TriggerStats;
 use reactor_core::trigger::{EventRouter, HttpRoutes, LightTriggers, Supervisor};
 use tokio_util::sync::CancellationToken;
 
 use super::{HubState, Server, TokenCache};
+use crate::alerts::Alerts;
 use crate::config::{HubConfig, LogFormat, ServeFlags};
 use crate::db::{Database, HubInstance, Leader, SqlStore};
+use crate::metrics::{EngineMetrics, Telemetry};
+use crate::secrets::SecretStore;
+use crate::stream::LiveStream;
 use crate::triggers::LeaderTriggers;
 
 /// How long tasks get to stop on their own before they are aborted.
@@ -99,6 +105,8 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     .await
     .context("opening the database")?;
     db.migrate().await.context("migrating the database")?;
+    // Refuses to start when the key file is readable by others or the key is malformed.
+    let secrets = SecretStore::open(db.clone(), &config.data).context("the secrets key")?;
     let instance = Arc::new(
         HubInstance::register(&db, LEASE)
             .await
@@ -113,6 +121,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
             allow: Allowlist::Only(config.exec_allow.clone()),
             ..ExecConfig::default()
         },
+        http: HttpConfig::guarded(&config.http_allow).context("http.allow")?,
         ..BuiltinConfig::default()
     });
     let environment = reactor_core::cli::environment_from_process(&config.env_allow);
@@ -132,6 +141,16 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         },
     )
     .with_bus(bus);
+    let engine_metrics = Arc::new(EngineMetrics::new());
+    let live = LiveStream::new();
+    let runtime = runtime.with_observer(Arc::new(Fanout(vec![
+        engine_metrics.clone(),
+        Arc::new(live.clone()),
+    ])));
+    secrets
+        .sync_runtime(&runtime)
+        .await
+        .context("decrypting the secrets")?;
     events.attach(runtime.clone());
     let supervisor = Arc::new(Supervisor::default());
     let routes = Arc::new(HttpRoutes::new(runtime.clone()));
@@ -162,7 +181,49 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "HTTP server listening");
-    let app = Server::new(state.clone()).router();
+    let telemetry = Arc::new(Telemetry::new(
+        engine_metrics,
+        runtime.clone(),
+        Some(workflows.clone()),
+        config.data.clone(),
+    ));
+    telemetry.register_gauge(
+        "reactor_stream_subscribers",
+        "Clients connected to the live stream (/api/v1/stream).",
+        live.subscribers(),
+    );
+    let alerts = Arc::new(Alerts::new(
+        db.clone(),
+        telemetry.clone(),
+        live.clone(),
+        runtime.clone(),
+        Some(workflows.clone()),
+    ));
+    let signer = crate::fleet::keys::load_or_create(
+        &db,
+        &crate::secrets::cipher::Cipher::new(
+            &crate::secrets::key::SecretKey::load(&config.data).context("the secrets key")?,
+        ),
+    )
+    .await
+    .context("the fleet's bundle-signing key")?;
+    let enroll = crate::fleet::api::enroll_router(crate::fleet::api::EnrollState {
+        db: db.clone(),
+        signer: signer.clone(),
+        broker: config.fleet.broker_url(),
+    });
+    let app = Server::new(state.clone())
+        .with_routes(crate::fleet::api::routes())
+        .with_routes(crate::secrets::api::routes(secrets.clone()))
+        .with_routes(crate::metrics::routes(telemetry.clone()))
+        .with_routes(crate::stream::routes(live.clone(), state.stopping.clone()))
+        .with_routes(crate::alerts::api::routes(alerts.clone()))
+        .router();
+    let app = enroll.merge(app);
+    let fleet_broker = crate::fleet::start_endpoint(&config.fleet, &db, state.stopping.clone())
+        .await
+        .context("the device MQTT endpoint")?;
+    spawn_ops_tasks(&supervisor, &runtime, secrets, live, telemetry);
     let stopping = state.stopping.clone();
     let server = tokio::spawn(async move {
         axum::serve(
@@ -179,7 +240,29 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         tracing::info!(executions = recovered, "resumed unfinished executions");
     }
     workflows.start();
+    // Device frames are ingested once the workflows they may start are active.
+    let _ingest = fleet_broker.as_ref().map(|broker| {
+        crate::fleet::ingest::start(
+            broker,
+            db.clone(),
+            Some(Arc::new(crate::fleet::ingest::WorkflowSink(
+                workflows.clone(),
+            ))),
+            state.stopping.clone(),
+        )
+    });
     let cluster = super::cluster::spawn(state.clone());
+    supervisor.spawn(
+        "hub.alerts",
+        Arc::new(TriggerStats::default()),
+        move |stop| {
+            let alerts = alerts.clone();
+            async move {
+                alerts.run(stop).await;
+                Ok(())
+            }
+        },
+    );
     state.ready.store(true, Ordering::Release);
     tracing::info!(workflows = workflows.list().len(), "reactor-hub ready");
 
@@ -211,6 +294,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         );
     }
     events.detach();
+    drop(fleet_broker);
     drop(state);
     drop(workflows);
     drop(runtime);
@@ -222,6 +306,42 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     db.close().await;
     tracing::info!("reactor-hub stopped");
     Ok(())
+}
+
+/// The secrets watch (changes by the CLI or another hub) and the live stream's pump,
+/// supervised like triggers.
+fn spawn_ops_tasks(
+    supervisor: &Supervisor,
+    runtime: &Runtime,
+    secrets: SecretStore,
+    live: LiveStream,
+    telemetry: Arc<Telemetry>,
+) {
+    let runtime = runtime.clone();
+    supervisor.spawn(
+        "hub.secrets",
+        Arc::new(TriggerStats::default()),
+        move |stop| {
+            let (secrets, runtime) = (secrets.clone(), runtime.clone());
+            async move {
+                secrets
+                    .watch(runtime, crate::secrets::WATCH_PERIOD, stop)
+                    .await;
+                Ok(())
+            }
+        },
+    );
+    supervisor.spawn(
+        "hub.stream",
+        Arc::new(TriggerStats::default()),
+        move |stop| {
+            let (live, telemetry) = (live.clone(), telemetry.clone());
+            async move {
+                live.run(Some(telemetry), stop).await;
+                Ok(())
+            }
+        },
+    );
 }
 
 async fn shutdown_signal() {

@@ -31,6 +31,8 @@ use crate::{Map, Value};
 use super::catalog::Catalog;
 use super::journal::*;
 use super::machine::{ActionCommand, Command, Machine, glob_match};
+use super::observe::{Observer, RuntimeEvent, StepEvent};
+use super::redact::Redactor;
 use super::scope::{Environment, Globals, Locals, View};
 
 /// Capacity of each execution's inbox.
@@ -139,8 +141,9 @@ struct Inner {
     store: Arc<dyn Store>,
     actions: ActionRegistry,
     catalog: RwLock<Catalog>,
-    environment: Arc<Environment>,
+    lent: RwLock<Lent>,
     bus: Arc<dyn EventBus>,
+    observer: Option<Arc<dyn Observer>>,
     config: RuntimeConfig,
     permits: Arc<Semaphore>,
     running: Mutex<HashMap<ExecutionId, Running>>,
@@ -150,6 +153,22 @@ struct Inner {
     stats: Stats,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// The environment lent to executions and the redactor of its secrets, swapped together.
+#[derive(Clone)]
+struct Lent {
+    environment: Arc<Environment>,
+    redactor: Redactor,
+}
+
+impl Lent {
+    fn new(environment: Environment) -> Lent {
+        Lent {
+            redactor: Redactor::from_secrets(&environment.secrets),
+            environment: Arc::new(environment),
+        }
+    }
 }
 
 /// The engine's driver, shared by triggers, the API and the CLI. Cheap to clone.
@@ -184,8 +203,9 @@ impl Runtime {
                 store,
                 actions,
                 catalog: RwLock::new(Catalog::default()),
-                environment: Arc::new(environment),
+                lent: RwLock::new(Lent::new(environment)),
                 bus: Arc::new(NoBus),
+                observer: None,
                 permits: Arc::new(Semaphore::new(config.max_running.max(1))),
                 config,
                 running: Mutex::default(),
@@ -207,6 +227,54 @@ impl Runtime {
         Runtime {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Tells `observer` about executions and steps as they start and finish (the hub's live
+    /// stream and metrics). Call before starting. The observer must not block.
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Runtime {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            panic!("with_observer must be called before the runtime is shared")
+        });
+        inner.observer = Some(observer);
+        Runtime {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Replaces the secrets executions see as `secrets.NAME` (and the values redacted from
+    /// what is recorded). Executions already running keep the secrets they started with;
+    /// values already recorded stay masked.
+    pub fn set_secrets(&self, secrets: Map) {
+        let mut lent = self.inner.lent.write().unwrap_or_else(|p| p.into_inner());
+        let mut environment = Environment::clone(&lent.environment);
+        environment.secrets = Value::Object(secrets);
+        *lent = Lent::new(environment);
+    }
+
+    /// The redactor of the current secrets.
+    pub fn redactor(&self) -> Redactor {
+        self.lent().redactor
+    }
+
+    fn lent(&self) -> Lent {
+        self.inner
+            .lent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Executions recorded and waiting for a `concurrency` slot in this process.
+    pub fn queued(&self) -> usize {
+        lock(&self.inner.slots)
+            .values()
+            .map(|s| s.queue.len())
+            .sum()
+    }
+
+    /// Executions holding a run slot (running, or waiting on timers and events).
+    pub fn running(&self) -> usize {
+        lock(&self.inner.running).len()
     }
 
     /// Loads (or replaces) a workflow version.
@@ -240,8 +308,8 @@ impl Runtime {
 
     /// The allow-listed environment, secrets and device identity (triggers resolve their
     /// `secret` templates against it).
-    pub fn environment(&self) -> &Arc<Environment> {
-        &self.inner.environment
+    pub fn environment(&self) -> Arc<Environment> {
+        self.lent().environment
     }
 
     /// Whether every execution slot is taken: a new submission would wait.
@@ -264,12 +332,13 @@ impl Runtime {
         let wf = self
             .workflow(workflow, None)
             .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
-        if !admitted(&wf, &event, &inputs, &self.inner.environment)? {
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
             self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Submission::Skipped);
         }
         let id = ExecutionId::new();
-        let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
         self.start(wf, id, event, inputs, None, key).await
     }
 
@@ -285,12 +354,13 @@ impl Runtime {
         let wf = self
             .workflow(workflow, None)
             .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
-        if !admitted(&wf, &event, &inputs, &self.inner.environment)? {
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
             self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok((Submission::Skipped, None));
         }
         let id = ExecutionId::new();
-        let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.subscribers)
             .entry(id)
@@ -318,6 +388,11 @@ impl Runtime {
         if self.inner.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
+        let event_time = self.inner.observer.as_ref().and_then(|_| {
+            chrono::DateTime::parse_from_rfc3339(&event.time)
+                .ok()
+                .map(|t| Timestamp(t.timestamp_millis()))
+        });
         let started = Fact::Started {
             workflow: wf.name.to_string(),
             version: wf.version,
@@ -374,10 +449,17 @@ impl Runtime {
                 .await;
             }
             if record.status == ExecutionStatus::Queued {
+                let observed = self.inner.observer.as_ref().map(|_| record.clone());
                 self.inner
                     .store
                     .write(vec![StoreWrite::Create { record, started }])
                     .await?;
+                if let Some(record) = observed {
+                    self.observe(&RuntimeEvent::ExecutionStarted {
+                        record: &record,
+                        event_time,
+                    });
+                }
                 return Ok(Submission::Accepted(id));
             }
         }
@@ -386,7 +468,13 @@ impl Runtime {
             () = self.inner.shutdown.cancelled() => return Err(SubmitError::ShuttingDown),
             permit = self.inner.permits.clone().acquire_owned() => permit.map_err(|_| SubmitError::ShuttingDown)?,
         };
-        let machine = Machine::start(wf, id, &started, self.inner.environment.clone());
+        let machine = Machine::start(wf, id, &started, self.lent().environment);
+        if self.inner.observer.is_some() {
+            self.observe(&RuntimeEvent::ExecutionStarted {
+                record: &record,
+                event_time,
+            });
+        }
         let create = StoreWrite::Create {
             record: record.clone(),
             started,
@@ -585,8 +673,7 @@ impl Runtime {
         mut record: ExecutionRecord,
         journal: Vec<Fact>,
     ) -> Result<(), StoreError> {
-        let Some(machine) =
-            Machine::replay(wf, record.id, &journal, self.inner.environment.clone())
+        let Some(machine) = Machine::replay(wf, record.id, &journal, self.lent().environment)
         else {
             return Err(StoreError::Corrupt(format!(
                 "execution {} has no start fact",
@@ -627,7 +714,14 @@ impl Runtime {
         self.inner.tasks.wait().await;
     }
 
+    fn observe(&self, event: &RuntimeEvent<'_>) {
+        if let Some(observer) = &self.inner.observer {
+            observer.observe(event);
+        }
+    }
+
     fn finished(&self, record: &ExecutionRecord) {
+        self.observe(&RuntimeEvent::ExecutionFinished { record });
         let stats = &self.inner.stats;
         match record.status {
             ExecutionStatus::Succeeded => stats.succeeded.fetch_add(1, Ordering::Relaxed),
@@ -707,12 +801,12 @@ fn admitted(
     wf: &Workflow,
     event: &Event,
     inputs: &Value,
-    environment: &Arc<Environment>,
+    lent: &Lent,
 ) -> Result<bool, SubmitError> {
     if wf.when.is_none() && wf.unless.is_none() {
         return Ok(true);
     }
-    let globals = event_globals(wf, event, inputs, environment);
+    let globals = event_globals(wf, event, inputs, &lent.environment);
     let locals = Locals::default();
     let view = View {
         globals: &globals,
@@ -721,7 +815,7 @@ fn admitted(
     if let Some(when) = &wf.when {
         let ok = when.eval_bool(&view).map_err(|e| SubmitError::Expression {
             what: "if",
-            message: e.message,
+            message: lent.redactor.redact_str(&e.message),
         })?;
         if !ok {
             return Ok(false);
@@ -732,7 +826,7 @@ fn admitted(
             .eval_bool(&view)
             .map_err(|e| SubmitError::Expression {
                 what: "unless",
-                message: e.message,
+                message: lent.redactor.redact_str(&e.message),
             })?;
         if hit {
             return Ok(false);
@@ -745,7 +839,7 @@ fn concurrency_key(
     wf: &Workflow,
     event: &Event,
     inputs: &Value,
-    environment: &Arc<Environment>,
+    lent: &Lent,
 ) -> Result<Option<String>, SubmitError> {
     let Some(concurrency) = &wf.concurrency else {
         return Ok(None);
@@ -753,7 +847,7 @@ fn concurrency_key(
     let Some(template) = &concurrency.key else {
         return Ok(Some(String::new()));
     };
-    let globals = event_globals(wf, event, inputs, environment);
+    let globals = event_globals(wf, event, inputs, &lent.environment);
     let locals = Locals::default();
     let value = template
         .eval(&View {
@@ -762,7 +856,7 @@ fn concurrency_key(
         })
         .map_err(|e| SubmitError::Expression {
             what: "concurrency key",
-            message: e.message,
+            message: lent.redactor.redact_str(&e.message),
         })?;
     Ok(Some(match value {
         Value::String(s) => s,
@@ -785,7 +879,7 @@ fn event_globals(
         vars: Value::Object(Map::new()),
         steps: Value::Object(Map::new()),
         execution: serde_json::json!({ "workflow": wf.name.as_str(), "version": wf.version }),
-        environment: environment.clone(),
+        environment: environment.for_event(event),
     }
 }
 
@@ -1033,6 +1127,7 @@ impl Driver {
             self.record.error = completion.error.clone();
             self.record.finished_at = Some(Timestamp::now());
             self.record.steps = self.machine.step_records();
+            self.runtime.redactor().redact_record(&mut self.record);
             self.buffer.push(StoreWrite::Update(self.record.clone()));
         }
         launches
@@ -1151,6 +1246,7 @@ async fn perform(
             format!("unknown action {:?}", command.action),
         ));
     };
+    let redactor = runtime.redactor();
     let context = ActionContext {
         execution: record.id.to_string(),
         workflow: record.workflow.clone(),
@@ -1158,11 +1254,26 @@ async fn perform(
         attempt: command.attempt,
         idempotency_key: command.idempotency_key.clone(),
         cancel,
+        redactor: redactor.clone(),
     };
-    match action.execute(command.input.clone(), &context).await {
+    let step = |phase| StepEvent {
+        execution: record.id,
+        workflow: &record.workflow,
+        step: &command.step,
+        action: &command.action,
+        attempt: command.attempt,
+        phase,
+    };
+    runtime.observe(&RuntimeEvent::Step(step(None)));
+    let began = std::time::Instant::now();
+    let mut outcome = match action.execute(command.input.clone(), &context).await {
         Ok(output) => Outcome::Succeeded(output),
         Err(error) => Outcome::Failed(action_error(&command.action, error)),
-    }
+    };
+    // Before the outcome becomes a fact: the journal, the machine and replay all see it masked.
+    redactor.redact_outcome(&mut outcome);
+    runtime.observe(&RuntimeEvent::Step(step(Some((&outcome, began.elapsed())))));
+    outcome
 }
 
 fn action_error(kind: &str, error: ActionError) -> ErrorInfo {

@@ -367,7 +367,8 @@ impl HttpRoutes {
             .secret
             .as_ref()
             .ok_or("the trigger has no secret")?;
-        let scope = SecretScope(self.runtime.environment());
+        let environment = self.runtime.environment();
+        let scope = SecretScope(&environment);
         match template.eval(&scope) {
             Ok(Value::String(s)) if !s.is_empty() => Ok(s),
             Ok(Value::String(_) | Value::Null) => Err("the secret is empty".into()),

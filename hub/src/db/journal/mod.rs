@@ -6,8 +6,9 @@
 //! `finished_at`, `device`) and the bookkeeping (`next_seq`, `owner`); `journal` holds the
 //! facts as JSON keyed by (execution, seq); `meta` the small runtime values.
 //!
-//! Group commit: every `write` goes to one writer task, which takes the batches already queued
-//! (up to [`MAX_GROUP`]) and applies them in ONE transaction: one SQL round of a few
+//! Group commit: every `write` goes to a writer task (one on SQLite, [`POSTGRES_WRITERS`] on
+//! PostgreSQL, where groups touching one execution serialise on its row lock), which takes
+//! the batches already queued (up to [`MAX_GROUP`]) and applies them in ONE transaction: one SQL round of a few
 //! statements per group (PostgreSQL binds arrays and `UNNEST`s them), one fsync. Each batch
 //! is checked against the stored state first (see [`plan`]), so a refused batch leaves no
 //! trace and does not hold back the others. If the database fails a statement before the
@@ -37,6 +38,11 @@ use super::Database;
 
 /// Most batches committed in one transaction.
 pub const MAX_GROUP: usize = 512;
+
+/// Writer tasks on PostgreSQL: groups commit in parallel on separate connections (rows are
+/// locked, so groups touching one execution still apply one after the other). SQLite has a
+/// single writer lock and gets one writer task.
+pub const POSTGRES_WRITERS: usize = 4;
 
 /// Writes waiting for the writer task; writers beyond this wait (backpressure).
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -86,6 +92,8 @@ struct Shared {
     instance: String,
     commits: AtomicU64,
     batches: AtomicU64,
+    /// Time the writer task spent committing, in nanoseconds.
+    busy_nanos: AtomicU64,
 }
 
 struct Request {
@@ -103,9 +111,17 @@ impl SqlStore {
             instance: instance.into(),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            busy_nanos: AtomicU64::new(0),
         });
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(writer(Arc::clone(&shared), receiver));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let writers = match shared.db {
+            Database::Sqlite(_) => 1,
+            Database::Postgres(_) => POSTGRES_WRITERS,
+        };
+        for _ in 0..writers {
+            tokio::spawn(writer(Arc::clone(&shared), Arc::clone(&receiver)));
+        }
         SqlStore { shared, sender }
     }
 
@@ -128,6 +144,12 @@ impl SqlStore {
         self.shared.batches.load(Ordering::Relaxed)
     }
 
+    /// Time the writer tasks spent committing groups, summed (busy / wall time = their
+    /// utilisation; above 100% on PostgreSQL when groups commit in parallel).
+    pub fn writer_busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.busy_nanos.load(Ordering::Relaxed))
+    }
+
     /// Executions matching `filter`, newest first (the API's list).
     pub async fn list(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRecord>, StoreError> {
         match &self.shared.db {
@@ -137,21 +159,33 @@ impl SqlStore {
     }
 }
 
-/// The writer task: group-commits queued batches until every [`SqlStore`] handle is gone.
-async fn writer(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Request>) {
-    while let Some(first) = receiver.recv().await {
-        let mut group = vec![first.batch];
-        let mut replies = vec![first.reply];
-        while group.len() < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(request) => {
-                    group.push(request.batch);
-                    replies.push(request.reply);
+/// A writer task: group-commits queued batches until every [`SqlStore`] handle is gone.
+/// Several writers share the queue; each takes what is queued when its turn comes.
+async fn writer(shared: Arc<Shared>, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>) {
+    loop {
+        let mut group = Vec::new();
+        let mut replies = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                break;
+            };
+            group.push(first.batch);
+            replies.push(first.reply);
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        group.push(request.batch);
+                        replies.push(request.reply);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let outcomes = commit_group(&shared, &group).await;
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.busy_nanos.fetch_add(busy, Ordering::Relaxed);
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }
@@ -319,7 +353,9 @@ pub(crate) fn list_sql(
     filter: &ExecutionFilter,
     placeholder: impl Fn(usize) -> String,
 ) -> (String, Vec<Bind>) {
-    let mut sql = String::from("SELECT id, record FROM executions");
+    // Two steps: pick the page's ids from the indexes (covering: a time window sorts ids
+    // only), then fetch those records — never sort whole rows.
+    let mut sql = String::from("SELECT id FROM executions");
     let mut binds = Vec::new();
     let mut conditions = Vec::new();
     let mut push = |column: &str, op: &str, bind: Bind, binds: &mut Vec<Bind>| {
@@ -345,6 +381,13 @@ pub(crate) fn list_sql(
     }
     if let Some(until) = filter.until {
         push("created_at", "<", Bind::Int(until.millis()), &mut binds);
+        // Implied bound on the key, so "newest first" starts at `until` instead of scanning
+        // everything newer: an id's time is never later than its execution's `created_at`
+        // (ids are minted before the record; a child's derived id carries its parent's
+        // time). The margin covers a wall clock stepping back.
+        let bound = until.plus(ID_TIME_MARGIN).millis();
+        let bound = ulid::Ulid::from_parts(u64::try_from(bound).unwrap_or(0), 0);
+        push("id", "<", Bind::Text(bound.to_string()), &mut binds);
     }
     if let Some(before) = filter.before {
         push("id", "<", Bind::Text(before.to_string()), &mut binds);
@@ -358,8 +401,12 @@ pub(crate) fn list_sql(
         binds.push(Bind::Int(i64::try_from(filter.limit).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" LIMIT {}", placeholder(binds.len())));
     }
+    let sql = format!("SELECT id, record FROM executions WHERE id IN ({sql}) ORDER BY id DESC");
     (sql, binds)
 }
+
+/// How much later than an execution's `created_at` its id's time may be (clock steps).
+const ID_TIME_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A value bound to a dynamically built statement.
 #[derive(Clone, Debug)]

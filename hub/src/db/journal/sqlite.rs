@@ -66,27 +66,58 @@ async fn load(
     Ok(stored)
 }
 
+/// Rows per multi-row INSERT, largest first: a few fixed shapes keep the prepared-statement
+/// cache small while a big group needs few statements (each one is a round trip to the
+/// connection's worker thread).
+const INSERT_SHAPES: [usize; 4] = [64, 16, 4, 1];
+
+/// Splits `len` rows into statement shapes from [`INSERT_SHAPES`].
+fn shapes(mut len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    for shape in INSERT_SHAPES {
+        while len >= shape {
+            out.push(shape);
+            len -= shape;
+        }
+    }
+    out
+}
+
+/// `INSERT INTO {head} VALUES (?, …), …` for `rows` rows of `columns` values.
+fn insert_sql(head: &str, columns: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!("INSERT INTO {head} VALUES {}", vec![row; rows].join(", "))
+}
+
 async fn apply(conn: &mut SqliteConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    for row in &plan.inserts {
-        let Some(summary) = &row.summary else {
-            continue;
-        };
-        sqlx::query(
-            "INSERT INTO executions \
-             (id, workflow, status, created_at, finished_at, device, owner, next_seq, record) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(&row.id)
-        .bind(&summary.workflow)
-        .bind(summary.status)
-        .bind(summary.created_at)
-        .bind(summary.finished_at)
-        .bind(&summary.device)
-        .bind(&row.owner)
-        .bind(row.next_seq)
-        .bind(&summary.record)
-        .execute(&mut *conn)
-        .await?;
+    let inserts: Vec<_> = plan
+        .inserts
+        .iter()
+        .filter_map(|row| row.summary.as_ref().map(|summary| (row, summary)))
+        .collect();
+    let mut rest = inserts.as_slice();
+    for shape in shapes(inserts.len()) {
+        let (chunk, tail) = rest.split_at(shape);
+        rest = tail;
+        let sql = insert_sql(
+            "executions (id, workflow, status, created_at, finished_at, device, owner, next_seq, record)",
+            9,
+            shape,
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (row, summary) in chunk {
+            query = query
+                .bind(&row.id)
+                .bind(&summary.workflow)
+                .bind(summary.status)
+                .bind(summary.created_at)
+                .bind(summary.finished_at)
+                .bind(&summary.device)
+                .bind(&row.owner)
+                .bind(row.next_seq)
+                .bind(&summary.record);
+        }
+        query.execute(&mut *conn).await?;
     }
     for row in &plan.updates {
         match &row.summary {
@@ -116,13 +147,16 @@ async fn apply(conn: &mut SqliteConnection, plan: &Plan) -> Result<(), sqlx::Err
             }
         }
     }
-    for (id, seq, fact) in &plan.facts {
-        sqlx::query("INSERT INTO journal (execution, seq, fact) VALUES (?1, ?2, ?3)")
-            .bind(id)
-            .bind(seq)
-            .bind(fact)
-            .execute(&mut *conn)
-            .await?;
+    let mut rest = plan.facts.as_slice();
+    for shape in shapes(plan.facts.len()) {
+        let (chunk, tail) = rest.split_at(shape);
+        rest = tail;
+        let sql = insert_sql("journal (execution, seq, fact)", 3, shape);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, seq, fact) in chunk {
+            query = query.bind(id).bind(seq).bind(fact);
+        }
+        query.execute(&mut *conn).await?;
     }
     for (key, value) in &plan.meta_put {
         sqlx::query(
@@ -323,4 +357,21 @@ async fn prune_rows(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{insert_sql, shapes};
+
+    #[test]
+    fn groups_are_cut_into_few_statement_shapes() {
+        assert_eq!(shapes(0), Vec::<usize>::new());
+        assert_eq!(shapes(3), vec![1, 1, 1]);
+        assert_eq!(shapes(150), vec![64, 64, 16, 4, 1, 1]);
+        assert_eq!(shapes(150).iter().sum::<usize>(), 150);
+        assert_eq!(
+            insert_sql("t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+    }
 }

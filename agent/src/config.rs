@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use reactor_core::flow::parse_duration;
 use reactor_core::mqtt::{MqttBrokers, MqttConfig};
+use reactor_core::outbox::OverflowPolicy;
 use serde::Deserialize;
 
 /// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
@@ -63,7 +64,8 @@ Configuration (agent.toml; layers: defaults < file < REACTOR_* environment < fla
   [exec]     allow = [\"/usr/bin/vcgencmd\"]  commands the exec action may run (default none)
   [env]      allow = [\"HOME\"]               environment variables visible as env.NAME
   [retention] keep = 10000, max_age = \"7d\"   finished executions kept in the journal
-  [outbox]   max_bytes = 67108864, max_age = \"7d\"   events buffered for the hub (fleet)
+  [outbox]   max_bytes = 67108864, max_age = \"7d\", policy = \"drop_oldest\" | \"block_triggers\"
+             records buffered for the hub (fleet; see docs/fleet.md)
   [log]      format = \"human\" | \"json\"
   [limits]   max_running = 256 (executions at once; beyond it, submits wait and http
              triggers answer 503), max_body = 1048576 (largest API request body, bytes)
@@ -134,6 +136,7 @@ pub struct RawRetention {
 pub struct RawOutbox {
     pub max_bytes: Option<u64>,
     pub max_age: Option<String>,
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,12 +187,12 @@ pub struct RetentionConfig {
     pub max_age: Duration,
 }
 
-/// Limits of the outbox of events for the hub. Accepted and validated now; the fleet
-/// connection uses them.
+/// Limits of the outbox of records for the hub (see `reactor_core::outbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxConfig {
     pub max_bytes: u64,
     pub max_age: Duration,
+    pub policy: OverflowPolicy,
 }
 
 /// Where a configuration value came from, for error messages.
@@ -262,6 +265,7 @@ struct Merged {
     max_age: Option<Layered<String>>,
     outbox_bytes: Option<Layered<u64>>,
     outbox_age: Option<Layered<String>>,
+    outbox_policy: Option<Layered<String>>,
     log_format: Option<Layered<LogFormat>>,
     max_running: Option<Layered<u64>>,
     max_body: Option<Layered<u64>>,
@@ -286,6 +290,7 @@ impl Merged {
         let outbox = raw.outbox.unwrap_or_default();
         pick(&mut self.outbox_bytes, outbox.max_bytes, origin);
         pick(&mut self.outbox_age, outbox.max_age, origin);
+        pick(&mut self.outbox_policy, outbox.policy, origin);
         pick(&mut self.log_format, raw.log.and_then(|l| l.format), origin);
         let limits = raw.limits.unwrap_or_default();
         pick(&mut self.max_running, limits.max_running, origin);
@@ -593,6 +598,12 @@ fn validate(
         }
         b.value
     });
+    let outbox_policy = merged.outbox_policy.map_or(OverflowPolicy::default(), |p| {
+        p.value.parse().unwrap_or_else(|message: String| {
+            bad("outbox.policy", &p.origin, message);
+            OverflowPolicy::default()
+        })
+    });
     let max_running = merged.max_running.map_or(256, |m| {
         if m.value == 0 || m.value > MAX_RUNNING_LIMIT as u64 {
             bad(
@@ -646,6 +657,7 @@ fn validate(
         outbox: OutboxConfig {
             max_bytes: outbox_bytes,
             max_age: outbox_age,
+            policy: outbox_policy,
         },
         log_format: merged.log_format.map(|l| l.value).unwrap_or_default(),
         max_running,
@@ -741,6 +753,22 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("nmae"), "{error}");
+    }
+
+    #[test]
+    fn outbox_policy_is_read_and_checked() {
+        let (_dir, path) = file("data = \"/d\"\n[outbox]\npolicy = \"block_triggers\"\n");
+        let mut f = flags(None);
+        f.config = Some(path.clone());
+        let config = AgentConfig::load(&f, Vec::new()).unwrap();
+        assert_eq!(config.outbox.policy, OverflowPolicy::BlockTriggers);
+        let vars = vec![(
+            "REACTOR_OUTBOX__POLICY".to_string(),
+            "drop_newest".to_string(),
+        )];
+        let error = AgentConfig::load(&f, vars).unwrap_err().to_string();
+        assert!(error.contains("outbox.policy"), "{error}");
+        assert!(error.contains("drop_oldest"), "{error}");
     }
 
     #[test]

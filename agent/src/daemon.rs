@@ -151,7 +151,12 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the journal {}", journal_path.display()))?,
     );
     let metrics = Arc::new(Metrics::default());
-    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(redb.clone(), metrics.clone()));
+    let mut store: Arc<dyn Store> = Arc::new(MeteredStore::new(redb.clone(), metrics.clone()));
+    // Enrolled in a fleet: finished executions and emitted events also feed the outbox.
+    let mut fleet = crate::fleet::Fleet::prepare(&config.data, redb.clone(), config.outbox).await?;
+    if let Some(fleet) = &fleet {
+        store = fleet.wrap_store(store);
+    }
     let mut actions = builtin_registry(BuiltinConfig {
         exec: ExecConfig {
             allow: Allowlist::Only(config.exec_allow.clone()),
@@ -170,7 +175,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     // Emitted events with a `topic` are also published to MQTT (the router's forward hook).
     let forward: Arc<dyn EventBus> = Arc::new(MqttForward::new(publisher.clone()));
     let events = Arc::new(EventRouter::new(Some(forward)));
-    let bus: Arc<dyn EventBus> = events.clone();
+    let mut bus: Arc<dyn EventBus> = events.clone();
+    if let Some(fleet) = &fleet {
+        bus = fleet.wrap_bus(bus);
+    }
     let runtime = Runtime::new(
         store,
         actions,
@@ -217,6 +225,16 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
     let mut files = HashMap::new();
     crate::workflows::load_all(&workflows, config.workflows.as_deref(), &mut files).await?;
+    // The accepted fleet bundle's workflows are active before recovery, like the folder's.
+    if let Some(fleet) = &mut fleet {
+        fleet
+            .start(
+                runtime.store().clone(),
+                workflows.clone(),
+                Default::default(),
+            )
+            .await?;
+    }
     workflows.load_needed_versions().await?;
     let recovered = runtime
         .recover()
@@ -266,6 +284,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         );
     }
     events.detach();
+    if let Some(fleet) = fleet {
+        tracing::info!("disconnecting from the fleet hub");
+        fleet.stop(GRACE).await;
+    }
     // After the runtime (steps publishing while executions checkpointed got their acks),
     // before the journal: see crate::mqtt.
     tracing::info!("disconnecting MQTT publishers");

@@ -11,12 +11,14 @@
 //! - [`reload`]: hot reload of the workflows folder.
 //! - [`embedded`]: workflows compiled into the binary.
 //! - [`server`], [`api`], [`metrics`]: the HTTP server, `/api/v1`, `/metrics`.
+//! - [`fleet`]: enrollment, the outbox feed and the connection to the fleet hub.
 //! - [`mqtt`]: the MQTT publisher (`mqtt.publish`, `emit` with `topic`) and `mqtt` triggers.
 
 mod api;
 mod config;
 mod daemon;
 mod embedded;
+mod fleet;
 mod metrics;
 mod mqtt;
 mod reload;
@@ -75,6 +77,20 @@ enum Command {
     },
     /// Print the JSON Schema of the workflow language (for editors and the designer).
     Schema,
+    /// Enroll this device in a fleet: trade a one-time token (from `reactor-hub device add`)
+    /// for the device's identity, broker credentials and the fleet's bundle-signing key,
+    /// stored in DATA/fleet/enrollment.json (0600). `run --data DATA` then connects by itself.
+    Enroll {
+        /// The hub's HTTP address, e.g. http://hub.local:8080.
+        #[arg(long, value_name = "URL")]
+        hub: String,
+        /// The one-time enrollment token.
+        #[arg(long, env = "REACTOR_ENROLL_TOKEN", value_name = "T")]
+        token: String,
+        /// The agent's data folder (the same as `run --data`).
+        #[arg(long, env = "REACTOR_DATA", value_name = "DIR")]
+        data: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -112,6 +128,34 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             ))
+        }
+        Command::Enroll { hub, token, data } => {
+            init_logging();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(fleet::enroll::enroll(&hub, &token, &data)) {
+                Ok(enrollment) => {
+                    println!(
+                        "enrolled as {} (broker {}); run `reactor-agent run --data {}` to connect",
+                        enrollment.device_id,
+                        enrollment.broker.url,
+                        data.display()
+                    );
+                    0
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
+            }
         }
         Command::Schema => {
             let schema = reactor_core::dsl::schema::json_schema();

@@ -18,6 +18,8 @@
 //!   by the agent and the hub.
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
 //! - `mqtt` (feature `mqtt`): the MQTT trigger and publisher over rumqttc.
+//! - `outbox` (feature `outbox`): the agent's durable, bounded outbox of records for the hub,
+//!   in the journal's redb file.
 //! - `sync` (feature `sync`): the fleet protocol between agent and hub: topics, versioned
 //!   postcard envelopes, signed bundles.
 //! - [`metrics`]: metric families, histograms, trigger counters, Prometheus text.
@@ -39,6 +41,8 @@ pub mod flow;
 pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;

@@ -17,6 +17,8 @@ pub enum Origin {
     Api(String),
     /// Read from a database of workflows (the hub); the text is the row's key.
     Database(String),
+    /// Installed from a signed fleet bundle of this version (the agent, from its hub).
+    Bundle(u64),
 }
 
 impl std::fmt::Display for Origin {
@@ -26,6 +28,7 @@ impl std::fmt::Display for Origin {
             Origin::Embedded(name) => write!(f, "embedded:{name}"),
             Origin::Api(by) => write!(f, "api:{by}"),
             Origin::Database(key) => write!(f, "db:{key}"),
+            Origin::Bundle(version) => write!(f, "bundle:v{version}"),
         }
     }
 }

@@ -174,8 +174,9 @@ impl RedbStore {
         sender.send(command).await.map_err(|_| StoreError::Closed)
     }
 
-    /// Runs `read` on the store thread and returns its answer.
-    async fn run<T: Send + 'static>(
+    /// Runs `read` on the store thread and returns its answer. Crate-visible so that other
+    /// tables in the same file (the fleet outbox) share the one owner of the database.
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use reactor_core::action::exec::{Allowlist, ExecConfig};
 use reactor_core::action::{BuiltinConfig, builtin_registry};
+use reactor_core::deploy::ActiveWorkflows;
 use reactor_core::engine::EventBus;
 use reactor_core::engine::{Runtime, RuntimeConfig};
 use reactor_core::store::{RedbOptions, RedbStore, Retention, Store};
@@ -29,7 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, LogFormat, RunFlags};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::mqtt::{MqttForward, SharedPublisher};
-use crate::workflows::Workflows;
 
 /// How long tasks get to stop on their own before they are aborted.
 const GRACE: Duration = Duration::from_secs(5);
@@ -42,7 +42,7 @@ pub const JOURNAL_FILE: &str = "journal.redb";
 #[derive(Debug, Clone)]
 pub struct AgentState {
     pub runtime: Runtime,
-    pub workflows: Arc<Workflows>,
+    pub workflows: Arc<ActiveWorkflows>,
     pub metrics: Arc<Metrics>,
     /// Set once start-up is complete (workflows loaded, recovery done, triggers started).
     pub ready: Arc<AtomicBool>,
@@ -188,7 +188,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     events.attach(runtime.clone());
     let supervisor = Arc::new(Supervisor::default());
     let routes = Arc::new(HttpRoutes::new(runtime.clone()));
-    let workflows = Arc::new(Workflows::new(
+    let workflows = Arc::new(crate::workflows::active_set(
         runtime.clone(),
         routes,
         events.clone(),

@@ -4,10 +4,10 @@
 //!   [`crate::config`]). It serves the `mqtt.publish` action and `emit` steps with a `topic`
 //!   (through [`MqttForward`], the event router's forward hook). It connects lazily, on the
 //!   first message to a broker.
-//! - [`build_trigger`]: the agent's trigger factory — the light triggers of
-//!   `reactor_core::trigger::build_light`, plus `mqtt` triggers ([`MqttTrigger`]) with the
-//!   client id `{client_id prefix}-{workflow}.{index}` (the prefix defaults to the device id;
-//!   stable across restarts, so the broker keeps the persistent session).
+//! - `mqtt` triggers: built by core's [`reactor_core::mqtt::MqttTriggers`] factory (see
+//!   [`crate::workflows`]) with the client id `{client_id prefix}-{workflow}.{index}` (the
+//!   prefix defaults to the device id; stable across restarts, so the broker keeps the
+//!   persistent session).
 //!
 //! Shutdown order (daemon): triggers stop (their subscriptions disconnect) → HTTP server →
 //! executions checkpoint → **the publisher** → the journal closes. The publisher stops after
@@ -22,9 +22,7 @@ use reactor_core::action::mqtt_publish::{
     MqttMessage, MqttPublishAction, MqttPublisher, PublishError, Qos,
 };
 use reactor_core::engine::{Event, EventBus};
-use reactor_core::flow::{TriggerKind, TriggerSpec};
-use reactor_core::mqtt::{MqttBrokers, MqttTrigger, RumqttPublisher};
-use reactor_core::trigger::{Trigger, TriggerError, build_light};
+use reactor_core::mqtt::{MqttBrokers, RumqttPublisher};
 use serde_json::json;
 
 /// The agent's one publisher, shared by the action, the event forward and shutdown.
@@ -103,68 +101,9 @@ impl EventBus for MqttForward {
     }
 }
 
-/// Builds the trigger of `workflow`'s `index`-th `triggers:` entry: `Ok(None)` for triggers
-/// without a task of their own (`http`, `event`).
-pub fn build_trigger(
-    brokers: &MqttBrokers,
-    workflow: &str,
-    index: usize,
-    spec: &TriggerSpec,
-) -> Result<Option<Box<dyn Trigger>>, TriggerError> {
-    match &spec.kind {
-        TriggerKind::Mqtt(settings) => {
-            let purpose = format!("{workflow}.{index}");
-            Ok(Some(Box::new(MqttTrigger::new(
-                settings, brokers, &purpose,
-            )?)))
-        }
-        _ => build_light(spec),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reactor_core::mqtt::MqttConfig;
-
-    fn brokers(url: Option<&str>) -> MqttBrokers {
-        let config = MqttConfig {
-            url: url.map(str::to_string),
-            ..MqttConfig::default()
-        };
-        MqttBrokers::from_config(&config, "pi-1", &|_| None).unwrap()
-    }
-
-    fn spec(yaml: &str) -> TriggerSpec {
-        let text = format!("reactor: 1\nname: w\ntriggers:\n  - {yaml}\nsteps:\n  - return: 1\n");
-        let workflow =
-            reactor_core::dsl::parse_workflow("w.yaml", &text).unwrap_or_else(|e| panic!("{e:?}"));
-        workflow.triggers[0].clone()
-    }
-
-    #[test]
-    fn mqtt_triggers_need_a_broker() {
-        let mqtt = spec("mqtt: { topic: \"a/+/b\", qos: 1 }");
-        let built = build_trigger(&brokers(Some("mqtt://127.0.0.1:1883")), "w", 0, &mqtt);
-        assert_eq!(built.unwrap().unwrap().kind(), "mqtt");
-        let error = build_trigger(&brokers(None), "w", 0, &mqtt)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(error.contains("no default MQTT broker"), "{error}");
-        let inline = spec("mqtt: { topic: \"a/#\", broker: \"mqtt://127.0.0.1:1884\" }");
-        assert!(build_trigger(&brokers(None), "w", 1, &inline).is_ok());
-    }
-
-    #[test]
-    fn light_triggers_still_build() {
-        let every = spec("interval: { every: 1s }");
-        assert!(
-            build_trigger(&brokers(None), "w", 0, &every)
-                .unwrap()
-                .is_some()
-        );
-    }
 
     #[test]
     fn event_payload_is_the_cloud_event_core() {

@@ -16,7 +16,7 @@ use reactor_core::flow::Workflow;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::workflows::{Origin, Workflows, content_hash};
+use reactor_core::deploy::{ActiveWorkflows, Origin, content_hash};
 
 /// Quiet time after the last change before the folder is rescanned.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -76,7 +76,7 @@ pub fn scan(dir: &Path) -> Vec<ScannedFile> {
 
 /// Applies a scan: `files` holds the hash of each file as last applied.
 pub async fn apply(
-    workflows: &Workflows,
+    workflows: &ActiveWorkflows,
     scanned: Vec<ScannedFile>,
     files: &mut HashMap<PathBuf, u64>,
 ) -> anyhow::Result<()> {
@@ -128,7 +128,7 @@ pub async fn apply(
 
 /// Watches `dir` until `cancel` fires, applying changes.
 pub async fn watch(
-    workflows: std::sync::Arc<Workflows>,
+    workflows: std::sync::Arc<ActiveWorkflows>,
     dir: PathBuf,
     mut files: HashMap<PathBuf, u64>,
     cancel: CancellationToken,

@@ -1,19 +1,23 @@
 //! `reactor-hub`: Reactor's fleet hub.
 //!
-//! Subcommands: `validate` and `exec` (the command-line contract in DSL.md, shared with the
-//! hub through `reactor_core::cli`) and `schema` (the JSON Schema of the workflow language).
+//! Subcommands: `serve` (the server: [`reactor_hub::server`]), `token` (API tokens, offline:
+//! [`reactor_hub::cli`]), `validate` and `exec` (the command-line contract in DSL.md, shared
+//! with the agent through `reactor_core::cli`) and `schema` (the JSON Schema of the workflow
+//! language).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reactor_core::cli::{self, ExecOptions};
+use reactor_hub::cli::TokenCommand;
+use reactor_hub::config::{SERVE_HELP, ServeFlags};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "reactor-hub",
     version,
-    about = "Reactor's hub: the fleet server (its `serve` command comes with the hub issue)."
+    about = "Reactor's hub: the control plane — workflows, executions and the API, on SQLite or PostgreSQL."
 )]
 struct Args {
     #[command(subcommand)]
@@ -22,6 +26,21 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the hub: the API on --listen, workflows and executions in the database (SQLite in
+    /// --data, or --database postgres://…). Zero configuration works.
+    #[command(after_long_help = SERVE_HELP, after_help = "See --help for hub.toml keys and REACTOR_* variables.")]
+    Serve(ServeFlags),
+    /// API tokens: create (printed once), list, revoke. Works offline on the data folder.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Fleet devices: add (prints a one-time enrollment token on its last line), list.
+    /// Works offline on the data folder.
+    #[command(subcommand)]
+    Device(reactor_hub::fleet::cli::DeviceCommand),
+    /// Secrets workflows read as secrets.NAME: set (value from stdin), list, delete.
+    /// Works offline on the data folder; values are encrypted at rest and never printed.
+    #[command(subcommand)]
+    Secret(reactor_hub::secrets::cli::SecretCommand),
     /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
     Validate {
         /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
@@ -56,6 +75,10 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
+        Command::Serve(flags) => return reactor_hub::server::run(&flags),
+        Command::Token(command) => return reactor_hub::cli::token(command),
+        Command::Device(command) => return reactor_hub::fleet::cli::device(command),
+        Command::Secret(command) => return reactor_hub::secrets::cli::secret(command),
         Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
         Command::Exec {
             file,

@@ -13,8 +13,14 @@
 //!   conformance suite, group commit, retention.
 //! - [`trigger`]: the `Trigger` trait and the light triggers (http routing, cron, interval,
 //!   file, event, startup).
+//! - [`deploy`]: the set of active workflows (install/replace/remove, versions kept in the
+//!   store's meta table, their triggers started through a pluggable `TriggerFactory`), shared
+//!   by the agent and the hub.
 //! - [`action`]: the `Action` trait, its registry and the built-in actions.
 //! - `mqtt` (feature `mqtt`): the MQTT trigger and publisher over rumqttc.
+//! - `sync` (feature `sync`): the fleet protocol between agent and hub: topics, versioned
+//!   postcard envelopes, signed bundles.
+//! - [`metrics`]: metric families, histograms, trigger counters, Prometheus text.
 //! - [`cli`]: `validate` and `exec`, the command-line contract both binaries share.
 //!
 //! Invariants that matter:
@@ -25,13 +31,17 @@
 
 pub mod action;
 pub mod cli;
+pub mod deploy;
 pub mod dsl;
 pub mod engine;
 pub mod expr;
 pub mod flow;
+pub mod metrics;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod store;
+#[cfg(feature = "sync")]
+pub mod sync;
 pub mod trigger;
 
 /// JSON-like values used for event data, inputs, outputs and variables.

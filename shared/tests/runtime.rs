@@ -11,9 +11,12 @@ use reactor_core::action::{
 };
 use reactor_core::dsl::Parser;
 use reactor_core::engine::{
-    Environment, Event, ExecutionStatus, Fact, Runtime, RuntimeConfig, Submission,
+    Environment, Event, ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Runtime,
+    RuntimeConfig, Submission, Timestamp,
 };
-use reactor_core::store::{MemoryStore, RedbOptions, RedbStore, Store};
+use reactor_core::store::{
+    ExecutionQuery, MemoryStore, RedbOptions, RedbStore, Retention, Store, StoreError, StoreWrite,
+};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -608,4 +611,139 @@ async fn cancelling_a_queued_execution_records_it_cancelled() {
         ExecutionStatus::Succeeded
     );
     assert!(!runtime.cancel(running, "too late").await);
+}
+
+/// What `Store::unfinished` answers.
+type Unfinished = Vec<(ExecutionRecord, Vec<Fact>)>;
+
+/// A store whose `unfinished()` can be made to answer an old snapshot: the list a shared
+/// store returned just before executions finished (as periodic adoption sees it).
+struct StaleUnfinished {
+    inner: MemoryStore,
+    snapshot: Mutex<Option<Unfinished>>,
+}
+
+#[async_trait]
+impl Store for StaleUnfinished {
+    async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        self.inner.write(batch).await
+    }
+    async fn unfinished(&self) -> Result<Unfinished, StoreError> {
+        let snapshot = self.snapshot.lock().unwrap().clone();
+        match snapshot {
+            Some(old) => Ok(old),
+            None => self.inner.unfinished().await,
+        }
+    }
+    async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
+        self.inner.execution(id).await
+    }
+    async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+        self.inner.journal(id).await
+    }
+    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionRecord>, StoreError> {
+        self.inner.executions(query).await
+    }
+    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta(key).await
+    }
+    async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
+        self.inner.prune(retention, now).await
+    }
+}
+
+#[tokio::test]
+async fn recovering_again_skips_running_queued_and_just_finished_executions() {
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Arc::new(Probe {
+        gate: Some(gate.clone()),
+        ..Probe::default()
+    });
+    let yaml =
+        "reactor: 1\nname: one-at-a-time\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n";
+    let store = Arc::new(StaleUnfinished {
+        inner: MemoryStore::new(),
+        snapshot: Mutex::default(),
+    });
+    let runtime = runtime(store.clone(), probe.clone(), &[yaml]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let Submission::Accepted(id) = runtime
+            .submit("one-at-a-time", event(), json!({}))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        ids.push(id);
+    }
+    let queued = runtime.store().execution(ids[1]).await.unwrap().unwrap();
+    assert_eq!(queued.status, ExecutionStatus::Queued);
+    // Periodic adoption over this process' own work: nothing to take up, however often.
+    for _ in 0..3 {
+        assert_eq!(runtime.recover().await.unwrap(), 0);
+    }
+    // The store's list as it was while both were unfinished, answered after they finished.
+    let before = store.inner.unfinished().await.unwrap();
+    assert_eq!(before.len(), 2);
+    gate.add_permits(10);
+    for id in &ids {
+        let record = tokio::time::timeout(Duration::from_secs(10), runtime.wait(*id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, ExecutionStatus::Succeeded);
+    }
+    *store.snapshot.lock().unwrap() = Some(before);
+    assert_eq!(runtime.recover().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each ran once: no duplicate queue entry, no resume from a stale journal.
+    assert_eq!(probe.steps().len(), 2, "{:?}", probe.steps());
+    let stats = runtime.stats();
+    assert_eq!(
+        stats.succeeded.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_queued_execution_whose_slot_is_free_starts_on_recovery() {
+    // A process died after the running execution of a key finished but before the queued
+    // one took the slot: the journal holds only the queued one.
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Arc::new(Probe {
+        gate: Some(gate.clone()),
+        ..Probe::default()
+    });
+    let yaml =
+        "reactor: 1\nname: one-at-a-time\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n";
+    let store = Arc::new(MemoryStore::new());
+    let first = runtime(store.clone(), probe.clone(), &[yaml]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let Submission::Accepted(id) = first
+            .submit("one-at-a-time", event(), json!({}))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        ids.push(id);
+    }
+    first.shutdown().await;
+    // The running one is recorded finished (as if it completed just before the crash).
+    let mut done = store.execution(ids[0]).await.unwrap().unwrap();
+    done.status = ExecutionStatus::Cancelled;
+    done.finished_at = Some(Timestamp::now());
+    store.write(vec![StoreWrite::Update(done)]).await.unwrap();
+
+    let probe = Arc::new(Probe::default());
+    let second = runtime(store.clone(), probe.clone(), &[yaml]);
+    assert_eq!(second.recover().await.unwrap(), 1);
+    let record = tokio::time::timeout(Duration::from_secs(10), second.wait(ids[1]))
+        .await
+        .expect("the queued execution ran")
+        .unwrap();
+    assert_eq!(record.status, ExecutionStatus::Succeeded);
+    assert_eq!(probe.steps().len(), 1);
 }

@@ -1,12 +1,14 @@
 //! Crash safety, proven with a real process: `crash-worker` runs multi-step executions against
-//! a redb journal and is SIGKILLed at random moments, then restarted, many times.
+//! a journal and is SIGKILLed at random moments, then restarted, many times. The same run is
+//! made on the agent's redb journal and on the hub's SQL store (SQLite file, PostgreSQL).
 //!
 //! Afterwards: every execution completed; no step that had finished ran again; a step that
 //! ran more than once did so only across kills (it was in flight) and always with the same
 //! idempotency key.
 //!
 //! `REACTOR_CRASH_KILLS` sets the number of kills (default 200; try 10000 for a long run),
-//! `REACTOR_CRASH_SEED` the seed of the kill moments (printed on failure).
+//! `REACTOR_CRASH_SEED` the seed of the kill moments (printed on failure). PostgreSQL comes
+//! from `REACTOR_TEST_POSTGRES` (see `reactor_hub::db::testing`).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use reactor_core::engine::{ExecutionStatus, Fact, Timestamp};
 use reactor_core::store::{ExecutionQuery, RedbOptions, RedbStore, Store};
+use reactor_hub::db::testing::TempPostgres;
+use reactor_hub::db::{Database, SqlStore};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -36,12 +40,88 @@ impl Rng {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
-    let kills = env_number("REACTOR_CRASH_KILLS", 200);
-    let seed = env_number("REACTOR_CRASH_SEED", 0x5eed_cafe);
-    let total = env_number("REACTOR_CRASH_EXECUTIONS", 400) as usize;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("journal.redb");
-    let ledger = dir.path().join("ledger.txt");
+    crash_run(dir.path(), db.to_str().unwrap(), REDB_LIVES, &|_| {
+        Box::new(RedbStore::open(&db, RedbOptions::default()).unwrap())
+    });
+}
+
+#[test]
+fn sigkill_on_the_hub_sqlite_store_loses_nothing_and_repeats_no_finished_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let spec = format!("sqlite:{}", db.display());
+    crash_run(dir.path(), &spec, REDB_LIVES, &|runtime| {
+        sql_store(runtime, &spec)
+    });
+}
+
+#[test]
+fn sigkill_on_the_hub_postgres_store_loses_nothing_and_repeats_no_finished_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let database = runtime.block_on(TempPostgres::create("crash")).unwrap();
+    let url = database.url().to_string();
+    crash_run(dir.path(), &url, POSTGRES_LIVES, &|runtime| {
+        sql_store(runtime, &url)
+    });
+}
+
+/// How long incarnations live before their kill.
+#[derive(Clone, Copy, Debug)]
+struct Lives {
+    /// Kills when `REACTOR_CRASH_KILLS` is not set.
+    kills: u64,
+    /// Shortest life, ms.
+    min_ms: u64,
+    /// Lives are spread over `min_ms .. min_ms + spread_ms`.
+    spread_ms: u64,
+}
+
+/// redb and SQLite open in a few milliseconds: short lives kill them mid-commit.
+const REDB_LIVES: Lives = Lives {
+    kills: 200,
+    min_ms: 5,
+    spread_ms: 120,
+};
+
+/// A PostgreSQL incarnation connects first, and adopts what killed ones left only after
+/// their lease (1 s in the worker) lapsed: lives long enough for some to outlive a lease.
+const POSTGRES_LIVES: Lives = Lives {
+    kills: 60,
+    min_ms: 50,
+    spread_ms: 1_500,
+};
+
+/// The SQL store at `spec` (as the worker takes it), for reading the outcome. Reads need no
+/// hub instance.
+fn sql_store(runtime: &tokio::runtime::Runtime, spec: &str) -> Box<dyn Store> {
+    runtime.block_on(async {
+        let db = match spec.strip_prefix("sqlite:") {
+            Some(path) => Database::open_sqlite(std::path::Path::new(path)).await,
+            None => Database::open_postgres(spec).await,
+        }
+        .unwrap();
+        Box::new(SqlStore::new(db, "crash-test-reader")) as Box<dyn Store>
+    })
+}
+
+/// Kills and restarts the worker on the journal `spec`, then checks the outcome through the
+/// store `open` returns.
+fn crash_run(
+    dir: &std::path::Path,
+    spec: &str,
+    lives: Lives,
+    open: &dyn Fn(&tokio::runtime::Runtime) -> Box<dyn Store>,
+) {
+    let kills = env_number("REACTOR_CRASH_KILLS", lives.kills);
+    let seed = env_number("REACTOR_CRASH_SEED", 0x5eed_cafe);
+    let total = env_number("REACTOR_CRASH_EXECUTIONS", 400) as usize;
+    let ledger = dir.join("ledger.txt");
     let worker = env!("CARGO_BIN_EXE_crash-worker");
     let mut rng = Rng(seed | 1);
     // (start, end) wall-clock milliseconds of each incarnation.
@@ -49,7 +129,7 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
     let spawn = |incarnation: usize| {
         Command::new(worker)
             .args([
-                db.to_str().unwrap(),
+                spec,
                 ledger.to_str().unwrap(),
                 &total.to_string(),
                 &incarnation.to_string(),
@@ -63,7 +143,7 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
     for incarnation in 0..kills as usize {
         let start = Timestamp::now().0;
         let mut child = spawn(incarnation);
-        let life = Duration::from_millis(5 + rng.next() % 120);
+        let life = Duration::from_millis(lives.min_ms + rng.next() % lives.spread_ms);
         let deadline = Instant::now() + life;
         let mut exited = None;
         while Instant::now() < deadline {
@@ -107,7 +187,7 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
         .enable_all()
         .build()
         .unwrap();
-    let store = RedbStore::open(&db, RedbOptions::default()).unwrap();
+    let store = open(&runtime);
     let records = runtime
         .block_on(store.executions(&ExecutionQuery {
             limit: total + 10,
@@ -167,6 +247,7 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
         runs.entry(key).or_default().push(incarnation);
     }
     let mut repeated = 0;
+    let mut before_last = 0;
     for (key, recorded) in &recorded_in {
         let ran = runs
             .get(key.as_str())
@@ -188,6 +269,9 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
         if ran.len() > 1 {
             repeated += 1;
         }
+        if ran.iter().any(|incarnation| *incarnation < kills as usize) {
+            before_last += 1;
+        }
     }
     assert_eq!(
         runs.len(),
@@ -195,7 +279,11 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_no_finished_step() {
         "no side effect ran for an unknown step"
     );
     eprintln!(
-        "{} steps, {repeated} re-ran after a kill (in flight, same idempotency key)",
+        "{} steps, {before_last} ran in killed incarnations, {repeated} re-ran after a kill (in flight, same idempotency key)",
         recorded_in.len()
+    );
+    assert!(
+        before_last > 0,
+        "the kills hit work in progress (not only startups)"
     );
 }

@@ -7,7 +7,8 @@
 //! Every source has the same shape: a `XTrigger` implementing
 //! [`reactor_core::trigger::Trigger`], built by [`build`] from the workflow's trigger settings
 //! and the hub's [`Connections`]. [`factory`] composes [`build`] with core's
-//! [`build_light`](reactor_core::trigger::build_light) into the hub's `TriggerFactory`.
+//! [`LightTriggers`](reactor_core::trigger::LightTriggers) into the hub's `TriggerFactory`
+//! ([`HubTriggers`]).
 //!
 //! Guarantees (docs/triggers.md has the details per source):
 //! - a source message is acknowledged (Kafka commit, JetStream ack, `XACK`, slot advance) only
@@ -35,7 +36,7 @@
 use std::sync::Arc;
 
 use reactor_core::flow::{TriggerKind, TriggerSpec};
-use reactor_core::trigger::{Trigger, TriggerError, TriggerFactory, build_light};
+use reactor_core::trigger::{LightTriggers, Trigger, TriggerError, TriggerFactory};
 
 pub mod connections;
 mod payload;
@@ -93,10 +94,52 @@ pub fn build(
     Ok(Some(trigger))
 }
 
-/// The hub's trigger factory: these sources first, then core's light triggers.
-pub fn factory(connections: Arc<Connections>) -> Arc<TriggerFactory> {
-    Arc::new(move |spec: &TriggerSpec| match build(spec, &connections)? {
-        Some(trigger) => Ok(Some(trigger)),
-        None => build_light(spec),
-    })
+/// The hub's trigger factory: these sources first, then `fallback` (default: core's
+/// [`LightTriggers`]; the hub may pass a factory that also builds `mqtt`).
+#[derive(Clone)]
+pub struct HubTriggers {
+    connections: Arc<Connections>,
+    fallback: Arc<dyn TriggerFactory>,
+}
+
+impl std::fmt::Debug for HubTriggers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubTriggers")
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubTriggers {
+    pub fn new(connections: Arc<Connections>) -> HubTriggers {
+        HubTriggers {
+            connections,
+            fallback: Arc::new(LightTriggers),
+        }
+    }
+
+    /// Builds the types these sources do not own with `fallback`.
+    pub fn with_fallback(mut self, fallback: Arc<dyn TriggerFactory>) -> HubTriggers {
+        self.fallback = fallback;
+        self
+    }
+}
+
+impl TriggerFactory for HubTriggers {
+    fn build(
+        &self,
+        workflow: &str,
+        index: usize,
+        spec: &TriggerSpec,
+    ) -> Result<Option<Box<dyn Trigger>>, TriggerError> {
+        match build(spec, &self.connections)? {
+            Some(trigger) => Ok(Some(trigger)),
+            None => self.fallback.build(workflow, index, spec),
+        }
+    }
+}
+
+/// [`HubTriggers`] over `connections` with core's light triggers as the fallback.
+pub fn factory(connections: Arc<Connections>) -> Arc<dyn TriggerFactory> {
+    Arc::new(HubTriggers::new(connections))
 }

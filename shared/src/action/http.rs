@@ -29,6 +29,9 @@
 //!   the limit are permanent.
 //! - Messages show the method and the URL without user info and without the query string
 //!   (where secrets such as tokens often travel): `GET https://host/path?…`.
+//! - Outbound guard: with [`HttpConfig::guard`] set (the hub), targets in private, loopback,
+//!   link-local … ranges are refused after DNS resolution and on every redirect unless
+//!   allow-listed; see [`super::http_guard`]. A refusal is a permanent error.
 //! - Cancellation: the request future is dropped, which closes its connection. The server may
 //!   or may not have seen the request; that is what the idempotency key is for.
 
@@ -110,6 +113,8 @@ pub struct HttpConfig {
     pub max_response_bytes: usize,
     pub max_redirects: usize,
     pub user_agent: String,
+    /// Refuse non-public targets unless allow-listed (the hub); `None` reaches anything.
+    pub guard: Option<Arc<super::http_guard::NetGuard>>,
 }
 
 impl Default for HttpConfig {
@@ -120,7 +125,21 @@ impl Default for HttpConfig {
             max_response_bytes: 10 * 1024 * 1024,
             max_redirects: 10,
             user_agent: format!("reactor/{}", env!("CARGO_PKG_VERSION")),
+            guard: None,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The defaults with the outbound guard on: non-public targets are refused unless
+    /// `allow` (CIDRs, addresses, host names, `*.domain`) lists them. What the hub uses.
+    pub fn guarded<S: AsRef<str>>(
+        allow: &[S],
+    ) -> Result<HttpConfig, super::http_guard::AllowListError> {
+        Ok(HttpConfig {
+            guard: Some(Arc::new(super::http_guard::NetGuard::new(allow)?)),
+            ..HttpConfig::default()
+        })
     }
 }
 
@@ -388,6 +407,11 @@ impl HttpAction {
         idempotency_key: &str,
     ) -> Result<HttpResponse, ActionError> {
         let what = request.describe();
+        if let Some(guard) = &self.config.guard {
+            guard
+                .check_url(&request.url)
+                .map_err(|blocked| ActionError::permanent(format!("http: {what}: {blocked}")))?;
+        }
         let mut headers = request.headers.clone();
         if !idempotency_key.is_empty() && !headers.contains_key("idempotency-key") {
             let value = HeaderValue::from_str(idempotency_key).map_err(|_| {
@@ -477,12 +501,17 @@ impl HttpAction {
 
 fn build_client(config: &HttpConfig) -> Result<Client, HttpSetupError> {
     install_crypto_provider();
-    Client::builder()
+    let builder = Client::builder()
         .user_agent(config.user_agent.clone())
-        .connect_timeout(config.connect_timeout)
-        .redirect(reqwest::redirect::Policy::limited(config.max_redirects))
-        .build()
-        .map_err(|e| HttpSetupError(error_chain(&e)))
+        .connect_timeout(config.connect_timeout);
+    let builder = match &config.guard {
+        None => builder.redirect(reqwest::redirect::Policy::limited(config.max_redirects)),
+        Some(guard) => builder
+            .redirect(guard.redirect_policy(config.max_redirects))
+            .dns_resolver(guard.resolver())
+            .no_proxy(),
+    };
+    builder.build().map_err(|e| HttpSetupError(error_chain(&e)))
 }
 
 /// An error and its causes, `: `-separated (reqwest's own message is often just "builder
@@ -502,7 +531,16 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn send_error(what: &str, error: reqwest::Error) -> ActionError {
-    let permanent = error.is_builder() || error.is_redirect();
+    let blocked = {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        let mut found = false;
+        while let Some(cause) = source {
+            found |= cause.is::<super::http_guard::Blocked>();
+            source = cause.source();
+        }
+        found
+    };
+    let permanent = blocked || error.is_builder() || error.is_redirect();
     let message = format!("http: {what}: {}", error_chain(&error.without_url()));
     if permanent {
         ActionError::permanent(message)

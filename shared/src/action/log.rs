@@ -101,8 +101,12 @@ pub fn render_fields(fields: &Map) -> String {
 }
 
 /// Writes the line. This is the whole action; [`LogAction`] only parses its settings.
+///
+/// Secret values in the message and fields are masked with `context.redactor`.
 pub fn write_log(settings: &LogSettings, context: &ActionContext) {
-    let fields = render_fields(&settings.fields);
+    let redactor = &context.redactor;
+    let fields = redactor.redact_str(&render_fields(&settings.fields));
+    let message = redactor.redact_str(&settings.message);
     macro_rules! emit {
         ($level:expr) => {
             tracing::event!(
@@ -113,7 +117,7 @@ pub fn write_log(settings: &LogSettings, context: &ActionContext) {
                 step = %context.step,
                 fields = %fields,
                 "{}",
-                settings.message
+                message
             )
         };
     }
@@ -232,6 +236,21 @@ mod tests {
         let quiet = LogSettings::parse(&json!({"level": "trace", "message": "x"})).unwrap();
         let text = capture(|| write_log(&quiet, &context));
         assert!(text.contains("TRACE"), "{text}");
+    }
+
+    #[test]
+    fn masks_secrets_in_message_and_fields() {
+        let mut context = test_context();
+        context.redactor = crate::engine::Redactor::new(["hunter2-canary".to_string()]);
+        let settings = LogSettings::parse(&json!({
+            "message": "token is hunter2-canary",
+            "fields": {"auth": "Bearer hunter2-canary"}
+        }))
+        .unwrap();
+        let text = capture(|| write_log(&settings, &context));
+        assert!(!text.contains("hunter2-canary"), "{text}");
+        assert!(text.contains("token is ***"), "{text}");
+        assert!(text.contains(r#"auth="Bearer ***""#), "{text}");
     }
 
     #[tokio::test]

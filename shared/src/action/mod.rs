@@ -39,6 +39,9 @@ pub struct ActionContext {
     pub idempotency_key: String,
     /// Fires when the step is cancelled (timeout, a lost `parallel` race, execution cancel).
     pub cancel: CancellationToken,
+    /// Masks the runtime's secret values; actions that write logs (`log`) pass text through
+    /// it. Results are redacted by the runtime itself.
+    pub redactor: crate::engine::Redactor,
 }
 
 /// Why an action failed, and whether trying again may help.
@@ -177,6 +180,8 @@ pub mod file_read;
 pub mod file_write;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+pub mod http_guard;
 pub mod log;
 pub mod mqtt_publish;
 mod settings;
@@ -245,6 +250,7 @@ pub(crate) fn test_context() -> ActionContext {
         attempt: 1,
         idempotency_key: "01JTEST/s1".into(),
         cancel: CancellationToken::new(),
+        redactor: crate::engine::Redactor::default(),
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`machine`]: the pure, deterministic state machine ([`Machine`]).
 //! - `interpret`: DSL.md's step semantics, run by the machine.
 //! - [`backoff`]: retry delays with deterministic jitter.
+//! - [`redact`]: masks secret values in what is journaled, recorded and logged.
+//! - [`observe`]: the [`Observer`] hook (executions and steps as they start and end).
 //! - [`runtime`]: the driver — performs actions, timers, waits, calls and emits, journals
 //!   facts before side effects, recovers after a restart, enforces `concurrency`.
 
@@ -13,6 +15,8 @@ mod catalog;
 mod interpret;
 pub mod journal;
 pub mod machine;
+pub mod observe;
+pub mod redact;
 pub mod runtime;
 mod scope;
 
@@ -20,6 +24,8 @@ pub use catalog::Catalog;
 pub use interpret::resolve_inputs;
 pub use journal::*;
 pub use machine::{ActionCommand, Command, Completion, Machine};
+pub use observe::{Fanout, Observer, RuntimeEvent, StepEvent};
+pub use redact::Redactor;
 pub use runtime::{
     DedupeMark, EventBus, MarkRecord, Runtime, RuntimeConfig, Submission, SubmitError, Watch,
 };

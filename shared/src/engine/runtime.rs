@@ -31,6 +31,8 @@ use crate::{Map, Value};
 use super::catalog::Catalog;
 use super::journal::*;
 use super::machine::{ActionCommand, Command, Machine, glob_match};
+use super::observe::{Observer, RuntimeEvent, StepEvent};
+use super::redact::Redactor;
 use super::scope::{Environment, Globals, Locals, View};
 
 /// Capacity of each execution's inbox.
@@ -215,8 +217,9 @@ struct Inner {
     store: Arc<dyn Store>,
     actions: ActionRegistry,
     catalog: RwLock<Catalog>,
-    environment: Arc<Environment>,
+    lent: RwLock<Lent>,
     bus: Arc<dyn EventBus>,
+    observer: Option<Arc<dyn Observer>>,
     config: RuntimeConfig,
     permits: Arc<Semaphore>,
     running: Mutex<HashMap<ExecutionId, Running>>,
@@ -228,6 +231,22 @@ struct Inner {
     stats: Stats,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// The environment lent to executions and the redactor of its secrets, swapped together.
+#[derive(Clone)]
+struct Lent {
+    environment: Arc<Environment>,
+    redactor: Redactor,
+}
+
+impl Lent {
+    fn new(environment: Environment) -> Lent {
+        Lent {
+            redactor: Redactor::from_secrets(&environment.secrets),
+            environment: Arc::new(environment),
+        }
+    }
 }
 
 /// The engine's driver, shared by triggers, the API and the CLI. Cheap to clone.
@@ -262,8 +281,9 @@ impl Runtime {
                 store,
                 actions,
                 catalog: RwLock::new(Catalog::default()),
-                environment: Arc::new(environment),
+                lent: RwLock::new(Lent::new(environment)),
                 bus: Arc::new(NoBus),
+                observer: None,
                 permits: Arc::new(Semaphore::new(config.max_running.max(1))),
                 config,
                 running: Mutex::default(),
@@ -286,6 +306,54 @@ impl Runtime {
         Runtime {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Tells `observer` about executions and steps as they start and finish (the hub's live
+    /// stream and metrics). Call before starting. The observer must not block.
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Runtime {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            panic!("with_observer must be called before the runtime is shared")
+        });
+        inner.observer = Some(observer);
+        Runtime {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Replaces the secrets executions see as `secrets.NAME` (and the values redacted from
+    /// what is recorded). Executions already running keep the secrets they started with;
+    /// values already recorded stay masked.
+    pub fn set_secrets(&self, secrets: Map) {
+        let mut lent = self.inner.lent.write().unwrap_or_else(|p| p.into_inner());
+        let mut environment = Environment::clone(&lent.environment);
+        environment.secrets = Value::Object(secrets);
+        *lent = Lent::new(environment);
+    }
+
+    /// The redactor of the current secrets.
+    pub fn redactor(&self) -> Redactor {
+        self.lent().redactor
+    }
+
+    fn lent(&self) -> Lent {
+        self.inner
+            .lent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Executions recorded and waiting for a `concurrency` slot in this process.
+    pub fn queued(&self) -> usize {
+        lock(&self.inner.slots)
+            .values()
+            .map(|s| s.queue.len())
+            .sum()
+    }
+
+    /// Executions holding a run slot (running, or waiting on timers and events).
+    pub fn running(&self) -> usize {
+        lock(&self.inner.running).len()
     }
 
     /// Loads (or replaces) a workflow version.
@@ -319,8 +387,8 @@ impl Runtime {
 
     /// The allow-listed environment, secrets and device identity (triggers resolve their
     /// `secret` templates against it).
-    pub fn environment(&self) -> &Arc<Environment> {
-        &self.inner.environment
+    pub fn environment(&self) -> Arc<Environment> {
+        self.lent().environment
     }
 
     /// Whether every execution slot is taken: a new submission would wait.
@@ -343,12 +411,13 @@ impl Runtime {
         let wf = self
             .workflow(workflow, None)
             .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
-        if !admitted(&wf, &event, &inputs, &self.inner.environment)? {
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
             self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Submission::Skipped);
         }
         let id = ExecutionId::new();
-        let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
         self.start(wf, id, event, inputs, None, key, None).await
     }
 
@@ -364,12 +433,13 @@ impl Runtime {
         let wf = self
             .workflow(workflow, None)
             .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
-        if !admitted(&wf, &event, &inputs, &self.inner.environment)? {
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
             self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok((Submission::Skipped, None));
         }
         let id = ExecutionId::new();
-        let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.subscribers)
             .entry(id)
@@ -428,12 +498,13 @@ impl Runtime {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(Submission::Accepted(existing.execution));
         }
-        if !admitted(&wf, &event, &inputs, &self.inner.environment)? {
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
             self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Submission::Skipped);
         }
         let id = ExecutionId::new();
-        let key = concurrency_key(&wf, &event, &inputs, &self.inner.environment)?;
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
         let record = MarkRecord {
             execution: id,
             at: Timestamp::now(),
@@ -497,6 +568,11 @@ impl Runtime {
         if self.inner.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
+        let event_time = self.inner.observer.as_ref().and_then(|_| {
+            chrono::DateTime::parse_from_rfc3339(&event.time)
+                .ok()
+                .map(|t| Timestamp(t.timestamp_millis()))
+        });
         let started = Fact::Started {
             workflow: wf.name.to_string(),
             version: wf.version,
@@ -553,9 +629,16 @@ impl Runtime {
                 .await;
             }
             if record.status == ExecutionStatus::Queued {
+                let observed = self.inner.observer.as_ref().map(|_| record.clone());
                 let mut batch = vec![StoreWrite::Create { record, started }];
                 batch.extend(mark);
                 self.inner.store.write(batch).await?;
+                if let Some(record) = observed {
+                    self.observe(&RuntimeEvent::ExecutionStarted {
+                        record: &record,
+                        event_time,
+                    });
+                }
                 return Ok(Submission::Accepted(id));
             }
         }
@@ -564,7 +647,13 @@ impl Runtime {
             () = self.inner.shutdown.cancelled() => return Err(SubmitError::ShuttingDown),
             permit = self.inner.permits.clone().acquire_owned() => permit.map_err(|_| SubmitError::ShuttingDown)?,
         };
-        let machine = Machine::start(wf, id, &started, self.inner.environment.clone());
+        let machine = Machine::start(wf, id, &started, self.lent().environment);
+        if self.inner.observer.is_some() {
+            self.observe(&RuntimeEvent::ExecutionStarted {
+                record: &record,
+                event_time,
+            });
+        }
         let create = StoreWrite::Create {
             record: record.clone(),
             started,
@@ -684,16 +773,32 @@ impl Runtime {
         }
     }
 
-    /// Resumes every unfinished execution from its journal. Call once at start, after the
-    /// workflows are loaded.
+    /// Resumes every unfinished execution from its journal that this process does not drive
+    /// yet. Call at start, after the workflows are loaded; a store shared by several
+    /// processes (the hub's SQL journal) hands over the executions of processes that died, so
+    /// calling it again later adopts those (it is idempotent for this process' own work).
+    ///
+    /// Skipped: executions running here, and executions waiting here for a `concurrency`
+    /// slot (queued, or handed a slot and about to start). Because an execution is marked
+    /// running before its first write and its last write lands before it is unmarked, one
+    /// that is neither is re-read first: an execution that finished while this call ran is
+    /// not resumed from its stale journal. Queued executions are taken after the running
+    /// ones, and start at once when their slot has room. Returns how many it took up.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let unfinished = self.inner.store.unfinished().await?;
-        let count = unfinished.len();
+        let mut unfinished = self.inner.store.unfinished().await?;
+        // Running ones first, so that queued ones see the slots they occupy.
+        unfinished.sort_by_key(|(record, _)| record.status == ExecutionStatus::Queued);
+        let mut resumed = 0;
         for (record, journal) in unfinished {
-            // An execution submitted while recovery ran is already driven by its own task.
-            if lock(&self.inner.running).contains_key(&record.id) {
+            if self.drives(&record) {
                 continue;
             }
+            // The list may predate this execution's end here.
+            match self.inner.store.execution(record.id).await? {
+                Some(fresh) if fresh.finished_at.is_none() && !self.drives(&fresh) => {}
+                _ => continue,
+            }
+            resumed += 1;
             let Some(wf) = self.workflow(&record.workflow, Some(record.version)) else {
                 let mut failed = record.clone();
                 failed.status = ExecutionStatus::Failed;
@@ -711,10 +816,12 @@ impl Runtime {
                     .await?;
                 continue;
             };
-            if let (Some(_), Some(key)) = (&wf.concurrency, &record.concurrency_key) {
+            if let (Some(concurrency), Some(key)) = (&wf.concurrency, &record.concurrency_key) {
                 let mut slots = lock(&self.inner.slots);
                 let slot = slots.entry((wf.name.to_string(), key.clone())).or_default();
-                if record.status == ExecutionStatus::Queued {
+                if record.status == ExecutionStatus::Queued
+                    && slot.running.len() >= concurrency.limit.max(1) as usize
+                {
                     slot.queue.push_back(record.id);
                     continue;
                 }
@@ -722,7 +829,23 @@ impl Runtime {
             }
             self.resume(wf, record, journal).await?;
         }
-        Ok(count)
+        Ok(resumed)
+    }
+
+    /// Whether this process drives `record` already: running, or holding or awaiting a
+    /// concurrency slot.
+    fn drives(&self, record: &ExecutionRecord) -> bool {
+        if lock(&self.inner.running).contains_key(&record.id) {
+            return true;
+        }
+        let Some(key) = &record.concurrency_key else {
+            return false;
+        };
+        lock(&self.inner.slots)
+            .get(&(record.workflow.clone(), key.clone()))
+            .is_some_and(|slot| {
+                slot.running.contains(&record.id) || slot.queue.contains(&record.id)
+            })
     }
 
     async fn resume(
@@ -731,8 +854,7 @@ impl Runtime {
         mut record: ExecutionRecord,
         journal: Vec<Fact>,
     ) -> Result<(), StoreError> {
-        let Some(machine) =
-            Machine::replay(wf, record.id, &journal, self.inner.environment.clone())
+        let Some(machine) = Machine::replay(wf, record.id, &journal, self.lent().environment)
         else {
             return Err(StoreError::Corrupt(format!(
                 "execution {} has no start fact",
@@ -773,7 +895,14 @@ impl Runtime {
         self.inner.tasks.wait().await;
     }
 
+    fn observe(&self, event: &RuntimeEvent<'_>) {
+        if let Some(observer) = &self.inner.observer {
+            observer.observe(event);
+        }
+    }
+
     fn finished(&self, record: &ExecutionRecord) {
+        self.observe(&RuntimeEvent::ExecutionFinished { record });
         let stats = &self.inner.stats;
         match record.status {
             ExecutionStatus::Succeeded => stats.succeeded.fetch_add(1, Ordering::Relaxed),
@@ -853,12 +982,12 @@ fn admitted(
     wf: &Workflow,
     event: &Event,
     inputs: &Value,
-    environment: &Arc<Environment>,
+    lent: &Lent,
 ) -> Result<bool, SubmitError> {
     if wf.when.is_none() && wf.unless.is_none() {
         return Ok(true);
     }
-    let globals = event_globals(wf, event, inputs, environment);
+    let globals = event_globals(wf, event, inputs, &lent.environment);
     let locals = Locals::default();
     let view = View {
         globals: &globals,
@@ -867,7 +996,7 @@ fn admitted(
     if let Some(when) = &wf.when {
         let ok = when.eval_bool(&view).map_err(|e| SubmitError::Expression {
             what: "if",
-            message: e.message,
+            message: lent.redactor.redact_str(&e.message),
         })?;
         if !ok {
             return Ok(false);
@@ -878,7 +1007,7 @@ fn admitted(
             .eval_bool(&view)
             .map_err(|e| SubmitError::Expression {
                 what: "unless",
-                message: e.message,
+                message: lent.redactor.redact_str(&e.message),
             })?;
         if hit {
             return Ok(false);
@@ -891,7 +1020,7 @@ fn concurrency_key(
     wf: &Workflow,
     event: &Event,
     inputs: &Value,
-    environment: &Arc<Environment>,
+    lent: &Lent,
 ) -> Result<Option<String>, SubmitError> {
     let Some(concurrency) = &wf.concurrency else {
         return Ok(None);
@@ -899,7 +1028,7 @@ fn concurrency_key(
     let Some(template) = &concurrency.key else {
         return Ok(Some(String::new()));
     };
-    let globals = event_globals(wf, event, inputs, environment);
+    let globals = event_globals(wf, event, inputs, &lent.environment);
     let locals = Locals::default();
     let value = template
         .eval(&View {
@@ -908,7 +1037,7 @@ fn concurrency_key(
         })
         .map_err(|e| SubmitError::Expression {
             what: "concurrency key",
-            message: e.message,
+            message: lent.redactor.redact_str(&e.message),
         })?;
     Ok(Some(match value {
         Value::String(s) => s,
@@ -1179,6 +1308,7 @@ impl Driver {
             self.record.error = completion.error.clone();
             self.record.finished_at = Some(Timestamp::now());
             self.record.steps = self.machine.step_records();
+            self.runtime.redactor().redact_record(&mut self.record);
             self.buffer.push(StoreWrite::Update(self.record.clone()));
         }
         launches
@@ -1297,6 +1427,7 @@ async fn perform(
             format!("unknown action {:?}", command.action),
         ));
     };
+    let redactor = runtime.redactor();
     let context = ActionContext {
         execution: record.id.to_string(),
         workflow: record.workflow.clone(),
@@ -1304,11 +1435,26 @@ async fn perform(
         attempt: command.attempt,
         idempotency_key: command.idempotency_key.clone(),
         cancel,
+        redactor: redactor.clone(),
     };
-    match action.execute(command.input.clone(), &context).await {
+    let step = |phase| StepEvent {
+        execution: record.id,
+        workflow: &record.workflow,
+        step: &command.step,
+        action: &command.action,
+        attempt: command.attempt,
+        phase,
+    };
+    runtime.observe(&RuntimeEvent::Step(step(None)));
+    let began = std::time::Instant::now();
+    let mut outcome = match action.execute(command.input.clone(), &context).await {
         Ok(output) => Outcome::Succeeded(output),
         Err(error) => Outcome::Failed(action_error(&command.action, error)),
-    }
+    };
+    // Before the outcome becomes a fact: the journal, the machine and replay all see it masked.
+    redactor.redact_outcome(&mut outcome);
+    runtime.observe(&RuntimeEvent::Step(step(Some((&outcome, began.elapsed())))));
+    outcome
 }
 
 fn action_error(kind: &str, error: ActionError) -> ErrorInfo {

@@ -8,6 +8,8 @@
 //!   durably recorded (at least once), bounded concurrent submissions.
 //! - [`publisher`]: [`RumqttPublisher`] — one lazily connected client per broker; QoS ≥ 1
 //!   publishes return after the broker's PUBACK / PUBCOMP.
+//! - `factory`: [`MqttTriggers`] — the light triggers plus `mqtt`, a
+//!   [`crate::trigger::TriggerFactory`] for [`crate::deploy::ActiveWorkflows`].
 //!
 //! Each client runs rumqttc's event loop in a future of its own that is never cancelled
 //! mid-poll (except when the connection is being abandoned), and talks to the rest over
@@ -15,6 +17,7 @@
 //! drain it.
 
 mod connection;
+mod factory;
 pub mod publisher;
 pub mod settings;
 pub mod trigger;
@@ -23,6 +26,7 @@ pub mod trigger;
 mod tests;
 
 pub use connection::{BACKOFF_INITIAL, BACKOFF_MAX, Backoff};
+pub use factory::MqttTriggers;
 pub use publisher::RumqttPublisher;
 pub use settings::{
     BrokerLookupError, MqttBrokers, MqttConfig, MqttConnectionConfig, MqttSettings,

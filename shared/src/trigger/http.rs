@@ -206,6 +206,15 @@ impl HttpRoutes {
             .map(|r| r.settings.max_body.unwrap_or(DEFAULT_MAX_BODY))
     }
 
+    /// Whether the route at (method, path) checks credentials of its own (`auth` other than
+    /// `none`, or `verify`); `None` when no route answers that pair. A server that puts its
+    /// own authentication in front of unprotected routes asks this first.
+    pub fn has_own_auth(&self, method: &str, path: &str) -> Option<bool> {
+        self.find(method, path)
+            .ok()
+            .map(|r| r.settings.auth != HttpAuth::None || r.settings.verify.is_some())
+    }
+
     fn find(&self, method: &str, path: &str) -> Result<Arc<Route>, Option<Vec<String>>> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         let routes = table.get(path).ok_or(None)?;
@@ -358,7 +367,8 @@ impl HttpRoutes {
             .secret
             .as_ref()
             .ok_or("the trigger has no secret")?;
-        let scope = SecretScope(self.runtime.environment());
+        let environment = self.runtime.environment();
+        let scope = SecretScope(&environment);
         match template.eval(&scope) {
             Ok(Value::String(s)) if !s.is_empty() => Ok(s),
             Ok(Value::String(_) | Value::Null) => Err("the secret is empty".into()),
@@ -670,6 +680,18 @@ steps:
             .find(|(_, m, p, _)| m == "POST" && p == "/echo");
         assert_eq!(echo.unwrap().3.snapshot().shed, 1);
         routes.runtime.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn own_auth_is_reported_per_route() {
+        let routes = routes_for(&[ECHO], 16);
+        assert_eq!(routes.has_own_auth("POST", "/echo"), Some(false));
+        assert_eq!(routes.has_own_auth("put", "/echo"), Some(false));
+        for path in ["/token", "/hmac", "/github", "/stripe", "/slack"] {
+            assert_eq!(routes.has_own_auth("POST", path), Some(true), "{path}");
+        }
+        assert_eq!(routes.has_own_auth("GET", "/echo"), None);
+        assert_eq!(routes.has_own_auth("POST", "/nowhere"), None);
     }
 
     #[tokio::test]

@@ -137,10 +137,55 @@ pub trait Trigger: Send + 'static {
     async fn run(self: Box<Self>, context: TriggerContext) -> Result<(), TriggerError>;
 }
 
-/// Builds the trigger for one `triggers:` entry. `http` entries return `None`: the HTTP
-/// server routes them (see [`http::HttpRoutes`]).
-pub type TriggerFactory =
-    dyn Fn(&TriggerSpec) -> Result<Option<Box<dyn Trigger>>, TriggerError> + Send + Sync;
+/// Builds the trigger of one `triggers:` entry: the `index`-th entry of `workflow`'s
+/// `triggers:` list. `Ok(None)`: the trigger has no task of its own (`http` entries are routed
+/// by [`HttpRoutes`], `event` entries by [`EventRouter`]). Called once when a workflow is
+/// installed (to validate and learn whether there is a task) and again for every (re)start of
+/// the task, so it must be cheap and side-effect free.
+///
+/// Pluggable: core offers [`LightTriggers`]; the agent adds `mqtt`
+/// (`crate::mqtt::MqttTriggers`); the hub adds its broker and database triggers and may wrap
+/// the triggers it builds (leader gating).
+pub trait TriggerFactory: Send + Sync + 'static {
+    fn build(
+        &self,
+        workflow: &str,
+        index: usize,
+        spec: &TriggerSpec,
+    ) -> Result<Option<Box<dyn Trigger>>, TriggerError>;
+}
+
+impl<F> TriggerFactory for F
+where
+    F: Fn(&str, usize, &TriggerSpec) -> Result<Option<Box<dyn Trigger>>, TriggerError>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn build(
+        &self,
+        workflow: &str,
+        index: usize,
+        spec: &TriggerSpec,
+    ) -> Result<Option<Box<dyn Trigger>>, TriggerError> {
+        self(workflow, index, spec)
+    }
+}
+
+/// The [`TriggerFactory`] of the light triggers ([`build_light`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LightTriggers;
+
+impl TriggerFactory for LightTriggers {
+    fn build(
+        &self,
+        _workflow: &str,
+        _index: usize,
+        spec: &TriggerSpec,
+    ) -> Result<Option<Box<dyn Trigger>>, TriggerError> {
+        build_light(spec)
+    }
+}
 
 /// Builds the light triggers (`cron`, `interval`, `startup`, `file`). `http` (routed by
 /// [`HttpRoutes`]) and `event` (routed by [`EventRouter`]) return `None`: they have no task of

@@ -192,18 +192,20 @@ impl Supervisor {
         }
     }
 
-    /// Builds the trigger for `spec` with `factory` and runs it under `name`, rebuilding it
-    /// for every restart. `Ok(None)`: the factory has no task for this trigger (`http`,
-    /// `event`). Settings errors are returned at once.
+    /// Builds the trigger for `spec` (entry `index` of `workflow`'s `triggers:`) with
+    /// `factory` and runs it under `name`, rebuilding it for every restart. `Ok(None)`: the
+    /// factory has no task for this trigger (`http`, `event`). Settings errors are returned at
+    /// once.
     pub fn spawn_trigger(
         &self,
         name: &str,
         workflow: &str,
+        index: usize,
         runtime: &Runtime,
         spec: &TriggerSpec,
-        factory: Arc<TriggerFactory>,
+        factory: Arc<dyn TriggerFactory>,
     ) -> Result<Option<Arc<TriggerStats>>, TriggerError> {
-        let Some(first) = factory(spec)? else {
+        let Some(first) = factory.build(workflow, index, spec)? else {
             return Ok(None);
         };
         let stats = Arc::new(TriggerStats::default());
@@ -216,7 +218,9 @@ impl Supervisor {
         self.spawn(name, stats.clone(), move |cancel| {
             let trigger = match first.take() {
                 Some(trigger) => Ok(trigger),
-                None => factory(&spec).and_then(|t| t.ok_or(TriggerError::Unsupported(kind))),
+                None => factory
+                    .build(&workflow, index, &spec)
+                    .and_then(|t| t.ok_or(TriggerError::Unsupported(kind))),
             };
             let context = TriggerContext {
                 workflow: workflow.clone(),
@@ -426,13 +430,20 @@ mod tests {
         );
         let wf = runtime.workflow("boot", None).unwrap();
         let supervisor = Supervisor::default();
-        let factory: Arc<TriggerFactory> = Arc::new(super::super::build_light);
+        let factory: Arc<dyn TriggerFactory> = Arc::new(super::super::LightTriggers);
         let stats = supervisor
-            .spawn_trigger("boot/0", "boot", &runtime, &wf.triggers[0], factory.clone())
+            .spawn_trigger(
+                "boot/0",
+                "boot",
+                0,
+                &runtime,
+                &wf.triggers[0],
+                factory.clone(),
+            )
             .unwrap()
             .unwrap();
         let none = supervisor
-            .spawn_trigger("boot/1", "boot", &runtime, &wf.triggers[1], factory)
+            .spawn_trigger("boot/1", "boot", 1, &runtime, &wf.triggers[1], factory)
             .unwrap();
         assert!(none.is_none());
         assert_eq!(

@@ -1,7 +1,10 @@
 //! A real process for the crash test: runs many multi-step executions against a redb journal
 //! and is SIGKILLed at random moments by `tests/crash.rs`.
 //!
-//! Usage: `crash-worker DB LEDGER TOTAL INCARNATION`. It recovers what the journal holds,
+//! Usage: `crash-worker STORE LEDGER TOTAL INCARNATION`, STORE being a redb file path,
+//! `sqlite:PATH` (the hub's SQL store on a SQLite file) or `postgres://…` (the hub's SQL store
+//! on PostgreSQL; each incarnation is a new hub instance with a short lease, and adopts what
+//! killed ones left once their lease lapses). It recovers what the journal holds,
 //! submits executions until TOTAL exist, waits for all to finish, prints `done` and exits 0.
 //! The `ledger` action appends `INCARNATION KEY ATTEMPT` to LEDGER and fsyncs: a real side
 //! effect whose duplicates the test can count.
@@ -18,6 +21,7 @@ use reactor_core::action::{
 use reactor_core::dsl::Parser;
 use reactor_core::engine::{Environment, Event, Runtime, RuntimeConfig};
 use reactor_core::store::{ExecutionQuery, RedbOptions, RedbStore, Retention, Store};
+use reactor_hub::db::{Database, HubInstance, SqlStore};
 use serde_json::{Value, json};
 
 static LEDGER_SPEC: ActionSpec = ActionSpec {
@@ -81,11 +85,11 @@ steps:
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, db, ledger, total, incarnation] = args.as_slice() else {
-        anyhow::bail!("usage: crash-worker DB LEDGER TOTAL INCARNATION");
+        anyhow::bail!("usage: crash-worker STORE LEDGER TOTAL INCARNATION");
     };
     let total: usize = total.parse().context("TOTAL")?;
     let incarnation: u32 = incarnation.parse().context("INCARNATION")?;
-    let store = Arc::new(RedbStore::open(db, RedbOptions::default()).context("open journal")?);
+    let (store, journal) = open_store(db).await?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -113,6 +117,7 @@ async fn main() -> Result<()> {
     let runtime = Runtime::new(store.clone(), actions, Environment::empty(), config);
     runtime.load(workflow);
     runtime.recover().await.context("recover")?;
+    let mut last_recover = std::time::Instant::now();
 
     let existing = store
         .executions(&ExecutionQuery {
@@ -155,10 +160,59 @@ async fn main() -> Result<()> {
         if all.len() >= total && all.iter().all(|r| r.status.is_finished()) {
             break;
         }
+        // On PostgreSQL, executions of killed incarnations are adopted once their lease
+        // lapses: recover periodically, as the hub does.
+        if matches!(journal, Journal::Sql { .. })
+            && last_recover.elapsed() > Duration::from_millis(200)
+        {
+            runtime.recover().await.context("recover")?;
+            last_recover = std::time::Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     runtime.shutdown().await;
-    store.close().await?;
+    match journal {
+        Journal::Redb(redb) => redb.close().await?,
+        Journal::Sql { instance, .. } => instance.release().await?,
+    }
     println!("done");
     Ok(())
+}
+
+/// The store behind STORE, and what closing it needs.
+enum Journal {
+    Redb(Arc<RedbStore>),
+    Sql {
+        instance: Arc<HubInstance>,
+        _heartbeat: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// A lease this short lets the next incarnations adopt a killed one's executions quickly.
+const LEASE: Duration = Duration::from_millis(1_000);
+
+async fn open_store(spec: &str) -> Result<(Arc<dyn Store>, Journal)> {
+    let db = if let Some(path) = spec.strip_prefix("sqlite:") {
+        Database::open_sqlite(std::path::Path::new(path)).await?
+    } else if spec.starts_with("postgres://") {
+        Database::open_postgres(spec).await?
+    } else {
+        let redb = Arc::new(RedbStore::open(spec, RedbOptions::default()).context("open journal")?);
+        return Ok((redb.clone(), Journal::Redb(redb)));
+    };
+    db.migrate().await.context("migrate")?;
+    let instance = Arc::new(
+        HubInstance::register(&db, LEASE)
+            .await
+            .context("register")?,
+    );
+    let heartbeat = instance.spawn_heartbeat(LEASE / 4);
+    let store = Arc::new(SqlStore::new(db, instance.id()));
+    Ok((
+        store,
+        Journal::Sql {
+            instance,
+            _heartbeat: heartbeat,
+        },
+    ))
 }

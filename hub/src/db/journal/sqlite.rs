@@ -1,0 +1,377 @@
+//! The journal's statements on SQLite. Write transactions start with `BEGIN IMMEDIATE`: they
+//! take the file's write lock up front, so a read-then-write transaction never fails on a
+//! lock upgrade.
+
+use std::collections::HashMap;
+
+use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
+use reactor_core::store::{Retention, StoreError, StoreWrite};
+use sqlx::sqlite::SqlitePool;
+use sqlx::{Row as _, Sqlite, SqliteConnection, Transaction};
+
+use super::plan::{self, Plan, Stored};
+use super::{Bind, ExecutionFilter, Failure, PRUNE_CHUNK, age_cut, decode_fact, decode_record, io};
+
+async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+pub(super) async fn commit(
+    pool: &SqlitePool,
+    group: &[Vec<StoreWrite>],
+    me: &str,
+) -> Result<Vec<Result<(), StoreError>>, Failure> {
+    let mut tx = begin(pool).await.map_err(Failure::Rolledback)?;
+    let plan = async {
+        let stored = load(&mut tx, &plan::touched(group)).await?;
+        let plan = plan::plan(group, stored, me);
+        if !plan.is_empty() {
+            apply(&mut tx, &plan).await?;
+        }
+        Ok::<_, sqlx::Error>(plan)
+    }
+    .await
+    .map_err(Failure::Rolledback)?;
+    tx.commit().await.map_err(Failure::Commit)?;
+    Ok(plan.outcomes)
+}
+
+async fn load(
+    conn: &mut SqliteConnection,
+    ids: &[String],
+) -> Result<HashMap<String, Stored>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    let rows = sqlx::query(
+        "SELECT id, next_seq, owner, finished_at IS NOT NULL FROM executions \
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let next_seq: i64 = row.try_get(1)?;
+        stored.insert(
+            row.try_get::<String, _>(0)?,
+            Stored {
+                next_seq: u32::try_from(next_seq).unwrap_or(u32::MAX),
+                owner: row.try_get(2)?,
+                finished: row.try_get(3)?,
+            },
+        );
+    }
+    Ok(stored)
+}
+
+/// Rows per multi-row INSERT, largest first: a few fixed shapes keep the prepared-statement
+/// cache small while a big group needs few statements (each one is a round trip to the
+/// connection's worker thread).
+const INSERT_SHAPES: [usize; 4] = [64, 16, 4, 1];
+
+/// Splits `len` rows into statement shapes from [`INSERT_SHAPES`].
+fn shapes(mut len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    for shape in INSERT_SHAPES {
+        while len >= shape {
+            out.push(shape);
+            len -= shape;
+        }
+    }
+    out
+}
+
+/// `INSERT INTO {head} VALUES (?, …), …` for `rows` rows of `columns` values.
+fn insert_sql(head: &str, columns: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!("INSERT INTO {head} VALUES {}", vec![row; rows].join(", "))
+}
+
+async fn apply(conn: &mut SqliteConnection, plan: &Plan) -> Result<(), sqlx::Error> {
+    let inserts: Vec<_> = plan
+        .inserts
+        .iter()
+        .filter_map(|row| row.summary.as_ref().map(|summary| (row, summary)))
+        .collect();
+    let mut rest = inserts.as_slice();
+    for shape in shapes(inserts.len()) {
+        let (chunk, tail) = rest.split_at(shape);
+        rest = tail;
+        let sql = insert_sql(
+            "executions (id, workflow, status, created_at, finished_at, device, owner, next_seq, record)",
+            9,
+            shape,
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (row, summary) in chunk {
+            query = query
+                .bind(&row.id)
+                .bind(&summary.workflow)
+                .bind(summary.status)
+                .bind(summary.created_at)
+                .bind(summary.finished_at)
+                .bind(&summary.device)
+                .bind(&row.owner)
+                .bind(row.next_seq)
+                .bind(&summary.record);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for row in &plan.updates {
+        match &row.summary {
+            Some(summary) => {
+                sqlx::query(
+                    "UPDATE executions SET workflow = ?2, status = ?3, created_at = ?4, \
+                     finished_at = ?5, owner = ?6, next_seq = ?7, record = ?8 WHERE id = ?1",
+                )
+                .bind(&row.id)
+                .bind(&summary.workflow)
+                .bind(summary.status)
+                .bind(summary.created_at)
+                .bind(summary.finished_at)
+                .bind(&row.owner)
+                .bind(row.next_seq)
+                .bind(&summary.record)
+                .execute(&mut *conn)
+                .await?;
+            }
+            None => {
+                sqlx::query("UPDATE executions SET owner = ?2, next_seq = ?3 WHERE id = ?1")
+                    .bind(&row.id)
+                    .bind(&row.owner)
+                    .bind(row.next_seq)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    let mut rest = plan.facts.as_slice();
+    for shape in shapes(plan.facts.len()) {
+        let (chunk, tail) = rest.split_at(shape);
+        rest = tail;
+        let sql = insert_sql("journal (execution, seq, fact)", 3, shape);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, seq, fact) in chunk {
+            query = query.bind(id).bind(seq).bind(fact);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for (key, value) in &plan.meta_put {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for key in &plan.meta_delete {
+        sqlx::query("DELETE FROM meta WHERE key = ?1")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Claims this instance's unfinished executions and those of instances whose lease expired
+/// (or that are gone), then reads them with their journals — one write transaction, so two
+/// processes on one file never both claim an execution.
+pub(super) async fn claim_unfinished(
+    pool: &SqlitePool,
+    me: &str,
+) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
+    let claimed = async {
+        let mut tx = begin(pool).await?;
+        sqlx::query(
+            "UPDATE executions SET owner = ?1 WHERE finished_at IS NULL \
+             AND (owner IS NULL OR (owner <> ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM hub_instances h WHERE h.id = executions.owner AND h.lease_until >= ?2)))",
+        )
+        .bind(me)
+        .bind(Timestamp::now().millis())
+        .execute(&mut *tx)
+        .await?;
+        let records = sqlx::query(
+            "SELECT id, record FROM executions WHERE finished_at IS NULL AND owner = ?1 ORDER BY id",
+        )
+        .bind(me)
+        .fetch_all(&mut *tx)
+        .await?;
+        let facts = sqlx::query(
+            "SELECT j.execution, j.seq, j.fact FROM journal j JOIN executions e ON e.id = j.execution \
+             WHERE e.finished_at IS NULL AND e.owner = ?1 ORDER BY j.execution, j.seq",
+        )
+        .bind(me)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>((records, facts))
+    }
+    .await
+    .map_err(|err| io("claim unfinished executions", &err))?;
+    let (records, facts) = claimed;
+    let mut decoded = Vec::with_capacity(records.len());
+    for row in records {
+        let id: String = row.try_get(0).map_err(|e| io("read", &e))?;
+        let json: String = row.try_get(1).map_err(|e| io("read", &e))?;
+        let record = decode_record(&id, &json)?;
+        decoded.push((id, record));
+    }
+    let mut journal = Vec::with_capacity(facts.len());
+    for row in facts {
+        let id: String = row.try_get(0).map_err(|e| io("read", &e))?;
+        let seq: i64 = row.try_get(1).map_err(|e| io("read", &e))?;
+        let json: String = row.try_get(2).map_err(|e| io("read", &e))?;
+        let fact = decode_fact(&id, seq, &json)?;
+        journal.push((id, fact));
+    }
+    Ok(super::with_journals(decoded, journal))
+}
+
+pub(super) async fn execution(
+    pool: &SqlitePool,
+    id: ExecutionId,
+) -> Result<Option<ExecutionRecord>, StoreError> {
+    let id = id.to_string();
+    let json: Option<String> = sqlx::query_scalar("SELECT record FROM executions WHERE id = ?1")
+        .bind(&id)
+        .fetch_optional(pool)
+        .await
+        .map_err(|err| io("read execution", &err))?;
+    json.map(|json| decode_record(&id, &json)).transpose()
+}
+
+pub(super) async fn journal(pool: &SqlitePool, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+    let id = id.to_string();
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, fact FROM journal WHERE execution = ?1 ORDER BY seq")
+            .bind(&id)
+            .fetch_all(pool)
+            .await
+            .map_err(|err| io("read journal", &err))?;
+    rows.iter()
+        .map(|(seq, json)| decode_fact(&id, *seq, json))
+        .collect()
+}
+
+pub(super) async fn meta(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    sqlx::query_scalar("SELECT value FROM meta WHERE key = ?1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .map_err(|err| io("read meta", &err))
+}
+
+pub(super) async fn list(
+    pool: &SqlitePool,
+    filter: &ExecutionFilter,
+) -> Result<Vec<ExecutionRecord>, StoreError> {
+    let (sql, binds) = super::list_sql(filter, |n| format!("?{n}"));
+    let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
+    for bind in binds {
+        query = match bind {
+            Bind::Text(text) => query.bind(text),
+            Bind::Int(int) => query.bind(int),
+        };
+    }
+    let rows = query
+        .fetch_all(pool)
+        .await
+        .map_err(|err| io("list executions", &err))?;
+    rows.iter()
+        .map(|(id, json)| decode_record(id, json))
+        .collect()
+}
+
+/// Removes finished executions beyond `retention`, [`PRUNE_CHUNK`] per transaction, then
+/// gives the freed pages back to the file system (`incremental_vacuum`) so the file stays
+/// bounded under a steady retention.
+pub(super) async fn prune(
+    pool: &SqlitePool,
+    retention: Retention,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let removed = prune_rows(pool, retention, now)
+        .await
+        .map_err(|err| io("prune", &err))?;
+    if removed > 0 {
+        sqlx::query("PRAGMA incremental_vacuum")
+            .execute(pool)
+            .await
+            .map_err(|err| io("incremental vacuum", &err))?;
+    }
+    Ok(removed)
+}
+
+async fn prune_rows(
+    pool: &SqlitePool,
+    retention: Retention,
+    now: Timestamp,
+) -> Result<usize, sqlx::Error> {
+    let keep = i64::try_from(retention.keep).unwrap_or(i64::MAX);
+    // The newest finished execution beyond `keep`: it and everything older go.
+    let cut: Option<(i64, String)> = sqlx::query_as(
+        "SELECT finished_at, id FROM executions WHERE finished_at IS NOT NULL \
+         ORDER BY finished_at DESC, id DESC LIMIT 1 OFFSET ?1",
+    )
+    .bind(keep)
+    .fetch_optional(pool)
+    .await?;
+    let (cut_time, cut_id) = cut.unwrap_or((i64::MIN, String::new()));
+    let old = age_cut(retention, now).unwrap_or(i64::MIN);
+    let mut removed = 0;
+    loop {
+        let mut tx = begin(pool).await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE finished_at IS NOT NULL \
+             AND ((finished_at, id) <= (?1, ?2) OR finished_at < ?3) \
+             ORDER BY finished_at, id LIMIT ?4",
+        )
+        .bind(cut_time)
+        .bind(&cut_id)
+        .bind(old)
+        .bind(i64::try_from(PRUNE_CHUNK).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            tx.rollback().await?;
+            break;
+        }
+        let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+        sqlx::query("DELETE FROM journal WHERE execution IN (SELECT value FROM json_each(?1))")
+            .bind(&ids_json)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM executions WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(&ids_json)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        removed += ids.len();
+        if ids.len() < PRUNE_CHUNK {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{insert_sql, shapes};
+
+    #[test]
+    fn groups_are_cut_into_few_statement_shapes() {
+        assert_eq!(shapes(0), Vec::<usize>::new());
+        assert_eq!(shapes(3), vec![1, 1, 1]);
+        assert_eq!(shapes(150), vec![64, 64, 16, 4, 1, 1]);
+        assert_eq!(shapes(150).iter().sum::<usize>(), 150);
+        assert_eq!(
+            insert_sql("t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+    }
+}

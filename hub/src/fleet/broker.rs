@@ -1,0 +1,110 @@
+//! The embedded broker: rumqttd on a loopback port nobody but the hub can log into (a random
+//! internal user and password). Devices never reach it directly: they connect to the
+//! [`super::gateway`], which checks identity and topics and forwards to this broker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use super::registry::random_secret;
+
+/// Largest MQTT packet the broker and the gateway accept: a frame (2 MiB) plus the topic and
+/// the packet's header.
+pub const MAX_PACKET: usize = reactor_core::sync::envelope::MAX_FRAME_BYTES + 4096;
+
+/// The broker's internal login.
+#[derive(Clone)]
+pub struct InternalLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for InternalLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalLogin")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// A running embedded broker (its threads live as long as the process).
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    /// Where the broker listens (loopback).
+    pub addr: SocketAddr,
+    /// The only login it accepts.
+    pub login: InternalLogin,
+}
+
+/// The broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("the embedded MQTT broker could not start: {0}")]
+pub struct BrokerError(pub String);
+
+impl EmbeddedBroker {
+    /// Starts rumqttd on 127.0.0.1 with a free port, for at most `max_connections` clients.
+    pub fn start(max_connections: usize) -> Result<EmbeddedBroker, BrokerError> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BrokerError(e.to_string()))?;
+        let login = InternalLogin {
+            username: random_secret("hub-").map_err(|e| BrokerError(e.to_string()))?,
+            password: random_secret("").map_err(|e| BrokerError(e.to_string()))?,
+        };
+        let server = ServerSettings {
+            name: "reactor-internal".into(),
+            listen: addr,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections: ConnectionSettings {
+                connection_timeout_ms: 10_000,
+                max_payload_size: MAX_PACKET,
+                max_inflight_count: 500,
+                auth: Some(HashMap::from([(
+                    login.username.clone(),
+                    login.password.clone(),
+                )])),
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        };
+        let config = Config {
+            id: 0,
+            router: RouterConfig {
+                max_connections: max_connections + 16,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 100 * 1024 * 1024,
+                max_segment_count: 10,
+                ..RouterConfig::default()
+            },
+            v4: Some(HashMap::from([("internal".to_string(), server)])),
+            ..Config::default()
+        };
+        let mut broker = Broker::new(config);
+        std::thread::Builder::new()
+            .name("reactor-broker".into())
+            .spawn(move || {
+                if let Err(error) = broker.start() {
+                    tracing::error!(%error, "the embedded MQTT broker stopped");
+                }
+            })
+            .map_err(|e| BrokerError(e.to_string()))?;
+        Ok(EmbeddedBroker { addr, login })
+    }
+
+    /// Waits until the broker accepts TCP connections (up to `within`).
+    pub async fn ready(&self, within: std::time::Duration) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError(format!("nothing listens on {}", self.addr)));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

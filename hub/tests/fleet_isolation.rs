@@ -1,0 +1,395 @@
+//! Device isolation on the embedded broker: the hub's device endpoint in front of rumqttd,
+//! driven with real MQTT clients (rumqttc, and raw MQTT 3.1.1 packets for what rumqttc
+//! refuses to send). An observer logged into the broker itself with the hub's internal login
+//! sees every message; it must never see an attacker's publish, and an attacker must never
+//! receive anything outside its own prefix. Every attempt must be refused (100 %).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use reactor_hub::config::FleetConfig;
+use reactor_hub::db::Database;
+use reactor_hub::fleet::registry;
+use rumqttc::mqttbytes::v4::{Connect, LastWill, Login, Packet, Publish};
+use rumqttc::mqttbytes::{Protocol, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A CONNECT to refuse: client id, login, last-will topic.
+type BadConnect = (String, Option<(String, String)>, Option<String>);
+
+struct Fleet {
+    addr: std::net::SocketAddr,
+    devices: Vec<(String, String)>,
+    /// Every (topic, payload) the broker carried, seen by the observer.
+    seen: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    observer: AsyncClient,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(None, dir.path()).await.unwrap();
+    db.migrate().await.unwrap();
+    let mut devices = Vec::new();
+    for name in ["alpha", "beta"] {
+        let token = registry::add_device(&db, name, &Default::default(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let enrolled = registry::enroll(&db, &token).await.unwrap();
+        devices.push((name.to_string(), enrolled.credential));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stop = CancellationToken::new();
+    let config = FleetConfig {
+        mqtt_listen: Some(addr),
+        ..FleetConfig::default()
+    };
+    let broker = reactor_hub::fleet::start_endpoint(&config, &db, stop.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    // The observer: the broker's own login, everything.
+    let mut options = MqttOptions::new("observer", "127.0.0.1", broker.addr.port());
+    options.set_credentials(broker.login.username.clone(), broker.login.password.clone());
+    options.set_max_packet_size(4 << 20, 4 << 20);
+    let (observer, mut events) = AsyncClient::new(options, 100);
+    observer.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    let (tx, seen) = mpsc::unbounded_channel();
+    let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = subscribed_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed.recv())
+        .await
+        .unwrap();
+    Fleet {
+        addr,
+        devices,
+        seen,
+        observer,
+        stop,
+        _dir: dir,
+    }
+}
+
+/// A raw MQTT 3.1.1 session: CONNECT, then the CONNACK's return code (0 = accepted).
+async fn raw_connect(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+    will: Option<&str>,
+) -> (TcpStream, Option<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut connect = Connect::new(client_id);
+    connect.protocol = Protocol::V4;
+    connect.login = login.map(|(u, p)| Login::new(u, p));
+    connect.last_will = will.map(|topic| LastWill::new(topic, "gone", QoS::AtLeastOnce, true));
+    send(&mut stream, Packet::Connect(connect)).await;
+    let code = match read(&mut stream).await {
+        Some(Packet::ConnAck(ack)) => Some(ack.code as u8),
+        _ => None,
+    };
+    (stream, code)
+}
+
+async fn send(stream: &mut TcpStream, packet: Packet) {
+    let mut out = BytesMut::new();
+    packet.write(&mut out, 8 << 20).unwrap();
+    let _ = stream.write_all(&out).await;
+}
+
+/// The next packet, or None when the connection is closed (or nothing comes in 5 s).
+async fn read(stream: &mut TcpStream) -> Option<Packet> {
+    let mut buffer = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(packet) = Packet::read(&mut buffer, 8 << 20) {
+            return Some(packet);
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Whether the peer closed the connection within 5 s without sending a PUBLISH.
+async fn closed_without_delivery(stream: &mut TcpStream) -> bool {
+    loop {
+        match read(stream).await {
+            None => {
+                // Closed (EOF) rather than silent: a further read returns 0 at once.
+                let mut byte = [0u8; 1];
+                return matches!(
+                    tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
+                    Ok(Ok(0)) | Ok(Err(_))
+                );
+            }
+            Some(Packet::Publish(_)) => return false,
+            Some(_) => {}
+        }
+    }
+}
+
+/// A rumqttc client for device `id`; returns it once CONNACK said yes.
+async fn device_client(
+    addr: std::net::SocketAddr,
+    id: &str,
+    password: &str,
+) -> (AsyncClient, EventLoop) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", addr.port());
+    options.set_credentials(id, password);
+    let (client, mut events) = AsyncClient::new(options, 100);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Incoming(rumqttc::Packet::ConnAck(_)))) => return (client, events),
+            Ok(Ok(_)) => {}
+            other => panic!("{id} could not connect: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_confined_to_their_prefix() {
+    let mut fleet = fleet().await;
+    let (alpha_pw, beta_pw) = (fleet.devices[0].1.clone(), fleet.devices[1].1.clone());
+    let mut attempts = 0;
+    let mut refused = 0;
+
+    // Positive controls: the path works, so refusals below are the gateway's doing.
+    let (alpha, mut alpha_events) = device_client(fleet.addr, "alpha", &alpha_pw).await;
+    alpha
+        .subscribe("reactor/v1/d/alpha/cmd", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    alpha
+        .publish(
+            "reactor/v1/d/alpha/events",
+            QoS::AtLeastOnce,
+            false,
+            b"legit".to_vec(),
+        )
+        .await
+        .unwrap();
+    let (alpha_got_tx, mut alpha_got) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = alpha_events.poll().await {
+            if let Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let _ = alpha_got_tx.send(p.topic.clone());
+            }
+        }
+    });
+    let (topic, payload) = tokio::time::timeout(Duration::from_secs(10), fleet.seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("reactor/v1/d/alpha/events", &b"legit"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet
+        .observer
+        .publish(
+            "reactor/v1/d/alpha/cmd",
+            QoS::AtLeastOnce,
+            false,
+            b"run".to_vec(),
+        )
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), alpha_got.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "reactor/v1/d/alpha/cmd");
+    while fleet.seen.try_recv().is_ok() {}
+
+    // Identities: wrong or borrowed credentials, ids that would widen or escape a topic.
+    let bad_connects: Vec<BadConnect> = vec![
+        (
+            "alpha".into(),
+            Some(("alpha".into(), "rd_wrong".into())),
+            None,
+        ),
+        (
+            "alpha".into(),
+            Some(("alpha".into(), beta_pw.clone())),
+            None,
+        ),
+        ("alpha".into(), Some(("beta".into(), beta_pw.clone())), None),
+        ("alpha".into(), None, None),
+        ("beta".into(), Some(("beta".into(), alpha_pw.clone())), None),
+        (
+            "alpha".into(),
+            Some(("alpha".into(), alpha_pw.clone())),
+            Some("reactor/v1/d/beta/status".into()),
+        ),
+        (
+            "alpha".into(),
+            Some(("alpha".into(), alpha_pw.clone())),
+            Some("reactor/v1/d/alpha/cmd".into()),
+        ),
+        (
+            "alpha".into(),
+            Some(("alpha".into(), alpha_pw.clone())),
+            Some("#".into()),
+        ),
+    ]
+    .into_iter()
+    .chain(
+        [
+            "+", "#", "alpha/x", "alpha%2F", "a+", "$SYS", "d/alpha", "", "al#pha",
+        ]
+        .into_iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                Some((id.to_string(), alpha_pw.clone())),
+                None,
+            )
+        }),
+    )
+    .collect();
+    for (id, login, will) in &bad_connects {
+        attempts += 1;
+        let login = login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+        let (mut stream, code) = raw_connect(fleet.addr, id, login, will.as_deref()).await;
+        let refused_here = code != Some(0) && closed_without_delivery(&mut stream).await;
+        assert!(
+            refused_here,
+            "connect {id:?} {will:?} was not refused: {code:?}"
+        );
+        refused += 1;
+    }
+
+    // Publishes outside the device's own uplink topics (raw: rumqttc refuses wildcards).
+    let publishes = [
+        "reactor/v1/d/beta/events",
+        "reactor/v1/d/beta/status",
+        "reactor/v1/d/beta/executions",
+        "reactor/v1/d/beta/cmd",
+        "reactor/v1/d/alpha/cmd",
+        "reactor/v1/d/alpha/bundle",
+        "reactor/v1/d/alpha/ack",
+        "reactor/v1/d/alpha/events/more",
+        "reactor/v1/d/+/events",
+        "reactor/v1/d/#",
+        "#",
+        "+/v1/d/alpha/events",
+        "$SYS/broker/clients",
+        "reactor/v1/d/alpha%2Fbeta/events",
+        "reactor/v1/d//events",
+        "reactor/v2/d/alpha/events",
+        "/reactor/v1/d/alpha/events",
+        "anything",
+    ];
+    for (n, topic) in publishes.iter().enumerate() {
+        attempts += 1;
+        let (mut stream, code) =
+            raw_connect(fleet.addr, "alpha", Some(("alpha", &alpha_pw)), None).await;
+        assert_eq!(code, Some(0));
+        let publish = Publish::new(*topic, QoS::AtLeastOnce, format!("attack-{n}"));
+        let mut publish = publish;
+        publish.pkid = 1;
+        send(&mut stream, Packet::Publish(publish)).await;
+        if closed_without_delivery(&mut stream).await {
+            refused += 1;
+        } else {
+            panic!("publish to {topic:?} was not refused");
+        }
+    }
+
+    // Subscriptions outside the device's own downlink topics, with rumqttc; the observer
+    // publishes on every other topic meanwhile: nothing may arrive.
+    let filters = [
+        "#",
+        "+",
+        "+/+/+/+/+",
+        "reactor/#",
+        "reactor/v1/d/+/cmd",
+        "reactor/v1/d/+/events",
+        "reactor/v1/d/beta/cmd",
+        "reactor/v1/d/beta/#",
+        "reactor/v1/d/beta/bundle",
+        "reactor/v1/d/alpha/#",
+        "reactor/v1/d/alpha/+",
+        "reactor/v1/d/alpha/events",
+        "reactor/v1/d/alpha/status",
+        "$SYS/#",
+        "$share/g/reactor/v1/d/beta/cmd",
+    ];
+    for filter in filters {
+        attempts += 1;
+        let mut options = MqttOptions::new("alpha", "127.0.0.1", fleet.addr.port());
+        options.set_credentials("alpha", alpha_pw.clone());
+        let (client, mut events) = AsyncClient::new(options, 10);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let observer = fleet.observer.clone();
+        let noise = tokio::spawn(async move {
+            for _ in 0..5 {
+                for topic in [
+                    "reactor/v1/d/beta/cmd",
+                    "reactor/v1/d/beta/bundle",
+                    "reactor/v1/d/alpha/events",
+                ] {
+                    let _ = observer
+                        .publish(topic, QoS::AtLeastOnce, false, b"secret".to_vec())
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut leaked = false;
+        let mut suback = false;
+        let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(rumqttc::Packet::Publish(_))) => leaked = true,
+                    Ok(Event::Incoming(rumqttc::Packet::SubAck(_))) => suback = true,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+        noise.await.unwrap();
+        assert!(
+            outcome.is_ok() && !leaked && !suback,
+            "subscribe {filter:?}: closed {} leaked {leaked} suback {suback}",
+            outcome.is_ok()
+        );
+        refused += 1;
+    }
+    // Nothing an attacker published reached the broker.
+    while let Ok((topic, payload)) = fleet.seen.try_recv() {
+        assert!(
+            !payload.starts_with(b"attack-"),
+            "{topic}: an attacker's publish got through"
+        );
+    }
+    assert_eq!(refused, attempts, "every attempt refused");
+    assert!(attempts >= 40, "{attempts}");
+    fleet.stop.cancel();
+}

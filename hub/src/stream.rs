@@ -15,7 +15,7 @@
 //! Design — what keeps 1,000 subscribers from slowing the engine (figures in
 //! docs/performance.md, "Live stream fan-out"):
 //! - Nothing is built while nobody listens. The runtime's [`Observer`] call only *admits* an
-//!   event into the current window of [`TICK`] (100 ms) — a counter check under a short lock —
+//!   event into the current window of [`TICK`] (250 ms) — a counter check under a short lock —
 //!   and encodes its SSE frame once if admitted.
 //! - Each window admits at most [`CAP_PER_TICK`] execution events and as many step events for
 //!   unfiltered subscribers, and as many again per workflow some subscriber filters on; the
@@ -25,8 +25,8 @@
 //!   reference-counted copy through a small queue. The engine never waits for a subscriber;
 //!   a subscriber whose queue is full misses that chunk and is told so in its next one.
 //!
-//! So each subscriber receives everything up to 100 execution and 100 step events per second
-//! (≤ 100 ms late), and a faithful sample with counts of what was skipped beyond that: a live
+//! So each subscriber receives everything up to 40 execution and 40 step events per second
+//! (≤ 250 ms late), and a faithful sample with counts of what was skipped beyond that: a live
 //! view, not a log — the executions API has the full record. At most [`MAX_SUBSCRIBERS`]
 //! (503 beyond); the `metrics` event every second doubles as the keep-alive.
 
@@ -54,7 +54,7 @@ use crate::metrics::Telemetry;
 use crate::server::RouteSpec;
 
 /// One window of the stream.
-pub const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(250);
 /// Execution events (and, separately, step events) a subscriber gets per window.
 pub const CAP_PER_TICK: usize = 10;
 /// Chunks queued per subscriber before it misses some.

@@ -208,7 +208,7 @@ async fn alert_store_and_evaluation_on_postgres() {
     }))
     .unwrap();
     let rule = alerts.create(request).await.unwrap();
-    assert_eq!(alerts.rules().await.unwrap(), [rule.clone()]);
+    assert_eq!(alerts.rules().await.unwrap(), std::slice::from_ref(&rule));
     alerts.evaluate(Timestamp(1_000)).await.unwrap();
     assert_eq!(alerts.state(&rule.id), AlertState::Firing { since: 1_000 });
     let history = alerts.history(&rule.id, 10).await.unwrap().unwrap();

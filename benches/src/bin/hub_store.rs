@@ -229,7 +229,7 @@ async fn list(spec: &str, rows: u64, queries: u64) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     analyze(store.database()).await?;
-    let kinds: [(&str, fn(u64, i64) -> ExecutionFilter); 8] = [
+    let kinds: [(&str, MakeFilter); 8] = [
         ("newest", |_, _| ExecutionFilter::default()),
         ("workflow", |q, _| ExecutionFilter {
             workflow: Some(format!("workflow-{}", q % WORKFLOWS)),
@@ -299,6 +299,9 @@ async fn list(spec: &str, rows: u64, queries: u64) -> Result<()> {
     );
     Ok(())
 }
+
+/// Makes the filter of query number `q` at time `now` (ms).
+type MakeFilter = fn(u64, i64) -> ExecutionFilter;
 
 async fn count(db: &Database) -> Result<u64> {
     let count: i64 = match db {

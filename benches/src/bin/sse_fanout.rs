@@ -13,9 +13,10 @@
 //!     --subscribers 1000 --executions 20000 --concurrency 64 --rounds 3
 //! ```
 //!
-//! Subscribers run on their own thread and runtime (as remote browsers would not share the
-//! hub's executor), reading into a 64 KiB buffer without parsing; on a 2-core machine they
-//! still share the CPU, so the figure is an upper bound on the slowdown.
+//! Subscribers run in a child process (as remote browsers would), reading into a 64 KiB
+//! buffer without parsing; on a 2-core machine they still take CPU from the engine, so the
+//! throughput change is an upper bound. The CPU time per execution of the measuring process
+//! (user + system, from /proc) is the hub side alone and is less disturbed by other load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,9 +62,29 @@ fn options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-/// Runs `total` executions with `concurrency` callers; returns executions per second.
-async fn measure(runtime: &Runtime, total: u64, concurrency: u64) -> anyhow::Result<f64> {
+/// CPU time this process used so far (user + system), seconds, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `total` executions with `concurrency` callers; returns executions per second and
+/// the process's CPU microseconds per execution (subscriber readers included).
+async fn measure(runtime: &Runtime, total: u64, concurrency: u64) -> anyhow::Result<(f64, f64)> {
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_seconds();
     let started = Instant::now();
     let mut callers = Vec::new();
     for _ in 0..concurrency {
@@ -89,62 +110,57 @@ async fn measure(runtime: &Runtime, total: u64, concurrency: u64) -> anyhow::Res
     for caller in callers {
         caller.await??;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = (cpu_seconds() - cpu) * 1e6 / total as f64;
+    Ok((rate, cpu_us))
 }
 
-/// Connects `n` raw SSE readers to `addr`; returns the bytes they read and a stop token.
-fn connect(
-    addr: std::net::SocketAddr,
-    n: usize,
-) -> (
-    Arc<AtomicU64>,
-    CancellationToken,
-    std::thread::JoinHandle<()>,
-) {
-    let bytes = Arc::new(AtomicU64::new(0));
-    let stop = CancellationToken::new();
-    let (b, s) = (bytes.clone(), stop.clone());
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("client runtime");
-        rt.block_on(async move {
-            let mut readers = Vec::new();
-            for _ in 0..n {
-                let (bytes, stop) = (b.clone(), s.clone());
-                readers.push(tokio::spawn(async move {
-                    let Ok(mut socket) = tokio::net::TcpStream::connect(addr).await else {
-                        return;
-                    };
-                    let request =
-                        "GET /stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n";
-                    if socket.write_all(request.as_bytes()).await.is_err() {
+/// Child mode (`--client ADDR N`): N raw SSE readers, until killed. They run in their own
+/// process so that the measured process's CPU time is the hub side only (as with remote
+/// browsers); they still share the machine's cores.
+async fn client_main(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<()> {
+    {
+        let mut readers = Vec::new();
+        for _ in 0..n {
+            readers.push(tokio::spawn(async move {
+                let Ok(mut socket) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
+                let request =
+                    "GET /stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n";
+                if socket.write_all(request.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(k) = socket.read(&mut buffer).await {
+                    if k == 0 {
                         return;
                     }
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    loop {
-                        tokio::select! {
-                            biased;
-                            () = stop.cancelled() => return,
-                            read = socket.read(&mut buffer) => match read {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => { bytes.fetch_add(k as u64, Ordering::Relaxed); }
-                            },
-                        }
-                    }
-                }));
-            }
-            for reader in readers {
-                let _ = reader.await;
-            }
-        });
-    });
-    (bytes, stop, thread)
+                }
+            }));
+        }
+        for reader in readers {
+            let _ = reader.await;
+        }
+    }
+    Ok(())
 }
 
-#[tokio::main]
+/// Starts `n` readers of `addr` in a child process.
+fn connect(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<std::process::Child> {
+    Ok(std::process::Command::new(std::env::current_exe()?)
+        .args(["--client", &addr.to_string(), &n.to_string()])
+        .spawn()?)
+}
+
+#[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--client") {
+        let addr = args.get(2).context("--client ADDR N")?.parse()?;
+        let n = args.get(3).context("--client ADDR N")?.parse()?;
+        return client_main(addr, n).await;
+    }
     let options = options()?;
     let live = LiveStream::new();
     let engine = Arc::new(EngineMetrics::new());
@@ -184,12 +200,14 @@ async fn main() -> anyhow::Result<()> {
     measure(&runtime, options.executions / 4, options.concurrency).await?;
     let mut without = Vec::new();
     let mut with = Vec::new();
-    let mut delivered = 0u64;
+    let mut cpu_without = Vec::new();
+    let mut cpu_with = Vec::new();
     for round in 0..options.rounds {
-        let base = measure(&runtime, options.executions, options.concurrency).await?;
+        let (base, base_cpu) = measure(&runtime, options.executions, options.concurrency).await?;
         without.push(base);
+        cpu_without.push(base_cpu);
 
-        let (bytes, stop, thread) = connect(addr, options.subscribers);
+        let mut clients = connect(addr, options.subscribers)?;
         let subscribers = live.subscribers();
         let deadline = Instant::now() + Duration::from_secs(30);
         while subscribers.load(Ordering::Relaxed) < options.subscribers as u64 {
@@ -202,37 +220,43 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let loaded = measure(&runtime, options.executions, options.concurrency).await?;
+        let (loaded, loaded_cpu) =
+            measure(&runtime, options.executions, options.concurrency).await?;
         with.push(loaded);
-        // Let the readers drain what is in flight before counting.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let read = bytes.load(Ordering::Relaxed);
-        delivered += read;
-        stop.cancel();
-        let _ = thread.join();
+        cpu_with.push(loaded_cpu);
+        let _ = clients.kill();
+        let _ = clients.wait();
         while subscribers.load(Ordering::Relaxed) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         println!(
-            "round {round}: {base:.0} exec/s without subscribers, {loaded:.0} exec/s with {} ({:+.1} %), {:.1} MiB streamed",
+            "round {round}: {base:.0} exec/s ({base_cpu:.1} CPU-µs each) without subscribers, {loaded:.0} exec/s ({loaded_cpu:.1} CPU-µs) with {} ({:+.1} %)",
             options.subscribers,
             (loaded / base - 1.0) * 100.0,
-            read as f64 / (1024.0 * 1024.0)
         );
     }
     let median = |values: &mut Vec<f64>| {
         values.sort_by(|a, b| a.total_cmp(b));
         values[values.len() / 2]
     };
+    // Rounds are paired (each loaded run right after its baseline), so the median of the
+    // per-round changes is what drifting background load disturbs least.
+    let mut changes: Vec<f64> = without
+        .iter()
+        .zip(&with)
+        .map(|(base, loaded)| (loaded / base - 1.0) * 100.0)
+        .collect();
+    let change = median(&mut changes);
     let (base, loaded) = (median(&mut without), median(&mut with));
+    let (base_cpu, loaded_cpu) = (median(&mut cpu_without), median(&mut cpu_with));
     println!(
-        "median: {base:.0} exec/s without, {loaded:.0} exec/s with {} subscribers: {:+.1} % ({} executions x {} rounds, concurrency {}, {:.1} MiB streamed in all)",
+        "median CPU per execution: {base_cpu:.1} µs without, {loaded_cpu:.1} µs with {} subscribers: {:+.1} %",
         options.subscribers,
-        (loaded / base - 1.0) * 100.0,
-        options.executions,
-        options.rounds,
-        options.concurrency,
-        delivered as f64 / (1024.0 * 1024.0)
+        (loaded_cpu / base_cpu - 1.0) * 100.0
+    );
+    println!(
+        "median: {base:.0} exec/s without, {loaded:.0} exec/s with {} subscribers; median per-round change {change:+.1} % ({} executions x {} rounds, concurrency {})",
+        options.subscribers, options.executions, options.rounds, options.concurrency,
     );
     server_stop.cancel();
     runtime.shutdown().await;

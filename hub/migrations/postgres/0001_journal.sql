@@ -24,7 +24,7 @@ CREATE INDEX executions_by_workflow ON executions (workflow, id);
 CREATE INDEX executions_by_status ON executions (status, id);
 CREATE INDEX executions_by_workflow_status ON executions (workflow, status, id);
 CREATE INDEX executions_by_device ON executions (device, id) WHERE device IS NOT NULL;
-CREATE INDEX executions_by_created ON executions (created_at);
+CREATE INDEX executions_by_created ON executions (created_at, id);
 CREATE INDEX executions_by_finished ON executions (finished_at, id) WHERE finished_at IS NOT NULL;
 CREATE INDEX executions_unfinished ON executions (owner, id) WHERE finished_at IS NULL;
 

@@ -8,11 +8,14 @@
 //! - [`cli`]: `reactor-hub device add|list`.
 //! - [`broker`]: the embedded rumqttd, reachable only with the hub's internal login.
 //! - [`gateway`]: the device-facing MQTT endpoint: identity and per-device topic checks.
+//! - [`ingest`]: the hub's client on the broker: device frames stored once, acks, presence,
+//!   device events into the hub's workflows.
 
 pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod gateway;
+pub mod ingest;
 pub mod keys;
 pub mod registry;
 

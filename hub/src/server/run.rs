@@ -240,6 +240,17 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         tracing::info!(executions = recovered, "resumed unfinished executions");
     }
     workflows.start();
+    // Device frames are ingested once the workflows they may start are active.
+    let _ingest = fleet_broker.as_ref().map(|broker| {
+        crate::fleet::ingest::start(
+            broker,
+            db.clone(),
+            Some(Arc::new(crate::fleet::ingest::WorkflowSink(
+                workflows.clone(),
+            ))),
+            state.stopping.clone(),
+        )
+    });
     let cluster = super::cluster::spawn(state.clone());
     supervisor.spawn(
         "hub.alerts",

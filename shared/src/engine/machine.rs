@@ -288,7 +288,7 @@ impl Machine {
             vars: Value::Object(Map::new()),
             steps: Value::Object(Map::new()),
             execution,
-            environment,
+            environment: environment.for_event(event),
         };
         let shared = Shared {
             id,

@@ -1060,7 +1060,7 @@ fn event_globals(
         vars: Value::Object(Map::new()),
         steps: Value::Object(Map::new()),
         execution: serde_json::json!({ "workflow": wf.name.as_str(), "version": wf.version }),
-        environment: environment.clone(),
+        environment: environment.for_event(event),
     }
 }
 

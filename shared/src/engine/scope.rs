@@ -27,6 +27,26 @@ impl Environment {
             device: Value::Null,
         }
     }
+
+    /// The environment an execution started by `event` sees. A runtime without a device
+    /// identity of its own (the hub) lends `device` from the event instead when the event
+    /// came from a device: `meta.device` (its id) and `meta.device_labels` become
+    /// `device.id` and `device.labels`. Otherwise the environment as it is.
+    pub fn for_event(self: &Arc<Self>, event: &crate::engine::Event) -> Arc<Environment> {
+        if !self.device.is_null() {
+            return self.clone();
+        }
+        let Some(id) = event.meta.get("device").and_then(Value::as_str) else {
+            return self.clone();
+        };
+        let labels = match event.meta.get("device_labels") {
+            Some(labels @ Value::Object(_)) => labels.clone(),
+            _ => Value::Object(Map::new()),
+        };
+        let mut environment = Environment::clone(self);
+        environment.device = serde_json::json!({ "id": id, "labels": labels });
+        Arc::new(environment)
+    }
 }
 
 /// Execution-wide names.
@@ -95,5 +115,33 @@ impl Scope for View<'_> {
             "device" => Some(&g.environment.device),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::Event;
+
+    #[test]
+    fn device_comes_from_the_event_only_without_an_own_identity() {
+        let mut event = Event::new("reading", "sensor", json!({}));
+        event.meta = json!({ "device": "pump-1", "device_labels": { "site": "north" } });
+        let hub = Arc::new(Environment::empty());
+        assert_eq!(
+            hub.for_event(&event).device,
+            json!({ "id": "pump-1", "labels": { "site": "north" } })
+        );
+        assert!(
+            hub.for_event(&Event::new("x", "y", json!({})))
+                .device
+                .is_null()
+        );
+        let mut agent = Environment::empty();
+        agent.device = json!({ "id": "self", "labels": {} });
+        let agent = Arc::new(agent);
+        assert_eq!(agent.for_event(&event).device["id"], "self");
     }
 }

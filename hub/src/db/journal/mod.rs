@@ -353,7 +353,9 @@ pub(crate) fn list_sql(
     filter: &ExecutionFilter,
     placeholder: impl Fn(usize) -> String,
 ) -> (String, Vec<Bind>) {
-    let mut sql = String::from("SELECT id, record FROM executions");
+    // Two steps: pick the page's ids from the indexes (covering: a time window sorts ids
+    // only), then fetch those records — never sort whole rows.
+    let mut sql = String::from("SELECT id FROM executions");
     let mut binds = Vec::new();
     let mut conditions = Vec::new();
     let mut push = |column: &str, op: &str, bind: Bind, binds: &mut Vec<Bind>| {
@@ -379,6 +381,13 @@ pub(crate) fn list_sql(
     }
     if let Some(until) = filter.until {
         push("created_at", "<", Bind::Int(until.millis()), &mut binds);
+        // Implied bound on the key, so "newest first" starts at `until` instead of scanning
+        // everything newer: an id's time is never later than its execution's `created_at`
+        // (ids are minted before the record; a child's derived id carries its parent's
+        // time). The margin covers a wall clock stepping back.
+        let bound = until.plus(ID_TIME_MARGIN).millis();
+        let bound = ulid::Ulid::from_parts(u64::try_from(bound).unwrap_or(0), 0);
+        push("id", "<", Bind::Text(bound.to_string()), &mut binds);
     }
     if let Some(before) = filter.before {
         push("id", "<", Bind::Text(before.to_string()), &mut binds);
@@ -392,8 +401,12 @@ pub(crate) fn list_sql(
         binds.push(Bind::Int(i64::try_from(filter.limit).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" LIMIT {}", placeholder(binds.len())));
     }
+    let sql = format!("SELECT id, record FROM executions WHERE id IN ({sql}) ORDER BY id DESC");
     (sql, binds)
 }
+
+/// How much later than an execution's `created_at` its id's time may be (clock steps).
+const ID_TIME_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A value bound to a dynamically built statement.
 #[derive(Clone, Debug)]

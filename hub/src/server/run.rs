@@ -24,7 +24,7 @@ use reactor_core::engine::{EventBus, Fanout, Runtime, RuntimeConfig};
 use reactor_core::store::{Retention, Store};
 use reactor_core::trigger::TriggerStats;
 use reactor_core::trigger::{EventRouter, HttpRoutes, LightTriggers, Supervisor, TriggerFactory};
-use reactor_hub_triggers::{Connections, SourceTriggers};
+use reactor_hub_triggers::{Connections, HubTriggers};
 use tokio_util::sync::CancellationToken;
 
 use super::{HubState, Server, TokenCache};
@@ -170,10 +170,8 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         }),
     )
     .with_instance(instance.id());
-    let source_triggers: Arc<dyn TriggerFactory> = Arc::new(SourceTriggers::new(
-        Arc::new(connections),
-        Arc::new(LightTriggers),
-    ));
+    let source_triggers: Arc<dyn TriggerFactory> =
+        Arc::new(HubTriggers::new(Arc::new(connections)).with_fallback(Arc::new(LightTriggers)));
     let workflows = Arc::new(
         ActiveWorkflows::new(
             runtime.clone(),

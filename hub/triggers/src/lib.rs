@@ -7,7 +7,8 @@
 //! Every source has the same shape: a `XTrigger` implementing
 //! [`reactor_core::trigger::Trigger`], built by [`build`] from the workflow's trigger settings
 //! and the hub's [`Connections`]. [`factory`] composes [`build`] with core's
-//! [`build_light`](reactor_core::trigger::build_light) into the hub's `TriggerFactory`.
+//! [`LightTriggers`](reactor_core::trigger::LightTriggers) into the hub's `TriggerFactory`
+//! ([`HubTriggers`]).
 //!
 //! Guarantees (docs/triggers.md has the details per source):
 //! - a source message is acknowledged (Kafka commit, JetStream ack, `XACK`, slot advance) only
@@ -93,31 +94,38 @@ pub fn build(
     Ok(Some(trigger))
 }
 
-/// The hub's trigger factory: these sources first, then `fallback` (core's light triggers,
-/// or light + mqtt) for every other type.
-pub struct SourceTriggers {
+/// The hub's trigger factory: these sources first, then `fallback` (default: core's
+/// [`LightTriggers`]; the hub may pass a factory that also builds `mqtt`).
+#[derive(Clone)]
+pub struct HubTriggers {
     connections: Arc<Connections>,
     fallback: Arc<dyn TriggerFactory>,
 }
 
-impl std::fmt::Debug for SourceTriggers {
+impl std::fmt::Debug for HubTriggers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceTriggers")
+        f.debug_struct("HubTriggers")
             .field("connections", &self.connections)
             .finish_non_exhaustive()
     }
 }
 
-impl SourceTriggers {
-    pub fn new(connections: Arc<Connections>, fallback: Arc<dyn TriggerFactory>) -> Self {
-        SourceTriggers {
+impl HubTriggers {
+    pub fn new(connections: Arc<Connections>) -> HubTriggers {
+        HubTriggers {
             connections,
-            fallback,
+            fallback: Arc::new(LightTriggers),
         }
+    }
+
+    /// Builds the types these sources do not own with `fallback`.
+    pub fn with_fallback(mut self, fallback: Arc<dyn TriggerFactory>) -> HubTriggers {
+        self.fallback = fallback;
+        self
     }
 }
 
-impl TriggerFactory for SourceTriggers {
+impl TriggerFactory for HubTriggers {
     fn build(
         &self,
         workflow: &str,
@@ -131,7 +139,7 @@ impl TriggerFactory for SourceTriggers {
     }
 }
 
-/// [`SourceTriggers`] over core's light triggers.
+/// [`HubTriggers`] over `connections` with core's light triggers as the fallback.
 pub fn factory(connections: Arc<Connections>) -> Arc<dyn TriggerFactory> {
-    Arc::new(SourceTriggers::new(connections, Arc::new(LightTriggers)))
+    Arc::new(HubTriggers::new(connections))
 }

@@ -204,6 +204,22 @@ async fn killed_between_record_and_ack_no_second_execution() {
         "no second execution"
     );
     again.stop().await.unwrap();
+    // A blocked read of the stopped consumer would still take new entries until its
+    // connection is gone: wait for that.
+    assert!(
+        eventually(|| {
+            let mut c = conn.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                !list.contains("name=reactor-hub-a ")
+            }
+        })
+        .await
+    );
 
     // A consumer that dies for good: another one claims its entries (XAUTOCLAIM).
     for n in 5..8 {

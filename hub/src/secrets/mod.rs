@@ -102,10 +102,21 @@ pub fn check_name(name: &str) -> Result<(), SecretError> {
 }
 
 /// The `secrets` table, sealing and opening with one key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SecretStore {
     db: Database,
     cipher: std::sync::Arc<Cipher>,
+    /// Secrets given to the process (`REACTOR_SECRET_*`), under the stored ones.
+    process: std::sync::Arc<Map>,
+}
+
+impl std::fmt::Debug for SecretStore {
+    /// Never shows a value: only how many process secrets there are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretStore")
+            .field("process_secrets", &self.process.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SecretStore {
@@ -113,7 +124,15 @@ impl SecretStore {
         SecretStore {
             db,
             cipher: std::sync::Arc::new(Cipher::new(key)),
+            process: std::sync::Arc::default(),
         }
+    }
+
+    /// Adds the secrets the process was started with (`REACTOR_SECRET_*`): the engine sees
+    /// them beside the stored ones; a stored secret of the same name wins.
+    pub fn with_process_secrets(mut self, secrets: Map) -> SecretStore {
+        self.process = std::sync::Arc::new(secrets);
+        self
     }
 
     /// Opens the store with the key from the environment or the data folder (see [`key`]).
@@ -245,9 +264,11 @@ impl SecretStore {
         })
     }
 
-    /// Decrypts every secret into `runtime` (`secrets.NAME`, and the values it redacts).
+    /// Decrypts every secret into `runtime` (`secrets.NAME`, and the values it redacts),
+    /// over the process' own secrets.
     pub async fn sync_runtime(&self, runtime: &Runtime) -> Result<(), SecretError> {
-        let secrets = self.decrypt_all().await?;
+        let mut secrets = (*self.process).clone();
+        secrets.extend(self.decrypt_all().await?);
         runtime.set_secrets(secrets);
         Ok(())
     }

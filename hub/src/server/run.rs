@@ -107,7 +107,14 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     .context("opening the database")?;
     db.migrate().await.context("migrating the database")?;
     // Refuses to start when the key file is readable by others or the key is malformed.
-    let secrets = SecretStore::open(db.clone(), &config.data).context("the secrets key")?;
+    let environment = reactor_core::cli::environment_from_process(&config.env_allow);
+    let process_secrets = match &environment.secrets {
+        reactor_core::Value::Object(map) => map.clone(),
+        _ => reactor_core::Map::new(),
+    };
+    let secrets = SecretStore::open(db.clone(), &config.data)
+        .context("the secrets key")?
+        .with_process_secrets(process_secrets);
     let instance = Arc::new(
         HubInstance::register(&db, LEASE)
             .await
@@ -125,7 +132,6 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         http: HttpConfig::guarded(&config.http_allow).context("http.allow")?,
         ..BuiltinConfig::default()
     });
-    let environment = reactor_core::cli::environment_from_process(&config.env_allow);
     let events = Arc::new(EventRouter::new(None));
     let bus: Arc<dyn EventBus> = events.clone();
     let runtime = Runtime::new(

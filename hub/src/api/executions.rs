@@ -291,8 +291,7 @@ pub async fn get_one(State(state): State<HubState>, Path(id): Path<String>) -> A
     };
     let mut value = execution_json(&record, trace);
     // Outputs and errors come from actions, which may echo secrets back.
-    let secrets = super::trace::secret_values(&runtime.environment().secrets);
-    super::trace::redact(&mut value, &secrets);
+    runtime.redactor().redact_value(&mut value);
     Ok(axum::Json(value).into_response())
 }
 

@@ -5,20 +5,18 @@
 //! replays the journal into a fresh [`Machine`] (pure, no I/O — the same replay recovery
 //! does) and pairs each effect's command (step, action, input) with its facts (start, end,
 //! outcome). Secret values are replaced by `***` wherever they appear in inputs, outputs and
-//! errors ([`redact`]).
+//! errors, by the runtime's [`Redactor`] (the same masking the engine applies to what it
+//! records, encoded forms included).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use reactor_core::Value;
-use reactor_core::engine::{Command, Environment, ExecutionId, Fact, Machine, Outcome, Timestamp};
+use reactor_core::engine::{
+    Command, Environment, ExecutionId, Fact, Machine, Outcome, Redactor, Timestamp,
+};
 use reactor_core::flow::Workflow;
 use serde_json::json;
-
-/// What the trace shows in place of a secret.
-pub const REDACTED: &str = "***";
-/// Secrets shorter than this are not searched for (they would blank out common words).
-const MIN_SECRET_LEN: usize = 4;
 
 /// One effect of the trace, as it accumulates over the replay.
 #[derive(Debug, Default)]
@@ -70,7 +68,7 @@ pub fn build(
     journal: &[Fact],
     environment: Arc<Environment>,
 ) -> Vec<Value> {
-    let secrets = secret_values(&environment.secrets);
+    let redactor = Redactor::from_secrets(&environment.secrets);
     let Some((first, rest)) = journal.split_first() else {
         return Vec::new();
     };
@@ -159,83 +157,15 @@ pub fn build(
                 "output": entry.output,
                 "error": entry.error,
             });
-            redact(&mut value, &secrets);
+            redactor.redact_value(&mut value);
             value
         })
         .collect()
 }
 
-/// The secret values of an environment's `secrets` object (strings long enough to search).
-pub fn secret_values(secrets: &Value) -> Vec<String> {
-    let mut values: Vec<String> = match secrets {
-        Value::Object(map) => map
-            .values()
-            .filter_map(Value::as_str)
-            .filter(|s| s.len() >= MIN_SECRET_LEN)
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    };
-    // Longest first, so a secret containing another is replaced whole.
-    values.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    values
-}
-
-/// Replaces every occurrence of a secret in `value`'s strings (and object keys) by `***`.
-pub fn redact(value: &mut Value, secrets: &[String]) {
-    if secrets.is_empty() {
-        return;
-    }
-    match value {
-        Value::String(text) => {
-            if secrets.iter().any(|s| text.contains(s.as_str())) {
-                let mut clean = text.clone();
-                for secret in secrets {
-                    clean = clean.replace(secret.as_str(), REDACTED);
-                }
-                *text = clean;
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets)),
-        Value::Object(map) => {
-            let dirty = map
-                .keys()
-                .any(|k| secrets.iter().any(|s| k.contains(s.as_str())));
-            if dirty {
-                let old = std::mem::take(map);
-                for (key, mut item) in old {
-                    let mut key = Value::String(key);
-                    redact(&mut key, secrets);
-                    redact(&mut item, secrets);
-                    map.insert(key.as_str().unwrap_or_default().to_string(), item);
-                }
-            } else {
-                map.values_mut().for_each(|v| redact(v, secrets));
-            }
-        }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_are_replaced_everywhere() {
-        let secrets = secret_values(&json!({ "TOKEN": "s3cr3t-value", "SHORT": "ab" }));
-        let mut value = json!({
-            "url": "https://x/?t=s3cr3t-value",
-            "list": ["s3cr3t-value", "ab"],
-            "s3cr3t-value": 1,
-        });
-        redact(&mut value, &secrets);
-        let text = value.to_string();
-        assert!(!text.contains("s3cr3t-value"), "{text}");
-        assert_eq!(value["url"], "https://x/?t=***");
-        assert_eq!(value["list"][1], "ab");
-        assert_eq!(value["***"], 1);
-    }
 
     #[test]
     fn step_of_strips_the_attempt() {

@@ -78,9 +78,17 @@ output:
   catch_up: ${{ event.meta.catch_up }}
 "#;
 
+/// Every hub of one database must share the secrets key (secrets and the fleet's signing key
+/// are sealed with it): 32 bytes, base64.
+const SHARED_SECRET_KEY: &str = "bXVsdGktaHViLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmc=";
+
 fn env(name: &'static str) -> Vec<(&'static str, &'static str)> {
     vec![
         ("HUB_NAME", name),
+        ("REACTOR_SECRET_KEY", SHARED_SECRET_KEY),
+        // The counting service is on loopback, which the hub's http action refuses unless
+        // allow-listed.
+        ("REACTOR_HTTP__ALLOW", "[\"127.0.0.1\"]"),
         ("REACTOR_ENV__ALLOW", "[\"HUB_NAME\"]"),
         ("RUST_LOG", "info"),
     ]
@@ -229,7 +237,11 @@ async fn two_hubs_share_the_work_and_survive_a_kill_9() {
     };
     assert!(
         b.logs().contains("adopted unfinished executions"),
-        "B adopted A's executions"
+        "B adopted A's executions; runs {:?}; B's log:\n{}",
+        runs.iter()
+            .map(|e| format!("{}:{}", e["status"], e["id"]))
+            .collect::<Vec<_>>(),
+        b.logs()
     );
     for execution in runs.iter().chain(&ticks) {
         assert_eq!(execution["status"], "succeeded", "{execution}");

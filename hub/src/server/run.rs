@@ -175,7 +175,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
                 .map(str::to_owned)
         }),
     )
-    .with_instance(instance.id());
+    .with_instance(consumer_name(&connections_host(), &config.data));
     let source_triggers: Arc<dyn TriggerFactory> =
         Arc::new(HubTriggers::new(Arc::new(connections)).with_fallback(Arc::new(LightTriggers)));
     let workflows = Arc::new(
@@ -392,5 +392,47 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The host's name, for consumer names.
+fn connections_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "reactor-hub".to_string())
+}
+
+/// A consumer name (Redis stream consumers) that stays the same across restarts of this hub —
+/// so a restarted hub re-reads its own pending entries at once — and differs between hubs on
+/// one host (their data folders differ).
+fn consumer_name(host: &str, data: &std::path::Path) -> String {
+    let folder = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    let digest = ring::digest::digest(&ring::digest::SHA256, folder.to_string_lossy().as_bytes());
+    let short: String = digest.as_ref()[..4]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("{host}-{short}")
+}
+
+#[cfg(test)]
+mod consumer_tests {
+    use super::consumer_name;
+
+    #[test]
+    fn consumer_names_are_stable_per_folder_and_differ_between_folders() {
+        let a = consumer_name("box", std::path::Path::new("/nonexistent/a"));
+        assert_eq!(
+            a,
+            consumer_name("box", std::path::Path::new("/nonexistent/a"))
+        );
+        assert_ne!(
+            a,
+            consumer_name("box", std::path::Path::new("/nonexistent/b"))
+        );
+        assert!(a.starts_with("box-") && a.len() == "box-".len() + 8, "{a}");
     }
 }

@@ -175,7 +175,10 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
                 .map(str::to_owned)
         }),
     )
-    .with_instance(consumer_name(&connections_host(), &config.data));
+    .with_instance(consumer_name(
+        &reactor_hub_triggers::host_name(),
+        &config.data,
+    ));
     let source_triggers: Arc<dyn TriggerFactory> =
         Arc::new(HubTriggers::new(Arc::new(connections)).with_fallback(Arc::new(LightTriggers)));
     let workflows = Arc::new(
@@ -393,16 +396,6 @@ async fn shutdown_signal() {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
     }
-}
-
-/// The host's name, for consumer names.
-fn connections_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "reactor-hub".to_string())
 }
 
 /// A consumer name (Redis stream consumers) that stays the same across restarts of this hub —

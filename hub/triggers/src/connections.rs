@@ -114,7 +114,7 @@ impl Connections {
         Connections {
             named,
             secrets,
-            instance: default_instance(),
+            instance: host_name(),
             leader: Leader::default(),
         }
     }
@@ -278,7 +278,9 @@ fn settings(message: impl Into<String>) -> TriggerError {
     TriggerError::Settings(message.into())
 }
 
-fn default_instance() -> String {
+/// This machine's host name (`HOSTNAME`, else /etc/hostname, else `reactor-hub`): the
+/// default consumer name.
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -56,7 +56,7 @@ pub mod redis;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod sql;
 
-pub use connections::{ConnectionConfig, Connections, Secrets};
+pub use connections::{ConnectionConfig, Connections, Secrets, host_name};
 pub use payload::decode_payload;
 pub use retry::Leader;
 

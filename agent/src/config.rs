@@ -16,13 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use reactor_core::config::{
+    ConfigError, Layered, Origin, env_layers, pick, read_file, secret_from,
+};
 use reactor_core::flow::parse_duration;
 use reactor_core::mqtt::{MqttBrokers, MqttConfig};
 use reactor_core::outbox::OverflowPolicy;
 use serde::Deserialize;
 
 /// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
-const ENV_PREFIX: &str = "REACTOR_";
 /// Listen address when nothing else says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Upper bound of `limits.max_running` (each running execution is a task with an inbox).
@@ -195,62 +197,6 @@ pub struct OutboxConfig {
     pub policy: OverflowPolicy,
 }
 
-/// Where a configuration value came from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Origin {
-    Default,
-    File(PathBuf),
-    Env(String),
-    Flag(&'static str),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Default => write!(f, "the default"),
-            Origin::File(path) => write!(f, "{}", path.display()),
-            Origin::Env(name) => write!(f, "environment variable {name}"),
-            Origin::Flag(flag) => write!(f, "flag --{flag}"),
-        }
-    }
-}
-
-/// Everything wrong with the configuration, reported at once.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "error: invalid configuration: {problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// A value with the layer it came from.
-#[derive(Debug, Clone)]
-struct Layered<T> {
-    value: T,
-    origin: Origin,
-}
-
-fn pick<T>(slot: &mut Option<Layered<T>>, value: Option<T>, origin: &Origin) {
-    if let Some(value) = value {
-        *slot = Some(Layered {
-            value,
-            origin: origin.clone(),
-        });
-    }
-}
-
 /// The merge of the layers before validation, each value tagged with its origin.
 #[derive(Debug, Default)]
 struct Merged {
@@ -343,18 +289,6 @@ fn merge_mqtt(base: &mut MqttConfig, layer: MqttConfig) {
     }
 }
 
-/// A secret by the name a config gives (`password_secret = "MQTT_PASSWORD"`): the variable
-/// `REACTOR_SECRET_MQTT_PASSWORD`, as for `secrets.NAME` in expressions (exact name first,
-/// then upper case).
-fn secret_from(vars: &[(String, String)], name: &str) -> Option<String> {
-    let exact = format!("REACTOR_SECRET_{name}");
-    let upper = exact.to_ascii_uppercase();
-    vars.iter()
-        .find(|(n, _)| *n == exact)
-        .or_else(|| vars.iter().find(|(n, _)| *n == upper))
-        .map(|(_, v)| v.clone())
-}
-
 impl AgentConfig {
     /// Builds the configuration from the layers; `vars` is the process environment.
     pub fn load(
@@ -395,95 +329,6 @@ impl AgentConfig {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError { problems }),
         }
-    }
-}
-
-fn read_file(path: &Path) -> Result<RawConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
-    toml::from_str::<RawConfig>(&text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|span| line_column(&text, span.start))
-            .unwrap_or((1, 1));
-        let shown = text.lines().nth(line - 1).unwrap_or("").trim();
-        let message = e.message().replace('`', "\"");
-        format!(
-            "{}:{line}:{column}: {message}\n  |  {shown}",
-            path.display()
-        )
-    })
-}
-
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, column)
-}
-
-/// One layer per `REACTOR_<SECTION>__<KEY>` variable, each checked on its own so that an
-/// error names the variable. Single-level names are the flags' variables (clap reads them)
-/// or other commands' (`REACTOR_SECRET_*`, `REACTOR_EVENT` …) and are left alone.
-fn env_layers(
-    vars: impl IntoIterator<Item = (String, String)>,
-    problems: &mut Vec<String>,
-) -> Vec<(String, RawConfig)> {
-    let mut layers = Vec::new();
-    let mut vars: Vec<(String, String)> = vars
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
-        .filter(|(name, _)| !name.starts_with("REACTOR_SECRET_"))
-        .collect();
-    vars.sort();
-    for (name, value) in vars {
-        let path: Vec<String> = name[ENV_PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if path.iter().any(String::is_empty) {
-            problems.push(format!("{name}: expected REACTOR_<SECTION>__<KEY>"));
-            continue;
-        }
-        let value = env_value(&value);
-        let mut table = toml::Table::new();
-        let mut cursor = &mut table;
-        for (i, segment) in path.iter().enumerate() {
-            if i + 1 == path.len() {
-                cursor.insert(segment.clone(), value.clone());
-            } else {
-                cursor = cursor
-                    .entry(segment.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .expect("just inserted a table");
-            }
-        }
-        match RawConfig::deserialize(toml::Value::Table(table)) {
-            Ok(raw) => layers.push((name, raw)),
-            Err(e) => problems.push(format!(
-                "environment variable {name} (key {}): {}",
-                path.join("."),
-                e.message().replace('`', "\"")
-            )),
-        }
-    }
-    layers
-}
-
-/// A variable's text as a TOML value (`42`, `true`, `["a", "b"]`), else as a string.
-fn env_value(text: &str) -> toml::Value {
-    let document = format!("v = {text}");
-    match toml::from_str::<toml::Table>(&document) {
-        Ok(mut table) => match table.remove("v") {
-            // Dates and times are not a type any key takes: keep what was written.
-            Some(toml::Value::Datetime(_)) | None => toml::Value::String(text.to_string()),
-            Some(value) => value,
-        },
-        Err(_) => toml::Value::String(text.to_string()),
     }
 }
 

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use reactor_core::config::{ConfigError, Layered, Origin, env_layers, pick, read_file};
 use reactor_core::flow::parse_duration;
 use reactor_hub_triggers::ConnectionConfig;
 use serde::Deserialize;
 
 /// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
-const ENV_PREFIX: &str = "REACTOR_";
 /// Data folder when nothing else says.
 pub const DEFAULT_DATA: &str = "reactor-data";
 /// Listen address when nothing else says.
@@ -254,61 +254,6 @@ pub struct HubConfig {
     pub connections: BTreeMap<String, ConnectionConfig>,
 }
 
-/// Where a configuration value came from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Origin {
-    Default,
-    File(PathBuf),
-    Env(String),
-    Flag(&'static str),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Default => write!(f, "the default"),
-            Origin::File(path) => write!(f, "{}", path.display()),
-            Origin::Env(name) => write!(f, "environment variable {name}"),
-            Origin::Flag(flag) => write!(f, "flag --{flag}"),
-        }
-    }
-}
-
-/// Everything wrong with the configuration, reported at once.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    /// One line per problem: `KEY (from ORIGIN): MESSAGE`.
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "error: invalid configuration: {problem}")?;
-        }
-        Ok(())
-    }
-}
-
-/// A value with the layer it came from.
-#[derive(Debug, Clone)]
-struct Layered<T> {
-    value: T,
-    origin: Origin,
-}
-
-fn pick<T>(slot: &mut Option<Layered<T>>, value: Option<T>, origin: &Origin) {
-    if let Some(value) = value {
-        *slot = Some(Layered {
-            value,
-            origin: origin.clone(),
-        });
-    }
-}
-
 /// The merge of the layers before validation.
 #[derive(Debug, Default)]
 struct Merged {
@@ -399,74 +344,6 @@ impl HubConfig {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError { problems }),
         }
-    }
-}
-
-fn read_file(path: &Path) -> Result<RawConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    toml::from_str::<RawConfig>(&text).map_err(|e| {
-        let place = e
-            .span()
-            .map(|span| {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("{}:{line}:{column}", path.display())
-            })
-            .unwrap_or_else(|| path.display().to_string());
-        format!("{place}: {}", e.message().replace('`', "\""))
-    })
-}
-
-/// `REACTOR_<SECTION>__<KEY>` variables as one-key layers, each checked on its own so an
-/// error names the variable. Single-level names are the flags' variables (clap reads them).
-fn env_layers(
-    vars: impl IntoIterator<Item = (String, String)>,
-    problems: &mut Vec<String>,
-) -> Vec<(String, RawConfig)> {
-    let mut vars: Vec<(String, String)> = vars
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
-        .filter(|(name, _)| !name.starts_with("REACTOR_SECRET_"))
-        .collect();
-    vars.sort();
-    let mut layers = Vec::new();
-    for (name, value) in vars {
-        let path: Vec<String> = name[ENV_PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if path.iter().any(String::is_empty) {
-            problems.push(format!("{name}: expected REACTOR_<SECTION>__<KEY>"));
-            continue;
-        }
-        let mut value = env_value(&value);
-        for segment in path.iter().rev() {
-            let mut table = toml::Table::new();
-            table.insert(segment.clone(), value);
-            value = toml::Value::Table(table);
-        }
-        match RawConfig::deserialize(value) {
-            Ok(raw) => layers.push((name, raw)),
-            Err(e) => problems.push(format!(
-                "environment variable {name} (key {}): {}",
-                path.join("."),
-                e.message().replace('`', "\"")
-            )),
-        }
-    }
-    layers
-}
-
-/// A variable's text as a TOML value (`42`, `true`, `["a"]`), else as a string.
-fn env_value(text: &str) -> toml::Value {
-    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
-        Ok(mut table) => match table.remove("v") {
-            Some(toml::Value::Datetime(_)) | None => toml::Value::String(text.to_string()),
-            Some(value) => value,
-        },
-        Err(_) => toml::Value::String(text.to_string()),
     }
 }
 

@@ -33,6 +33,8 @@
 
 pub mod action;
 pub mod cli;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod deploy;
 pub mod dsl;
 pub mod engine;

@@ -10,18 +10,18 @@
 //! validated [`AgentConfig`] the daemon runs with.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use reactor_core::config::{
     ConfigError, Layered, Origin, env_layers, pick, read_file, secret_from,
 };
 use reactor_core::flow::parse_duration;
 use reactor_core::mqtt::{MqttBrokers, MqttConfig};
 use reactor_core::outbox::OverflowPolicy;
+pub use reactor_core::process::LogFormat;
 use serde::Deserialize;
 
 /// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
@@ -86,14 +86,6 @@ RUST_LOG filters logs (default info).
 
 Signals: SIGTERM or SIGINT stop triggers, checkpoint running executions and close the
 journal; they resume at the next start.";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Human,
-    Json,
-}
 
 /// The file as written; every section and key optional.
 #[derive(Debug, Default, Deserialize)]

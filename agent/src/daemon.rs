@@ -27,7 +27,7 @@ use reactor_core::trigger::{EventRouter, HttpRoutes, Supervisor, TaskState, Trig
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, LogFormat, RunFlags};
+use crate::config::{AgentConfig, RunFlags};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::mqtt::{MqttForward, SharedPublisher};
 
@@ -99,37 +99,8 @@ pub fn run(flags: &RunFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "reactor-agent stopped");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    reactor_core::process::init_logging(config.log_format, "info");
+    reactor_core::process::run_daemon("reactor-agent", serve(config))
 }
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {

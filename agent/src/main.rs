@@ -30,6 +30,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reactor_core::cli::{self, ExecOptions};
+use reactor_core::process::{self, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,7 +106,7 @@ fn main() -> ExitCode {
             allow_exec,
             env,
         } => {
-            init_logging();
+            process::init_logging(LogFormat::Human, "warn");
             let options = ExecOptions {
                 file,
                 event,
@@ -113,49 +114,31 @@ fn main() -> ExitCode {
                 allow_exec,
                 env,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("error: cannot start the async runtime: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            runtime.block_on(cli::exec(
+            process::run_command(cli::exec(
                 &options,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             ))
         }
         Command::Enroll { hub, token, data } => {
-            init_logging();
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("error: cannot start the async runtime: {error}");
-                    return ExitCode::from(2);
+            process::init_logging(LogFormat::Human, "warn");
+            process::run_command(async {
+                match fleet::enroll::enroll(&hub, &token, &data).await {
+                    Ok(enrollment) => {
+                        println!(
+                            "enrolled as {} (broker {}); run `reactor-agent run --data {}` to connect",
+                            enrollment.device_id,
+                            enrollment.broker.url,
+                            data.display()
+                        );
+                        0
+                    }
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        1
+                    }
                 }
-            };
-            match runtime.block_on(fleet::enroll::enroll(&hub, &token, &data)) {
-                Ok(enrollment) => {
-                    println!(
-                        "enrolled as {} (broker {}); run `reactor-agent run --data {}` to connect",
-                        enrollment.device_id,
-                        enrollment.broker.url,
-                        data.display()
-                    );
-                    0
-                }
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    1
-                }
-            }
+            })
         }
         Command::Schema => {
             let schema = reactor_core::dsl::schema::json_schema();
@@ -167,14 +150,4 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-/// Logs go to stderr (stdout carries `exec`'s JSON); `RUST_LOG` filters, default `warn`.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

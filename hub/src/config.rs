@@ -11,12 +11,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use reactor_core::config::{ConfigError, Layered, Origin, env_layers, pick, read_file};
 use reactor_core::flow::parse_duration;
+pub use reactor_core::process::LogFormat;
 use reactor_hub_triggers::ConnectionConfig;
 use serde::Deserialize;
 
@@ -139,15 +140,6 @@ with `reactor-hub token create --role admin` (same --data / --database).
 
 Signals: SIGTERM or SIGINT stop the HTTP server and triggers, checkpoint running executions
 and close the database; they resume at the next start.";
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Human,
-    Json,
-}
 
 /// The file as written; every section and key optional.
 #[derive(Debug, Default, Deserialize)]

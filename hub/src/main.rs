@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reactor_core::cli::{self, ExecOptions};
+use reactor_core::process::{self, LogFormat};
 use reactor_hub::cli::TokenCommand;
 use reactor_hub::config::{SERVE_HELP, ServeFlags};
 
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
             allow_exec,
             env,
         } => {
-            init_logging();
+            process::init_logging(LogFormat::Human, "warn");
             let options = ExecOptions {
                 file,
                 event,
@@ -95,17 +96,7 @@ fn main() -> ExitCode {
                 allow_exec,
                 env,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("error: cannot start the async runtime: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            runtime.block_on(cli::exec(
+            process::run_command(cli::exec(
                 &options,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
@@ -121,14 +112,4 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-/// Logs go to stderr (stdout carries `exec`'s JSON); `RUST_LOG` filters, default `warn`.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -255,6 +255,10 @@ mod tests {
         let expected = format!("{}:3:15: ", path.display());
         assert!(problem.starts_with(&expected), "{problem}");
         assert!(problem.ends_with("|  max_running = \"ten\""), "{problem}");
+        std::fs::write(&path, "listen = \"0.0.0.0:80\"\n").unwrap();
+        let raw = read_file::<Raw>(&path).unwrap();
+        assert_eq!(raw.listen.as_deref(), Some("0.0.0.0:80"));
+        assert!(raw.limits.is_none());
         let missing = read_file::<Raw>(&dir.path().join("none.toml")).unwrap_err();
         assert!(missing.contains("cannot read the file"), "{missing}");
     }

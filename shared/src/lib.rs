@@ -33,7 +33,7 @@
 
 pub mod action;
 pub mod cli;
-#[cfg(feature = "config")]
+#[cfg(feature = "app")]
 pub mod config;
 pub mod deploy;
 pub mod dsl;
@@ -45,6 +45,8 @@ pub mod metrics;
 pub mod mqtt;
 #[cfg(feature = "outbox")]
 pub mod outbox;
+#[cfg(feature = "app")]
+pub mod process;
 pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HubState, Server, TokenCache};
 use crate::alerts::Alerts;
-use crate::config::{HubConfig, LogFormat, ServeFlags};
+use crate::config::{HubConfig, ServeFlags};
 use crate::db::{Database, HubInstance, Leader, SqlStore};
 use crate::metrics::{EngineMetrics, Telemetry};
 use crate::secrets::SecretStore;
@@ -58,37 +58,8 @@ pub fn run(flags: &ServeFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "reactor-hub stopped");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    reactor_core::process::init_logging(config.log_format, "info");
+    reactor_core::process::run_daemon("reactor-hub", serve(config))
 }
 
 async fn serve(config: HubConfig) -> anyhow::Result<()> {

@@ -1,0 +1,73 @@
+//! What the agent and hub binaries share around their commands: log set-up and the async
+//! runtime each command runs on, with the exit codes DSL.md's command-line contract gives.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+use serde::Deserialize;
+
+/// How logs are written: human-readable lines (default) or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Logs go to stderr (stdout carries the commands' output); `RUST_LOG` filters, else
+/// `default_level`. Colours only on a terminal. A second call changes nothing.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Runs a daemon (`reactor-agent run`, `reactor-hub serve`) on a multi-thread runtime: exit
+/// 0 after a clean stop, 1 when the runtime cannot start or `serve` ends with an error (logged
+/// as `{program} stopped`, with its causes).
+pub fn run_daemon<E: Display>(
+    program: &str,
+    serve: impl Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "{program} stopped");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs a short command (`exec`, `enroll`, …) on a current-thread runtime and returns its exit
+/// code; 2 when the runtime cannot start.
+pub fn run_command(command: impl Future<Output = i32>) -> i32 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            2
+        }
+    }
+}

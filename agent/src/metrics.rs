@@ -1,19 +1,18 @@
-//! `/metrics`: Prometheus text format, written by hand (no metrics crate: the agent stays
-//! small).
+//! `/metrics`: the Prometheus text format through reactor-core's `metrics` (no metrics crate:
+//! the agent stays small), the same names and labels as the hub's.
 //!
 //! Per-workflow execution counts come from [`MeteredStore`], which wraps the journal and
 //! counts what the engine writes: a `Create` is a started execution, an `Update` to a finished
 //! status is a finished one. The counters are since this process started.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
+use reactor_core::metrics::{self, Family, Kind, labels, trigger_families, trigger_rows};
 use reactor_core::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
-use reactor_core::trigger::{TaskState, TriggerStatsSnapshot};
 
 use crate::daemon::AgentState;
 
@@ -93,19 +92,6 @@ impl<S: Store> Store for MeteredStore<S> {
     }
 }
 
-/// Label values escaped as the text format requires.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
 /// The resident set size of this process, from /proc/self/status (Linux).
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -114,207 +100,85 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The agent's metric families, in the text format the hub also writes (reactor-core
+/// [`metrics`](reactor_core::metrics)): executions, triggers, load shedding, memory.
 pub fn render(state: &AgentState) -> String {
-    let mut out = String::with_capacity(4096);
     let stats = state.runtime.stats();
-    let metrics = &state.metrics;
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed) as f64;
 
-    header(
-        &mut out,
+    let mut executions = Family::new(
         "reactor_executions_total",
-        "counter",
+        Kind::Counter,
         "Executions started and finished, by workflow and status (since start).",
     );
-    for ((workflow, status), count) in metrics
+    for ((workflow, status), total) in state
+        .metrics
         .executions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        let _ = writeln!(
-            out,
-            "reactor_executions_total{{workflow=\"{}\",status=\"{status}\"}} {count}",
-            label(workflow)
+        executions.push(
+            labels([("workflow", workflow.as_str()), ("status", status)]),
+            *total as f64,
         );
     }
-    let started = stats.started.load(Ordering::Relaxed);
-    let finished = stats.succeeded.load(Ordering::Relaxed)
-        + stats.failed.load(Ordering::Relaxed)
-        + stats.cancelled.load(Ordering::Relaxed);
-    header(
-        &mut out,
-        "reactor_executions_skipped_total",
-        "counter",
-        "Events the workflow's if/unless rejected (no execution created).",
-    );
-    let _ = writeln!(
-        out,
-        "reactor_executions_skipped_total {}",
-        stats.skipped.load(Ordering::Relaxed)
-    );
-    header(
-        &mut out,
-        "reactor_executions_dropped_total",
-        "counter",
-        "Events dropped by concurrency overflow: drop.",
-    );
-    let _ = writeln!(
-        out,
-        "reactor_executions_dropped_total {}",
-        stats.dropped.load(Ordering::Relaxed)
-    );
-    header(
-        &mut out,
-        "reactor_executions_running",
-        "gauge",
-        "Executions started by this process and not finished yet.",
-    );
-    let _ = writeln!(
-        out,
-        "reactor_executions_running {}",
-        started.saturating_sub(finished)
-    );
-    header(
-        &mut out,
-        "reactor_workflows_loaded",
-        "gauge",
-        "Active workflows.",
-    );
-    let _ = writeln!(
-        out,
-        "reactor_workflows_loaded {}",
-        state.workflows.list().len()
-    );
-
-    // One row per trigger: (workflow, trigger, kind, stats, up).
-    let mut rows: Vec<(
-        String,
-        String,
-        &'static str,
-        TriggerStatsSnapshot,
-        Option<bool>,
-    )> = Vec::new();
-    let tasks: BTreeMap<String, (TaskState, TriggerStatsSnapshot)> = state
-        .workflows
-        .supervisor()
-        .tasks()
-        .into_iter()
-        .map(|(name, task_state, stats)| (name, (task_state, stats.snapshot())))
-        .collect();
-    for info in state.workflows.triggers() {
-        if let Some((task_state, stats)) = info.task.as_ref().and_then(|t| tasks.get(t)) {
-            let up = matches!(task_state, TaskState::Running | TaskState::Finished);
-            rows.push((
-                info.workflow,
-                info.label,
-                info.kind,
-                stats.clone(),
-                Some(up),
-            ));
-        }
-    }
-    for (workflow, method, path, stats) in state.workflows.routes().stats() {
-        let trigger = format!("{method} {path}");
-        rows.push((
-            workflow.to_string(),
-            trigger,
-            "http",
-            stats.snapshot(),
-            Some(true),
-        ));
-    }
-    for (workflow, pattern, stats) in state.workflows.events().stats() {
-        rows.push((
-            workflow.to_string(),
-            pattern,
-            "event",
-            stats.snapshot(),
-            Some(true),
-        ));
-    }
-    let labels = |row: &(
-        String,
-        String,
-        &'static str,
-        TriggerStatsSnapshot,
-        Option<bool>,
-    )| {
-        format!(
-            "workflow=\"{}\",trigger=\"{}\",kind=\"{}\"",
-            label(&row.0),
-            label(&row.1),
-            row.2
-        )
-    };
-    header(
-        &mut out,
-        "reactor_trigger_up",
-        "gauge",
-        "1 while the trigger runs, 0 while it restarts after an error or has given up.",
-    );
-    for row in &rows {
-        if let Some(up) = row.4 {
-            let _ = writeln!(
-                out,
-                "reactor_trigger_up{{{}}} {}",
-                labels(row),
-                u8::from(up)
-            );
-        }
-    }
-    type Counter = (&'static str, &'static str, fn(&TriggerStatsSnapshot) -> u64);
-    let counters: [Counter; 4] = [
-        (
-            "reactor_trigger_events_total",
-            "Events a trigger submitted to the engine.",
-            |s| s.events,
+    let finished = count(&stats.succeeded) + count(&stats.failed) + count(&stats.cancelled);
+    let mut families = vec![
+        executions,
+        Family::single(
+            "reactor_executions_skipped_total",
+            Kind::Counter,
+            "Events the workflow's if/unless rejected (no execution created).",
+            count(&stats.skipped),
         ),
-        (
-            "reactor_trigger_errors_total",
-            "Trigger errors (failed submissions, failures of the trigger itself).",
-            |s| s.errors,
+        Family::single(
+            "reactor_executions_dropped_total",
+            Kind::Counter,
+            "Events dropped by concurrency overflow: drop.",
+            count(&stats.dropped),
         ),
-        (
-            "reactor_trigger_rejected_total",
-            "Requests or events a trigger refused (auth, signature, size).",
-            |s| s.rejected,
+        Family::single(
+            "reactor_executions_running",
+            Kind::Gauge,
+            "Executions started by this process and not finished yet.",
+            (count(&stats.started) - finished).max(0.0),
         ),
-        (
-            "reactor_trigger_restarts_total",
-            "Times a trigger was restarted after an error.",
-            |s| s.restarts,
+        Family::single(
+            "reactor_workflows_loaded",
+            Kind::Gauge,
+            "Active workflows.",
+            state.workflows.list().len() as f64,
         ),
     ];
-    for (name, help, value) in counters {
-        header(&mut out, name, "counter", help);
-        for row in &rows {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(row), value(&row.3));
-        }
-    }
-    header(
-        &mut out,
+    let rows = trigger_rows(&state.workflows);
+    families.extend(trigger_families(&rows));
+    // Kept from the agent's first releases: sheds of http triggers, and their sum.
+    let mut shed = Family::new(
         "reactor_http_requests_shed_total",
-        "counter",
+        Kind::Counter,
         "HTTP trigger requests answered 503 with Retry-After because the engine was saturated.",
     );
-    for row in rows.iter().filter(|r| r.2 == "http") {
-        let _ = writeln!(
-            out,
-            "reactor_http_requests_shed_total{{{}}} {}",
-            labels(row),
-            row.3.shed
+    for row in rows.iter().filter(|row| row.kind == "http") {
+        shed.push(
+            labels([
+                ("workflow", row.workflow.as_str()),
+                ("trigger", row.trigger.as_str()),
+                ("kind", row.kind),
+            ]),
+            row.stats.shed as f64,
         );
     }
-    let shed: u64 = rows.iter().map(|r| r.3.shed).sum();
-    let _ = writeln!(out, "reactor_http_requests_shed_total {shed}");
+    let total: u64 = rows.iter().map(|row| row.stats.shed).sum();
+    shed.push(Default::default(), total as f64);
+    families.push(shed);
     if let Some(rss) = resident_bytes() {
-        header(
-            &mut out,
+        families.push(Family::single(
             "reactor_process_resident_memory_bytes",
-            "gauge",
+            Kind::Gauge,
             "Resident set size of the agent process.",
-        );
-        let _ = writeln!(out, "reactor_process_resident_memory_bytes {rss}");
+            rss as f64,
+        ));
     }
-    out
+    metrics::render(&families)
 }

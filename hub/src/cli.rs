@@ -70,23 +70,7 @@ impl DataFlags {
 
 /// Runs a token subcommand: exit 0, or 1 with the error on stderr.
 pub fn token(command: TokenCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run_token(command, &mut std::io::stdout())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+    reactor_core::process::run_admin(run_token(command, &mut std::io::stdout()))
 }
 
 async fn run_token(command: TokenCommand, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -71,3 +71,18 @@ pub fn run_command(command: impl Future<Output = i32>) -> i32 {
         }
     }
 }
+
+/// Runs an administrative command (`token`, `device`, `secret`, `enroll` …): exit 0, or 1
+/// with the error and its causes on stderr (also when the runtime cannot start).
+pub fn run_admin<E: Display>(command: impl Future<Output = Result<(), E>>) -> ExitCode {
+    let code = run_command(async {
+        match command.await {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                1
+            }
+        }
+    });
+    ExitCode::from(u8::try_from(code.min(1)).unwrap_or(1))
+}

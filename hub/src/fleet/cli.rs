@@ -36,23 +36,7 @@ pub enum DeviceCommand {
 
 /// Runs a device subcommand: exit 0, or 1 with the error on stderr.
 pub fn device(command: DeviceCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(command, &mut std::io::stdout())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+    reactor_core::process::run_admin(run(command, &mut std::io::stdout()))
 }
 
 async fn run(command: DeviceCommand, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -74,24 +74,8 @@ impl SecretPlace {
 
 /// Runs a secret subcommand: exit 0, or 1 with the error on stderr.
 pub fn secret(command: SecretCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
     let mut stdin = std::io::stdin().lock();
-    match runtime.block_on(run(command, &mut stdin, &mut std::io::stdout())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+    reactor_core::process::run_admin(run(command, &mut stdin, &mut std::io::stdout()))
 }
 
 /// Reads a value: at most [`MAX_VALUE_LEN`] bytes of UTF-8, one trailing newline dropped.

@@ -60,7 +60,7 @@ steps:
   - id: first
     action: count
   - id: nap
-    sleep: 2s
+    sleep: 3s
   - id: second
     action: count
 "#;
@@ -129,7 +129,19 @@ async fn a_dead_hubs_executions_are_adopted_and_complete_once() {
         };
         ids.push(id);
     }
-    // Hub A dies mid-work: its executions are asleep in `nap`; its lease stops.
+    // Hub A dies mid-work, once at least half of the first steps ran (a loaded machine may
+    // be slow to start them): its executions are asleep in `nap`; its lease stops.
+    let firsts = || {
+        runs.lock()
+            .unwrap()
+            .keys()
+            .filter(|key| key.contains("first"))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while firsts() < EXECUTIONS / 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     a.heartbeat.abort();
     a.runtime.shutdown().await;
     let a_store = Arc::clone(&a.store);
@@ -224,8 +236,11 @@ async fn two_hubs_adopting_at_once_never_take_the_same_execution() {
         .collect();
     orphaned.write(batch).await.expect("write");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let b_instance = HubInstance::register(&db, LEASE).await.expect("register");
-    let c_instance = HubInstance::register(&db, LEASE).await.expect("register");
+    // Live hubs whose leases outlast the test (no heartbeat here): what is raced for is
+    // the dead hub's orphans, never each other's.
+    let live = Duration::from_secs(120);
+    let b_instance = HubInstance::register(&db, live).await.expect("register");
+    let c_instance = HubInstance::register(&db, live).await.expect("register");
     let b = SqlStore::new(db.clone(), b_instance.id());
     let c = SqlStore::new(db.clone(), c_instance.id());
     let mut taken_b = HashSet::new();

@@ -89,6 +89,20 @@ pub(crate) fn touched(group: &[Vec<StoreWrite>]) -> Vec<String> {
     ids.iter().map(ToString::to_string).collect()
 }
 
+/// Whether every execution the group writes is created by the group itself (each one's
+/// `Create` comes before its other writes). Such a group needs no stored state to be planned:
+/// the only way it can clash with the database is an id that exists already, which the
+/// database's primary key refuses.
+pub(crate) fn creates_only(group: &[Vec<StoreWrite>]) -> bool {
+    let mut created = std::collections::HashSet::new();
+    group.iter().flatten().all(|write| match write {
+        StoreWrite::Create { record, .. } => created.insert(record.id),
+        StoreWrite::Update(record) => created.contains(&record.id),
+        StoreWrite::Append { id, .. } => created.contains(id),
+        StoreWrite::PutMeta { .. } => true,
+    })
+}
+
 /// The state of one execution while the group is planned.
 #[derive(Clone, Debug)]
 struct Slot {

@@ -2,9 +2,13 @@
 //! in a temp dir, `Durability::Immediate`), beside a raw consumer of the same source doing the
 //! same reads and acknowledgements without recording anything.
 //!
-//! `cargo bench -p reactor-hub-triggers --bench throughput [-- redis kafka postgres]`
-//! Needs Redis on 6379 and PostgreSQL on 5432 (wal_level=logical); Kafka is librdkafka's mock
-//! cluster. `REACTOR_BENCH_EVENTS` sets the event count (default 20000).
+//! Beside both, the engine's own ceiling for the same workflow and journal: `submit_once` of
+//! the same number of events in batches of 512, with no source at all (`engine`).
+//!
+//! `cargo bench -p reactor-hub-triggers --bench throughput [-- engine redis nats kafka postgres mysql]`
+//! Needs Redis on 6379, NATS (JetStream) on 4222, PostgreSQL on 5432 (wal_level=logical) and
+//! MariaDB on 3306 (binlog, ROW); Kafka is librdkafka's mock cluster. `REACTOR_BENCH_EVENTS`
+//! sets the event count (default 20000).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,12 +20,15 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reactor_core::action::builtin_registry;
-use reactor_core::engine::{Environment, Runtime, RuntimeConfig};
+use reactor_core::engine::{DedupeMark, Environment, Event, Runtime, RuntimeConfig};
 use reactor_core::store::{RedbOptions, RedbStore};
 use reactor_core::trigger::{Trigger, TriggerContext};
 use reactor_hub_triggers::Connections;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
+
+#[path = "throughput/sources.rs"]
+mod sources;
 
 fn events() -> usize {
     std::env::var("REACTOR_BENCH_EVENTS")
@@ -79,9 +86,30 @@ async fn drive(runtime: &Runtime, count: usize) -> f64 {
 
 fn report(source: &str, count: usize, raw: f64, reactor: f64) {
     println!(
-        "{source:<14} {count:>7} events  raw consumer {raw:>10.0}/s  reactor {reactor:>9.0}/s  ({:.0} % of raw)",
+        "{source:<14} {count:>7} events  raw consumer {raw:>10.0}/s  reactor {reactor:>9.0}/s  ({:.1} % of raw)",
         100.0 * reactor / raw
     );
+}
+
+/// The engine alone: `submit_once` of `count` events in batches of 512 (as the triggers
+/// submit), each batch awaited before the next, into the same journal.
+async fn engine_bench(count: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir, "event: { type: bench }");
+    let started = Instant::now();
+    let numbers: Vec<usize> = (0..count).collect();
+    for chunk in numbers.chunks(512) {
+        let submissions = chunk.iter().map(|n| {
+            let event = Event::new("bench", "reactor:bench", serde_json::json!({"n": n}));
+            let mark = DedupeMark::new(format!("bench/{n}"), serde_json::json!(n));
+            runtime.submit_once("bench", event, serde_json::json!({}), mark)
+        });
+        for result in futures::future::join_all(submissions).await {
+            result.unwrap();
+        }
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    println!("{:<14} {count:>7} events  engine alone (no source)  {rate:>9.0}/s", "engine");
 }
 
 async fn redis_bench(count: usize) {
@@ -327,14 +355,23 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if on("engine") {
+            engine_bench(count).await;
+        }
         if on("redis") {
             redis_bench(count).await;
         }
         if on("kafka") {
             kafka_bench(count).await;
         }
+        if on("nats") {
+            sources::nats_bench(count).await;
+        }
         if on("postgres") {
             postgres_bench(count).await;
+        }
+        if on("mysql") {
+            sources::mysql_bench(count).await;
         }
     });
 }

@@ -39,7 +39,9 @@ pub async fn nats_bench(count: usize) {
                         .unwrap();
                     acks.push(ack);
                 }
-                for ack in futures::future::join_all(acks).await {
+                for ack in
+                    futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await
+                {
                     ack.unwrap();
                 }
             }
@@ -89,7 +91,9 @@ pub async fn nats_bench(count: usize) {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(
         &dir,
-        &format!("nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, url: \"{NATS}\" }}"),
+        &format!(
+            "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, url: \"{NATS}\" }}"
+        ),
     );
     let reactor = drive(&runtime, count).await;
     js.delete_stream(&stream).await.unwrap();
@@ -147,8 +151,9 @@ pub async fn mysql_bench(count: usize) {
     let mut seen = 0;
     while seen < count {
         let event = stream.next().await.unwrap().unwrap();
-        if let Some(EventData::RowsEvent(rows @ RowsEventData::WriteRowsEvent(_))) =
-            event.read_data().unwrap()
+        if let Some(EventData::RowsEvent(
+            rows @ (RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_)),
+        )) = event.read_data().unwrap()
         {
             let Some(tme) = stream.get_tme(rows.table_id()) else {
                 continue;
@@ -183,13 +188,17 @@ pub async fn mysql_bench(count: usize) {
         .store()
         .write(vec![StoreWrite::PutMeta {
             key,
-            value: Some(serde_json::to_vec(&serde_json::json!({"file": file, "pos": pos})).unwrap()),
+            value: Some(
+                serde_json::to_vec(&serde_json::json!({"file": file, "pos": pos})).unwrap(),
+            ),
         }])
         .await
         .unwrap();
     insert(&mut conn, &table, count).await;
     let reactor = drive(&runtime, count).await;
-    conn.query_drop(format!("DROP TABLE {table}")).await.unwrap();
+    conn.query_drop(format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
     drop(conn);
     pool.disconnect().await.unwrap();
     report("mariadb cdc", count, raw, reactor);

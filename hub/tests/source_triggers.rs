@@ -136,3 +136,79 @@ async fn an_uploaded_redis_workflow_runs_and_stops_when_deleted() {
         .await
         .unwrap();
 }
+
+/// A trigger whose source stays unreachable is reported unhealthy, with its last error, in
+/// the workflow's API resource and in `/metrics`; a working one is healthy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_trigger_is_unhealthy_in_the_api_and_metrics() {
+    let unique = ulid::Ulid::new().to_string().to_lowercase();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(Place::sqlite(&dir.path().join("data")), &[]).await;
+    // Nothing listens on port 1.
+    let broken = format!("broken-{}", &unique[..10]);
+    let working = format!("working-{}", &unique[..10]);
+    for (name, url) in [(&broken, "redis://127.0.0.1:1"), (&working, REDIS)] {
+        let yaml = format!(
+            "reactor: 1\nname: {name}\ntriggers:\n  - redis: {{ stream: reactor-health-{unique}, group: hub, url: \"{url}\" }}\n\
+             steps:\n  - action: transform\n    with: {{ value: 1 }}\n"
+        );
+        hub.send_yaml("POST", "/api/v1/workflows", &yaml)
+            .await
+            .expect(201);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let reply = hub
+            .get(&format!("/api/v1/workflows/{broken}"))
+            .await
+            .expect(200);
+        let status = reply.body["trigger_status"][0].clone();
+        if status["healthy"] == false || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["healthy"], false, "{status}");
+    assert_eq!(status["kind"], "redis", "{status}");
+    assert!(status["failing"].as_u64().unwrap() >= 3, "{status}");
+    assert!(status["errors"].as_u64().unwrap() >= 3, "{status}");
+    let message = status["last_error"]["message"].as_str().unwrap();
+    assert!(message.contains("redis"), "{message}");
+    assert!(status["last_error"]["at"].is_string(), "{status}");
+
+    let reply = hub
+        .get(&format!("/api/v1/workflows/{working}"))
+        .await
+        .expect(200);
+    let ok = &reply.body["trigger_status"][0];
+    assert_eq!(ok["healthy"], true, "{ok}");
+    assert_eq!(ok["failing"], 0, "{ok}");
+
+    let metrics = hub.get("/metrics").await.text;
+    let line = |family: &str, workflow: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{family}{{"))
+                    && l.contains(&format!("workflow=\"{workflow}\""))
+            })
+            .unwrap_or_else(|| panic!("no {family} for {workflow} in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(line("reactor_trigger_healthy", &broken), 0.0);
+    assert_eq!(line("reactor_trigger_healthy", &working), 1.0);
+    assert!(line("reactor_trigger_errors_total", &broken) >= 3.0);
+    assert!(line("reactor_trigger_last_error_timestamp_seconds", &broken) > 1.7e9);
+    assert_eq!(line("reactor_trigger_source_lag", &working), 0.0);
+
+    let mut conn = redis().await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("reactor-health-{unique}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

@@ -328,6 +328,29 @@ pub fn trigger_families(rows: &[TriggerRow]) -> Vec<Family> {
         }
         families.push(family);
     }
+    let mut healthy = Family::new(
+        "reactor_trigger_healthy",
+        Kind::Gauge,
+        "0 while a trigger keeps failing (3 errors in a row without a success in between), else 1.",
+    );
+    let mut lag = Family::new(
+        "reactor_trigger_source_lag",
+        Kind::Gauge,
+        "How far behind its source a trigger is, in the source's unit (Kafka messages, stream entries, WAL or binlog bytes); 0 where the source does not tell.",
+    );
+    let mut last_error = Family::new(
+        "reactor_trigger_last_error_timestamp_seconds",
+        Kind::Gauge,
+        "When the trigger's last error happened (the message is in the API), for triggers that had one.",
+    );
+    for row in rows {
+        healthy.push(row_labels(row), f64::from(u8::from(row.stats.healthy())));
+        lag.push(row_labels(row), row.stats.lag as f64);
+        if let Some((at, _)) = &row.stats.last_error {
+            last_error.push(row_labels(row), at.millis() as f64 / 1000.0);
+        }
+    }
+    families.extend([healthy, lag, last_error]);
     families
 }
 

@@ -218,7 +218,37 @@ pub async fn get_one(
     if let Some(loaded) = state.workflows.runtime().workflow(&name, None) {
         value["description"] = json!(loaded.description);
     }
+    value["trigger_status"] = trigger_status(&state, &name);
     Ok(axum::Json(value).into_response())
+}
+
+/// The health of the workflow's running triggers: counters, `healthy` (false after 3 errors
+/// in a row without a success) and the last error with its time (also in `/metrics`).
+fn trigger_status(state: &HubState, name: &str) -> Value {
+    let rows = reactor_core::metrics::trigger_rows(&state.workflows);
+    Value::Array(
+        rows.into_iter()
+            .filter(|row| row.workflow == name)
+            .map(|row| {
+                let stats = &row.stats;
+                json!({
+                    "trigger": row.trigger,
+                    "kind": row.kind,
+                    "up": row.up,
+                    "healthy": stats.healthy(),
+                    "events": stats.events,
+                    "errors": stats.errors,
+                    "lag": stats.lag,
+                    "failing": stats.failing,
+                    "restarts": stats.restarts,
+                    "last_error": stats.last_error.as_ref().map(|(at, message)| json!({
+                        "at": at.to_rfc3339(),
+                        "message": message,
+                    })),
+                })
+            })
+            .collect(),
+    )
 }
 
 /// `DELETE /api/v1/workflows/{name}`

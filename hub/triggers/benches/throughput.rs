@@ -2,9 +2,13 @@
 //! in a temp dir, `Durability::Immediate`), beside a raw consumer of the same source doing the
 //! same reads and acknowledgements without recording anything.
 //!
-//! `cargo bench -p reactor-hub-triggers --bench throughput [-- redis kafka postgres]`
-//! Needs Redis on 6379 and PostgreSQL on 5432 (wal_level=logical); Kafka is librdkafka's mock
-//! cluster. `REACTOR_BENCH_EVENTS` sets the event count (default 20000).
+//! Beside both, the engine's own ceiling for the same workflow and journal: `submit_once` of
+//! the same number of events in batches of 512, with no source at all (`engine`).
+//!
+//! `cargo bench -p reactor-hub-triggers --bench throughput [-- engine redis nats kafka postgres mysql]`
+//! Needs Redis on 6379, NATS (JetStream) on 4222, PostgreSQL on 5432 (wal_level=logical) and
+//! MariaDB on 3306 (binlog, ROW); Kafka is librdkafka's mock cluster. `REACTOR_BENCH_EVENTS`
+//! sets the event count (default 20000).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,12 +20,15 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reactor_core::action::builtin_registry;
-use reactor_core::engine::{Environment, Runtime, RuntimeConfig};
+use reactor_core::engine::{DedupeMark, Environment, Event, Runtime, RuntimeConfig};
 use reactor_core::store::{RedbOptions, RedbStore};
 use reactor_core::trigger::{Trigger, TriggerContext};
 use reactor_hub_triggers::Connections;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
+
+#[path = "throughput/sources.rs"]
+mod sources;
 
 fn events() -> usize {
     std::env::var("REACTOR_BENCH_EVENTS")
@@ -79,8 +86,50 @@ async fn drive(runtime: &Runtime, count: usize) -> f64 {
 
 fn report(source: &str, count: usize, raw: f64, reactor: f64) {
     println!(
-        "{source:<14} {count:>7} events  raw consumer {raw:>10.0}/s  reactor {reactor:>9.0}/s  ({:.0} % of raw)",
+        "{source:<14} {count:>7} events  raw consumer {raw:>10.0}/s  reactor {reactor:>9.0}/s  ({:.1} % of raw)",
         100.0 * reactor / raw
+    );
+}
+
+/// The engine alone: `submit_once` of `count` events in batches of 512 (as the triggers
+/// submit), each batch awaited before the next, into the same journal.
+async fn engine_bench(count: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = runtime(&dir, "event: { type: bench }");
+    let started = Instant::now();
+    let numbers: Vec<usize> = (0..count).collect();
+    for chunk in numbers.chunks(512) {
+        let submissions = chunk.iter().map(|n| {
+            let event = Event::new("bench", "reactor:bench", serde_json::json!({"n": n}));
+            let mark = DedupeMark::new(format!("bench/{n}"), serde_json::json!(n));
+            keyed.submit_once("bench", event, serde_json::json!({}), mark)
+        });
+        for result in futures::future::join_all(submissions).await {
+            result.unwrap();
+        }
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "{:<14} {count:>7} events  engine alone (no source), submit_once  {rate:>9.0}/s",
+        "engine"
+    );
+    // The same without de-duplication marks (no mark read, no mark write).
+    let dir = tempfile::tempdir().unwrap();
+    let plain = runtime(&dir, "event: { type: bench }");
+    let started = Instant::now();
+    for chunk in numbers.chunks(512) {
+        let submissions = chunk.iter().map(|n| {
+            let event = Event::new("bench", "reactor:bench", serde_json::json!({"n": n}));
+            plain.submit("bench", event, serde_json::json!({}))
+        });
+        for result in futures::future::join_all(submissions).await {
+            result.unwrap();
+        }
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "{:<14} {count:>7} events  engine alone (no source), submit       {rate:>9.0}/s",
+        "engine"
     );
 }
 
@@ -261,7 +310,7 @@ async fn postgres_bench(count: usize) {
             }
         }
     };
-    // Raw: peek 500, then advance, without recording.
+    // Raw: peek 500, then advance (as the trigger does), without recording.
     let slot = name("bench_raw");
     fill(slot.clone()).await;
     let started = Instant::now();
@@ -276,8 +325,12 @@ async fn postgres_bench(count: usize) {
         .unwrap();
         seen += rows.iter().filter(|r| r.1.starts_with("table ")).count();
         if let Some((lsn, _)) = rows.last() {
-            sqlx::query("SELECT count(*) FROM pg_logical_slot_get_changes($1, $2::pg_lsn, NULL, 'include-xids', '1', 'skip-empty-xacts', '1')")
-                .bind(&slot).bind(lsn).execute(&mut conn).await.unwrap();
+            sqlx::query("SELECT end_lsn FROM pg_replication_slot_advance($1, $2::pg_lsn)")
+                .bind(&slot)
+                .bind(lsn)
+                .execute(&mut conn)
+                .await
+                .unwrap();
         }
     }
     let raw = count as f64 / started.elapsed().as_secs_f64();
@@ -327,14 +380,23 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if on("engine") {
+            engine_bench(count).await;
+        }
         if on("redis") {
             redis_bench(count).await;
         }
         if on("kafka") {
             kafka_bench(count).await;
         }
+        if on("nats") {
+            sources::nats_bench(count).await;
+        }
         if on("postgres") {
             postgres_bench(count).await;
+        }
+        if on("mysql") {
+            sources::mysql_bench(count).await;
         }
     });
 }

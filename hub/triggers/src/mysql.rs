@@ -423,10 +423,9 @@ impl MysqlTrigger {
                 .await
                 .map_err(Failure::Retry)?;
             debug!(file = %position.file, pos = position.pos, changes = keys.len(), "mysql position stored");
-            // Changes before a stored position are never read again.
-            if let Err(error) = context.runtime.forget_marks(&context.workflow, &keys).await {
-                debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-            }
+            // Changes before a stored position are never read again: their marks can go
+            // (without waiting: the delete rides the next group commit).
+            retry::forget_soon(context, keys);
         }
         Ok(())
     }
@@ -540,9 +539,7 @@ impl MysqlTrigger {
                     .await
                     .map_err(Failure::Retry)?;
                 position = reached;
-                if let Err(error) = context.runtime.forget_marks(&context.workflow, &keys).await {
-                    debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-                }
+                retry::forget_soon(context, keys);
             }
             if !complete {
                 return Err(Failure::Retry("mysql poll: a row was not recorded".into()));

@@ -11,7 +11,9 @@
 //! consumer (created when missing: explicit acks, `ack_wait` 30 s, delivering from the start
 //! of the stream) hands out batches; each message is submitted with the de-duplication key
 //! `nats/{stream}/{stream sequence}` and acknowledged (double ack: confirmed by the server)
-//! only after the execution is durably recorded. A message that could not be recorded is
+//! only after the execution is durably recorded; the acknowledgements of one batch are
+//! confirmed while the next batch is pulled and recorded (one round in flight), so the
+//! server round trips of acks do not add to the recording time. A message that could not be recorded is
 //! negatively acknowledged and comes again; a message recorded but not acknowledged when the
 //! hub died is redelivered after `ack_wait` — to this hub or another one bound to the same
 //! durable — and starts nothing new. `meta` adds `{stream, consumer, stream_sequence,
@@ -278,6 +280,27 @@ impl Reader<'_> {
             "JetStream consumer reading");
         backoff.reset();
         self.context.stats.record_success();
+        // The acknowledgements of the previous batch, confirmed while this one is pulled and
+        // recorded (at most one round in flight).
+        let mut acking: Option<Acking> = None;
+        let result = self.read(&consumer, &mut acking).await;
+        // Whatever ended the session, what was recorded is still acknowledged; no batch of
+        // this session follows, so the marks can go once the acks are confirmed.
+        let acked = match acking {
+            Some(round) => round
+                .await
+                .unwrap_or_else(|e| Err(Failure::Retry(format!("JetStream acks: {e}"))))
+                .map(|keys| retry::forget_soon(self.context, keys)),
+            None => Ok(()),
+        };
+        result.and(acked)
+    }
+
+    async fn read(
+        &mut self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        acking: &mut Option<Acking>,
+    ) -> Result<(), Failure> {
         loop {
             let pulled = tokio::select! {
                 biased;
@@ -305,13 +328,29 @@ impl Reader<'_> {
                     None => break,
                 }
             }
-            if !messages.is_empty() {
-                self.process(messages).await?;
+            if messages.is_empty() {
+                continue;
             }
+            let recorded = self.record(messages).await?;
+            if let Some(previous) = acking.take() {
+                let keys = previous
+                    .await
+                    .map_err(|e| Failure::Retry(format!("JetStream acks: {e}")))??;
+                // A message whose ack_wait ran out before its ack arrived may have been
+                // redelivered into the batch just recorded (pulled while the acks were in
+                // flight): its mark was needed until now. Later pulls cannot carry it again.
+                retry::forget_soon(self.context, keys);
+            }
+            *acking = Some(tokio::spawn(acknowledge(recorded)));
         }
     }
 
-    async fn process(&mut self, messages: Vec<jetstream::Message>) -> Result<(), Failure> {
+    /// Submits `messages`; NAKs those not recorded; returns the recorded ones (with their
+    /// de-duplication keys) to acknowledge.
+    async fn record(
+        &mut self,
+        messages: Vec<jetstream::Message>,
+    ) -> Result<Vec<(jetstream::Message, String)>, Failure> {
         let this = &*self;
         let submissions = messages.iter().map(|message| async move {
             let Ok(info) = message.info() else {
@@ -328,10 +367,9 @@ impl Reader<'_> {
             Some((key, pending, result))
         });
         let results = futures::future::join_all(submissions).await;
-        let mut acked = Vec::with_capacity(messages.len());
         let mut to_ack = Vec::with_capacity(messages.len());
         let mut lag = None;
-        for (message, outcome) in messages.iter().zip(results) {
+        for (message, outcome) in messages.into_iter().zip(results) {
             let Some((key, pending, result)) = outcome else {
                 // Not a JetStream message (no ack subject): nothing to record or ack.
                 continue;
@@ -360,24 +398,7 @@ impl Reader<'_> {
                 to_ack.len()
             ))));
         }
-        let acks = to_ack.iter().map(|(message, key)| async move {
-            match message.double_ack().await {
-                Ok(()) => Some(key.clone()),
-                Err(error) => {
-                    // Unconfirmed: JetStream may redeliver it; its mark de-duplicates it.
-                    debug!(%error, key, "JetStream ack not confirmed");
-                    None
-                }
-            }
-        });
-        acked.extend(futures::future::join_all(acks).await.into_iter().flatten());
-        // Confirmed acks are never redelivered: their marks can go.
-        let confirmed = acked.len();
-        retry::forget_soon(self.context, acked);
-        if confirmed < to_ack.len() {
-            return Err(Failure::Retry("JetStream acks were not confirmed".into()));
-        }
-        Ok(())
+        Ok(to_ack)
     }
 
     fn event_for(
@@ -400,6 +421,36 @@ impl Reader<'_> {
         });
         event
     }
+}
+
+/// A round of acknowledgements in flight: the keys of the confirmed ones.
+type Acking = tokio::task::JoinHandle<Result<Vec<String>, Failure>>;
+
+/// Double-acks (server-confirmed) recorded messages; returns the keys of the confirmed ones
+/// (their marks go once the next batch is recorded). Runs while the next batch is pulled
+/// and recorded.
+async fn acknowledge(recorded: Vec<(jetstream::Message, String)>) -> Result<Vec<String>, Failure> {
+    let acks = recorded.iter().map(|(message, key)| async move {
+        match message.double_ack().await {
+            Ok(()) => Some(key.clone()),
+            Err(error) => {
+                // Unconfirmed: JetStream may redeliver it; its mark de-duplicates it.
+                debug!(%error, key, "JetStream ack not confirmed");
+                None
+            }
+        }
+    });
+    let acked: Vec<String> = futures::future::join_all(acks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if acked.len() < recorded.len() {
+        // The confirmed ones' marks stay until pruned: nothing is lost, one batch's worth of
+        // marks lingers.
+        return Err(Failure::Retry("JetStream acks were not confirmed".into()));
+    }
+    Ok(acked)
 }
 
 /// Headers as `{name: value}` (several values: a list).

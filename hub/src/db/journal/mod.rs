@@ -22,6 +22,7 @@
 //! `FOR UPDATE SKIP LOCKED`; SQLite: one `BEGIN IMMEDIATE` transaction), so two hubs never
 //! both adopt one.
 
+pub(crate) mod marks;
 pub(crate) mod plan;
 mod postgres;
 mod sqlite;
@@ -339,11 +340,17 @@ impl Store for SqlStore {
         }
     }
 
+    /// Removes finished executions beyond `retention` (returns how many), then the
+    /// de-duplication marks older than [`marks::MARK_MAX_AGE`].
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
-        match &self.shared.db {
+        let removed = match &self.shared.db {
             Database::Sqlite(pool) => sqlite::prune(pool, retention, now).await,
             Database::Postgres(pool) => postgres::prune(pool, retention, now).await,
-        }
+        }?;
+        marks::prune_marks(&self.shared.db, now, marks::MARK_MAX_AGE)
+            .await
+            .map_err(|err| io("prune de-duplication marks", &err))?;
+        Ok(removed)
     }
 }
 

@@ -7,7 +7,7 @@
 //! changes per read), every row change of the trigger's table and operations is submitted
 //! with the de-duplication key `pg/{slot}/{lsn}/{n}` (`n` numbers changes sharing one WAL
 //! record, e.g. multi-row inserts), and only once all are recorded is the slot advanced
-//! (`pg_logical_slot_get_changes` up to the last LSN read). A hub that dies in between
+//! (`pg_replication_slot_advance` to the last LSN read). A hub that dies in between
 //! leaves the slot where it was: the changes come again and start nothing new. Because the
 //! server makes a slot's advance durable only at its next checkpoint, the marks are
 //! forgotten 15 minutes after the advance (see docs/triggers.md).
@@ -368,15 +368,16 @@ impl PostgresTrigger {
                     keys.len()
                 ))));
             }
-            sqlx::query(
-                "SELECT count(*) FROM pg_logical_slot_get_changes($1, $2::pg_lsn, NULL, \
-                 'include-xids', '1', 'skip-empty-xacts', '1')",
-            )
-            .bind(&slot)
-            .bind(&last_lsn)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error("advance slot"))?;
+            // The last row is a COMMIT whose LSN is the end of its commit record: advancing
+            // the slot there skips every transaction of the batch, and nothing after it.
+            // `pg_replication_slot_advance` (PostgreSQL 11+) moves the slot without running
+            // the output plugin over the batch a second time.
+            sqlx::query("SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::pg_lsn)")
+                .bind(&slot)
+                .bind(&last_lsn)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error("advance slot"))?;
             debug!(slot, lsn = %last_lsn, changes = keys.len(), "postgres slot advanced");
             forgetting.push(keys);
         }
@@ -486,9 +487,7 @@ impl PostgresTrigger {
                     .map_err(Failure::Retry)?;
                 position = reached;
                 // Rows at or below a stored position are never read again.
-                if let Err(error) = context.runtime.forget_marks(&context.workflow, &keys).await {
-                    debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-                }
+                retry::forget_soon(context, keys);
             }
             if !complete {
                 return Err(Failure::Retry(

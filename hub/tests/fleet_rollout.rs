@@ -397,8 +397,22 @@ async fn rollout_bench() {
     for sim in &mut sims {
         sim.connect();
     }
-    until(
-        Duration::from_secs(120),
+    let connected = until(
+        Duration::from_secs(600),
+        "sims connected",
+        async || sims.iter().filter(|s| s.snapshot().connected).count(),
+        |c| *c == n,
+    );
+    if tokio::time::timeout(Duration::from_secs(65), connected)
+        .await
+        .is_err()
+    {
+        let logs = hub.logs();
+        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+        panic!("not all connected; hub log tail: {tail:#?}");
+    }
+    let online = until(
+        Duration::from_secs(600),
         "every device online",
         async || {
             let list = hub.get("/api/v1/devices").await.expect(200).body;
@@ -410,8 +424,27 @@ async fn rollout_bench() {
                 .count()
         },
         |online| *online == n,
-    )
-    .await;
+    );
+    if tokio::time::timeout(Duration::from_secs(65), online)
+        .await
+        .is_err()
+    {
+        let list = hub.get("/api/v1/devices").await.expect(200).body;
+        let offline: Vec<&Value> = list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["online"] != true)
+            .take(3)
+            .collect();
+        let logs = hub.logs();
+        let tail: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(40)
+            .collect();
+        panic!("not all online: {offline:#?}; hub warnings: {tail:#?}");
+    }
     let start = Instant::now();
     let created = hub
         .post_json(

@@ -94,55 +94,26 @@ impl Sim {
         self.state.lock().unwrap().clone()
     }
 
-    /// Connects (and keeps the connection in a task) and publishes its online status.
+    /// Connects (and keeps reconnecting in a task) and publishes its online status. Each
+    /// connection reserves a new block of status seqs with its own last will, as the agent
+    /// does (a reconnect with the old will would report seqs below that will).
     pub fn connect(&mut self) {
-        let base = {
-            let mut seq = self.status_seq.lock().unwrap();
-            *seq += STATUS_BLOCK;
-            *seq
-        };
-        let mut options = MqttOptions::new(self.id.as_str(), "127.0.0.1", self.port);
-        options.set_credentials(self.id.as_str(), &self.password);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_session(true);
-        options.set_max_packet_size(4 << 20, 4 << 20);
-        let offline = status_frame(
-            base + STATUS_BLOCK - 1,
-            Presence::Offline,
-            self.snapshot().active,
-            health(self.flaky, &self.snapshot().workflows),
-        );
-        options.set_last_will(LastWill::new(
-            self.id.topic(Channel::Status),
-            offline,
-            QoS::AtLeastOnce,
-            true,
-        ));
-        let (client, mut events) = AsyncClient::new(options, 64);
-        let device = Device {
+        let sim = SimConnection {
             id: self.id.clone(),
+            password: self.password.clone(),
+            port: self.port,
             labels: self.labels.clone(),
             flaky: self.flaky,
-            client,
             store: self.store.clone(),
             verifier: self.verifier.clone(),
             state: self.state.clone(),
-            next_seq: base,
+            status_seq: self.status_seq.clone(),
         };
         self.task = Some(tokio::spawn(async move {
-            let mut device = device;
             loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => device.connected().await,
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        device.incoming(&publish.topic, &publish.payload).await;
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        device.state.lock().unwrap().connected = false;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
+                sim.once().await;
+                sim.state.lock().unwrap().connected = false;
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }));
     }
@@ -159,6 +130,71 @@ impl Sim {
 impl Drop for Sim {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// What a connection task needs to (re)connect.
+struct SimConnection {
+    id: DeviceId,
+    password: String,
+    port: u16,
+    labels: BTreeMap<String, String>,
+    flaky: bool,
+    store: Arc<MemoryStore>,
+    verifier: Arc<tokio::sync::Mutex<BundleVerifier>>,
+    state: Arc<Mutex<SimState>>,
+    status_seq: Arc<Mutex<u64>>,
+}
+
+impl SimConnection {
+    /// One connection, until it fails.
+    async fn once(&self) {
+        let base = {
+            let mut seq = self.status_seq.lock().unwrap();
+            *seq += STATUS_BLOCK;
+            *seq
+        };
+        let (active, workflows) = {
+            let state = self.state.lock().unwrap();
+            (state.active, state.workflows.clone())
+        };
+        let mut options = MqttOptions::new(self.id.as_str(), "127.0.0.1", self.port);
+        options.set_credentials(self.id.as_str(), &self.password);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(true);
+        options.set_max_packet_size(4 << 20, 4 << 20);
+        options.set_last_will(LastWill::new(
+            self.id.topic(Channel::Status),
+            status_frame(
+                base + STATUS_BLOCK - 1,
+                Presence::Offline,
+                active,
+                health(self.flaky, &workflows),
+            ),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut events) = AsyncClient::new(options, 64);
+        let mut device = Device {
+            id: self.id.clone(),
+            labels: self.labels.clone(),
+            flaky: self.flaky,
+            client,
+            store: self.store.clone(),
+            verifier: self.verifier.clone(),
+            state: self.state.clone(),
+            next_seq: base,
+        };
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => device.connected().await,
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    device.incoming(&publish.topic, &publish.payload).await;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ const FAULTY: &str = "reactor: 1\nname: faulty-hello\ntriggers:\n  - event: { ty
 
 /// Starts the hub on its own PostgreSQL database with the device endpoint.
 async fn start_hub() -> (Hub, PgDatabase, Database, u16, tempfile::TempDir) {
+    let log = std::env::var("REACTOR_ROLLOUT_LOG").unwrap_or_else(|_| "info".into());
     let pg = PgDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     let place = Place {
@@ -37,7 +38,11 @@ async fn start_hub() -> (Hub, PgDatabase, Database, u16, tempfile::TempDir) {
     };
     let mqtt = free_port();
     let listen = format!("127.0.0.1:{mqtt}");
-    let hub = Hub::start(place, &[("REACTOR_MQTT_LISTEN", listen.as_str())]).await;
+    let hub = Hub::start(
+        place,
+        &[("REACTOR_MQTT_LISTEN", listen.as_str()), ("RUST_LOG", &log)],
+    )
+    .await;
     let db = Database::open_postgres(&pg.url).await.unwrap();
     (hub, pg, db, mqtt, dir)
 }
@@ -461,6 +466,22 @@ async fn rollout_bench() {
     let took = start.elapsed();
     assert!(sims.iter().all(|s| s.snapshot().active == Some(version)));
     assert_eq!(done["counts"]["applied"], json!(n), "{}", done["counts"]);
+    let last_accept = sims
+        .iter()
+        .filter_map(|s| s.snapshot().accepted_at)
+        .max()
+        .unwrap();
+    eprintln!(
+        "last device accepted the bundle {:.2} s after the POST",
+        last_accept.duration_since(start).as_secs_f64()
+    );
+    for line in hub
+        .logs()
+        .lines()
+        .filter(|l| l.contains("rollout") || l.contains("bundle sent"))
+    {
+        eprintln!("hub: {line}");
+    }
     eprintln!(
         "fleet rollout: {n} devices, observe {observe}: completed in {:.2} s (enrollment {:.1} s)",
         took.as_secs_f64(),

@@ -35,6 +35,8 @@ pub struct SimState {
     /// Every version accepted, in order.
     pub accepted: Vec<u64>,
     pub refused: u64,
+    /// When the last new version was accepted.
+    pub accepted_at: Option<std::time::Instant>,
     pub connected: bool,
     pub commands: u64,
 }
@@ -298,6 +300,7 @@ impl Device {
                             let mut state = self.state.lock().unwrap();
                             state.active = Some(verified.manifest.version);
                             state.accepted.push(verified.manifest.version);
+                            state.accepted_at = Some(std::time::Instant::now());
                             state.workflows =
                                 verified.workflows.iter().map(|w| w.name.clone()).collect();
                         }

@@ -119,6 +119,7 @@ impl Driver {
         let gate = &rollout.gate;
         // Health of the online devices that took the bundle (any stage so far).
         let (mut failed, mut total, mut judged) = (0i64, 0i64, 0usize);
+        let mut verdicts = Vec::new();
         for member in &members {
             if !matches!(
                 member.state.as_str(),
@@ -142,10 +143,12 @@ impl Driver {
             } else {
                 device_state::APPLIED
             };
-            if member.state != to || member.judged != Some((f, t)) {
-                store::judge(&self.db, &rollout.id, &member.device, to, f, t).await?;
+            // Written when the verdict changes (or on first judgement), not every tick.
+            if member.state != to || member.judged.is_none() {
+                verdicts.push((member.device.clone(), to, f, t));
             }
         }
+        store::judge(&self.db, &rollout.id, &verdicts).await?;
         let rate = if total > 0 {
             failed as f64 / total as f64
         } else {
@@ -239,30 +242,15 @@ impl Driver {
         upto: usize,
         now: i64,
     ) -> Result<(), DriveError> {
-        let devices: Vec<String> = members
+        let devices = members
             .iter()
             .filter(|m| m.position < upto as i64 && m.state == device_state::PENDING)
-            .map(|m| m.device.clone())
-            .collect();
-        let desired: Vec<(String, u64)> = devices
-            .iter()
-            .map(|d| (d.clone(), rollout.bundle_version))
-            .collect();
-        bundles::assign(&self.db, &desired).await?;
-        store::set_members(
-            &self.db,
-            &rollout.id,
-            &devices,
-            device_state::SENT,
-            Some(rollout.stage),
-            None,
-        )
-        .await?;
-        store::set_stage(&self.db, &rollout.id, rollout.stage, Some(now)).await?;
+            .count();
+        store::dispatch(&self.db, rollout, upto, now).await?;
         if let Some(delivery) = &self.delivery {
             delivery.wake();
         }
-        tracing::info!(rollout = %rollout.id, stage = rollout.stage, devices = devices.len(), version = rollout.bundle_version, "rollout stage dispatched");
+        tracing::info!(rollout = %rollout.id, stage = rollout.stage, devices, version = rollout.bundle_version, "rollout stage dispatched");
         Ok(())
     }
 

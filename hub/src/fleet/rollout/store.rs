@@ -406,29 +406,86 @@ pub async fn set_members(
     Ok(())
 }
 
-/// Records a device's health as the gate judged it (and its new state).
+/// Records devices' health as the gate judged it, with their new state: (device, state,
+/// failed, total), in one transaction.
 pub async fn judge(
     db: &Database,
     id: &str,
-    device: &str,
-    to: &str,
-    failed: i64,
-    total: i64,
+    verdicts: &[(String, &str, i64, i64)],
 ) -> Result<(), sqlx::Error> {
+    if verdicts.is_empty() {
+        return Ok(());
+    }
     let now = Timestamp::now().millis();
     on_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for (device, to, failed, total) in verdicts {
+            sqlx::query(
+                "UPDATE rollout_devices SET state = $3, health_failed = $4, health_total = $5, \
+                 updated_at = $6 WHERE rollout_id = $1 AND device_id = $2",
+            )
+            .bind(id)
+            .bind(device)
+            .bind(*to)
+            .bind(failed)
+            .bind(total)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// Dispatches the rollout's current stage in one transaction: its devices (position below
+/// `upto`) still pending get the rollout's bundle as their desired bundle and turn `sent`;
+/// the stage's dispatch time is recorded.
+pub async fn dispatch(
+    db: &Database,
+    rollout: &Rollout,
+    upto: usize,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let version = i64::try_from(rollout.bundle_version).unwrap_or(i64::MAX);
+    let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+    let stage = rollout.stage as i64;
+    on_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
         sqlx::query(
-            "UPDATE rollout_devices SET state = $3, health_failed = $4, health_total = $5, \
-             updated_at = $6 WHERE rollout_id = $1 AND device_id = $2",
+            "INSERT INTO fleet_desired (device_id, version, assigned_at) \
+             SELECT device_id, $2, $3 FROM rollout_devices \
+             WHERE rollout_id = $1 AND state = $4 AND position < $5 \
+             ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, \
+             assigned_at = excluded.assigned_at",
         )
-        .bind(id)
-        .bind(device)
-        .bind(to)
-        .bind(failed)
-        .bind(total)
+        .bind(&rollout.id)
+        .bind(version)
         .bind(now)
-        .execute(pool)
+        .bind(device_state::PENDING)
+        .bind(upto)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE rollout_devices SET state = $2, stage = $3, sent_at = $4, updated_at = $4 \
+             WHERE rollout_id = $1 AND state = $5 AND position < $6",
+        )
+        .bind(&rollout.id)
+        .bind(device_state::SENT)
+        .bind(stage)
+        .bind(now)
+        .bind(device_state::PENDING)
+        .bind(upto)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE rollouts SET stage_started_at = $2, updated_at = $2 WHERE id = $1",
+        )
+        .bind(&rollout.id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
     });
     Ok(())
 }

@@ -336,9 +336,16 @@ impl FleetStore {
 impl Store for FleetStore {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         for write in &batch {
-            if let StoreWrite::Update(record) = write
-                && record.status.is_finished()
-            {
+            // A finished execution is an `Update`, or a `Create` of an already finished
+            // record (an execution that finished before its first flush: pure workflows,
+            // sync http replies).
+            let finished = match write {
+                StoreWrite::Update(record) | StoreWrite::Create { record, .. } => {
+                    Some(record).filter(|r| r.status.is_finished())
+                }
+                _ => None,
+            };
+            if let Some(record) = finished {
                 let payload = postcard::to_allocvec(&report(record))
                     .map_err(|e| StoreError::InvalidWrite(format!("execution summary: {e}")))?;
                 self.feed.append(RecordKind::Execution, payload).await?;

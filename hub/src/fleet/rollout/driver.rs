@@ -69,6 +69,8 @@ fn ms(duration: Duration) -> i64 {
 impl Driver {
     /// Steps active rollouts while this hub leads, until `stop`.
     pub async fn run(self, mut leadership: watch::Receiver<Leadership>, stop: CancellationToken) {
+        // A closed channel means leadership no longer changes (SQLite: always the leader).
+        let mut watching = true;
         loop {
             if leadership.borrow().leading
                 && let Err(error) = self.tick().await
@@ -79,7 +81,7 @@ impl Driver {
                 () = stop.cancelled() => return,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
-                changed = leadership.changed() => if changed.is_err() { return },
+                changed = leadership.changed(), if watching => watching = changed.is_ok(),
             }
         }
     }

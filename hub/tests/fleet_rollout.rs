@@ -384,6 +384,83 @@ async fn rollout_gate_rollback_and_convergence() {
     pg.drop_now().await;
 }
 
+/// A hub stopped in the middle of a rollout resumes it when it starts again (state in SQL);
+/// the devices (which reconnect on their own) converge although the new embedded broker has
+/// no retained bundle: the hub sends it when their status shows an older version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_hub_resumes_the_rollout() {
+    let (mut hub, pg, db, port, _dir) = start_hub().await;
+    let mut sims = enroll_sims(&hub, &db, "restart", 20, port).await;
+    for sim in &mut sims {
+        sim.connect();
+    }
+    until(
+        Duration::from_secs(30),
+        "20 devices online",
+        async || {
+            let list = hub.get("/api/v1/devices").await.expect(200).body;
+            list["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["online"] == true)
+                .count()
+        },
+        |n| *n == 20,
+    )
+    .await;
+    let created = hub
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"workflows": [HELLO], "strategy": {"canary": 2, "steps": [50, 100]},
+                   "gate": {"max_failure_rate": 0.05, "observe": "4s", "stage_timeout": "60s"}}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let id = created["id"].as_str().unwrap().to_string();
+    let version = created["bundle_version"].as_u64().unwrap();
+    // The canary applied; the hub stops while the stage is being observed.
+    until(
+        Duration::from_secs(30),
+        "canary applied",
+        async || rollout(&hub, &id).await["counts"]["applied"].as_u64(),
+        |n| *n == Some(2),
+    )
+    .await;
+    assert_eq!(hub.terminate().code(), Some(0));
+    assert_eq!(
+        sims.iter()
+            .filter(|s| s.snapshot().active == Some(version))
+            .count(),
+        2
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let hub = Hub::spawn(
+        hub.place.clone(),
+        hub.admin.clone(),
+        &[("REACTOR_MQTT_LISTEN", listen.as_str())],
+    );
+    hub.healthy(Duration::from_secs(30)).await;
+    let done = rollout_until(&hub, &id, &["completed"], Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["applied"], json!(20), "{}", done["counts"]);
+    until(
+        Duration::from_secs(30),
+        "every device runs the bundle",
+        async || {
+            sims.iter()
+                .filter(|s| s.snapshot().active == Some(version))
+                .count()
+        },
+        |n| *n == 20,
+    )
+    .await;
+    db.close().await;
+    drop(sims);
+    drop(hub);
+    pg.drop_now().await;
+}
+
 /// The rollout budget: `REACTOR_ROLLOUT_DEVICES` (default 1,000) connected simulated devices,
 /// canary 10, then 50 %, then 100 %, gate observe `REACTOR_ROLLOUT_OBSERVE` (default 0s):
 /// prints the time from `POST /api/v1/rollouts` to `completed`.

@@ -15,4 +15,4 @@ uptime
 REACTOR_ROLLOUT_DEVICES="${REACTOR_ROLLOUT_DEVICES:-1000}" \
 REACTOR_ROLLOUT_OBSERVE="${REACTOR_ROLLOUT_OBSERVE:-0s}" \
   cargo test $FLAG -p reactor-hub --test fleet_rollout rollout_bench -- --ignored --nocapture 2>&1 |
-  grep -E "fleet rollout|test result|panicked"
+  grep -E "fleet rollout|last device|test result|panicked"

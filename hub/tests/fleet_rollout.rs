@@ -461,6 +461,79 @@ async fn a_restarted_hub_resumes_the_rollout() {
     pg.drop_now().await;
 }
 
+/// `POST /api/v1/rollouts/{id}/abort` without rollback: the rollout stops, devices keep
+/// what they took, pending ones are skipped; a stopped rollout cannot be aborted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_without_rollback_keeps_what_devices_took() {
+    let (hub, pg, db, port, _dir) = start_hub().await;
+    let mut sims = enroll_sims(&hub, &db, "abort", 6, port).await;
+    for sim in &mut sims {
+        sim.connect();
+    }
+    until(
+        Duration::from_secs(30),
+        "6 devices online",
+        async || {
+            let list = hub.get("/api/v1/devices").await.expect(200).body;
+            list["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["online"] == true)
+                .count()
+        },
+        |n| *n == 6,
+    )
+    .await;
+    let created = hub
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"workflows": [HELLO], "strategy": {"canary": 2, "steps": [100]},
+                   "gate": {"observe": "60s", "stage_timeout": "120s"}}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let id = created["id"].as_str().unwrap().to_string();
+    let version = created["bundle_version"].as_u64().unwrap();
+    until(
+        Duration::from_secs(30),
+        "canary applied",
+        async || rollout(&hub, &id).await["counts"]["applied"].as_u64(),
+        |n| *n == Some(2),
+    )
+    .await;
+    let aborted = hub
+        .post_json(
+            &format!("/api/v1/rollouts/{id}/abort"),
+            json!({"rollback": false}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(aborted["state"], "aborted", "{aborted}");
+    assert_eq!(aborted["counts"], json!({"applied": 2, "skipped": 4}));
+    hub.post_json(&format!("/api/v1/rollouts/{id}/abort"), json!({}))
+        .await
+        .problem(409);
+    hub.post_json("/api/v1/rollouts/nope/abort", json!({}))
+        .await
+        .problem(404);
+    // Nothing more is sent: the canary keeps the bundle, the others never get it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let running: Vec<Option<u64>> = sims.iter().map(|s| s.snapshot().active).collect();
+    assert_eq!(running.iter().filter(|v| **v == Some(version)).count(), 2);
+    assert_eq!(running.iter().filter(|v| v.is_none()).count(), 4);
+    // A new rollout may start now.
+    hub.post_json("/api/v1/rollouts", json!({"workflows": [HELLO]}))
+        .await
+        .expect(201);
+    db.close().await;
+    drop(sims);
+    drop(hub);
+    pg.drop_now().await;
+}
+
 /// The rollout budget: `REACTOR_ROLLOUT_DEVICES` (default 1,000) connected simulated devices,
 /// canary 10, then 50 %, then 100 %, gate observe `REACTOR_ROLLOUT_OBSERVE` (default 0s):
 /// prints the time from `POST /api/v1/rollouts` to `completed`.

@@ -534,6 +534,82 @@ async fn abort_without_rollback_keeps_what_devices_took() {
     pg.drop_now().await;
 }
 
+/// Two hubs on one database, each with its own embedded broker: the devices are connected to
+/// the second hub (a follower); the rollout is posted there too. Only the leader (the first
+/// hub) drives it; the follower delivers the bundles to its devices, whose statuses it
+/// ingests — and the rollout completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_drives_and_every_hub_delivers() {
+    const KEY: &str = "cm9sbG91dC1tdWx0aS1odWItdGVzdC1rZXktMzJieXQ=";
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let place = |name: &str| Place {
+        data: dir.path().join(name),
+        database: Some(pg.url.clone()),
+    };
+    let (mqtt_a, mqtt_b) = (free_port(), free_port());
+    let (listen_a, listen_b) = (format!("127.0.0.1:{mqtt_a}"), format!("127.0.0.1:{mqtt_b}"));
+    let leader = Hub::start(
+        place("a"),
+        &[
+            ("REACTOR_MQTT_LISTEN", &listen_a),
+            ("REACTOR_SECRET_KEY", KEY),
+        ],
+    )
+    .await;
+    // Give the first hub the leadership before the second one starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let follower = Hub::start(
+        place("b"),
+        &[
+            ("REACTOR_MQTT_LISTEN", &listen_b),
+            ("REACTOR_SECRET_KEY", KEY),
+        ],
+    )
+    .await;
+    let db = Database::open_postgres(&pg.url).await.unwrap();
+    let mut sims = enroll_sims(&follower, &db, "multi", 10, mqtt_b).await;
+    for sim in &mut sims {
+        sim.connect();
+    }
+    until(
+        Duration::from_secs(30),
+        "10 devices online",
+        async || {
+            let list = follower.get("/api/v1/devices").await.expect(200).body;
+            list["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["online"] == true)
+                .count()
+        },
+        |n| *n == 10,
+    )
+    .await;
+    let created = follower
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"workflows": [HELLO], "strategy": {"canary": 2, "steps": [100]},
+                   "gate": {"observe": "1s", "stage_timeout": "60s"}}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let id = created["id"].as_str().unwrap().to_string();
+    let version = created["bundle_version"].as_u64().unwrap();
+    let done = rollout_until(&follower, &id, &["completed"], Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["applied"], json!(10), "{}", done["counts"]);
+    assert!(sims.iter().all(|s| s.snapshot().active == Some(version)));
+    assert!(leader.logs().contains("rollout stage dispatched"));
+    assert!(!follower.logs().contains("rollout stage dispatched"));
+    db.close().await;
+    drop(sims);
+    drop(follower);
+    drop(leader);
+    pg.drop_now().await;
+}
+
 /// The rollout budget: `REACTOR_ROLLOUT_DEVICES` (default 1,000) connected simulated devices,
 /// canary 10, then 50 %, then 100 %, gate observe `REACTOR_ROLLOUT_OBSERVE` (default 0s):
 /// prints the time from `POST /api/v1/rollouts` to `completed`.

@@ -68,6 +68,8 @@ Configuration (agent.toml; layers: defaults < file < REACTOR_* environment < fla
   [retention] keep = 10000, max_age = \"7d\"   finished executions kept in the journal
   [outbox]   max_bytes = 67108864, max_age = \"7d\", policy = \"drop_oldest\" | \"block_triggers\"
              records buffered for the hub (fleet; see docs/fleet.md)
+  [fleet]    status_every = \"30s\" (status with health sent to the hub this often),
+             health_window = \"5m\" (executions counted in the reported health)
   [log]      format = \"human\" | \"json\"
   [limits]   max_running = 256 (executions at once; beyond it, submits wait and http
              triggers answer 503), max_body = 1048576 (largest API request body, bytes)
@@ -99,6 +101,7 @@ pub struct RawConfig {
     pub env: Option<RawAllow>,
     pub retention: Option<RawRetention>,
     pub outbox: Option<RawOutbox>,
+    pub fleet: Option<RawFleet>,
     pub log: Option<RawLog>,
     pub limits: Option<RawLimits>,
     /// Brokers for `mqtt` triggers, `mqtt.publish` and `emit` with `topic`.
@@ -135,6 +138,13 @@ pub struct RawOutbox {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub status_every: Option<String>,
+    pub health_window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<LogFormat>,
 }
@@ -157,6 +167,7 @@ pub struct AgentConfig {
     pub env_allow: Vec<String>,
     pub retention: RetentionConfig,
     pub outbox: OutboxConfig,
+    pub fleet: FleetTuning,
     pub log_format: LogFormat,
     pub max_running: usize,
     pub max_body: usize,
@@ -189,6 +200,24 @@ pub struct OutboxConfig {
     pub policy: OverflowPolicy,
 }
 
+/// How the agent reports to its fleet hub (docs/fleet.md, "Health in the status").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetTuning {
+    /// A status (with health) is published this often while connected.
+    pub status_every: Duration,
+    /// Executions finished within this trailing window make the reported health.
+    pub health_window: Duration,
+}
+
+impl Default for FleetTuning {
+    fn default() -> Self {
+        FleetTuning {
+            status_every: Duration::from_secs(30),
+            health_window: Duration::from_secs(300),
+        }
+    }
+}
+
 /// The merge of the layers before validation, each value tagged with its origin.
 #[derive(Debug, Default)]
 struct Merged {
@@ -204,6 +233,8 @@ struct Merged {
     outbox_bytes: Option<Layered<u64>>,
     outbox_age: Option<Layered<String>>,
     outbox_policy: Option<Layered<String>>,
+    status_every: Option<Layered<String>>,
+    health_window: Option<Layered<String>>,
     log_format: Option<Layered<LogFormat>>,
     max_running: Option<Layered<u64>>,
     max_body: Option<Layered<u64>>,
@@ -229,6 +260,9 @@ impl Merged {
         pick(&mut self.outbox_bytes, outbox.max_bytes, origin);
         pick(&mut self.outbox_age, outbox.max_age, origin);
         pick(&mut self.outbox_policy, outbox.policy, origin);
+        let fleet = raw.fleet.unwrap_or_default();
+        pick(&mut self.status_every, fleet.status_every, origin);
+        pick(&mut self.health_window, fleet.health_window, origin);
         pick(&mut self.log_format, raw.log.and_then(|l| l.format), origin);
         let limits = raw.limits.unwrap_or_default();
         pick(&mut self.max_running, limits.max_running, origin);
@@ -422,6 +456,17 @@ fn validate(
     let week = Duration::from_secs(7 * 86_400);
     let max_age = duration("retention.max_age", merged.max_age, week);
     let outbox_age = duration("outbox.max_age", merged.outbox_age, week);
+    let tuning = FleetTuning::default();
+    let status_every = duration(
+        "fleet.status_every",
+        merged.status_every,
+        tuning.status_every,
+    );
+    let health_window = duration(
+        "fleet.health_window",
+        merged.health_window,
+        tuning.health_window,
+    );
     let mut bad = |key: &str, origin: &Origin, message: String| {
         problems.push(format!("{key} (from {origin}): {message}"));
     };
@@ -495,6 +540,10 @@ fn validate(
             max_bytes: outbox_bytes,
             max_age: outbox_age,
             policy: outbox_policy,
+        },
+        fleet: FleetTuning {
+            status_every,
+            health_window,
         },
         log_format: merged.log_format.map(|l| l.value).unwrap_or_default(),
         max_running,
@@ -606,6 +655,22 @@ mod tests {
         let error = AgentConfig::load(&f, vars).unwrap_err().to_string();
         assert!(error.contains("outbox.policy"), "{error}");
         assert!(error.contains("drop_oldest"), "{error}");
+    }
+
+    #[test]
+    fn fleet_tuning_is_read_and_checked() {
+        let (_dir, path) = file("data = \"/d\"\n[fleet]\nstatus_every = \"5s\"\n");
+        let mut f = flags(None);
+        f.config = Some(path.clone());
+        let config = AgentConfig::load(&f, Vec::new()).unwrap();
+        assert_eq!(config.fleet.status_every, Duration::from_secs(5));
+        assert_eq!(config.fleet.health_window, Duration::from_secs(300));
+        let vars = vec![(
+            "REACTOR_FLEET__HEALTH_WINDOW".to_string(),
+            "often".to_string(),
+        )];
+        let error = AgentConfig::load(&f, vars).unwrap_err().to_string();
+        assert!(error.contains("fleet.health_window"), "{error}");
     }
 
     #[test]

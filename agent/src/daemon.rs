@@ -124,7 +124,9 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut store: Arc<dyn Store> = Arc::new(MeteredStore::new(redb.clone(), metrics.clone()));
     // Enrolled in a fleet: finished executions and emitted events also feed the outbox.
-    let mut fleet = crate::fleet::Fleet::prepare(&config.data, redb.clone(), config.outbox).await?;
+    let mut fleet =
+        crate::fleet::Fleet::prepare(&config.data, redb.clone(), config.outbox, config.fleet)
+            .await?;
     if let Some(fleet) = &fleet {
         store = fleet.wrap_store(store);
     }

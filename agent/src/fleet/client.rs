@@ -11,14 +11,17 @@
 //! covers. When no ack advanced for [`ClientConfig::ack_timeout`] while records are
 //! unacked, the cursor goes back to the acked seq (a resend; the hub de-duplicates).
 //!
-//! Status: on every connection the agent publishes a retained `Online` status with a new
-//! status seq (durable counter, +2 per connection) and registers a retained `Offline` last
-//! will with seq + 1 (the protocol's rule). A changed status (a new bundle) is published by
-//! reconnecting (a clean disconnect sends no will), so the will always follows the newest
-//! online status.
+//! Status: on every connection the agent reserves a block of [`STATUS_BLOCK`] status seqs
+//! (durable counter): it publishes a retained `Online` status with the block's first seq
+//! `S`, registers a retained `Offline` last will with the block's last seq
+//! `S + STATUS_BLOCK - 1`, and publishes a fresh `Online` status (health) every
+//! [`ClientConfig::status_every`] with `S + 1`, `S + 2`, … — so the will always carries a
+//! higher seq than every status sent on its connection, and the next connection's `Online`
+//! a higher one than the will (the hub keeps the highest seq). A changed bundle is published
+//! by reconnecting (a clean disconnect sends no will), so the will's versions are never older
+//! than the newest status's.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,7 +30,7 @@ use reactor_core::mqtt::Backoff;
 use reactor_core::outbox::{DropReason, Outbox, Pending, RecordKind};
 use reactor_core::store::{Store, StoreWrite};
 use reactor_core::sync::messages::{
-    Ack, DeviceEvent, EventBatch, ExecutionBatch, ExecutionReport, GapNotice, GapReason, Health,
+    Ack, DeviceEvent, EventBatch, ExecutionBatch, ExecutionReport, GapNotice, GapReason,
     MAX_BATCH_RECORDS, Presence, Status,
 };
 use reactor_core::sync::{Channel, DeviceId, Envelope, Frame, Message, Seq, decode, encode};
@@ -44,6 +47,8 @@ use super::feed;
 pub const BATCH_BYTES: usize = 512 * 1024;
 /// Meta key of the status seq counter.
 const STATUS_SEQ_KEY: &str = "fleet.status.seq";
+/// Status seqs reserved per connection: the online status, periodic updates, the will.
+pub const STATUS_BLOCK: u64 = 1 << 20;
 
 /// Tunables of the connection.
 #[derive(Debug, Clone)]
@@ -55,6 +60,9 @@ pub struct ClientConfig {
     /// Batch frames in flight at once (MQTT inflight window).
     pub inflight: u16,
     pub keep_alive: Duration,
+    /// A status with fresh health is published this often while connected (the first one
+    /// after at most 5 s, so a newly applied bundle is reported with health soon).
+    pub status_every: Duration,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +72,7 @@ impl Default for ClientConfig {
             poll: Duration::from_millis(20),
             inflight: 64,
             keep_alive: Duration::from_secs(30),
+            status_every: Duration::from_secs(30),
         }
     }
 }
@@ -292,7 +301,9 @@ impl Client {
             }
             _ => 0,
         };
-        let seq = previous + 2;
+        // Above the previous connection's whole block (and its will), also when the previous
+        // value came from an agent that reserved only 2 per connection.
+        let seq = previous + STATUS_BLOCK;
         self.store
             .write(vec![StoreWrite::PutMeta {
                 key: STATUS_SEQ_KEY.into(),
@@ -303,7 +314,6 @@ impl Client {
     }
 
     fn status(&self, presence: Presence) -> Status {
-        let window = 3600;
         Status {
             presence,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -312,11 +322,7 @@ impl Client {
                 .bundle_version
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-            health: Health {
-                window_secs: window,
-                executions_total: self.status.health.total.load(Ordering::Relaxed),
-                executions_failed: self.status.health.failed.load(Ordering::Relaxed),
-            },
+            health: self.status.health.snapshot(),
             at: Timestamp::now(),
         }
     }
@@ -356,8 +362,10 @@ impl Client {
         cancel: &CancellationToken,
     ) -> anyhow::Result<bool> {
         let status_seq = self.next_status_seq().await?;
+        let will_seq = status_seq + STATUS_BLOCK - 1;
+        let mut update_seq = status_seq;
         let will = encode(&Envelope::new(
-            Seq(status_seq + 1),
+            Seq(will_seq),
             Message::Status(self.status(Presence::Offline)),
         ))?;
         let options = options(
@@ -372,13 +380,19 @@ impl Client {
         let mut last_progress = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(self.config.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let status_every = self.config.status_every.max(Duration::from_millis(100));
+        let mut report = tokio::time::interval_at(
+            tokio::time::Instant::now() + status_every.min(Duration::from_secs(5)),
+            status_every,
+        );
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => {
                     if connected {
                         // A clean stop: say offline ourselves (a clean DISCONNECT sends no will).
                         let offline = encode(&Envelope::new(
-                            Seq(status_seq + 1),
+                            Seq(will_seq),
                             Message::Status(self.status(Presence::Offline)),
                         ))?;
                         let _ = client.try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, offline);
@@ -455,6 +469,21 @@ impl Client {
                         return Ok(true);
                     }
                 },
+                _ = report.tick(), if connected => {
+                    if update_seq + 2 >= will_seq {
+                        // The block is used up (years at the default period): a new
+                        // connection reserves the next one.
+                        disconnect(&client, &mut events).await;
+                        return Ok(true);
+                    }
+                    update_seq += 1;
+                    let update = encode(&Envelope::new(
+                        Seq(update_seq),
+                        Message::Status(self.status(Presence::Online)),
+                    ))?;
+                    // A full request queue skips this report; the next one follows.
+                    let _ = client.try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update);
+                }
                 _ = tick.tick(), if connected => {
                     if cursor > acked && last_progress.elapsed() >= self.config.ack_timeout {
                         tracing::info!(from = acked + 1, "no ack for a while: resending unacked records");

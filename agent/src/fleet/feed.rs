@@ -216,11 +216,110 @@ impl std::fmt::Debug for FleetStore {
     }
 }
 
-/// Executions finished and failed since the last status report.
-#[derive(Debug, Default)]
+/// Executions finished and failed over a trailing window (what the status reports and
+/// rollout health gates read), counted in [`HEALTH_BUCKETS`] buckets, and restarted when a
+/// new bundle becomes active ([`Health::restart`]) so a gate judges the new workflows only.
+#[derive(Debug)]
 pub struct Health {
-    pub total: std::sync::atomic::AtomicU32,
-    pub failed: std::sync::atomic::AtomicU32,
+    window: std::time::Duration,
+    state: std::sync::Mutex<HealthWindow>,
+}
+
+/// Buckets per window (the window slides by one bucket's width).
+pub const HEALTH_BUCKETS: u32 = 60;
+
+#[derive(Debug)]
+struct HealthWindow {
+    /// Counting starts here (start, or the last restart).
+    since: std::time::Instant,
+    /// (bucket index since `since`, total, failed), oldest first.
+    buckets: std::collections::VecDeque<(u64, u32, u32)>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(std::time::Duration::from_secs(300))
+    }
+}
+
+impl Health {
+    /// Counts over the trailing `window` (at least one second).
+    pub fn new(window: std::time::Duration) -> Health {
+        Health {
+            window: window.max(std::time::Duration::from_secs(1)),
+            state: std::sync::Mutex::new(HealthWindow {
+                since: std::time::Instant::now(),
+                buckets: std::collections::VecDeque::new(),
+            }),
+        }
+    }
+
+    fn width(&self) -> std::time::Duration {
+        (self.window / HEALTH_BUCKETS).max(std::time::Duration::from_millis(100))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthWindow> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One finished execution, now.
+    pub fn record(&self, failed: bool) {
+        self.record_at(std::time::Instant::now(), failed);
+    }
+
+    fn record_at(&self, at: std::time::Instant, failed: bool) {
+        let width = self.width().as_nanos().max(1);
+        let mut state = self.lock();
+        let index = u64::try_from(at.saturating_duration_since(state.since).as_nanos() / width)
+            .unwrap_or(u64::MAX);
+        match state.buckets.back_mut() {
+            Some((last, total, fails)) if *last == index => {
+                *total = total.saturating_add(1);
+                *fails = fails.saturating_add(u32::from(failed));
+            }
+            _ => state.buckets.push_back((index, 1, u32::from(failed))),
+        }
+        while state.buckets.len() > HEALTH_BUCKETS as usize + 1 {
+            state.buckets.pop_front();
+        }
+    }
+
+    /// Forgets what was counted: a new bundle is active.
+    pub fn restart(&self) {
+        let mut state = self.lock();
+        state.since = std::time::Instant::now();
+        state.buckets.clear();
+    }
+
+    /// The health at `now`: the window is the configured one, or the time since counting
+    /// (re)started when that is shorter.
+    pub fn snapshot(&self) -> reactor_core::sync::messages::Health {
+        self.snapshot_at(std::time::Instant::now())
+    }
+
+    fn snapshot_at(&self, now: std::time::Instant) -> reactor_core::sync::messages::Health {
+        let width = self.width().as_nanos().max(1);
+        let state = self.lock();
+        let elapsed = now.saturating_duration_since(state.since);
+        let current = u64::try_from(elapsed.as_nanos() / width).unwrap_or(u64::MAX);
+        // Buckets that end after `now - window` (the oldest one only partly inside).
+        let oldest = current.saturating_sub(u64::from(HEALTH_BUCKETS) - 1);
+        let (mut total, mut failed) = (0u32, 0u32);
+        for &(index, t, f) in &state.buckets {
+            if index >= oldest && index <= current {
+                total = total.saturating_add(t);
+                failed = failed.saturating_add(f);
+            }
+        }
+        let window = elapsed.min(self.window).as_secs().max(1);
+        reactor_core::sync::messages::Health {
+            window_secs: u32::try_from(window).unwrap_or(u32::MAX),
+            executions_total: total,
+            executions_failed: failed.min(total),
+        }
+    }
 }
 
 impl FleetStore {
@@ -237,17 +336,20 @@ impl FleetStore {
 impl Store for FleetStore {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         for write in &batch {
-            if let StoreWrite::Update(record) = write
-                && record.status.is_finished()
-            {
+            // A finished execution is an `Update`, or a `Create` of an already finished
+            // record (an execution that finished before its first flush: pure workflows,
+            // sync http replies).
+            let finished = match write {
+                StoreWrite::Update(record) | StoreWrite::Create { record, .. } => {
+                    Some(record).filter(|r| r.status.is_finished())
+                }
+                _ => None,
+            };
+            if let Some(record) = finished {
                 let payload = postcard::to_allocvec(&report(record))
                     .map_err(|e| StoreError::InvalidWrite(format!("execution summary: {e}")))?;
                 self.feed.append(RecordKind::Execution, payload).await?;
-                use std::sync::atomic::Ordering::Relaxed;
-                self.health.total.fetch_add(1, Relaxed);
-                if record.status == ExecutionStatus::Failed {
-                    self.health.failed.fetch_add(1, Relaxed);
-                }
+                self.health.record(record.status == ExecutionStatus::Failed);
             }
         }
         self.inner.write(batch).await
@@ -305,5 +407,38 @@ impl EventBus for FleetBus {
             .await
             .map_err(|e| format!("outbox: {e}"))?;
         self.inner.publish(event, topic).await
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use std::time::{Duration, Instant};
+
+    use super::Health;
+
+    #[test]
+    fn the_window_slides_and_restarts() {
+        let health = Health::new(Duration::from_secs(60));
+        let start = health.lock().since;
+        health.record_at(start + Duration::from_secs(1), false);
+        health.record_at(start + Duration::from_secs(2), true);
+        health.record_at(start + Duration::from_secs(30), true);
+        let at = |secs| health.snapshot_at(start + Duration::from_secs(secs));
+        let now = at(31);
+        assert_eq!((now.executions_total, now.executions_failed), (3, 2));
+        assert_eq!(now.window_secs, 31, "shorter than the window since start");
+        // 62 s later the first two have left the window, the third is still in it.
+        let later = at(62);
+        assert_eq!((later.executions_total, later.executions_failed), (1, 1));
+        assert_eq!(later.window_secs, 60);
+        let gone = at(95);
+        assert_eq!(gone.executions_total, 0);
+        // A restart (new bundle) forgets everything counted before.
+        health.record(true);
+        health.restart();
+        let fresh = health.snapshot_at(Instant::now());
+        assert_eq!(fresh.executions_total, 0);
+        health.record(false);
+        assert_eq!(health.snapshot().executions_total, 1);
     }
 }

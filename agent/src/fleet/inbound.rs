@@ -91,6 +91,8 @@ impl Handler {
         match accepted {
             Ok(Acceptance::Accepted(bundle)) => {
                 self.apply(&bundle).await;
+                // The reported health judges the new workflows only.
+                self.status.health.restart();
                 true
             }
             Ok(Acceptance::AlreadyActive { version }) => {

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::OutboxConfig;
+use crate::config::{FleetTuning, OutboxConfig};
 use client::{Client, ClientConfig, StatusSource};
 use enroll::Enrollment;
 use feed::{Feed, FleetBus, FleetStore, Health};
@@ -44,6 +44,7 @@ pub struct Fleet {
     outbox: Outbox,
     feed: Feed,
     health: Arc<Health>,
+    tuning: FleetTuning,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -54,6 +55,7 @@ impl Fleet {
         data: &Path,
         redb: Arc<RedbStore>,
         limits: OutboxConfig,
+        tuning: FleetTuning,
     ) -> anyhow::Result<Option<Fleet>> {
         let Some(enrollment) = Enrollment::load(data)? else {
             return Ok(None);
@@ -81,7 +83,8 @@ impl Fleet {
             enrollment,
             feed: Feed::new(outbox.clone()),
             outbox,
-            health: Arc::default(),
+            health: Arc::new(Health::new(tuning.health_window)),
+            tuning,
             cancel: CancellationToken::new(),
             tasks: Vec::new(),
         }))
@@ -106,8 +109,9 @@ impl Fleet {
         &mut self,
         store: Arc<dyn Store>,
         workflows: Arc<ActiveWorkflows>,
-        config: ClientConfig,
+        mut config: ClientConfig,
     ) -> anyhow::Result<()> {
+        config.status_every = self.tuning.status_every;
         let key = self.enrollment.validate()?;
         let device = self.enrollment.device()?;
         let status = Arc::new(StatusSource {

@@ -48,6 +48,10 @@ fn query_parameters(method: &Method, path: &str) -> Vec<Value> {
             ("limit", "page size, 1 to 500 (default 50)"),
             ("cursor", "next_cursor of the previous page"),
         ],
+        ("POST", "/api/v1/devices/{id}/commands") => &[(
+            "wait",
+            "wait up to this long for the device's answer (e.g. 5s; at most 30s)",
+        )],
         ("GET", "/api/v1/workflows/{name}/diff") => &[
             ("from", "old version (default: the one before `to`)"),
             ("to", "new version (default: the latest)"),

@@ -351,7 +351,10 @@ impl Worker {
             Message::CommandResult(result) => {
                 self.stats.command_results.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(device = %device, command = %seq, outcome = ?result.outcome, "command result");
-                Ok(None)
+                super::commands::record_result(&self.db, device.as_str(), seq.0, &result)
+                    .await
+                    .map(|_| None)
+                    .map_err(IngestError::from)
             }
             other => return refuse(&format!("{:?} is not sent by devices", other.kind())),
         };

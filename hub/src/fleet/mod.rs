@@ -10,14 +10,22 @@
 //! - [`gateway`]: the device-facing MQTT endpoint: identity and per-device topic checks.
 //! - [`ingest`]: the hub's client on the broker: device frames stored once, acks, presence,
 //!   device events into the hub's workflows.
+//! - [`bundles`]: signed bundles (validated, versioned fleet-wide) and each device's desired one.
+//! - [`delivery`]: this hub's client sending devices their desired bundle and commands.
+//! - [`rollout`]: staged rollouts with a health gate and rollback (leader-driven).
+//! - [`commands`]: hub → device commands and their answers.
 
 pub mod api;
 pub mod broker;
+pub mod bundles;
 pub mod cli;
+pub mod commands;
+pub mod delivery;
 pub mod gateway;
 pub mod ingest;
 pub mod keys;
 pub mod registry;
+pub mod rollout;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -210,17 +210,38 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         signer: signer.clone(),
         broker: config.fleet.broker_url(),
     });
+    let fleet_broker = crate::fleet::start_endpoint(&config.fleet, &db, state.stopping.clone())
+        .await
+        .context("the device MQTT endpoint")?;
+    let delivery = fleet_broker
+        .as_ref()
+        .map(|broker| crate::fleet::delivery::start(broker, db.clone(), state.stopping.clone()));
+    let rollout_wake = Arc::new(tokio::sync::Notify::new());
     let app = Server::new(state.clone())
         .with_routes(crate::fleet::api::routes())
+        .with_routes(crate::fleet::rollout::api::routes(
+            crate::fleet::rollout::api::RolloutApi {
+                signer: signer.clone(),
+                wake: rollout_wake.clone(),
+            },
+        ))
+        .with_routes(crate::fleet::commands::routes(delivery.clone()))
         .with_routes(crate::secrets::api::routes(secrets.clone()))
         .with_routes(crate::metrics::routes(telemetry.clone()))
         .with_routes(crate::stream::routes(live.clone(), state.stopping.clone()))
         .with_routes(crate::alerts::api::routes(alerts.clone()))
         .router();
     let app = enroll.merge(app);
-    let fleet_broker = crate::fleet::start_endpoint(&config.fleet, &db, state.stopping.clone())
-        .await
-        .context("the device MQTT endpoint")?;
+    // Rollouts are driven by the leader only (state in SQL: a new leader resumes them).
+    tokio::spawn(
+        crate::fleet::rollout::driver::Driver {
+            db: db.clone(),
+            signer: signer.clone(),
+            delivery,
+            wake: rollout_wake,
+        }
+        .run(leader.watch(), state.stopping.clone()),
+    );
     spawn_ops_tasks(&supervisor, &runtime, secrets, live, telemetry);
     let stopping = state.stopping.clone();
     let server = tokio::spawn(async move {

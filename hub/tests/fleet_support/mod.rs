@@ -65,3 +65,4 @@ pub async fn enrolled(hub: &Hub, token: &str) -> (String, String, Value) {
         body,
     )
 }
+pub mod sim;

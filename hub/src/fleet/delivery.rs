@@ -1,0 +1,401 @@
+//! Delivery: what the hub sends to the devices connected to it — their desired bundle and
+//! their pending commands — over a client of its own on the embedded broker.
+//!
+//! Every hub runs one (each has its own embedded broker, so it can reach only the devices
+//! connected to it; the rollout driver, on the leader only, just writes `fleet_desired`).
+//! The client subscribes to `reactor/v1/d/+/status` and keeps, per device seen on this
+//! broker, presence and the reported bundle version (highest status seq wins, as in
+//! ingest). A device gets its desired bundle when:
+//!
+//! - its desired version changes (polled from `fleet_desired` every [`TICK`]) while it is
+//!   online here with an older version;
+//! - an `Online` status arrives reporting an older version (a device that was offline, or a
+//!   hub that restarted, converges on reconnect);
+//! - it is still behind [`RESEND_AFTER`] after the last send (a frame the agent dropped).
+//!
+//! Bundles are published QoS 1 **retained** on `d/{id}/bundle` (the protocol's channel
+//! rule), so a device reconnecting to the same broker has it at once; the retained copy is
+//! lost with the embedded broker on a hub restart, which the status rule covers. A bundle
+//! delivered twice is harmless: the agent answers `AlreadyActive`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reactor_core::sync::messages::{BundleFrame, Message, Presence};
+use reactor_core::sync::{Channel, DeviceId, Envelope, Frame, Seq, decode, encode};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::broker::{EmbeddedBroker, MAX_PACKET};
+use super::{bundles, commands};
+use crate::db::Database;
+
+/// How often desired versions and due commands are polled.
+pub const TICK: Duration = Duration::from_millis(200);
+/// A device still behind this long after a send gets its bundle again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(15);
+/// Full re-read of `fleet_desired` (besides the incremental polls).
+const FULL_EVERY: Duration = Duration::from_secs(30);
+/// Desired rows are polled from this long before the previous poll (clock skew between
+/// hubs and commits that land late).
+const POLL_OVERLAP_MS: i64 = 2_000;
+/// Encoded bundle frames kept in memory.
+const FRAME_CACHE: usize = 16;
+
+/// What this hub knows of a device connected to its broker.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    online: bool,
+    bundle: Option<u64>,
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seen: HashMap<String, Seen>,
+    desired: HashMap<String, u64>,
+    /// Last bundle send per device: version and when.
+    sent: HashMap<String, (u64, Instant)>,
+    frames: HashMap<u64, Arc<Vec<u8>>>,
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub bundles_sent: std::sync::atomic::AtomicU64,
+    pub commands_sent: std::sync::atomic::AtomicU64,
+}
+
+/// The running delivery; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    client: AsyncClient,
+    state: Mutex<State>,
+    wake: Notify,
+    stats: DeliveryStats,
+}
+
+impl Delivery {
+    /// Polls now instead of at the next tick (a new command, a new assignment).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.inner.stats
+    }
+}
+
+/// Starts delivery on `broker`; it stops when `stop` fires.
+pub fn start(broker: &EmbeddedBroker, db: Database, stop: CancellationToken) -> Delivery {
+    let mut options = MqttOptions::new(
+        format!("reactor-hub-delivery-{}", ulid::Ulid::new()),
+        broker.addr.ip().to_string(),
+        broker.addr.port(),
+    );
+    options.set_credentials(broker.login.username.clone(), broker.login.password.clone());
+    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(true);
+    options.set_inflight(500);
+    let (client, mut events) = AsyncClient::new(options, 4_096);
+    let delivery = Delivery {
+        inner: Arc::new(Inner {
+            db,
+            client: client.clone(),
+            state: Mutex::default(),
+            wake: Notify::new(),
+            stats: DeliveryStats::default(),
+        }),
+    };
+    // Devices whose status says they are behind: checked by the sender task (the event loop
+    // must keep polling, so it never publishes itself).
+    let (behind_tx, mut behind_rx) = mpsc::unbounded_channel::<String>();
+    let loop_stop = stop.clone();
+    let inner = delivery.inner.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = loop_stop.cancelled() => break,
+                event = events.poll() => event,
+            };
+            match event {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    if let Err(error) = client
+                        .subscribe(Channel::Status.hub_filter(), QoS::AtLeastOnce)
+                        .await
+                    {
+                        tracing::error!(%error, "delivery could not subscribe to statuses");
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                    if let Some(device) = inner.status(&publish.topic, &publish.payload) {
+                        let _ = behind_tx.send(device);
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "fleet delivery lost the broker; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        let _ = client.try_disconnect();
+    });
+    let inner = delivery.inner.clone();
+    tokio::spawn(async move {
+        let mut polled_at: i64 = 0;
+        let mut full_at = Instant::now();
+        let mut last_resend = Instant::now();
+        loop {
+            let full = polled_at == 0 || full_at.elapsed() >= FULL_EVERY;
+            let since = if full { 0 } else { polled_at - POLL_OVERLAP_MS };
+            let now = reactor_core::engine::Timestamp::now().millis();
+            match bundles::desired_since(&inner.db, since).await {
+                Ok(rows) => {
+                    polled_at = now;
+                    if full {
+                        full_at = Instant::now();
+                    }
+                    let changed = inner.merge_desired(rows);
+                    for device in changed {
+                        inner.check(&device, false).await;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "reading desired bundles failed"),
+            }
+            if last_resend.elapsed() >= RESEND_AFTER {
+                last_resend = Instant::now();
+                for device in inner.behind() {
+                    inner.check(&device, false).await;
+                }
+            }
+            inner.commands().await;
+            let deadline = tokio::time::Instant::now() + TICK;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = inner.wake.notified() => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    device = behind_rx.recv() => match device {
+                        Some(device) => inner.check(&device, true).await,
+                        None => return,
+                    },
+                }
+            }
+        }
+    });
+    delivery
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a status; returns the device when it is online and behind its desired bundle.
+    fn status(&self, topic: &str, payload: &[u8]) -> Option<String> {
+        let (device, channel) = reactor_core::sync::parse_topic(topic).ok()?;
+        if channel != Channel::Status || payload.is_empty() {
+            return None;
+        }
+        let Ok(Frame::Message(Envelope {
+            seq,
+            message: Message::Status(status),
+            ..
+        })) = decode(payload)
+        else {
+            return None;
+        };
+        let mut state = self.lock();
+        let id = device.as_str().to_string();
+        let seen = state.seen.entry(id.clone()).or_default();
+        if seq.0 <= seen.seq && seen.seq != 0 {
+            return None;
+        }
+        *seen = Seen {
+            online: status.presence == Presence::Online,
+            bundle: status.bundle_version,
+            seq: seq.0,
+        };
+        let seen = *seen;
+        let desired = state.desired.get(&id).copied()?;
+        (seen.online && seen.bundle.is_none_or(|v| v < desired)).then_some(id)
+    }
+
+    /// Takes desired rows in; returns the devices whose desired version changed.
+    fn merge_desired(&self, rows: Vec<(String, u64, i64)>) -> Vec<String> {
+        let mut state = self.lock();
+        let mut changed = Vec::new();
+        for (device, version, _) in rows {
+            if state.desired.insert(device.clone(), version) != Some(version) {
+                changed.push(device);
+            }
+        }
+        changed
+    }
+
+    /// Devices online here and behind, whose last send is older than [`RESEND_AFTER`].
+    fn behind(&self) -> Vec<String> {
+        let state = self.lock();
+        state
+            .seen
+            .iter()
+            .filter(|(id, seen)| {
+                let Some(desired) = state.desired.get(*id) else {
+                    return false;
+                };
+                seen.online
+                    && seen.bundle.is_none_or(|v| v < *desired)
+                    && state
+                        .sent
+                        .get(*id)
+                        .is_none_or(|(_, at)| at.elapsed() >= RESEND_AFTER)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Sends `device` its desired bundle if it is online here and behind. A status that
+    /// says the device is (again) behind (`fresh`) sends even right after a send: the
+    /// device reconnected and may have missed it.
+    async fn check(&self, device: &str, fresh: bool) {
+        let version = {
+            let state = self.lock();
+            let (Some(seen), Some(&desired)) = (state.seen.get(device), state.desired.get(device))
+            else {
+                return;
+            };
+            if !seen.online || seen.bundle.is_some_and(|v| v >= desired) {
+                return;
+            }
+            if !fresh
+                && let Some((sent, at)) = state.sent.get(device)
+                && *sent == desired
+                && at.elapsed() < RESEND_AFTER
+            {
+                return;
+            }
+            desired
+        };
+        let Some(frame) = self.frame(version).await else {
+            return;
+        };
+        let Ok(id) = DeviceId::parse(device) else {
+            return;
+        };
+        match self
+            .client
+            .publish(
+                id.topic(Channel::Bundle),
+                QoS::AtLeastOnce,
+                true,
+                frame.to_vec(),
+            )
+            .await
+        {
+            Ok(()) => {
+                self.stats
+                    .bundles_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.lock()
+                    .sent
+                    .insert(device.to_string(), (version, Instant::now()));
+                tracing::debug!(device, version, "bundle sent");
+            }
+            Err(error) => tracing::warn!(device, version, %error, "bundle not sent"),
+        }
+    }
+
+    /// The bundle frame of `version` (cached).
+    async fn frame(&self, version: u64) -> Option<Arc<Vec<u8>>> {
+        if let Some(frame) = self.lock().frames.get(&version) {
+            return Some(frame.clone());
+        }
+        let bytes = match bundles::bytes(&self.db, version).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                tracing::error!(version, "a desired bundle is not stored");
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(version, %error, "reading a bundle failed");
+                return None;
+            }
+        };
+        let envelope = Envelope::new(Seq(version), Message::Bundle(BundleFrame { bytes }));
+        let frame = match encode(&envelope) {
+            Ok(frame) => Arc::new(frame),
+            Err(error) => {
+                tracing::error!(version, %error, "a bundle frame did not encode");
+                return None;
+            }
+        };
+        let mut state = self.lock();
+        if state.frames.len() >= FRAME_CACHE
+            && let Some(&oldest) = state.frames.keys().min()
+        {
+            state.frames.remove(&oldest);
+        }
+        state.frames.insert(version, frame.clone());
+        Some(frame)
+    }
+
+    /// Publishes due commands to the devices online here.
+    async fn commands(&self) {
+        let due = match commands::due(&self.db).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "reading due commands failed");
+                return;
+            }
+        };
+        for command in due {
+            let online = self
+                .lock()
+                .seen
+                .get(&command.device)
+                .is_some_and(|seen| seen.online);
+            if !online {
+                continue;
+            }
+            let Ok(id) = DeviceId::parse(&command.device) else {
+                continue;
+            };
+            let Ok(wire) = command.command.to_wire(command.seq) else {
+                continue;
+            };
+            let envelope = Envelope::new(Seq(command.seq), Message::Command(wire));
+            let Ok(frame) = encode(&envelope) else {
+                continue;
+            };
+            match self
+                .client
+                .publish(id.topic(Channel::Cmd), QoS::AtLeastOnce, false, frame)
+                .await
+            {
+                Ok(()) => {
+                    self.stats
+                        .commands_sent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Err(error) =
+                        commands::mark_sent(&self.db, &command.device, command.seq).await
+                    {
+                        tracing::warn!(%error, "could not mark a command sent");
+                    }
+                }
+                Err(error) => tracing::warn!(device = %command.device, %error, "command not sent"),
+            }
+        }
+    }
+}

@@ -59,6 +59,7 @@ pub fn run(flags: &ServeFlags) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    crate::fleet::raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -238,6 +239,10 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         db: db.clone(),
         signer: signer.clone(),
         broker: config.fleet.broker_url(),
+        ca_pem: match &config.fleet.tls {
+            Some(files) => Some(files.trust_pem().context("the device endpoint's CA")?),
+            None => None,
+        },
     });
     let app = Server::new(state.clone())
         .with_routes(crate::fleet::api::routes())
@@ -268,16 +273,20 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     }
     workflows.start();
     // Device frames are ingested once the workflows they may start are active.
-    let _ingest = fleet_broker.as_ref().map(|broker| {
-        crate::fleet::ingest::start(
-            broker,
-            db.clone(),
-            Some(Arc::new(crate::fleet::ingest::WorkflowSink(
-                workflows.clone(),
-            ))),
-            state.stopping.clone(),
-        )
-    });
+    let _ingest = fleet_broker
+        .as_ref()
+        .map(|broker| {
+            crate::fleet::ingest::start(
+                broker,
+                db.clone(),
+                Some(Arc::new(crate::fleet::ingest::WorkflowSink(
+                    workflows.clone(),
+                ))),
+                state.stopping.clone(),
+            )
+        })
+        .transpose()
+        .context("fleet ingest")?;
     let cluster = super::cluster::spawn(state.clone());
     supervisor.spawn(
         "hub.alerts",

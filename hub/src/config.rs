@@ -79,41 +79,30 @@ pub struct ServeFlags {
         hide_env_values = true
     )]
     pub mqtt_broker: Option<String>,
+    /// TLS on the device endpoint: the certificate chain (PEM). [file: fleet.mqtt_tls_cert]
+    #[arg(
+        long,
+        env = "REACTOR_MQTT_TLS_CERT",
+        value_name = "FILE",
+        requires = "mqtt_tls_key"
+    )]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// TLS on the device endpoint: the private key (PEM). [file: fleet.mqtt_tls_key]
+    #[arg(
+        long,
+        env = "REACTOR_MQTT_TLS_KEY",
+        value_name = "FILE",
+        requires = "mqtt_tls_cert"
+    )]
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) enrollment gives devices to trust [default: the last
+    /// certificate of --mqtt-tls-cert]. [file: fleet.mqtt_tls_ca]
+    #[arg(long, env = "REACTOR_MQTT_TLS_CA", value_name = "FILE")]
+    pub mqtt_tls_ca: Option<PathBuf>,
 }
 
-impl FleetConfig {
-    /// The broker address enrollment hands out (empty when no broker is configured).
-    pub fn broker_url(&self) -> String {
-        if let Some(url) = &self.advertise {
-            return url.clone();
-        }
-        if let Some(addr) = self.mqtt_listen {
-            return format!("mqtt://{addr}");
-        }
-        match &self.external_broker {
-            // Never hand out the hub's own broker credentials.
-            Some(url) => match url.split_once("://") {
-                Some((scheme, rest)) => {
-                    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-                    format!("{scheme}://{host}")
-                }
-                None => url.clone(),
-            },
-            None => String::new(),
-        }
-    }
-}
-
-/// The fleet side of `serve` (flags and their variables only).
-#[derive(Debug, Clone, Default)]
-pub struct FleetConfig {
-    /// Where the device-facing MQTT endpoint listens (embedded broker).
-    pub mqtt_listen: Option<SocketAddr>,
-    /// What enrollment tells devices to connect to.
-    pub advertise: Option<String>,
-    /// An external broker the hub connects to instead.
-    pub external_broker: Option<String>,
-}
+mod fleet;
+pub use fleet::FleetConfig;
 
 /// The text of `serve --help` after the flags: the file's keys and the environment layer.
 pub const SERVE_HELP: &str = "\
@@ -130,6 +119,10 @@ Configuration (hub.toml; layers: defaults < file < REACTOR_* environment < flags
   [env]      allow = [\"HOME\"]            environment variables visible as env.NAME
   [http]     allow = [\"10.0.0.0/8\", \"api.internal\"]  non-public targets the http action
              may reach (CIDRs, addresses, host names, *.domain; default: none)
+  [fleet]    mqtt_listen = \"0.0.0.0:8883\"  device MQTT endpoint (embedded broker);
+             mqtt_tls_cert / mqtt_tls_key / mqtt_tls_ca = PEM files (TLS on that endpoint);
+             mqtt_advertise = \"mqtts://hub.example:8883\" (what enrollment hands out);
+             or mqtt_broker = \"mqtt://USER:PASS@HOST:1883\" (an external broker instead)
 
 Environment: every key also as REACTOR_<SECTION>__<KEY>, e.g. REACTOR_LIMITS__MAX_BODY=65536,
 REACTOR_EXEC__ALLOW='[\"echo\"]' (values are TOML values, or plain text).
@@ -156,6 +149,8 @@ struct RawConfig {
     env: Option<RawAllow>,
     /// Named connections of the broker and database triggers (`[connections.NAME]`).
     connections: Option<BTreeMap<String, ConnectionConfig>>,
+    /// The device MQTT endpoint or external broker (`[fleet]`).
+    fleet: Option<fleet::RawFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +256,7 @@ struct Merged {
     http_allow: Option<Layered<Vec<String>>>,
     env_allow: Option<Layered<Vec<String>>>,
     connections: Option<Layered<BTreeMap<String, ConnectionConfig>>>,
+    fleet: fleet::MergedFleet,
 }
 
 impl Merged {
@@ -279,6 +275,7 @@ impl Merged {
         pick(&mut self.http_allow, raw.http.and_then(|e| e.allow), origin);
         pick(&mut self.env_allow, raw.env.and_then(|e| e.allow), origin);
         pick(&mut self.connections, raw.connections, origin);
+        self.fleet.apply(raw.fleet, origin);
     }
 }
 
@@ -319,19 +316,12 @@ impl HubConfig {
             flags.log_format,
             &Origin::Flag("log-format"),
         );
+        merged.fleet.apply_flags(flags);
+        let fleet = std::mem::take(&mut merged.fleet).validate(&mut problems);
         let config = validate(merged, file, &mut problems).map(|mut config| {
-            config.fleet = FleetConfig {
-                mqtt_listen: flags.mqtt_listen,
-                advertise: flags.mqtt_advertise.clone(),
-                external_broker: flags.mqtt_broker.clone(),
-            };
+            config.fleet = fleet;
             config
         });
-        if flags.mqtt_listen.is_some() && flags.mqtt_broker.is_some() {
-            problems.push(
-                "mqtt-listen and mqtt-broker: choose the embedded broker or an external one".into(),
-            );
-        }
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError { problems }),

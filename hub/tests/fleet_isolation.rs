@@ -59,9 +59,7 @@ async fn fleet() -> Fleet {
         .unwrap()
         .unwrap();
     // The observer: the broker's own login, everything.
-    let mut options = MqttOptions::new("observer", "127.0.0.1", broker.addr.port());
-    options.set_credentials(broker.login.username.clone(), broker.login.password.clone());
-    options.set_max_packet_size(4 << 20, 4 << 20);
+    let options = broker.options("observer").unwrap();
     let (observer, mut events) = AsyncClient::new(options, 100);
     observer.subscribe("#", QoS::AtLeastOnce).await.unwrap();
     let (tx, seen) = mpsc::unbounded_channel();

@@ -32,6 +32,8 @@ pub struct EnrollState {
     pub signer: Arc<BundleSigner>,
     /// The broker address devices connect to (`mqtt://HOST:PORT` or `mqtts://…`).
     pub broker: String,
+    /// PEM devices trust for an `mqtts://` broker (the device endpoint's CA), if any.
+    pub ca_pem: Option<String>,
 }
 
 /// The routes behind the hub's bearer-token auth.
@@ -82,17 +84,21 @@ async fn enroll(State(state): State<EnrollState>, body: Bytes) -> Response {
     match registry::enroll(&state.db, request.token.trim()).await {
         Ok(enrolled) => {
             tracing::info!(device = enrolled.device.as_str(), "device enrolled");
+            let mut broker = json!({
+                "url": state.broker,
+                "client_id": enrolled.device.as_str(),
+                "username": enrolled.device.as_str(),
+                "password": enrolled.credential,
+                "topic_prefix": enrolled.device.prefix(),
+            });
+            if let Some(pem) = &state.ca_pem {
+                broker["ca_pem"] = json!(pem);
+            }
             axum::Json(json!({
                 "protocol_version": PROTOCOL_VERSION,
                 "device_id": enrolled.device.as_str(),
                 "labels": enrolled.labels,
-                "broker": {
-                    "url": state.broker,
-                    "client_id": enrolled.device.as_str(),
-                    "username": enrolled.device.as_str(),
-                    "password": enrolled.credential,
-                    "topic_prefix": enrolled.device.prefix(),
-                },
+                "broker": broker,
                 "bundle_signing_key": super::keys::describe(state.signer.public_key()),
             }))
             .into_response()

@@ -108,3 +108,114 @@ impl EmbeddedBroker {
         }
     }
 }
+
+/// Where the hub's own MQTT clients (ingest, publishing to devices) connect: the embedded
+/// broker with its internal login, or an external broker (`--mqtt-broker URL`).
+#[derive(Debug, Clone)]
+pub struct BrokerTarget {
+    pub host: String,
+    pub port: u16,
+    pub login: Option<InternalLogin>,
+    /// TLS (`mqtts://`), trusting the system's roots.
+    pub tls: bool,
+}
+
+impl BrokerTarget {
+    /// The embedded broker.
+    pub fn embedded(broker: &EmbeddedBroker) -> BrokerTarget {
+        BrokerTarget {
+            host: broker.addr.ip().to_string(),
+            port: broker.addr.port(),
+            login: Some(broker.login.clone()),
+            tls: false,
+        }
+    }
+
+    /// An external broker: `mqtt://[USER:PASSWORD@]HOST:PORT` or `mqtts://…`.
+    pub fn external(url: &str) -> Result<BrokerTarget, BrokerError> {
+        let bad = |why: &str| BrokerError(format!("--mqtt-broker: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected mqtt://[USER:PASSWORD@]HOST:PORT"))?;
+        let (login, address) = match rest.rsplit_once('@') {
+            Some((userinfo, address)) => {
+                let (username, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                if username.is_empty() {
+                    return Err(bad("empty user name"));
+                }
+                let login = InternalLogin {
+                    username: username.to_string(),
+                    password: password.to_string(),
+                };
+                (Some(login), address)
+            }
+            None => (None, rest),
+        };
+        let (tls, host, port) =
+            reactor_core::mqtt::settings::parse_url(&format!("{scheme}://{address}"))
+                .map_err(|e| bad(&e))?;
+        Ok(BrokerTarget {
+            host,
+            port,
+            login,
+            tls,
+        })
+    }
+
+    /// Client options for `client_id` on this broker (credentials, packet size, TLS).
+    pub fn options(&self, client_id: &str) -> Result<rumqttc::MqttOptions, BrokerError> {
+        let mut options = rumqttc::MqttOptions::new(client_id, &self.host, self.port);
+        if let Some(login) = &self.login {
+            options.set_credentials(login.username.clone(), login.password.clone());
+        }
+        options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if self.tls {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| BrokerError(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+            ));
+        }
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerTarget;
+
+    #[test]
+    fn external_urls() {
+        let plain = BrokerTarget::external("mqtt://broker.local:1883").unwrap();
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.tls),
+            ("broker.local", 1883, false)
+        );
+        assert!(plain.login.is_none());
+        let secure = BrokerTarget::external("mqtts://hub:s3cr:et@10.0.0.2:8883").unwrap();
+        assert_eq!(
+            (secure.host.as_str(), secure.port, secure.tls),
+            ("10.0.0.2", 8883, true)
+        );
+        let login = secure.login.unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("hub", "s3cr:et")
+        );
+        for bad in [
+            "broker:1883",
+            "http://x:1",
+            "mqtt://:pw@host:1883",
+            "mqtt://host:1883/path",
+        ] {
+            assert!(BrokerTarget::external(bad).is_err(), "{bad}");
+        }
+    }
+}

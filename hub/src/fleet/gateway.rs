@@ -1,6 +1,9 @@
 //! The device-facing MQTT endpoint (`serve --mqtt-listen ADDR`): the hub's own MQTT 3.1.1
 //! front in front of the embedded broker, because rumqttd has no per-topic ACL.
 //!
+//! With `--mqtt-tls-cert` / `--mqtt-tls-key` the endpoint speaks TLS only ([`super::tls`]):
+//! a client that does not complete a TLS handshake within [`CONNECT_TIMEOUT`] is dropped.
+//!
 //! Per connection:
 //! 1. the first packet must be CONNECT (3.1.1), within [`CONNECT_TIMEOUT`], at most
 //!    [`MAX_PACKET`] bytes; the client id must be a valid [`DeviceId`], the username must
@@ -26,7 +29,7 @@ use reactor_core::sync::topics::Direction;
 use reactor_core::sync::{Channel, DeviceId, parse_topic};
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet};
 use rumqttc::mqttbytes::{Error as MqttError, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +45,8 @@ pub struct GatewayStats {
     pub accepted: AtomicU64,
     pub refused_connect: AtomicU64,
     pub refused_topic: AtomicU64,
+    /// TLS handshakes that failed or timed out (plain MQTT on the TLS port, bad clients).
+    pub refused_tls: AtomicU64,
 }
 
 /// Where the gateway forwards to and how it checks devices.
@@ -51,6 +56,8 @@ pub struct Gateway {
     pub upstream: SocketAddr,
     pub login: InternalLogin,
     pub stats: Arc<GatewayStats>,
+    /// TLS on the device side (`--mqtt-tls-cert`); plain TCP when `None`.
+    pub tls: Option<super::tls::Acceptor>,
 }
 
 /// Why a device's connection ended.
@@ -62,6 +69,8 @@ enum Refusal {
     Topic(String),
     #[error("malformed packet: {0}")]
     Malformed(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -87,9 +96,30 @@ impl Gateway {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let _ = socket.set_nodelay(true);
+                let result = async {
+                    match &gateway.tls {
+                        None => gateway.connection(socket).await,
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(CONNECT_TIMEOUT, acceptor.0.accept(socket))
+                                    .await;
+                            match handshake {
+                                Ok(Ok(stream)) => gateway.connection(stream).await,
+                                Ok(Err(error)) => {
+                                    gateway.stats.refused_tls.fetch_add(1, Ordering::Relaxed);
+                                    Err(Refusal::Tls(error.to_string()))
+                                }
+                                Err(_) => {
+                                    gateway.stats.refused_tls.fetch_add(1, Ordering::Relaxed);
+                                    Err(Refusal::Tls("no handshake in time".into()))
+                                }
+                            }
+                        }
+                    }
+                };
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    result = gateway.connection(socket) => {
+                    result = result => {
                         if let Err(error) = result {
                             match error {
                                 Refusal::Io(_) => tracing::debug!(%peer, %error, "device connection ended"),
@@ -102,7 +132,10 @@ impl Gateway {
         }
     }
 
-    async fn connection(&self, mut device: TcpStream) -> Result<(), Refusal> {
+    async fn connection<S>(&self, mut device: S) -> Result<(), Refusal>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mut buffer = BytesMut::with_capacity(4096);
         let first = tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut device, &mut buffer))
             .await
@@ -137,7 +170,7 @@ impl Gateway {
         write_packet(&mut upstream, &Packet::Connect(connect)).await?;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
 
-        let (mut device_read, mut device_write) = device.into_split();
+        let (mut device_read, mut device_write) = tokio::io::split(device);
         let (mut upstream_read, mut upstream_write) = upstream.into_split();
         let down = tokio::spawn(async move {
             let _ = tokio::io::copy(&mut upstream_read, &mut device_write).await;
@@ -145,7 +178,7 @@ impl Gateway {
         });
         let result = async {
             loop {
-                let packet = read_packet_half(&mut device_read, &mut buffer).await?;
+                let packet = read_packet(&mut device_read, &mut buffer).await?;
                 check_packet(&id, &packet).inspect_err(|_| {
                     self.stats.refused_topic.fetch_add(1, Ordering::Relaxed);
                 })?;
@@ -255,23 +288,10 @@ fn check_packet(id: &DeviceId, packet: &Packet) -> Result<(), Refusal> {
     }
 }
 
-async fn read_packet(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<Packet, Refusal> {
-    loop {
-        match Packet::read(buffer, MAX_PACKET) {
-            Ok(packet) => return Ok(packet),
-            Err(MqttError::InsufficientBytes(_)) => {}
-            Err(error) => return Err(Refusal::Malformed(error.to_string())),
-        }
-        if stream.read_buf(buffer).await? == 0 {
-            return Err(Refusal::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
-}
-
-async fn read_packet_half(
-    stream: &mut tokio::net::tcp::OwnedReadHalf,
-    buffer: &mut BytesMut,
-) -> Result<Packet, Refusal> {
+async fn read_packet<R>(stream: &mut R, buffer: &mut BytesMut) -> Result<Packet, Refusal>
+where
+    R: AsyncRead + Unpin,
+{
     loop {
         match Packet::read(buffer, MAX_PACKET) {
             Ok(packet) => return Ok(packet),

@@ -30,12 +30,13 @@ use reactor_core::sync::messages::{
     Ack, DeviceEvent, ExecutionReport, GapNotice, GapReason, Outcome, Presence, Status,
 };
 use reactor_core::sync::{Channel, DeviceId, Envelope, Frame, Message, Seq, decode, encode};
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
 use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::broker::{EmbeddedBroker, MAX_PACKET};
+use super::broker::{BrokerError, BrokerTarget};
+use super::records::{insert_events, insert_executions, mark_routed};
 use super::registry::on_pool;
 use crate::db::Database;
 
@@ -110,21 +111,16 @@ pub struct Ingest {
     pub client: AsyncClient,
 }
 
-/// Starts ingest on `broker`; it stops when `stop` fires. `sink` receives stored events.
+/// Starts ingest on `broker` (embedded or external); it stops when `stop` fires. `sink`
+/// receives stored events.
 pub fn start(
-    broker: &EmbeddedBroker,
+    broker: &BrokerTarget,
     db: Database,
     sink: Option<Arc<dyn EventSink>>,
     stop: CancellationToken,
-) -> Ingest {
+) -> Result<Ingest, BrokerError> {
     let suffix = ulid::Ulid::new().to_string();
-    let mut options = MqttOptions::new(
-        format!("reactor-hub-ingest-{suffix}"),
-        broker.addr.ip().to_string(),
-        broker.addr.port(),
-    );
-    options.set_credentials(broker.login.username.clone(), broker.login.password.clone());
-    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    let mut options = broker.options(&format!("reactor-hub-ingest-{suffix}"))?;
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     let (client, mut events) = AsyncClient::new(options, 1_000);
@@ -197,7 +193,7 @@ pub fn start(
             }
         }
     });
-    Ingest { stats, client }
+    Ok(Ingest { stats, client })
 }
 
 /// The worker a topic's device goes to (by the device level of the topic).
@@ -448,48 +444,34 @@ impl Worker {
         let first = db_seq(first)?;
         db_seq(Seq(first as u64 + events.len() as u64))?;
         let now = Timestamp::now().millis();
-        let mut fresh = Vec::new();
-        let highest = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+        let (highest, stored, labels) = on_pool!(&self.db, pool => {
+            let mut tx = pool.begin_with(begin_clause(&self.db)).await?;
             let Some((acked, labels)) = device_row!(tx, device, lock_clause(&self.db)) else {
                 return Ok(None);
             };
-            for (offset, event) in events.iter().enumerate() {
-                let seq = first + offset as i64;
-                let inserted = sqlx::query(
-                    "INSERT INTO device_events (device_id, seq, event_id, event_type, source, time, \
-                     data, meta, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT (device_id, seq) DO NOTHING",
-                )
-                .bind(device.as_str())
-                .bind(seq)
-                .bind(&event.id)
-                .bind(&event.event_type)
-                .bind(&event.source)
-                .bind(event.time.millis())
-                .bind(event.data.as_str())
-                .bind(event.meta.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 1 {
-                    fresh.push(Fresh {
-                        seq,
-                        event: hub_event(device, &labels, seq, event),
-                    });
-                } else {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let stored = insert_events!(tx, device, first, events, now);
             let highest = advance!(tx, device, acked, now);
             tx.commit().await?;
-            highest
+            (highest, stored, labels)
         });
         self.stats
+            .duplicates
+            .fetch_add((events.len() - stored.len()) as u64, Ordering::Relaxed);
+        self.stats
             .events_stored
-            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
-        for fresh in fresh {
-            self.route(device, fresh.seq, &fresh.event).await;
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        if self.sink.is_some() {
+            let fresh = stored
+                .iter()
+                .filter_map(|&seq| {
+                    let event = events.get(usize::try_from(seq - first).ok()?)?;
+                    Some(Fresh {
+                        seq,
+                        event: hub_event(device, &labels, seq, event),
+                    })
+                })
+                .collect();
+            self.route(device, fresh).await;
         }
         Ok(Some(highest))
     }
@@ -504,43 +486,27 @@ impl Worker {
         let first = db_seq(first)?;
         db_seq(Seq(first as u64 + executions.len() as u64))?;
         let now = Timestamp::now().millis();
-        let mut stored = 0u64;
-        let highest = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+        let rows: Vec<(&ExecutionReport, String)> = executions
+            .iter()
+            .map(|report| {
+                let trace =
+                    serde_json::to_string(&trace_json(report)).unwrap_or_else(|_| "[]".into());
+                (report, trace)
+            })
+            .collect();
+        let (highest, stored) = on_pool!(&self.db, pool => {
+            let mut tx = pool.begin_with(begin_clause(&self.db)).await?;
             let Some((acked, _)) = device_row!(tx, device, lock_clause(&self.db)) else {
                 return Ok(None);
             };
-            for (offset, report) in executions.iter().enumerate() {
-                let trace = serde_json::to_string(&trace_json(report)).unwrap_or_else(|_| "[]".into());
-                let inserted = sqlx::query(
-                    "INSERT INTO device_executions (device_id, seq, execution_id, workflow, \
-                     workflow_version, outcome, started_at, finished_at, error, trace, received_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                     ON CONFLICT (device_id, seq) DO NOTHING",
-                )
-                .bind(device.as_str())
-                .bind(first + offset as i64)
-                .bind(reactor_core::engine::ExecutionId::from(report.execution).to_string())
-                .bind(&report.workflow)
-                .bind(i64::from(report.workflow_version))
-                .bind(outcome_name(report.outcome))
-                .bind(report.started_at.millis())
-                .bind(report.finished_at.map(Timestamp::millis))
-                .bind(report.error.as_deref())
-                .bind(trace)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 1 {
-                    stored += 1;
-                } else {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let stored = insert_executions!(tx, device, first, rows, now);
             let highest = advance!(tx, device, acked, now);
             tx.commit().await?;
-            highest
+            (highest, stored)
         });
+        self.stats
+            .duplicates
+            .fetch_add(executions.len() as u64 - stored, Ordering::Relaxed);
         self.stats
             .executions_stored
             .fetch_add(stored, Ordering::Relaxed);
@@ -553,7 +519,7 @@ impl Worker {
         let count = i64::try_from(gap.count).map_err(|_| IngestError::SeqRange(gap.count))?;
         let now = Timestamp::now().millis();
         let highest = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin_clause(&self.db)).await?;
             let Some((acked, _)) = device_row!(tx, device, lock_clause(&self.db)) else {
                 return Ok(None);
             };
@@ -580,32 +546,32 @@ impl Worker {
         Ok(Some(highest))
     }
 
-    /// Hands a stored event to the workflows and marks it delivered.
-    async fn route(&self, device: &DeviceId, seq: i64, event: &Event) {
+    /// Hands stored events to the workflows, then marks the delivered ones in one statement
+    /// (an event not delivered, or not marked, is left for the sweeper).
+    async fn route(&self, device: &DeviceId, fresh: Vec<Fresh>) {
         let Some(sink) = &self.sink else {
             return;
         };
-        match sink.deliver(event).await {
-            Ok(()) => {
-                self.stats.routed.fetch_add(1, Ordering::Relaxed);
-                let now = Timestamp::now().millis();
-                let marked = on_pool!(&self.db, pool => {
-                    sqlx::query("UPDATE device_events SET routed_at = $3 WHERE device_id = $1 AND seq = $2")
-                        .bind(device.as_str())
-                        .bind(seq)
-                        .bind(now)
-                        .execute(pool)
-                        .await
-                        .map(|_| ())
-                });
-                if let Err(error) = marked {
-                    tracing::warn!(device = %device, seq, %error, "could not mark a device event delivered");
+        let mut delivered = Vec::with_capacity(fresh.len());
+        for Fresh { seq, event } in fresh {
+            match sink.deliver(&event).await {
+                Ok(()) => {
+                    self.stats.routed.fetch_add(1, Ordering::Relaxed);
+                    delivered.push(seq);
+                }
+                Err(error) => {
+                    self.stats.route_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(device = %device, seq, %error, "a device event was not delivered; retried later");
                 }
             }
-            Err(error) => {
-                self.stats.route_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(device = %device, seq, %error, "a device event was not delivered; retried later");
-            }
+        }
+        if delivered.is_empty() {
+            return;
+        }
+        let now = Timestamp::now().millis();
+        let marked = on_pool!(&self.db, pool => mark_routed!(pool, device, delivered, now));
+        if let Err(error) = marked {
+            tracing::warn!(device = %device, events = delivered.len(), %error, "could not mark device events delivered");
         }
     }
 
@@ -642,10 +608,15 @@ impl Worker {
             })
             .collect::<Result<Vec<_>, _>>()?
         });
+        // Rows come ordered by device: route each device's run, marked in one statement.
+        let mut run: Option<(DeviceId, Vec<Fresh>)> = None;
         for (device, seq, id, event_type, source, time, data, meta, labels) in rows {
             let Ok(device) = DeviceId::parse(&device) else {
                 continue;
             };
+            if let Some((current, fresh)) = run.take_if(|(current, _)| *current != device) {
+                self.route(&current, fresh).await;
+            }
             let labels: Value = serde_json::from_str(&labels).unwrap_or(Value::Null);
             let event = build_event(
                 &device,
@@ -658,9 +629,23 @@ impl Worker {
                 serde_json::from_str(&data).unwrap_or(Value::Null),
                 serde_json::from_str(&meta).unwrap_or(Value::Null),
             );
-            self.route(&device, seq, &event).await;
+            run.get_or_insert_with(|| (device, Vec::new()))
+                .1
+                .push(Fresh { seq, event });
+        }
+        if let Some((device, fresh)) = run {
+            self.route(&device, fresh).await;
         }
         Ok(())
+    }
+}
+
+/// How a batch's transaction starts: SQLite takes the write lock at once (a read that later
+/// upgrades fails with `SQLITE_BUSY` when another worker committed meanwhile).
+fn begin_clause(db: &Database) -> &'static str {
+    match db {
+        Database::Postgres(_) => "BEGIN",
+        Database::Sqlite(_) => "BEGIN IMMEDIATE",
     }
 }
 

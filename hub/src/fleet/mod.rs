@@ -8,6 +8,8 @@
 //! - [`cli`]: `reactor-hub device add|list`.
 //! - [`broker`]: the embedded rumqttd, reachable only with the hub's internal login.
 //! - [`gateway`]: the device-facing MQTT endpoint: identity and per-device topic checks.
+//! - [`tls`]: the device endpoint's certificate (rustls, ring).
+//! - [`records`]: batched inserts of device records for ingest.
 //! - [`ingest`]: the hub's client on the broker: device frames stored once, acks, presence,
 //!   device events into the hub's workflows.
 //! - [`bundles`]: signed bundles (validated, versioned fleet-wide) and each device's desired one.
@@ -24,8 +26,10 @@ pub mod delivery;
 pub mod gateway;
 pub mod ingest;
 pub mod keys;
+pub mod records;
 pub mod registry;
 pub mod rollout;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,29 +42,70 @@ use crate::db::Database;
 /// Most device connections the embedded broker is sized for.
 pub const MAX_DEVICES: usize = 20_000;
 
-/// Starts the embedded broker and the device endpoint when `--mqtt-listen` is set; they stop
-/// accepting when `stop` fires. Returns the broker (for the hub's own client), if started.
+/// Starts what `serve`'s fleet flags ask for, until `stop` fires, and returns where the hub's
+/// own MQTT clients connect (`None`: no broker configured):
+/// - `--mqtt-listen ADDR`: the embedded broker and the device endpoint on ADDR (TLS when a
+///   certificate is configured);
+/// - `--mqtt-broker URL`: nothing starts here; the hub is a client of that broker.
 pub async fn start_endpoint(
     config: &FleetConfig,
     db: &Database,
     stop: CancellationToken,
-) -> anyhow::Result<Option<broker::EmbeddedBroker>> {
+) -> anyhow::Result<Option<broker::BrokerTarget>> {
     use anyhow::Context as _;
+    if let Some(url) = &config.external_broker {
+        let target = broker::BrokerTarget::external(url)?;
+        tracing::info!(host = %target.host, port = target.port, tls = target.tls, "fleet uses an external MQTT broker");
+        return Ok(Some(target));
+    }
     let Some(listen) = config.mqtt_listen else {
         return Ok(None);
+    };
+    let tls = match &config.tls {
+        Some(files) => Some(
+            files
+                .acceptor()
+                .context("the device endpoint's TLS certificate")?,
+        ),
+        None => None,
     };
     let broker = broker::EmbeddedBroker::start(MAX_DEVICES)?;
     broker.ready(Duration::from_secs(10)).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for MQTT"))?;
-    tracing::info!(%listen, "device MQTT endpoint listening");
+    tracing::info!(%listen, tls = tls.is_some(), "device MQTT endpoint listening");
     let gateway = gateway::Gateway {
         db: db.clone(),
         upstream: broker.addr,
         login: broker.login.clone(),
         stats: Arc::default(),
+        tls,
     };
     tokio::spawn(gateway.serve(listener, stop));
-    Ok(Some(broker))
+    Ok(Some(broker::BrokerTarget::embedded(&broker)))
+}
+
+/// Raises the soft limit of open files to the hard limit (each device connection through the
+/// endpoint holds three descriptors in this process: the device's socket, the gateway's
+/// connection to the embedded broker and the broker's end of it). Logs what it got.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        tracing::debug!(open_files = ?limit.current, "open-files limit already at its maximum");
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the open-files limit")
+        }
+        Err(error) => {
+            tracing::warn!(%error, current = ?limit.current, "could not raise the open-files limit")
+        }
+    }
 }

@@ -59,6 +59,7 @@ pub fn run(flags: &ServeFlags) -> ExitCode {
         }
     };
     reactor_core::process::init_logging(config.log_format, "info");
+    crate::fleet::raise_open_files_limit();
     reactor_core::process::run_daemon("reactor-hub", serve(config))
 }
 
@@ -209,6 +210,10 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         db: db.clone(),
         signer: signer.clone(),
         broker: config.fleet.broker_url(),
+        ca_pem: match &config.fleet.tls {
+            Some(files) => Some(files.trust_pem().context("the device endpoint's CA")?),
+            None => None,
+        },
     });
     let fleet_broker = crate::fleet::start_endpoint(&config.fleet, &db, state.stopping.clone())
         .await
@@ -260,16 +265,20 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     }
     workflows.start();
     // Device frames are ingested once the workflows they may start are active.
-    let _ingest = fleet_broker.as_ref().map(|broker| {
-        crate::fleet::ingest::start(
-            broker,
-            db.clone(),
-            Some(Arc::new(crate::fleet::ingest::WorkflowSink(
-                workflows.clone(),
-            ))),
-            state.stopping.clone(),
-        )
-    });
+    let _ingest = fleet_broker
+        .as_ref()
+        .map(|broker| {
+            crate::fleet::ingest::start(
+                broker,
+                db.clone(),
+                Some(Arc::new(crate::fleet::ingest::WorkflowSink(
+                    workflows.clone(),
+                ))),
+                state.stopping.clone(),
+            )
+        })
+        .transpose()
+        .context("fleet ingest")?;
     let cluster = super::cluster::spawn(state.clone());
     supervisor.spawn(
         "hub.alerts",

@@ -1,0 +1,190 @@
+//! The fleet side of `serve`'s configuration: the device MQTT endpoint (embedded broker, TLS)
+//! or an external broker, and the broker address enrollment hands to devices.
+//!
+//! Every key can come from hub.toml's `[fleet]` section, a `REACTOR_FLEET__KEY` variable or
+//! its flag (`--mqtt-listen`, `--mqtt-advertise`, `--mqtt-broker`, `--mqtt-tls-cert`,
+//! `--mqtt-tls-key`, `--mqtt-tls-ca`; flags win, as everywhere).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{Layered, Origin, ServeFlags, pick};
+use crate::fleet::tls::TlsFiles;
+
+/// The validated fleet settings.
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    /// Where the device-facing MQTT endpoint listens (embedded broker).
+    pub mqtt_listen: Option<SocketAddr>,
+    /// What enrollment tells devices to connect to.
+    pub advertise: Option<String>,
+    /// An external broker the hub connects to instead.
+    pub external_broker: Option<String>,
+    /// TLS on the device endpoint.
+    pub tls: Option<TlsFiles>,
+}
+
+impl FleetConfig {
+    /// The broker address enrollment hands out (empty when no broker is configured).
+    pub fn broker_url(&self) -> String {
+        if let Some(url) = &self.advertise {
+            return url.clone();
+        }
+        if let Some(addr) = self.mqtt_listen {
+            let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+            return format!("{scheme}://{addr}");
+        }
+        match &self.external_broker {
+            // Never hand out the hub's own broker credentials.
+            Some(url) => match url.split_once("://") {
+                Some((scheme, rest)) => {
+                    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                    format!("{scheme}://{host}")
+                }
+                None => url.clone(),
+            },
+            None => String::new(),
+        }
+    }
+}
+
+/// `[fleet]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    mqtt_listen: Option<String>,
+    mqtt_advertise: Option<String>,
+    mqtt_broker: Option<String>,
+    mqtt_tls_cert: Option<PathBuf>,
+    mqtt_tls_key: Option<PathBuf>,
+    mqtt_tls_ca: Option<PathBuf>,
+}
+
+/// The layers merged, before validation.
+#[derive(Debug, Default)]
+pub(super) struct MergedFleet {
+    listen: Option<Layered<String>>,
+    advertise: Option<Layered<String>>,
+    broker: Option<Layered<String>>,
+    cert: Option<Layered<PathBuf>>,
+    key: Option<Layered<PathBuf>>,
+    ca: Option<Layered<PathBuf>>,
+}
+
+impl MergedFleet {
+    pub(super) fn apply(&mut self, raw: Option<RawFleet>, origin: &Origin) {
+        let raw = raw.unwrap_or_default();
+        pick(&mut self.listen, raw.mqtt_listen, origin);
+        pick(&mut self.advertise, raw.mqtt_advertise, origin);
+        pick(&mut self.broker, raw.mqtt_broker, origin);
+        pick(&mut self.cert, raw.mqtt_tls_cert, origin);
+        pick(&mut self.key, raw.mqtt_tls_key, origin);
+        pick(&mut self.ca, raw.mqtt_tls_ca, origin);
+    }
+
+    /// The flags (and their variables), over the file and `REACTOR_FLEET__*`.
+    pub(super) fn apply_flags(&mut self, flags: &ServeFlags) {
+        let flag = |name| Origin::Flag(name);
+        pick(
+            &mut self.listen,
+            flags.mqtt_listen.map(|a| a.to_string()),
+            &flag("mqtt-listen"),
+        );
+        pick(
+            &mut self.advertise,
+            flags.mqtt_advertise.clone(),
+            &flag("mqtt-advertise"),
+        );
+        pick(
+            &mut self.broker,
+            flags.mqtt_broker.clone(),
+            &flag("mqtt-broker"),
+        );
+        pick(
+            &mut self.cert,
+            flags.mqtt_tls_cert.clone(),
+            &flag("mqtt-tls-cert"),
+        );
+        pick(
+            &mut self.key,
+            flags.mqtt_tls_key.clone(),
+            &flag("mqtt-tls-key"),
+        );
+        pick(
+            &mut self.ca,
+            flags.mqtt_tls_ca.clone(),
+            &flag("mqtt-tls-ca"),
+        );
+    }
+
+    pub(super) fn validate(self, problems: &mut Vec<String>) -> FleetConfig {
+        let mut bad = |key: &str, origin: &Origin, message: String| {
+            problems.push(format!("fleet.{key} (from {origin}): {message}"));
+        };
+        let mqtt_listen = self.listen.as_ref().and_then(|listen| {
+            let parsed = listen.value.parse::<SocketAddr>().ok();
+            if parsed.is_none() {
+                bad(
+                    "mqtt_listen",
+                    &listen.origin,
+                    format!("{:?} is not an address with a port", listen.value),
+                );
+            }
+            parsed
+        });
+        if let (Some(listen), Some(_)) = (&self.listen, &self.broker) {
+            bad(
+                "mqtt_listen",
+                &listen.origin,
+                "mqtt-listen and mqtt-broker: choose the embedded broker or an external one".into(),
+            );
+        }
+        if let Some(broker) = &self.broker
+            && let Err(error) = crate::fleet::broker::BrokerTarget::external(&broker.value)
+        {
+            bad("mqtt_broker", &broker.origin, error.to_string());
+        }
+        let tls = match (self.cert, self.key) {
+            (None, None) => {
+                if let Some(ca) = &self.ca {
+                    bad(
+                        "mqtt_tls_ca",
+                        &ca.origin,
+                        "needs mqtt_tls_cert and mqtt_tls_key".into(),
+                    );
+                }
+                None
+            }
+            (Some(cert), Some(key)) => {
+                if self.listen.is_none() {
+                    bad(
+                        "mqtt_tls_cert",
+                        &cert.origin,
+                        "TLS is for the device endpoint: set mqtt_listen too".into(),
+                    );
+                }
+                Some(TlsFiles {
+                    cert: cert.value,
+                    key: key.value,
+                    ca: self.ca.map(|ca| ca.value),
+                })
+            }
+            (Some(only), None) | (None, Some(only)) => {
+                bad(
+                    "mqtt_tls_cert",
+                    &only.origin,
+                    "mqtt_tls_cert and mqtt_tls_key go together".into(),
+                );
+                None
+            }
+        };
+        FleetConfig {
+            mqtt_listen,
+            advertise: self.advertise.map(|a| a.value),
+            external_broker: self.broker.map(|b| b.value),
+            tls,
+        }
+    }
+}

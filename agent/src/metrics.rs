@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
-use reactor_core::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
+use reactor_core::store::{ExecutionQuery, RedbStore, Retention, Store, StoreError, StoreWrite};
 use reactor_core::trigger::{TaskState, TriggerStatsSnapshot};
 
 use crate::daemon::AgentState;
@@ -20,14 +20,28 @@ use crate::daemon::AgentState;
 /// Counters the agent keeps itself.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// (workflow, status) → count; status `started` counts creations.
-    executions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// workflow → status → count; status `started` counts creations. Keyed by name first so
+    /// that counting an execution allocates nothing once its workflow has been seen.
+    executions: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// The journal, for its commit counters.
+    journal: Option<Arc<RedbStore>>,
 }
 
 impl Metrics {
+    pub fn with_journal(journal: Arc<RedbStore>) -> Metrics {
+        Metrics {
+            journal: Some(journal),
+            ..Metrics::default()
+        }
+    }
+
     fn count(&self, workflow: &str, status: &'static str) {
         let mut map = self.executions.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((workflow.to_string(), status)).or_default() += 1;
+        let statuses = match map.get_mut(workflow) {
+            Some(statuses) => statuses,
+            None => map.entry(workflow.to_string()).or_default(),
+        };
+        *statuses.entry(status).or_default() += 1;
     }
 }
 
@@ -125,17 +139,35 @@ pub fn render(state: &AgentState) -> String {
         "counter",
         "Executions started and finished, by workflow and status (since start).",
     );
-    for ((workflow, status), count) in metrics
+    for (workflow, statuses) in metrics
         .executions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        let _ = writeln!(
-            out,
-            "reactor_executions_total{{workflow=\"{}\",status=\"{status}\"}} {count}",
-            label(workflow)
+        for (status, count) in statuses {
+            let _ = writeln!(
+                out,
+                "reactor_executions_total{{workflow=\"{}\",status=\"{status}\"}} {count}",
+                label(workflow)
+            );
+        }
+    }
+    if let Some(journal) = &metrics.journal {
+        header(
+            &mut out,
+            "reactor_store_commits_total",
+            "counter",
+            "Durable journal transactions committed (each carries one or more batches).",
         );
+        let _ = writeln!(out, "reactor_store_commits_total {}", journal.commits());
+        header(
+            &mut out,
+            "reactor_store_batches_total",
+            "counter",
+            "Write batches committed to the journal (group commit: many per transaction).",
+        );
+        let _ = writeln!(out, "reactor_store_batches_total {}", journal.batches());
     }
     let started = stats.started.load(Ordering::Relaxed);
     let finished = stats.succeeded.load(Ordering::Relaxed)

@@ -50,5 +50,5 @@ awk -v c=$((cpu_after - cpu_before)) -v t="$ticks" -v n="$requests" \
 
 echo "RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 echo "journal $(du -h "$work/data/journal.redb" | cut -f1)"
-curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits)' || true
+curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits_total|store_batches_total)' || true
 if [ -s "$work/agent.log" ]; then echo "--- agent log (warnings):"; tail -5 "$work/agent.log"; fi

@@ -121,7 +121,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         RedbStore::open(&journal_path, RedbOptions::default())
             .with_context(|| format!("cannot open the journal {}", journal_path.display()))?,
     );
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_journal(redb.clone()));
     let mut store: Arc<dyn Store> = Arc::new(MeteredStore::new(redb.clone(), metrics.clone()));
     // Enrolled in a fleet: finished executions and emitted events also feed the outbox.
     let mut fleet =

@@ -12,21 +12,35 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
 use reactor_core::metrics::{self, Family, Kind, labels, trigger_families, trigger_rows};
-use reactor_core::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
+use reactor_core::store::{ExecutionQuery, RedbStore, Retention, Store, StoreError, StoreWrite};
 
 use crate::daemon::AgentState;
 
 /// Counters the agent keeps itself.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// (workflow, status) → count; status `started` counts creations.
-    executions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// workflow → status → count; status `started` counts creations. Keyed by name first so
+    /// that counting an execution allocates nothing once its workflow has been seen.
+    executions: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// The journal, for its commit counters.
+    journal: Option<Arc<RedbStore>>,
 }
 
 impl Metrics {
+    pub fn with_journal(journal: Arc<RedbStore>) -> Metrics {
+        Metrics {
+            journal: Some(journal),
+            ..Metrics::default()
+        }
+    }
+
     fn count(&self, workflow: &str, status: &'static str) {
         let mut map = self.executions.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((workflow.to_string(), status)).or_default() += 1;
+        let statuses = match map.get_mut(workflow) {
+            Some(statuses) => statuses,
+            None => map.entry(workflow.to_string()).or_default(),
+        };
+        *statuses.entry(status).or_default() += 1;
     }
 }
 
@@ -92,6 +106,19 @@ impl<S: Store> Store for MeteredStore<S> {
     }
 }
 
+/// Label values escaped as the text format requires.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// The resident set size of this process, from /proc/self/status (Linux).
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -111,17 +138,19 @@ pub fn render(state: &AgentState) -> String {
         Kind::Counter,
         "Executions started and finished, by workflow and status (since start).",
     );
-    for ((workflow, status), total) in state
+    for (workflow, statuses) in state
         .metrics
         .executions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        executions.push(
-            labels([("workflow", workflow.as_str()), ("status", status)]),
-            *total as f64,
-        );
+        for (status, total) in statuses {
+            executions.push(
+                labels([("workflow", workflow.as_str()), ("status", status)]),
+                *total as f64,
+            );
+        }
     }
     let finished = count(&stats.succeeded) + count(&stats.failed) + count(&stats.cancelled);
     let mut families = vec![
@@ -151,6 +180,20 @@ pub fn render(state: &AgentState) -> String {
             state.workflows.list().len() as f64,
         ),
     ];
+    if let Some(journal) = &state.metrics.journal {
+        families.push(Family::single(
+            "reactor_store_commits_total",
+            Kind::Counter,
+            "Durable journal transactions committed (each carries one or more batches).",
+            journal.commits() as f64,
+        ));
+        families.push(Family::single(
+            "reactor_store_batches_total",
+            Kind::Counter,
+            "Write batches committed to the journal (group commit: many per transaction).",
+            journal.batches() as f64,
+        ));
+    }
     let rows = trigger_rows(&state.workflows);
     families.extend(trigger_families(&rows));
     // Kept from the agent's first releases: sheds of http triggers, and their sum.

@@ -35,9 +35,20 @@ for body in '{"device":"sensor-1","zone":"A","temp":31.5}' '{"device":"sensor-2"
   echo "POST /rule $body -> $(curl -s -H 'content-type: application/json' -d "$body" "$url/rule")"
 done
 
-wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$here/rule.lua" "$url"
+# The agent's CPU time (user + system, clock ticks) around the run: CPU per request is the
+# figure that compares builds on a shared machine, where req/s moves with the other load.
+cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+cpu_before=$(cpu)
+wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$here/rule.lua" "$url" | tee "$work/wrk.out"
+cpu_after=$(cpu)
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
+ticks=$(getconf CLK_TCK)
+awk -v c=$((cpu_after - cpu_before)) -v t="$ticks" -v n="$requests" \
+  'BEGIN { printf "agent CPU %.2f s for %d requests = %.1f us per request\n", c / t, n, c / t / n * 1e6 }'
 
 echo "RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 echo "journal $(du -h "$work/data/journal.redb" | cut -f1)"
-curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits)' || true
+curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits_total|store_batches_total)' || true
 if [ -s "$work/agent.log" ]; then echo "--- agent log (warnings):"; tail -5 "$work/agent.log"; fi

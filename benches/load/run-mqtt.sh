@@ -30,7 +30,16 @@ until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
   kill -0 $pid 2>/dev/null || { cat "$work/agent.log"; exit 1; }
   sleep 0.05
 done
+cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+broker_cpu() { awk '{print $14 + $15}' "/proc/$(pgrep -o -x mosquitto)/stat" 2>/dev/null || echo 0; }
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+cpu_before=$(cpu); broker_before=$(broker_cpu)
 "$load" "$count" 127.0.0.1 1883 "$window"
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^reactor_(executions_total|trigger_events_total|trigger_errors_total|store_commits)' || true
+cpu_after=$(cpu); broker_after=$(broker_cpu)
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+ticks=$(getconf CLK_TCK)
+awk -v c=$((cpu_after - cpu_before)) -v b=$((broker_after - broker_before)) -v t="$ticks" -v n="$count" \
+  'BEGIN { printf "CPU per message: agent %.1f us, mosquitto %.1f us (agent %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, c / t, b / t }'
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^reactor_(executions_total|trigger_events_total|trigger_errors_total|store_commits_total|store_batches_total)' || true
 echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 if [ -s "$work/agent.log" ]; then echo "--- agent log:"; tail -5 "$work/agent.log"; fi

@@ -204,7 +204,7 @@ enum Input {
 }
 
 struct Running {
-    inbox: mpsc::Sender<Input>,
+    inbox: mpsc::Sender<Box<Input>>,
 }
 
 #[derive(Default)]
@@ -723,7 +723,7 @@ impl Runtime {
             at: Timestamp::now(),
         };
         if let Some(inbox) = inbox {
-            return inbox.send(Input::Fact(fact)).await.is_ok();
+            return inbox.send(Box::new(Input::Fact(fact))).await.is_ok();
         }
         // A queued execution has no task yet: take it out of its queue and record the end.
         let dequeued = lock(&self.inner.slots).values_mut().any(|slot| {
@@ -749,7 +749,7 @@ impl Runtime {
             tracing::error!(execution = %id, %error, "recording the cancel of a queued execution failed");
             return false;
         }
-        self.finished(&record);
+        self.finished(record);
         true
     }
 
@@ -764,10 +764,10 @@ impl Runtime {
             let inbox = lock(&self.inner.running).get(&id).map(|r| r.inbox.clone());
             if let Some(inbox) = inbox {
                 let _ = inbox
-                    .send(Input::Offer {
+                    .send(Box::new(Input::Offer {
                         key,
                         event: event.clone(),
-                    })
+                    }))
                     .await;
             }
         }
@@ -901,8 +901,10 @@ impl Runtime {
         }
     }
 
-    fn finished(&self, record: &ExecutionRecord) {
-        self.observe(&RuntimeEvent::ExecutionFinished { record });
+    /// Accounts for an execution's end and hands its final record to the subscribers (the
+    /// last one gets it without a copy).
+    fn finished(&self, record: ExecutionRecord) {
+        self.observe(&RuntimeEvent::ExecutionFinished { record: &record });
         let stats = &self.inner.stats;
         match record.status {
             ExecutionStatus::Succeeded => stats.succeeded.fetch_add(1, Ordering::Relaxed),
@@ -911,12 +913,9 @@ impl Runtime {
         };
         lock(&self.inner.running).remove(&record.id);
         lock(&self.inner.waiters).retain(|(id, _), _| *id != record.id);
-        for subscriber in lock(&self.inner.subscribers)
+        let subscribers = lock(&self.inner.subscribers)
             .remove(&record.id)
-            .unwrap_or_default()
-        {
-            let _ = subscriber.send(record.clone());
-        }
+            .unwrap_or_default();
         let done = stats.succeeded.load(Ordering::Relaxed)
             + stats.failed.load(Ordering::Relaxed)
             + stats.cancelled.load(Ordering::Relaxed);
@@ -930,7 +929,18 @@ impl Runtime {
             });
         }
         if let Some(key) = &record.concurrency_key {
-            self.release_slot(record, key.clone());
+            self.release_slot(&record, key.clone());
+        }
+        let mut subscribers = subscribers.into_iter().peekable();
+        while let Some(subscriber) = subscribers.next() {
+            let copy = if subscribers.peek().is_some() {
+                record.clone()
+            } else {
+                // The last one: no copy needed (break: `record` is moved).
+                let _ = subscriber.send(record);
+                break;
+            };
+            let _ = subscriber.send(copy);
         }
     }
 
@@ -1095,8 +1105,11 @@ struct Driver {
     buffer: Vec<StoreWrite>,
     queue: VecDeque<Command>,
     effects: HashMap<String, CancellationToken>,
-    inbox: mpsc::Receiver<Input>,
-    sender: mpsc::Sender<Input>,
+    // Boxed: a channel allocates its slots in blocks of 32 when it is made, and an unboxed
+    // `Input` (a whole `Fact`) made that an ~8 KiB allocation for every execution, most of
+    // which (every pure one) never receive anything.
+    inbox: mpsc::Receiver<Box<Input>>,
+    sender: mpsc::Sender<Box<Input>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -1140,7 +1153,8 @@ impl Driver {
             return Err(error);
         }
         if self.machine.completion().is_some() {
-            self.runtime.finished(&self.record);
+            let runtime = self.runtime.clone();
+            runtime.finished(self.record);
             return Ok(());
         }
         self.launch(launches);
@@ -1151,6 +1165,7 @@ impl Driver {
 
     async fn run(mut self) {
         let shutdown = self.runtime.inner.shutdown.clone();
+        let mut completed = false;
         loop {
             let input = tokio::select! {
                 biased;
@@ -1159,7 +1174,7 @@ impl Driver {
                 () = shutdown.cancelled() => break,
                 input = self.inbox.recv() => match input { Some(input) => input, None => break },
             };
-            let fact = match input {
+            let fact = match *input {
                 Input::Fact(fact) => fact,
                 Input::Offer { key, event } => {
                     if !self.machine.offer_event(&key, &event) {
@@ -1196,16 +1211,17 @@ impl Driver {
                 break;
             }
             if self.machine.completion().is_some() {
-                for token in self.effects.values() {
-                    token.cancel();
-                }
-                self.runtime.finished(&self.record);
+                completed = true;
                 break;
             }
             self.launch(launches);
         }
         for token in self.effects.values() {
             token.cancel();
+        }
+        if completed {
+            let runtime = self.runtime.clone();
+            runtime.finished(self.record);
         }
     }
 
@@ -1350,7 +1366,7 @@ impl Driver {
                                 outcome,
                                 at: Timestamp::now(),
                             };
-                            let _ = inbox.send(Input::Fact(fact)).await;
+                            let _ = inbox.send(Box::new(Input::Fact(fact))).await;
                         }),
                     )
                 }
@@ -1367,7 +1383,7 @@ impl Driver {
                                 () = cancel.cancelled() => {}
                                 () = tokio::time::sleep(wait) => {
                                     let fact = Fact::TimerFired { key, at: Timestamp::now().max(at) };
-                                    let _ = inbox.send(Input::Fact(fact)).await;
+                                    let _ = inbox.send(Box::new(Input::Fact(fact))).await;
                                 }
                             }
                         }),
@@ -1386,7 +1402,7 @@ impl Driver {
                         let fact =
                             run_child(&runtime, id, key, child, workflow, version, input, wait)
                                 .await;
-                        let _ = inbox.send(Input::Fact(fact)).await;
+                        let _ = inbox.send(Box::new(Input::Fact(fact))).await;
                     }),
                 ),
                 Launch::Emit { key, event, topic } => (
@@ -1405,12 +1421,12 @@ impl Driver {
                                 }
                             };
                         let _ = inbox
-                            .send(Input::Fact(Fact::EffectFinished {
+                            .send(Box::new(Input::Fact(Fact::EffectFinished {
                                 key,
                                 attempt: 1,
                                 outcome,
                                 at: Timestamp::now(),
-                            }))
+                            })))
                             .await;
                     }),
                 ),

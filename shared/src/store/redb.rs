@@ -20,10 +20,18 @@
 //! after an I/O error and repairs on open). If reopening fails, the store is closed: every
 //! later call gets [`StoreError::Closed`].
 //!
+//! Pruning rides on group commits: a `prune` call becomes the thread's pending prune, and
+//! every group commit while it is pending also removes a slice of the executions beyond the
+//! retention (a little more than the group wrote, so pruning outpaces any load) in the same
+//! transaction. When no write is queued the thread prunes on its own, [`tables::PRUNE_CHUNK`]
+//! per transaction. The caller is answered when nothing is left beyond the retention. So
+//! retention costs no commits of its own under load, and no group waits behind a long purge.
+//!
 //! File growth: pages freed by `prune` are reused by later commits, so a journal under a
 //! steady retention stays at a steady size. The file does not shrink by itself; compaction
 //! (`Database::compact`) is only worth it after a one-off mass deletion and is not done here.
 
+mod codec;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
@@ -78,12 +86,35 @@ type Opener = Box<dyn FnMut() -> Result<Database, DatabaseError> + Send>;
 /// hit an I/O error (the thread then reopens the database).
 enum Command {
     Write {
-        batch: Vec<StoreWrite>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        batch: tables::Encoded,
+        reply: WriteReply,
     },
     Run(Job),
+    Prune {
+        retention: Retention,
+        now: Timestamp,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
     Close(oneshot::Sender<()>),
 }
+
+/// Answers a writer, and hands its batch back so that the writer's thread frees it: the
+/// store thread stays on its own work, and memory goes back to the allocator arena it came
+/// from.
+type WriteReply = oneshot::Sender<(Result<(), StoreError>, tables::Encoded)>;
+
+/// A prune in progress on the store thread (see the module docs).
+struct Pruning {
+    retention: Retention,
+    now: Timestamp,
+    removed: usize,
+    /// Every caller whose prune this one covers (a later call took over its settings).
+    replies: Vec<oneshot::Sender<Result<usize, StoreError>>>,
+}
+
+/// Executions a group commit prunes beyond the batches it carries: with at least one more
+/// removal than batches written, pruning always catches up.
+const PRUNE_SLACK: usize = 16;
 
 /// A read (or maintenance) job run on the store thread; returns whether the database must be
 /// reopened after an I/O error.
@@ -132,6 +163,7 @@ impl RedbStore {
             stats: Arc::clone(&stats),
             last_slow_warning: None,
             slow_since_warning: 0,
+            pruning: None,
         };
         let thread = std::thread::Builder::new()
             .name("reactor-store".into())
@@ -207,9 +239,13 @@ impl Drop for RedbStore {
 #[async_trait]
 impl Store for RedbStore {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        // Encoded here, on the writer's thread: the store thread only inserts.
+        let batch = tables::Encoded::new(batch);
         let (reply, answer) = oneshot::channel();
         self.send(Command::Write { batch, reply }).await?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let (outcome, batch) = answer.await.map_err(|_| StoreError::Closed)?;
+        drop(batch);
+        outcome
     }
 
     async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
@@ -235,7 +271,14 @@ impl Store for RedbStore {
     }
 
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
-        self.run(move |db| tables::prune(db, retention, now)).await
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Prune {
+            retention,
+            now,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -249,6 +292,7 @@ struct StoreThread {
     /// Slow-commit warnings are rate-limited: a slow SD card must not fill itself with logs.
     last_slow_warning: Option<Instant>,
     slow_since_warning: u64,
+    pruning: Option<Pruning>,
 }
 
 /// At most one slow-commit warning per this interval.
@@ -260,6 +304,20 @@ impl StoreThread {
         loop {
             let command = match next.take() {
                 Some(command) => command,
+                // A pending prune works in the gaps: only when nothing is queued.
+                None if self.pruning.is_some() => match receiver.try_recv() {
+                    Ok(command) => command,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.prune_alone();
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        while self.pruning.is_some() {
+                            self.prune_alone();
+                        }
+                        break;
+                    }
+                },
                 None => match receiver.blocking_recv() {
                     Some(command) => command,
                     None => break,
@@ -287,13 +345,36 @@ impl StoreThread {
                             Err(_) => break,
                         }
                     }
-                    self.commit(&group, replies);
+                    self.commit(group, replies);
                     for job in reads {
                         self.run_job(job);
                     }
                 }
                 Command::Run(job) => self.run_job(job),
+                Command::Prune {
+                    retention,
+                    now,
+                    reply,
+                } => match &mut self.pruning {
+                    Some(pruning) => {
+                        // The newer settings cover the older call too.
+                        pruning.retention = retention;
+                        pruning.now = now;
+                        pruning.replies.push(reply);
+                    }
+                    None => {
+                        self.pruning = Some(Pruning {
+                            retention,
+                            now,
+                            removed: 0,
+                            replies: vec![reply],
+                        });
+                    }
+                },
                 Command::Close(reply) => {
+                    while self.pruning.is_some() {
+                        self.prune_alone();
+                    }
                     let _ = reply.send(());
                     break;
                 }
@@ -301,6 +382,49 @@ impl StoreThread {
         }
         // Dropping the database here (on this thread) releases the file.
         self.db = None;
+    }
+
+    /// One prune transaction of its own (no group commit to ride on).
+    fn prune_alone(&mut self) {
+        let Some(pruning) = &self.pruning else {
+            return;
+        };
+        let slice = tables::PruneSlice {
+            retention: pruning.retention,
+            now: pruning.now,
+            max: tables::PRUNE_CHUNK,
+        };
+        let result = match &self.db {
+            Some(db) => tables::prune(db, slice),
+            None => Err(StoreError::Closed),
+        };
+        self.pruned(result, slice.max);
+    }
+
+    /// Accounts for a prune slice; answers the callers once nothing is left (or on error).
+    fn pruned(&mut self, result: Result<usize, StoreError>, max: usize) {
+        let Some(pruning) = &mut self.pruning else {
+            return;
+        };
+        let answer = match result {
+            Ok(removed) => {
+                pruning.removed += removed;
+                if removed == max {
+                    return;
+                }
+                Ok(pruning.removed)
+            }
+            Err(error) => Err(error),
+        };
+        let io_failed = matches!(answer, Err(StoreError::Io(_)));
+        if let Some(pruning) = self.pruning.take() {
+            for reply in pruning.replies {
+                let _ = reply.send(answer.clone());
+            }
+        }
+        if io_failed {
+            self.reopen();
+        }
     }
 
     fn run_job(&mut self, job: Job) {
@@ -315,20 +439,21 @@ impl StoreThread {
         }
     }
 
-    fn commit(
-        &mut self,
-        group: &[Vec<StoreWrite>],
-        replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
-    ) {
+    fn commit(&mut self, group: Vec<tables::Encoded>, replies: Vec<WriteReply>) {
         let Some(db) = &self.db else {
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::Closed));
+            for (reply, batch) in replies.into_iter().zip(group) {
+                let _ = reply.send((Err(StoreError::Closed), batch));
             }
             return;
         };
         let started = Instant::now();
-        match tables::commit_group(db, group) {
-            Ok(outcomes) => {
+        let prune = self.pruning.as_ref().map(|pruning| tables::PruneSlice {
+            retention: pruning.retention,
+            now: pruning.now,
+            max: group.len() + PRUNE_SLACK,
+        });
+        match tables::commit_group(db, &group, prune) {
+            Ok((outcomes, pruned)) => {
                 let elapsed = started.elapsed();
                 let committed = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -338,15 +463,26 @@ impl StoreThread {
                 if elapsed > self.options.slow_commit {
                     self.slow_commit(elapsed, group.len());
                 }
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
+                for ((reply, outcome), batch) in replies.into_iter().zip(outcomes).zip(group) {
+                    let _ = reply.send((outcome, batch));
+                }
+                if let Some(slice) = prune {
+                    self.pruned(Ok(pruned), slice.max);
                 }
             }
             Err(err) => {
                 tracing::error!(error = %err, batches = group.len(), "journal commit failed");
                 let io_failed = matches!(err, StoreError::Io(_));
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
+                for (reply, batch) in replies.into_iter().zip(group) {
+                    let _ = reply.send((Err(err.clone()), batch));
+                }
+                if prune.is_some() {
+                    // The prune's part of the transaction is gone with it; its callers learn why.
+                    if let Some(pruning) = self.pruning.take() {
+                        for reply in pruning.replies {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
                 }
                 if io_failed {
                     self.reopen();

@@ -12,11 +12,13 @@
 //! Invariant: the three index tables always agree with `executions`; every write that
 //! changes a record changes its index entries in the same transaction.
 //!
-//! Values of `executions` and `journal` are one format byte ([`FORMAT_V1`]) followed by
-//! serde_json. Records and facts hold `serde_json::Value`s, which non-self-describing formats
-//! (postcard) cannot read back, and JSON of these small structs encodes at several hundred
-//! MB/s: the fsync, not the encoding, is the cost of a commit. A future format gets a new
-//! byte, and readers migrate what they find.
+//! Values of `executions` and `journal` are one format byte followed by the value: 2
+//! ([`codec::FORMAT_V2`], compact binary, what is written now) or 1 ([`FORMAT_V1`], JSON, what
+//! journals written before hold). Both are read, row by row, so an existing journal needs no
+//! migration: old rows stay JSON until their execution is pruned, and a record updated after
+//! the upgrade is rewritten in the new format. Once the fsync was shared by a group, encoding
+//! and the bytes written per commit became a visible share of the store's time; see
+//! `codec.rs` for the layout.
 
 use std::ops::Bound;
 
@@ -24,10 +26,10 @@ use ::redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
+use super::codec;
+use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timestamp};
 use crate::store::batch::{beyond_retention, finished_time, validate};
 use crate::store::{ExecutionQuery, Retention, StoreError, StoreWrite};
 
@@ -40,10 +42,12 @@ const FINISHED: TableDefinition<(i64, &IdBytes), ()> = TableDefinition::new("fin
 const BY_WORKFLOW: TableDefinition<(&str, &IdBytes), ()> = TableDefinition::new("by_workflow");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// The format byte every stored record and fact starts with.
+/// The format byte of records and facts written as JSON (before [`codec::FORMAT_V2`]); still
+/// read.
 pub(super) const FORMAT_V1: u8 = 1;
 
-/// Executions removed per prune transaction, so one prune never holds a giant transaction.
+/// Executions removed per prune transaction of its own, so one prune never holds a giant
+/// transaction.
 pub(super) const PRUNE_CHUNK: usize = 256;
 
 fn key(id: ExecutionId) -> IdBytes {
@@ -68,20 +72,30 @@ impl<T, E: Into<::redb::Error>> Context<T> for Result<T, E> {
     }
 }
 
-pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+fn encode_record(record: &ExecutionRecord) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(256);
-    bytes.push(FORMAT_V1);
-    serde_json::to_writer(&mut bytes, value)
-        .map_err(|err| StoreError::InvalidWrite(format!("cannot encode: {err}")))?;
-    Ok(bytes)
+    bytes.push(codec::FORMAT_V2);
+    codec::record(&mut bytes, record);
+    bytes
 }
 
-/// Decodes a stored value; anything that does not decode is `Corrupt`, never a panic.
-pub(super) fn decode<T: DeserializeOwned>(
+fn encode_fact(fact: &Fact) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.push(codec::FORMAT_V2);
+    codec::fact(&mut bytes, fact);
+    bytes
+}
+
+/// Decodes a stored value of either format; anything that does not decode is `Corrupt`,
+/// never a panic.
+fn decode<T: DeserializeOwned>(
     bytes: &[u8],
+    binary: impl FnOnce(&[u8]) -> Result<T, codec::Malformed>,
     what: &dyn Fn() -> String,
 ) -> Result<T, StoreError> {
     match bytes.split_first() {
+        Some((&codec::FORMAT_V2, rest)) => binary(rest)
+            .map_err(|codec::Malformed(why)| StoreError::Corrupt(format!("{}: {why}", what()))),
         Some((&FORMAT_V1, json)) => serde_json::from_slice(json)
             .map_err(|err| StoreError::Corrupt(format!("{}: {err}", what()))),
         Some((version, _)) => Err(StoreError::Corrupt(format!(
@@ -90,6 +104,18 @@ pub(super) fn decode<T: DeserializeOwned>(
         ))),
         None => Err(StoreError::Corrupt(format!("{}: empty value", what()))),
     }
+}
+
+fn decode_record(bytes: &[u8], id: ExecutionId) -> Result<ExecutionRecord, StoreError> {
+    decode(bytes, codec::read_record, &|| {
+        format!("record of execution {id}")
+    })
+}
+
+fn decode_fact(bytes: &[u8], id: ExecutionId, seq: u32) -> Result<Fact, StoreError> {
+    decode(bytes, codec::read_fact, &|| {
+        format!("fact {seq} of execution {id}")
+    })
 }
 
 /// Creates every table, so read transactions never meet a missing one.
@@ -116,28 +142,99 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 /// `Ok` holds one outcome per batch: a batch refused by validation gets its error and leaves
 /// no trace, the others are committed. `Err` means the transaction did not commit (or its
 /// outcome is unknown); every batch gets that error.
+///
+/// With `prune`, the same transaction also removes up to `slice.max` executions beyond the
+/// retention (see [`prune_slice`]): pruning rides on the group's commit instead of paying
+/// commits of its own. The second value is how many it removed.
 pub(super) fn commit_group(
     db: &Database,
-    batches: &[Vec<StoreWrite>],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    batches: &[Encoded],
+    prune: Option<PruneSlice>,
+) -> Result<(Vec<Result<(), StoreError>>, usize), StoreError> {
     let txn = begin(db)?;
     let mut outcomes = Vec::with_capacity(batches.len());
+    let pruned;
     {
         let mut tables = Tables::open(&txn)?;
         for batch in batches {
-            match validate(batch, |id| tables.next_seq(id)) {
+            match validate(&batch.writes, |id| tables.next_seq(id)) {
                 Ok(()) => {
-                    for write in batch {
-                        tables.apply(write)?;
+                    for (write, payload) in batch.writes.iter().zip(&batch.payloads) {
+                        tables.apply(write, payload)?;
                     }
                     outcomes.push(Ok(()));
                 }
                 Err(err) => outcomes.push(Err(err)),
             }
         }
+        pruned = match prune {
+            Some(slice) => tables.prune_slice(slice)?,
+            None => 0,
+        };
     }
     txn.commit().context("commit")?;
-    Ok(outcomes)
+    Ok((outcomes, pruned))
+}
+
+/// A batch with its stored bytes, encoded by the writer before it reaches the store thread:
+/// the one thread that owns the database only validates and inserts, while encoding runs in
+/// parallel on the writers' threads.
+pub(super) struct Encoded {
+    writes: Vec<StoreWrite>,
+    payloads: Vec<Payload>,
+}
+
+/// The stored value(s) of one write.
+enum Payload {
+    Create { record: Vec<u8>, started: Vec<u8> },
+    Append(Vec<u8>),
+    Update(Vec<u8>),
+    Meta,
+}
+
+impl Encoded {
+    pub(super) fn new(writes: Vec<StoreWrite>) -> Encoded {
+        let payloads = writes
+            .iter()
+            .map(|write| match write {
+                StoreWrite::Create { record, started } => Payload::Create {
+                    record: encode_record(record),
+                    started: encode_fact(started),
+                },
+                StoreWrite::Append { fact, .. } => Payload::Append(encode_fact(fact)),
+                StoreWrite::Update(record) => Payload::Update(encode_record(record)),
+                StoreWrite::PutMeta { .. } => Payload::Meta,
+            })
+            .collect();
+        Encoded { writes, payloads }
+    }
+}
+
+/// One bounded step of pruning: remove at most `max` finished executions beyond `retention`
+/// at `now`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PruneSlice {
+    pub retention: Retention,
+    pub now: Timestamp,
+    pub max: usize,
+}
+
+/// What the indexes need of a stored record. Decoding only these fields (the rest of the
+/// value is skipped, not built) keeps `Update` and pruning from materialising outputs and
+/// step records they never look at.
+#[derive(serde::Deserialize)]
+struct Indexed {
+    workflow: String,
+    status: ExecutionStatus,
+    created_at: Timestamp,
+    #[serde(default)]
+    finished_at: Option<Timestamp>,
+}
+
+impl Indexed {
+    fn finished_time(&self) -> Timestamp {
+        self.finished_at.unwrap_or(self.created_at)
+    }
 }
 
 /// The tables of one write transaction.
@@ -167,25 +264,31 @@ impl<'txn> Tables<'txn> {
         next_seq(&self.journal, id)
     }
 
-    fn apply(&mut self, write: &StoreWrite) -> Result<(), StoreError> {
-        match write {
-            StoreWrite::Create { record, started } => {
+    fn apply(&mut self, write: &StoreWrite, payload: &Payload) -> Result<(), StoreError> {
+        match (write, payload) {
+            (
+                StoreWrite::Create { record, .. },
+                Payload::Create {
+                    record: bytes,
+                    started,
+                },
+            ) => {
                 let k = key(record.id);
                 self.journal
-                    .insert((&k, 0), encode(started)?.as_slice())
+                    .insert((&k, 0), started.as_slice())
                     .context("insert fact")?;
-                self.put_record(record, None)?;
+                self.put_record(record, bytes, None)?;
             }
-            StoreWrite::Append { id, seq, fact } => {
+            (StoreWrite::Append { id, seq, .. }, Payload::Append(bytes)) => {
                 self.journal
-                    .insert((&key(*id), *seq), encode(fact)?.as_slice())
+                    .insert((&key(*id), *seq), bytes.as_slice())
                     .context("insert fact")?;
             }
-            StoreWrite::Update(record) => {
-                let old = get_record(&self.executions, record.id)?;
-                self.put_record(record, old.as_ref())?;
+            (StoreWrite::Update(record), Payload::Update(bytes)) => {
+                let old = get_indexed(&self.executions, record.id)?;
+                self.put_record(record, bytes, old.as_ref())?;
             }
-            StoreWrite::PutMeta { key, value } => match value {
+            (StoreWrite::PutMeta { key, value }, Payload::Meta) => match value {
                 Some(value) => {
                     self.meta
                         .insert(key.as_str(), value.as_slice())
@@ -195,6 +298,11 @@ impl<'txn> Tables<'txn> {
                     self.meta.remove(key.as_str()).context("delete meta")?;
                 }
             },
+            _ => {
+                return Err(StoreError::InvalidWrite(
+                    "a write and its encoded value do not match".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -203,15 +311,14 @@ impl<'txn> Tables<'txn> {
     fn put_record(
         &mut self,
         record: &ExecutionRecord,
-        old: Option<&ExecutionRecord>,
+        bytes: &[u8],
+        old: Option<&Indexed>,
     ) -> Result<(), StoreError> {
         if let Some(old) = old {
-            self.unindex(old)?;
+            self.unindex(record.id, old)?;
         }
         let k = key(record.id);
-        self.executions
-            .insert(&k, encode(record)?.as_slice())
-            .context("insert record")?;
+        self.executions.insert(&k, bytes).context("insert record")?;
         self.by_workflow
             .insert((record.workflow.as_str(), &k), ())
             .context("index workflow")?;
@@ -225,14 +332,14 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn unindex(&mut self, record: &ExecutionRecord) -> Result<(), StoreError> {
-        let k = key(record.id);
+    fn unindex(&mut self, id: ExecutionId, record: &Indexed) -> Result<(), StoreError> {
+        let k = key(id);
         self.by_workflow
             .remove((record.workflow.as_str(), &k))
             .context("unindex workflow")?;
         if record.status.is_finished() {
             self.finished
-                .remove((finished_time(record).0, &k))
+                .remove((record.finished_time().0, &k))
                 .context("unindex finished")?;
         } else {
             self.unfinished.remove(&k).context("unindex unfinished")?;
@@ -242,8 +349,8 @@ impl<'txn> Tables<'txn> {
 
     /// Removes an execution, its journal and its index entries.
     fn delete(&mut self, id: ExecutionId) -> Result<(), StoreError> {
-        if let Some(record) = get_record(&self.executions, id)? {
-            self.unindex(&record)?;
+        if let Some(record) = get_indexed(&self.executions, id)? {
+            self.unindex(id, &record)?;
         }
         let k = key(id);
         self.executions.remove(&k).context("delete record")?;
@@ -251,6 +358,29 @@ impl<'txn> Tables<'txn> {
             .retain_in((&k, 0)..=(&k, u32::MAX), |_, _| false)
             .context("delete journal")?;
         Ok(())
+    }
+
+    /// Removes up to `slice.max` finished executions beyond the retention, oldest first;
+    /// returns how many.
+    fn prune_slice(&mut self, slice: PruneSlice) -> Result<usize, StoreError> {
+        let total =
+            usize::try_from(self.finished.len().context("count finished")?).unwrap_or(usize::MAX);
+        // The prunable executions are a prefix of the (finished time, id) order.
+        let mut victims = Vec::new();
+        for (index, entry) in self.finished.iter().context("scan finished")?.enumerate() {
+            let (entry, _) = entry.context("scan finished")?;
+            let (time, id) = entry.value();
+            if victims.len() == slice.max
+                || !beyond_retention(slice.retention, index, total, Timestamp(time), slice.now)
+            {
+                break;
+            }
+            victims.push(id_of(id));
+        }
+        for id in &victims {
+            self.delete(*id)?;
+        }
+        Ok(victims.len())
     }
 }
 
@@ -282,7 +412,27 @@ fn get_record(
 ) -> Result<Option<ExecutionRecord>, StoreError> {
     match executions.get(&key(id)).context("read record")? {
         None => Ok(None),
-        Some(value) => decode(value.value(), &|| format!("record of execution {id}")).map(Some),
+        Some(value) => decode_record(value.value(), id).map(Some),
+    }
+}
+
+fn get_indexed(
+    executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
+    id: ExecutionId,
+) -> Result<Option<Indexed>, StoreError> {
+    let head = |bytes: &[u8]| {
+        codec::read_head(bytes).map(|head| Indexed {
+            workflow: head.workflow,
+            status: head.status,
+            created_at: head.created_at,
+            finished_at: head.finished_at,
+        })
+    };
+    match executions.get(&key(id)).context("read record")? {
+        None => Ok(None),
+        Some(value) => {
+            decode(value.value(), head, &|| format!("record of execution {id}")).map(Some)
+        }
     }
 }
 
@@ -290,46 +440,17 @@ fn id_of(bytes: &IdBytes) -> ExecutionId {
     ExecutionId(ulid::Ulid::from_bytes(*bytes))
 }
 
-/// Removes finished executions beyond `retention`, [`PRUNE_CHUNK`] per durable transaction.
-pub(super) fn prune(
-    db: &Database,
-    retention: Retention,
-    now: Timestamp,
-) -> Result<usize, StoreError> {
-    let mut removed = 0;
-    loop {
-        let txn = begin(db)?;
-        let victims = {
-            let mut tables = Tables::open(&txn)?;
-            let total = usize::try_from(tables.finished.len().context("count finished")?)
-                .unwrap_or(usize::MAX);
-            // The prunable executions are a prefix of the (finished time, id) order.
-            let mut victims = Vec::new();
-            for (index, entry) in tables.finished.iter().context("scan finished")?.enumerate() {
-                let (entry, _) = entry.context("scan finished")?;
-                let (time, id) = entry.value();
-                if victims.len() == PRUNE_CHUNK
-                    || !beyond_retention(retention, index, total, Timestamp(time), now)
-                {
-                    break;
-                }
-                victims.push(id_of(id));
-            }
-            for id in &victims {
-                tables.delete(*id)?;
-            }
-            victims.len()
-        };
-        if victims == 0 {
-            txn.abort().context("abort empty prune")?;
-            return Ok(removed);
-        }
+/// One durable transaction removing up to `slice.max` executions beyond the retention (when
+/// no group commit is there to carry the work); returns how many.
+pub(super) fn prune(db: &Database, slice: PruneSlice) -> Result<usize, StoreError> {
+    let txn = begin(db)?;
+    let removed = Tables::open(&txn)?.prune_slice(slice)?;
+    if removed == 0 {
+        txn.abort().context("abort empty prune")?;
+    } else {
         txn.commit().context("commit prune")?;
-        removed += victims;
-        if victims < PRUNE_CHUNK {
-            return Ok(removed);
-        }
     }
+    Ok(removed)
 }
 
 // ---- reads: each in its own read transaction (a consistent snapshot) ---------------------------
@@ -366,9 +487,7 @@ fn read_journal(
                 "journal of {id} has a gap before seq {seq}"
             )));
         }
-        facts.push(decode(value.value(), &|| {
-            format!("fact {seq} of execution {id}")
-        })?);
+        facts.push(decode_fact(value.value(), id, seq)?);
     }
     Ok(facts)
 }
@@ -443,7 +562,7 @@ pub(super) fn executions(
         {
             let (entry, value) = entry.context("scan executions")?;
             let id = id_of(entry.value());
-            let record = decode(value.value(), &|| format!("record of execution {id}"))?;
+            let record = decode_record(value.value(), id)?;
             if !take(record) {
                 break;
             }
@@ -469,13 +588,30 @@ pub(super) fn put_raw_record(
     id: ExecutionId,
     bytes: &[u8],
 ) -> Result<(), StoreError> {
+    put_raw_execution(db, id, "w", bytes, bytes)
+}
+
+/// Stores raw bytes as the record and the first fact of an unfinished execution of
+/// `workflow` (tests: rows of an older format, undecodable data).
+#[cfg(test)]
+pub(super) fn put_raw_execution(
+    db: &Database,
+    id: ExecutionId,
+    workflow: &str,
+    record: &[u8],
+    fact: &[u8],
+) -> Result<(), StoreError> {
     let txn = begin(db)?;
     {
         let k = key(id);
         let mut tables = Tables::open(&txn)?;
-        tables.executions.insert(&k, bytes).context("plant")?;
+        tables.executions.insert(&k, record).context("plant")?;
         tables.unfinished.insert(&k, ()).context("plant")?;
-        tables.journal.insert((&k, 0), bytes).context("plant")?;
+        tables
+            .by_workflow
+            .insert((workflow, &k), ())
+            .context("plant")?;
+        tables.journal.insert((&k, 0), fact).context("plant")?;
     }
     txn.commit().context("commit plant")
 }

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use reactor_core::sync::messages::{BundleFrame, Message, Presence};
 use reactor_core::sync::{Channel, DeviceId, Envelope, Frame, Seq, decode, encode};
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::broker::{EmbeddedBroker, MAX_PACKET};
+use super::broker::{BrokerError, BrokerTarget};
 use super::{bundles, commands};
 use crate::db::Database;
 
@@ -94,15 +94,14 @@ impl Delivery {
     }
 }
 
-/// Starts delivery on `broker`; it stops when `stop` fires.
-pub fn start(broker: &EmbeddedBroker, db: Database, stop: CancellationToken) -> Delivery {
-    let mut options = MqttOptions::new(
-        format!("reactor-hub-delivery-{}", ulid::Ulid::new()),
-        broker.addr.ip().to_string(),
-        broker.addr.port(),
-    );
-    options.set_credentials(broker.login.username.clone(), broker.login.password.clone());
-    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+/// Starts delivery on `broker` (the embedded one or an external broker); it stops when
+/// `stop` fires.
+pub fn start(
+    broker: &BrokerTarget,
+    db: Database,
+    stop: CancellationToken,
+) -> Result<Delivery, BrokerError> {
+    let mut options = broker.options(&format!("reactor-hub-delivery-{}", ulid::Ulid::new()))?;
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     options.set_inflight(500);
@@ -193,7 +192,7 @@ pub fn start(broker: &EmbeddedBroker, db: Database, stop: CancellationToken) -> 
             }
         }
     });
-    delivery
+    Ok(delivery)
 }
 
 impl Inner {

@@ -220,7 +220,9 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         .context("the device MQTT endpoint")?;
     let delivery = fleet_broker
         .as_ref()
-        .map(|broker| crate::fleet::delivery::start(broker, db.clone(), state.stopping.clone()));
+        .map(|broker| crate::fleet::delivery::start(broker, db.clone(), state.stopping.clone()))
+        .transpose()
+        .context("bundle and command delivery")?;
     let rollout_wake = Arc::new(tokio::sync::Notify::new());
     let app = Server::new(state.clone())
         .with_routes(crate::fleet::api::routes())

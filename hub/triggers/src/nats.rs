@@ -12,8 +12,10 @@
 //! of the stream) hands out batches; each message is submitted with the de-duplication key
 //! `nats/{stream}/{stream sequence}` and acknowledged (double ack: confirmed by the server)
 //! only after the execution is durably recorded; the acknowledgements of one batch are
-//! confirmed while the next batch is pulled and recorded (one round in flight), so the
-//! server round trips of acks do not add to the recording time. A message that could not be recorded is
+//! confirmed while the next batch is recorded (one round in flight), and the next pull runs
+//! while a batch is recorded, so neither round trip adds to the recording time. Marks are
+//! forgotten once every pull issued before the acks were confirmed has been recorded (a
+//! message whose `ack_wait` ran out may have been redelivered into such a pull). A message that could not be recorded is
 //! negatively acknowledged and comes again; a message recorded but not acknowledged when the
 //! hub died is redelivered after `ack_wait` — to this hub or another one bound to the same
 //! durable — and starts nothing new. `meta` adds `{stream, consumer, stream_sequence,
@@ -23,6 +25,7 @@
 //! The client reconnects by itself (with backoff) and resubscribes; disconnections count as
 //! trigger errors, a working connection clears the failure streak.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -284,8 +287,8 @@ impl Reader<'_> {
         // recorded (at most one round in flight).
         let mut acking: Option<Acking> = None;
         let result = self.read(&consumer, &mut acking).await;
-        // Whatever ended the session, what was recorded is still acknowledged; no batch of
-        // this session follows, so the marks can go once the acks are confirmed.
+        // Whatever ended the session, what was recorded is still acknowledged; no pull of
+        // this session is left, so the marks can go once the acks are confirmed.
         let acked = match acking {
             Some(round) => round
                 .await
@@ -301,48 +304,50 @@ impl Reader<'_> {
         consumer: &jetstream::consumer::Consumer<pull::Config>,
         acking: &mut Option<Acking>,
     ) -> Result<(), Failure> {
-        loop {
+        // Keys of confirmed acks. A pull issued before a round of acks was confirmed may
+        // carry redeliveries of those messages (their ack_wait ran out first): the marks
+        // stay until that pull is recorded too, i.e. one more round.
+        let mut confirmed: VecDeque<Vec<String>> = VecDeque::new();
+        let mut pulling = tokio::spawn(pull(consumer.clone()));
+        let result = loop {
             let pulled = tokio::select! {
                 biased;
-                () = self.context.cancel.cancelled() => return Ok(()),
-                batch = consumer.batch().max_messages(BATCH).expires(PULL_WAIT).messages() => batch,
+                () = self.context.cancel.cancelled() => break Ok(()),
+                pulled = &mut pulling => pulled,
             };
-            let mut batch = pulled.map_err(|e| Failure::Retry(format!("JetStream pull: {e}")))?;
-            let mut messages = Vec::new();
-            loop {
-                // Cancel safety: messages pulled and not yet handled are redelivered after
-                // ack_wait.
-                let next = tokio::select! {
-                    biased;
-                    () = self.context.cancel.cancelled() => return Ok(()),
-                    next = batch.next() => next,
-                };
-                match next {
-                    Some(Ok(message)) => messages.push(message),
-                    Some(Err(error)) => {
-                        if messages.is_empty() {
-                            return Err(Failure::Retry(format!("JetStream pull: {error}")));
-                        }
-                        break;
-                    }
-                    None => break,
-                }
-            }
+            let messages = match pulled {
+                Ok(Ok(messages)) => messages,
+                Ok(Err(failure)) => break Err(failure),
+                Err(error) => break Err(Failure::Retry(format!("JetStream pull: {error}"))),
+            };
+            // The next pull runs while this batch is recorded.
+            pulling = tokio::spawn(pull(consumer.clone()));
             if messages.is_empty() {
                 continue;
             }
-            let recorded = self.record(messages).await?;
+            let recorded = match self.record(messages).await {
+                Ok(recorded) => recorded,
+                Err(failure) => break Err(failure),
+            };
             if let Some(previous) = acking.take() {
-                let keys = previous
-                    .await
-                    .map_err(|e| Failure::Retry(format!("JetStream acks: {e}")))??;
-                // A message whose ack_wait ran out before its ack arrived may have been
-                // redelivered into the batch just recorded (pulled while the acks were in
-                // flight): its mark was needed until now. Later pulls cannot carry it again.
-                retry::forget_soon(self.context, keys);
+                match previous.await {
+                    Ok(Ok(keys)) => confirmed.push_back(keys),
+                    Ok(Err(failure)) => break Err(failure),
+                    Err(error) => break Err(Failure::Retry(format!("JetStream acks: {error}"))),
+                }
+                while confirmed.len() > 1 {
+                    retry::forget_soon(self.context, confirmed.pop_front().unwrap_or_default());
+                }
             }
             *acking = Some(tokio::spawn(acknowledge(recorded)));
+        };
+        // Cancel safety: messages of an abandoned pull are redelivered after ack_wait; copies
+        // of acknowledged messages in it never come again, so the marks can go.
+        pulling.abort();
+        for keys in confirmed {
+            retry::forget_soon(self.context, keys);
         }
+        result
     }
 
     /// Submits `messages`; NAKs those not recorded; returns the recorded ones (with their
@@ -421,6 +426,32 @@ impl Reader<'_> {
         });
         event
     }
+}
+
+/// One pull of up to [`BATCH`] messages (waits at most [`PULL_WAIT`]).
+async fn pull(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+) -> Result<Vec<jetstream::Message>, Failure> {
+    let mut batch = consumer
+        .batch()
+        .max_messages(BATCH)
+        .expires(PULL_WAIT)
+        .messages()
+        .await
+        .map_err(|e| Failure::Retry(format!("JetStream pull: {e}")))?;
+    let mut messages = Vec::new();
+    while let Some(next) = batch.next().await {
+        match next {
+            Ok(message) => messages.push(message),
+            Err(error) => {
+                if messages.is_empty() {
+                    return Err(Failure::Retry(format!("JetStream pull: {error}")));
+                }
+                break;
+            }
+        }
+    }
+    Ok(messages)
 }
 
 /// A round of acknowledgements in flight: the keys of the confirmed ones.

@@ -102,7 +102,7 @@ impl Gateway {
             // out of descriptors (the broker's own accept loop does not survive that).
             let Ok(slot) = gateway.slots.clone().try_acquire_owned() else {
                 let refused = gateway.stats.refused_full.fetch_add(1, Ordering::Relaxed);
-                if refused % 1_000 == 0 {
+                if refused.is_multiple_of(1_000) {
                     tracing::warn!(%peer, refused = refused + 1, capacity = gateway.capacity, "device endpoint full: connection closed");
                 }
                 drop(socket);

@@ -216,3 +216,63 @@ async fn outage_and_kill_lose_nothing_and_overflow_is_reported() {
     db.close().await;
     hub.stop();
 }
+
+/// The real agent over TLS: the hub's endpoint with a certificate from a CA generated here;
+/// enrollment hands the agent `mqtts://` and the CA, and the agent's events arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_syncs_over_the_tls_endpoint_with_the_enrolled_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Reactor e2e CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("hub.crt"), dir.path().join("hub.key"));
+    std::fs::write(&cert_file, format!("{}{}", server.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let mut hub = Hub::new(
+        &dir.path().join("hub"),
+        &[
+            "--mqtt-tls-cert",
+            cert_file.to_str().unwrap(),
+            "--mqtt-tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let device = format!("e2e-tls-{}", std::process::id());
+    let token = hub.add_device(&device, "site=west");
+    hub.start().await;
+    let data = dir.path().join("agent");
+    Agent::enroll(&hub.base(), &token, &data);
+    let enrollment = std::fs::read_to_string(data.join("fleet/enrollment.json")).unwrap();
+    let enrollment: serde_json::Value = serde_json::from_str(&enrollment).unwrap();
+    assert_eq!(
+        enrollment["broker"]["url"],
+        format!("mqtts://127.0.0.1:{}", hub.mqtt)
+    );
+    assert_eq!(
+        enrollment["broker"]["ca_pem"].as_str().unwrap().trim(),
+        ca.pem().trim()
+    );
+    let workflows = dir.path().join("wf");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(workflows.join("produce.yaml"), WORKFLOW).unwrap();
+    let agent = Agent::start(&workflows, &data, &[]).await;
+    produce(&agent, 1, 10).await;
+    let db = hub.database().await;
+    wait_acked(&db, &hub, &device, 20, Duration::from_secs(60)).await;
+    assert_eq!(
+        event_numbers(&db, &device).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    drop(agent);
+    db.close().await;
+    hub.stop();
+}

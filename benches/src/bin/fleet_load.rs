@@ -179,6 +179,10 @@ async fn connect(port: u16, name: &str, password: &str) -> anyhow::Result<Device
         true,
     ));
     let (client, mut eventloop) = AsyncClient::new(options, 16);
+    // A loaded hub may take longer than rumqttc's default 5 s to answer CONNECT.
+    let mut network = eventloop.network_options();
+    network.set_connection_timeout(30);
+    eventloop.set_network_options(network);
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
     let task = tokio::spawn(async move {
@@ -322,14 +326,28 @@ async fn main() -> anyhow::Result<()> {
         let ramp = ramp.clone();
         tasks.push(tokio::spawn(async move {
             let _slot = ramp.acquire_owned().await?;
-            connect(mqtt, &name, &password).await
+            // As agents do: a failed attempt is retried (here at most twice, after 1 s).
+            let mut attempt = 0;
+            loop {
+                match connect(mqtt, &name, &password).await {
+                    Ok(device) => return Ok((device, attempt)),
+                    Err(error) if attempt == 2 => return Err(error),
+                    Err(_) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
         }));
     }
     let mut devices = Vec::with_capacity(args.devices);
-    let mut failures = 0;
+    let (mut failures, mut retries) = (0, 0);
     for task in tasks {
         match task.await? {
-            Ok(device) => devices.push(device),
+            Ok((device, attempts)) => {
+                retries += attempts;
+                devices.push(device);
+            }
             Err(error) => {
                 failures += 1;
                 if failures <= 5 {
@@ -343,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
     let rss_after = proc_status(pid, "VmRSS:");
     let per = rss_after.saturating_sub(rss_before) as f64 / devices.len().max(1) as f64;
     println!(
-        "fleet connect: {} of {} devices connected in {:.1} s = {:.0} connections/s; hub RSS {} -> {} KiB = {:.1} KiB per connection; hub fds {}",
+        "fleet connect: {} of {} devices connected ({retries} retried attempts) in {:.1} s = {:.0} connections/s; hub RSS {} -> {} KiB = {:.1} KiB per connection; hub fds {}",
         devices.len(),
         args.devices,
         connect_secs,

@@ -188,3 +188,80 @@ impl MergedFleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::config::{HubConfig, ServeFlags};
+
+    fn load(text: &str, flags: ServeFlags, vars: &[(&str, &str)]) -> Result<HubConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, text).unwrap();
+        let flags = ServeFlags {
+            config: Some(path),
+            ..flags
+        };
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        HubConfig::load(&flags, vars).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fleet_section_env_and_flags() {
+        let config = load(
+            "[fleet]\nmqtt_listen = \"127.0.0.1:8883\"\nmqtt_tls_cert = \"/file/cert.pem\"\n\
+             mqtt_tls_key = \"/file/key.pem\"\n",
+            ServeFlags {
+                mqtt_tls_key: Some(PathBuf::from("/flag/key.pem")),
+                ..ServeFlags::default()
+            },
+            &[("REACTOR_FLEET__MQTT_TLS_CA", "/env/ca.pem")],
+        )
+        .unwrap();
+        let tls = config.fleet.tls.clone().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/file/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/flag/key.pem"), "flags win");
+        assert_eq!(tls.ca, Some(PathBuf::from("/env/ca.pem")));
+        assert_eq!(config.fleet.broker_url(), "mqtts://127.0.0.1:8883");
+
+        let external = load(
+            "[fleet]\nmqtt_broker = \"mqtt://hub:secret@broker:1883\"\n",
+            ServeFlags::default(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            external.fleet.broker_url(),
+            "mqtt://broker:1883",
+            "the hub's credentials are never handed out"
+        );
+    }
+
+    #[test]
+    fn fleet_mistakes_are_reported() {
+        for (text, expected) in [
+            ("[fleet]\nmqtt_listen = \"nowhere\"\n", "fleet.mqtt_listen"),
+            (
+                "[fleet]\nmqtt_listen = \"127.0.0.1:1\"\nmqtt_broker = \"mqtt://b:1\"\n",
+                "choose the embedded broker or an external one",
+            ),
+            (
+                "[fleet]\nmqtt_listen = \"127.0.0.1:1\"\nmqtt_tls_cert = \"/c.pem\"\n",
+                "go together",
+            ),
+            (
+                "[fleet]\nmqtt_tls_cert = \"/c.pem\"\nmqtt_tls_key = \"/k.pem\"\n",
+                "set mqtt_listen too",
+            ),
+            (
+                "[fleet]\nmqtt_broker = \"broker:1883\"\n",
+                "fleet.mqtt_broker",
+            ),
+            ("[fleet]\nmqtt_port = 1\n", "mqtt_port"),
+        ] {
+            let error = load(text, ServeFlags::default(), &[]).unwrap_err();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+}

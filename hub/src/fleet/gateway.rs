@@ -45,6 +45,8 @@ pub struct GatewayStats {
     pub accepted: AtomicU64,
     pub refused_connect: AtomicU64,
     pub refused_topic: AtomicU64,
+    /// Connections closed at once because the endpoint held its capacity.
+    pub refused_full: AtomicU64,
     /// TLS handshakes that failed or timed out (plain MQTT on the TLS port, bad clients).
     pub refused_tls: AtomicU64,
 }
@@ -56,6 +58,10 @@ pub struct Gateway {
     pub upstream: SocketAddr,
     pub login: InternalLogin,
     pub stats: Arc<GatewayStats>,
+    /// Device connections held at most (see [`super::device_capacity`]).
+    pub capacity: usize,
+    /// One permit per connection held.
+    pub slots: Arc<tokio::sync::Semaphore>,
     /// TLS on the device side (`--mqtt-tls-cert`); plain TCP when `None`.
     pub tls: Option<super::tls::Acceptor>,
 }
@@ -92,9 +98,20 @@ impl Gateway {
                     continue;
                 }
             };
+            // Past the capacity the connection is closed at once: the process must never run
+            // out of descriptors (the broker's own accept loop does not survive that).
+            let Ok(slot) = gateway.slots.clone().try_acquire_owned() else {
+                let refused = gateway.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+                if refused.is_multiple_of(1_000) {
+                    tracing::warn!(%peer, refused = refused + 1, capacity = gateway.capacity, "device endpoint full: connection closed");
+                }
+                drop(socket);
+                continue;
+            };
             let gateway = gateway.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let _ = socket.set_nodelay(true);
                 let result = async {
                     match &gateway.tls {

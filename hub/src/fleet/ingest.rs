@@ -108,6 +108,7 @@ pub enum IngestError {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     pub stats: Arc<IngestStats>,
+    /// The hub's publishing client on the broker (acks; frames to devices).
     pub client: AsyncClient,
 }
 
@@ -124,11 +125,33 @@ pub fn start(
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     let (client, mut events) = AsyncClient::new(options, 1_000);
+    // Acks (and whatever else the hub publishes to devices) go through a client of their own,
+    // whose event loop never waits for the workers: when the workers fall behind, the
+    // receiving loop stops reading (back-pressure on the broker) while acks keep flowing —
+    // otherwise acks queue behind the back-pressure, are dropped, and devices resend into an
+    // ingest that is already behind.
+    let mut publisher_options = broker.options(&format!("reactor-hub-publish-{suffix}"))?;
+    publisher_options.set_keep_alive(Duration::from_secs(30));
+    publisher_options.set_clean_session(true);
+    let (publisher, mut publisher_events) = AsyncClient::new(publisher_options, 10_000);
+    let publisher_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = publisher_stop.cancelled() => break,
+                event = publisher_events.poll() => event,
+            };
+            if let Err(error) = event {
+                tracing::warn!(%error, "the fleet publisher lost the broker; reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
     let stats = Arc::new(IngestStats::default());
     let worker = Arc::new(Worker {
         db,
         sink,
-        client: client.clone(),
+        client: publisher.clone(),
         stats: stats.clone(),
     });
     let mut shards = Vec::with_capacity(SHARDS);
@@ -193,7 +216,10 @@ pub fn start(
             }
         }
     });
-    Ok(Ingest { stats, client })
+    Ok(Ingest {
+        stats,
+        client: publisher,
+    })
 }
 
 /// The worker a topic's device goes to (by the device level of the topic).

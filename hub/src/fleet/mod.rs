@@ -75,7 +75,11 @@ pub async fn start_endpoint(
         .await
         .with_context(|| format!("cannot listen on {listen} for MQTT"))?;
     tracing::info!(%listen, tls = tls.is_some(), "device MQTT endpoint listening");
+    let capacity = device_capacity();
+    tracing::info!(capacity, "device connections the endpoint holds at most");
     let gateway = gateway::Gateway {
+        capacity,
+        slots: Arc::new(tokio::sync::Semaphore::new(capacity)),
         db: db.clone(),
         upstream: broker.addr,
         login: broker.login.clone(),
@@ -84,6 +88,22 @@ pub async fn start_endpoint(
     };
     tokio::spawn(gateway.serve(listener, stop));
     Ok(Some(broker::BrokerTarget::embedded(&broker)))
+}
+
+/// Descriptors kept for everything but device connections (database, files, HTTP clients).
+const RESERVED_FDS: u64 = 512;
+
+/// Device connections the endpoint may hold: each costs three descriptors in this process
+/// (see [`raise_open_files_limit`]), within the open-files soft limit less [`RESERVED_FDS`],
+/// and at most [`MAX_DEVICES`].
+pub fn device_capacity() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let by_fds = limit.saturating_sub(RESERVED_FDS) / 3;
+    usize::try_from(by_fds)
+        .unwrap_or(usize::MAX)
+        .min(MAX_DEVICES)
 }
 
 /// Raises the soft limit of open files to the hard limit (each device connection through the

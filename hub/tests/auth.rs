@@ -44,7 +44,8 @@ fn row(
         path: template
             .replace("{name}", "nope")
             .replace("{version}", "1")
-            .replace("{id}", UNKNOWN_ID),
+            .replace("{id}", UNKNOWN_ID)
+            .replace("{command}", "1"),
         body,
         need,
         allowed,
@@ -122,6 +123,26 @@ fn table() -> Vec<Row> {
         row("GET", "/api/v1/alerts/{id}/history", None, Viewer, 404),
         // Fleet (hub/src/fleet; POST /api/v1/enroll takes no bearer token: fleet_enroll.rs).
         row("GET", "/api/v1/devices", None, Viewer, 200),
+        row(
+            "POST",
+            "/api/v1/devices/{id}/commands",
+            json(json!({})),
+            Editor,
+            422,
+        ),
+        row("GET", "/api/v1/devices/{id}/commands", None, Viewer, 200),
+        row(
+            "GET",
+            "/api/v1/devices/{id}/commands/{command}",
+            None,
+            Viewer,
+            404,
+        ),
+        // Rollouts (hub/src/fleet/rollout).
+        row("POST", "/api/v1/rollouts", json(json!({})), Editor, 422),
+        row("GET", "/api/v1/rollouts", None, Viewer, 200),
+        row("GET", "/api/v1/rollouts/{id}", None, Viewer, 404),
+        row("POST", "/api/v1/rollouts/{id}/abort", None, Editor, 404),
     ]
 }
 

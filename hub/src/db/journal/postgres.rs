@@ -52,11 +52,18 @@ pub(super) async fn commit(
     Ok(plan.outcomes)
 }
 
-/// A group that only creates executions (the common case: an event's execution written
-/// once, finished or with its first facts) in ONE statement, outside an explicit transaction:
-/// a single statement is atomic and durable at its return, and it costs one round trip
-/// instead of five (BEGIN, the locking load, two inserts, COMMIT).
-async fn insert_new(pool: &PgPool, plan: &Plan) -> Result<(), sqlx::Error> {
+/// The group's new executions, journal facts and meta values in ONE statement. For a group
+/// that only creates executions (the common case: an event's execution written once,
+/// finished or with its first facts) it runs outside an explicit transaction: a single
+/// statement is atomic and durable at its return, one round trip instead of five (BEGIN, the
+/// locking load, two inserts, COMMIT). Otherwise it is part of the group's transaction.
+async fn insert_new<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    plan: &Plan,
+) -> Result<(), sqlx::Error> {
+    if plan.inserts.is_empty() && plan.facts.is_empty() && plan.meta_put.is_empty() {
+        return Ok(());
+    }
     let rows: Vec<_> = plan
         .inserts
         .iter()
@@ -124,7 +131,7 @@ async fn insert_new(pool: &PgPool, plan: &Plan) -> Result<(), sqlx::Error> {
             .map(|m| m.1.clone())
             .collect::<Vec<_>>(),
     )
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -167,54 +174,7 @@ fn seq32(seq: i64) -> i32 {
 }
 
 async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    if !plan.inserts.is_empty() {
-        let rows: Vec<_> = plan
-            .inserts
-            .iter()
-            .filter_map(|row| row.summary.as_ref().map(|summary| (row, summary)))
-            .collect();
-        sqlx::query(
-            "INSERT INTO executions \
-             (id, workflow, status, created_at, finished_at, device, owner, next_seq, record) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
-                                  $6::text[], $7::text[], $8::int4[], $9::text[])",
-        )
-        .bind(rows.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, s)| s.workflow.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, s)| s.status.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(_, s)| s.created_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| s.finished_at).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|(_, s)| s.device.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(r, _)| r.owner.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(r, _)| seq32(r.next_seq))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, s)| s.record.clone())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
+    insert_new(&mut *conn, plan).await?;
     if !plan.updates.is_empty() {
         let rows = &plan.updates;
         let summary = |f: &dyn Fn(&plan::Summary) -> Option<String>| {
@@ -251,37 +211,6 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> 
         .bind(rows.iter().map(|r| r.owner.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| seq32(r.next_seq)).collect::<Vec<_>>())
         .bind(summary(&|s| Some(s.record.clone())))
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !plan.facts.is_empty() {
-        sqlx::query(
-            "INSERT INTO journal (execution, seq, fact) \
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[])",
-        )
-        .bind(plan.facts.iter().map(|f| f.0.clone()).collect::<Vec<_>>())
-        .bind(plan.facts.iter().map(|f| seq32(f.1)).collect::<Vec<_>>())
-        .bind(plan.facts.iter().map(|f| f.2.clone()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !plan.meta_put.is_empty() {
-        sqlx::query(
-            "INSERT INTO meta (key, value) SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-        )
-        .bind(
-            plan.meta_put
-                .iter()
-                .map(|m| m.0.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.meta_put
-                .iter()
-                .map(|m| m.1.clone())
-                .collect::<Vec<_>>(),
-        )
         .execute(&mut *conn)
         .await?;
     }

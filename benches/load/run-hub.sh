@@ -11,13 +11,24 @@ BIN="$CARGO_TARGET_DIR/release/reactor-hub"
 DIR="$(mktemp -d)"
 PORT="${PORT:-18093}"
 DB=()
-if [ -n "${1:-}" ]; then DB=(--database "$1"); fi
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$DIR"' EXIT
+FRESH=""
+if [ -n "${1:-}" ]; then
+    # A database of its own per run: a hub's sealed secrets (the fleet signing key) only open
+    # with the secret key of the data folder that created them.
+    FRESH="reactor_bench_$$"
+    psql "$1" -qc "CREATE DATABASE $FRESH" >/dev/null
+    DB=(--database "${1%/*}/$FRESH")
+fi
+PID=""
+trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DIR"; [ -z "$FRESH" ] || psql "$1" -qc "DROP DATABASE IF EXISTS $FRESH" >/dev/null' EXIT
 export HUB_TOKEN
 HUB_TOKEN=$("$BIN" token create --role admin --data "$DIR/data" "${DB[@]}" 2>/dev/null | tail -1)
 RUST_LOG=warn "$BIN" serve --data "$DIR/data" "${DB[@]}" --listen "127.0.0.1:$PORT" 2>"$DIR/log" &
 PID=$!
-until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.1; done
+until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do
+    kill -0 "$PID" 2>/dev/null || { echo "reactor-hub exited:" >&2; cat "$DIR/log" >&2; exit 1; }
+    sleep 0.1
+done
 export HUB_WORKFLOW="pure3-$$"
 printf 'reactor: 1\nname: %s\nsteps:\n  - id: hot\n    set: { hot: "${{ event.data.temp > 30 && event.data.zone == \\"A\\" }}" }\n  - id: label\n    set: { label: "${{ event.data.zone }}" }\n  - id: n\n    set: { n: "${{ event.data.n }}" }\noutput:\n  hot: "${{ vars.hot }}"\n' "$HUB_WORKFLOW" |
   curl -sf -o /dev/null -H "Authorization: Bearer $HUB_TOKEN" -H 'content-type: application/yaml' \

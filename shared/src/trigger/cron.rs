@@ -16,10 +16,12 @@
 //!   `meta.missed` = how many ticks it stands for. Never a storm.
 //! - The same happens while running when a tick is late by more than one period (the
 //!   runtime blocked `submit` for a long time, the clock jumped): the due ticks coalesce.
-//! - Order: submit (returns once the execution is durably recorded), then write the mark.
-//!   A crash between the two fires that tick again after the restart, as a catch-up:
-//!   delivery is **at-least-once**, with the same event id. A tick whose mark is written
-//!   never fires again: the schedule restarts strictly after the mark.
+//! - Order: submit with a de-dup mark for the tick (written with the execution), then write the
+//!   last-tick mark, then drop the de-dup mark.
+//!   A crash between the first two writes makes the restarted trigger (or the hub's next
+//!   leader) see that tick as due again; its de-dup mark skips it: each tick starts **one**
+//!   execution. A tick whose last-tick mark is written is never due again: the schedule
+//!   restarts strictly after the mark.
 //! - Sleeps are capped at [`MAX_SLEEP`] and the wall clock is re-read after each, so clock
 //!   corrections and suspends are noticed within that time.
 
@@ -31,7 +33,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::json;
 
-use crate::engine::{Event, SubmitError};
+use crate::engine::{DedupeMark, Event, SubmitError};
 use crate::flow::CronTrigger;
 use crate::store::StoreWrite;
 
@@ -120,14 +122,19 @@ impl CronSchedule {
         }
     }
 
-    async fn write_mark(&self, context: &TriggerContext, key: &str, tick: DateTime<Utc>) {
+    /// Stores `tick` as the last fired one; `false` when the store refused it (logged).
+    async fn write_mark(&self, context: &TriggerContext, key: &str, tick: DateTime<Utc>) -> bool {
         let write = StoreWrite::PutMeta {
             key: key.to_string(),
             value: Some(tick.timestamp_millis().to_be_bytes().to_vec()),
         };
-        if let Err(error) = context.runtime.store().write(vec![write]).await {
-            context.stats.record_error(&error.to_string());
-            tracing::warn!(workflow = %context.workflow, trigger = "cron", %error, "storing the cron mark failed; the tick may fire again after a restart");
+        match context.runtime.store().write(vec![write]).await {
+            Ok(()) => true,
+            Err(error) => {
+                context.stats.record_error(&error.to_string());
+                tracing::warn!(workflow = %context.workflow, trigger = "cron", %error, "storing the cron mark failed; the tick may fire again after a restart");
+                false
+            }
         }
     }
 
@@ -162,9 +169,21 @@ impl CronSchedule {
         event: Event,
         tick: DateTime<Utc>,
     ) -> Result<bool, TriggerError> {
-        match context.submit(event).await {
+        // The tick's de-dup mark is written with its execution, so a process that dies
+        // between the two writes (or a new leader catching up on the same tick) cannot fire it
+        // twice; once the last-tick mark covers it, the de-dup mark is dropped.
+        let once = format!("cron/{}", tick.timestamp_millis());
+        let mark = DedupeMark::new(once.clone(), json!(tick.to_rfc3339()));
+        match context.submit_once(event, mark).await {
             Ok(_) => {
-                self.write_mark(context, key, tick).await;
+                if self.write_mark(context, key, tick).await
+                    && let Err(error) = context
+                        .runtime
+                        .forget_marks(&context.workflow, &[once])
+                        .await
+                {
+                    tracing::warn!(workflow = %context.workflow, trigger = "cron", %error, "dropping the tick's de-dup mark failed; it is pruned with old marks");
+                }
                 Ok(true)
             }
             Err(SubmitError::ShuttingDown) => Ok(false),

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use reactor_core::engine::Runtime;
+use reactor_core::engine::{Runtime, Submission, SubmitError};
 use reactor_core::flow::{PollSettings, RowOperation};
 use reactor_core::store::StoreWrite;
 use reactor_core::trigger::TriggerError;
@@ -165,6 +165,48 @@ impl Forgetting {
             tracing::debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
         }
     }
+}
+
+/// What a polled batch's submissions came to, in row order.
+pub(crate) struct Settled {
+    /// The position of the last row handled before the first one that was not: how far the
+    /// stored poll position may move.
+    pub reached: Option<Value>,
+    /// The de-dup marks of the handled rows (forgotten once the position is stored).
+    pub keys: Vec<String>,
+    /// Rows that started an execution (not skipped as already recorded).
+    pub accepted: u64,
+    /// Whether every row was handled.
+    pub complete: bool,
+}
+
+/// Walks a polled batch's results (`positions` and `results` in row order) up to the first
+/// row that was not handled, for the `postgres` and `mysql` poll modes.
+pub(crate) fn settle<'a>(
+    workflow: &str,
+    prefix: &str,
+    positions: impl Iterator<Item = &'a Value>,
+    results: Vec<Result<Submission, SubmitError>>,
+) -> Settled {
+    let mut settled = Settled {
+        reached: None,
+        keys: Vec::new(),
+        accepted: 0,
+        complete: true,
+    };
+    for (at, result) in positions.zip(results) {
+        let key = poll_key(prefix, at);
+        if !crate::retry::handled(workflow, &key, &result) {
+            settled.complete = false;
+            break;
+        }
+        if matches!(result, Ok(Submission::Accepted(_))) {
+            settled.accepted += 1;
+        }
+        settled.reached = Some(at.clone());
+        settled.keys.push(key);
+    }
+    settled
 }
 
 #[cfg(test)]

@@ -459,21 +459,18 @@ impl PostgresTrigger {
                 async move { context.submit_once(event, mark).await }
             });
             let results = futures::future::join_all(submissions).await;
-            let mut reached = None;
-            let mut keys = Vec::new();
-            let mut complete = true;
-            for ((_, at), result) in rows.iter().zip(results) {
-                let key = sql::poll_key(&prefix, at);
-                if !handled(&context.workflow, &key, &result) {
-                    complete = false;
-                    break;
-                }
-                if matches!(result, Ok(Submission::Accepted(_))) {
-                    *recorded += 1;
-                }
-                reached = Some(at.clone());
-                keys.push(key);
-            }
+            let sql::Settled {
+                reached,
+                keys,
+                accepted,
+                complete,
+            } = sql::settle(
+                &context.workflow,
+                &prefix,
+                rows.iter().map(|(_, at)| at),
+                results,
+            );
+            *recorded += accepted;
             if let Some(limit) = self.stop_before_ack
                 && *recorded >= limit
             {

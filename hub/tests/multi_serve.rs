@@ -2,6 +2,8 @@
 //! workflow and a stream of `POST /run`; the leader is SIGKILLed mid-load. Every execution
 //! completes exactly once (each finished step ran once, an in-flight one at most once more,
 //! on the survivor), and each cron tick (its scheduled time) fired exactly once across both.
+//! A cancel sent to the hub that does not run an execution reaches the one that does — and
+//! the adopter, when the owner died.
 
 mod api_support;
 
@@ -308,5 +310,108 @@ async fn two_hubs_share_the_work_and_survive_a_kill_9() {
     assert!(ticks.len() >= 8, "only {} ticks", ticks.len());
     drop(b);
     db.close().await;
+    database.drop_now().await;
+}
+
+const SLOW: &str = r#"
+reactor: 1
+name: slow
+steps:
+  - id: nap
+    sleep: 120s
+  - id: after
+    action: transform
+    with: { value: 1 }
+"#;
+
+/// Polls `id` through `hub` until it is `status`.
+async fn until_status(hub: &Hub, id: &str, status: &str, within: Duration, other: &Hub) {
+    let deadline = Instant::now() + within;
+    loop {
+        let reply = hub.get(&format!("/api/v1/executions/{id}")).await;
+        if reply.status == 200 && reply.body["status"] == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never became {status}: {}\nthis hub:\n{}\nthe other:\n{}",
+            reply.text,
+            hub.logs(),
+            other.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_reaches_the_hub_that_runs_the_execution() {
+    let database = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let place = |name: &str| Place {
+        data: dir.path().join(name),
+        database: Some(database.url.clone()),
+    };
+    let mut a = Hub::start(place("a"), &env("a")).await;
+    let b = Hub::spawn(place("b"), a.admin.clone(), &env("b"));
+    b.healthy(Duration::from_secs(30)).await;
+    a.send_yaml("POST", "/api/v1/workflows", SLOW)
+        .await
+        .expect(201);
+    let run_on_a = || async {
+        let reply = a
+            .post_json("/api/v1/workflows/slow/run", json!({}))
+            .await
+            .expect(202);
+        reply.body["execution"].as_str().unwrap().to_string()
+    };
+
+    // A runs it; B is asked to cancel: B records the request, A delivers it.
+    let first = run_on_a().await;
+    until_status(&b, &first, "running", Duration::from_secs(10), &a).await;
+    let reply = b
+        .post_json(&format!("/api/v1/executions/{first}/cancel"), json!({}))
+        .await
+        .expect(202);
+    assert_eq!(reply.body["status"], "cancelling");
+    until_status(&b, &first, "cancelled", Duration::from_secs(10), &a).await;
+    assert!(
+        a.logs()
+            .contains("delivered cancels recorded by other hubs"),
+        "A took the cancel: {}",
+        a.logs()
+    );
+    // Finished now: a second cancel is a conflict, on either hub; an unknown id is 404.
+    b.post_json(&format!("/api/v1/executions/{first}/cancel"), json!({}))
+        .await
+        .problem(409);
+    a.post_json(&format!("/api/v1/executions/{first}/cancel"), json!({}))
+        .await
+        .problem(409);
+    b.post_json(
+        "/api/v1/executions/01JAAAAAAAAAAAAAAAAAAAAAAA/cancel",
+        json!({}),
+    )
+    .await
+    .problem(404);
+
+    // A dies with an execution asleep: the cancel sent to B waits for B to adopt it.
+    let second = run_on_a().await;
+    until_status(&b, &second, "running", Duration::from_secs(10), &a).await;
+    kill_9(&mut a);
+    b.post_json(&format!("/api/v1/executions/{second}/cancel"), json!({}))
+        .await
+        .expect(202);
+    until_status(&b, &second, "cancelled", Duration::from_secs(60), &a).await;
+    let detail = b
+        .get(&format!("/api/v1/executions/{second}"))
+        .await
+        .expect(200);
+    assert!(
+        detail.body["steps"]["after"]["status"] != "succeeded",
+        "the step after the sleep never ran: {}",
+        detail.text
+    );
+    drop(b);
+    drop(a);
     database.drop_now().await;
 }

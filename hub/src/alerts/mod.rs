@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::rule::{AlertState, Rule, RuleRequest, Transition};
 use crate::db::Database;
+use crate::db::on_pool;
 use crate::metrics::Telemetry;
 use crate::stream::LiveStream;
 
@@ -44,16 +45,6 @@ pub const MAX_RULES: i64 = 1000;
 pub const MAX_HISTORY: i64 = 1000;
 /// The source of alert events.
 pub const EVENT_SOURCE: &str = "reactor:hub:alerts";
-
-/// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
-}
 
 /// Why an alert operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -295,27 +295,32 @@ pub async fn get_one(State(state): State<HubState>, Path(id): Path<String>) -> A
     Ok(axum::Json(value).into_response())
 }
 
-/// `POST /api/v1/executions/{id}/cancel` — 202 when the cancel was delivered.
+/// `POST /api/v1/executions/{id}/cancel` — 202 when the cancel was delivered here, or recorded
+/// for the hub that runs the execution ([`crate::db::cancels`]); 409 once it has finished.
 pub async fn cancel(State(state): State<HubState>, Path(id): Path<String>) -> ApiResult<Response> {
+    const REASON: &str = "cancelled through the API";
     let id = parse_id(&id)?;
-    if state
-        .workflows
-        .runtime()
-        .cancel(id, "cancelled through the API")
-        .await
-    {
-        return Ok((
+    let accepted = || {
+        (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "execution": id.to_string(), "status": "cancelling" })),
         )
-            .into_response());
+            .into_response()
+    };
+    if state.workflows.runtime().cancel(id, REASON).await {
+        return Ok(accepted());
     }
     let record = record(&state, id).await?;
-    Err(ApiError::conflict(
-        "not running",
-        &format!(
-            "execution {id} is {} and cannot be cancelled",
-            record.status.as_str()
-        ),
-    ))
+    if record.status.is_finished() {
+        return Err(ApiError::conflict(
+            "not running",
+            &format!(
+                "execution {id} is {} and cannot be cancelled",
+                record.status.as_str()
+            ),
+        ));
+    }
+    // Unfinished but not here: another hub runs it (or will adopt it).
+    crate::db::cancels::request(&state.db, id, REASON).await?;
+    Ok(accepted())
 }

@@ -12,6 +12,7 @@
 //! survive a power cut, as on the agent (redb `Durability::Immediate`). The cost is one fsync
 //! of the WAL per commit, which the journal's group commit shares between many writers.
 
+pub mod cancels;
 mod instance;
 mod journal;
 mod leader;
@@ -48,6 +49,18 @@ const POSTGRES_CONNECTIONS: u32 = 16;
 
 /// How long a caller waits for a free pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool: for queries whose
+/// text is the same on both backends (`$1` binds work on both).
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Database::Sqlite($pool) => $body,
+            $crate::db::Database::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

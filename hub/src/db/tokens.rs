@@ -5,17 +5,8 @@ use reactor_core::engine::Timestamp;
 use sqlx::Row;
 
 use super::Database;
+use super::on_pool;
 use crate::auth::{NewToken, Principal, Role, generate_token};
-
-/// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
-}
 
 /// A stored token, without its secret.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,16 +13,7 @@ use reactor_core::engine::Timestamp;
 use sqlx::Row;
 
 use super::Database;
-
-/// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
-}
+use super::on_pool;
 
 /// A stored workflow: its name, newest version and whether it is offered.
 #[derive(Clone, Debug, PartialEq, Eq)]

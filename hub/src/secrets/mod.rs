@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use self::cipher::{Cipher, CipherError, Sealed};
 use self::key::{KeyError, SecretKey};
 use crate::db::Database;
+use crate::db::on_pool;
 
 /// Longest secret name (as `secrets.NAME` in expressions).
 pub const MAX_NAME_LEN: usize = 64;
@@ -38,17 +39,6 @@ pub const MAX_VALUE_LEN: usize = 64 * 1024;
 pub const MAX_SECRETS: i64 = 1000;
 /// How often [`SecretStore::watch`] looks for changes made elsewhere.
 pub const WATCH_PERIOD: Duration = Duration::from_secs(5);
-
-/// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool (`$1` binds work on
-/// both).
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
-}
 
 /// A stored secret, without its value.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -9,6 +9,8 @@
 //!   the SQL journal claims the unfinished executions whose owner's lease expired and resumes
 //!   them from their journals; this hub's own executions are skipped (they are running or
 //!   queued here). Versions such executions need are loaded first.
+//! - **Cancels** (every [`CANCELS_EVERY`]): cancel requests the API recorded for executions
+//!   it could not reach ([`crate::db::cancels`]) are delivered by the hub that runs them.
 //!
 //! On SQLite (one hub per database) both find nothing new; the loop is cheap.
 
@@ -23,6 +25,8 @@ use super::HubState;
 pub const SYNC_EVERY: Duration = Duration::from_millis(2_500);
 /// How often executions of hubs whose lease expired are adopted.
 pub const ADOPT_EVERY: Duration = Duration::from_millis(7_500);
+/// How often recorded cancel requests are read.
+pub const CANCELS_EVERY: Duration = Duration::from_millis(500);
 
 /// Makes the runtime's active workflows those the database holds: installs the latest
 /// version of each active one that is not running at that version, removes the others.
@@ -83,13 +87,45 @@ pub async fn adopt(state: &HubState) -> anyhow::Result<usize> {
         .context("recovering unfinished executions")
 }
 
-/// Runs workflow sync and adoption until the hub stops.
+/// Delivers the recorded cancel requests this hub can: those of executions running or queued
+/// here. Requests of finished (or pruned) executions are dropped; the others stay for the
+/// hub that runs them. Returns how many were delivered here.
+pub async fn deliver_cancels(state: &HubState) -> anyhow::Result<usize> {
+    use crate::db::cancels;
+    let requests = cancels::pending(&state.db)
+        .await
+        .context("reading cancel requests")?;
+    let runtime = state.workflows.runtime();
+    let mut delivered = 0;
+    for request in requests {
+        if runtime.cancel(request.execution, &request.reason).await {
+            delivered += 1;
+        } else {
+            let record = runtime
+                .store()
+                .execution(request.execution)
+                .await
+                .context("reading an execution to cancel")?;
+            if record.is_some_and(|record| !record.status.is_finished()) {
+                continue;
+            }
+        }
+        cancels::remove(&state.db, request.execution)
+            .await
+            .context("removing a cancel request")?;
+    }
+    Ok(delivered)
+}
+
+/// Runs workflow sync, adoption and cancel delivery until the hub stops.
 pub fn spawn(state: HubState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut sync = tokio::time::interval(SYNC_EVERY);
         let mut adoption = tokio::time::interval(ADOPT_EVERY);
-        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        adoption.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cancels = tokio::time::interval(CANCELS_EVERY);
+        for interval in [&mut sync, &mut adoption, &mut cancels] {
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         // Start-up did both just now.
         sync.tick().await;
         adoption.tick().await;
@@ -105,6 +141,11 @@ pub fn spawn(state: HubState) -> tokio::task::JoinHandle<()> {
                     Ok(0) => {}
                     Ok(adopted) => tracing::info!(executions = adopted, "adopted unfinished executions"),
                     Err(error) => tracing::warn!(error = format!("{error:#}"), "adoption failed; retrying"),
+                },
+                _ = cancels.tick() => match deliver_cancels(&state).await {
+                    Ok(0) => {}
+                    Ok(delivered) => tracing::info!(executions = delivered, "delivered cancels recorded by other hubs"),
+                    Err(error) => tracing::warn!(error = format!("{error:#}"), "delivering cancels failed; retrying"),
                 },
             }
         }

@@ -115,7 +115,7 @@ impl Alerts {
         let text = serde_json::to_string(&rule).map_err(|e| AlertError::Corrupt(e.to_string()))?;
         let now = Timestamp::now().millis();
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::db::begin_write(pool).await?;
             let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM alert_rules")
                 .fetch_one(&mut *tx)
                 .await?
@@ -153,7 +153,7 @@ impl Alerts {
     /// Deletes a rule and its history. Returns whether it existed.
     pub async fn delete(&self, id: &str) -> Result<bool, AlertError> {
         let deleted = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::db::begin_write(pool).await?;
             sqlx::query("DELETE FROM alert_history WHERE rule_id = $1")
                 .bind(id)
                 .execute(&mut *tx)

@@ -62,6 +62,21 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Starts a transaction that will write. On SQLite that is `BEGIN IMMEDIATE`: a deferred
+/// transaction that reads, then writes, fails at once with "database is locked" (the busy
+/// timeout does not apply to the upgrade) when another connection committed in between —
+/// seen as a rare 500 on `POST /api/v1/workflows` while the hub's own writers ran.
+pub(crate) async fn begin_write<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> sqlx::Result<sqlx::Transaction<'static, DB>> {
+    let statement = if DB::NAME == "SQLite" {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN"
+    };
+    pool.begin_with(statement).await
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 

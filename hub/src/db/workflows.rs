@@ -80,7 +80,7 @@ pub async fn save_version(
     let hash = source_hash(source);
     let now = Timestamp::now().millis();
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = super::begin_write(pool).await?;
         let current = sqlx::query(
             "SELECT w.latest_version, w.active, v.hash FROM workflows w \
              JOIN workflow_versions v ON v.name = w.name AND v.version = w.latest_version \

@@ -145,7 +145,7 @@ impl SecretStore {
         let sealed = self.cipher.seal(name, value)?;
         let now = Timestamp::now().millis();
         on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::db::begin_write(pool).await?;
             let existed = sqlx::query("SELECT 1 FROM secrets WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)

@@ -245,22 +245,8 @@ async fn resumes_after_the_broker_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_brokers_make_it_unhealthy() {
-    let runtime = runtime(&yaml("t", "g", "127.0.0.1:1"));
-    let running = Running::start(
-        &runtime,
-        "orders",
-        build(&runtime, "orders", &Connections::default()),
-    );
-    let stats = running.context.stats.clone();
-    assert!(
-        eventually(|| {
-            let s = stats.clone();
-            async move { !s.snapshot().healthy() }
-        })
-        .await
-    );
-    assert!(stats.snapshot().last_error.unwrap().1.contains("kafka"));
-    running.stop().await.unwrap();
+    let error = unhealthy_error(&yaml("t", "g", "127.0.0.1:1")).await;
+    assert!(error.contains("kafka"), "{error}");
 }
 
 #[test]

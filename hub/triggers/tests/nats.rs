@@ -228,20 +228,6 @@ async fn persistent_failure_is_unhealthy_with_its_error() {
         "orders",
         "nats: { subject: a, url: \"nats://127.0.0.1:1\" }",
     );
-    let runtime = runtime(&yaml);
-    let running = Running::start(
-        &runtime,
-        "orders",
-        build(&runtime, "orders", &Connections::default()),
-    );
-    let stats = running.context.stats.clone();
-    assert!(
-        eventually(|| {
-            let s = stats.clone();
-            async move { !s.snapshot().healthy() }
-        })
-        .await
-    );
-    assert!(stats.snapshot().last_error.unwrap().1.contains("nats"));
-    running.stop().await.unwrap();
+    let error = unhealthy_error(&yaml).await;
+    assert!(error.contains("nats"), "{error}");
 }

@@ -287,22 +287,8 @@ async fn persistent_failure_is_unhealthy_and_settings_are_checked() {
         "orders",
         "postgres: { table: t, url: \"postgres://postgres@127.0.0.1:1/test\" }",
     );
-    let runtime = runtime(&yaml);
-    let running = Running::start(
-        &runtime,
-        "orders",
-        build(&runtime, "orders", &Connections::default()),
-    );
-    let stats = running.context.stats.clone();
-    assert!(
-        eventually(|| {
-            let s = stats.clone();
-            async move { !s.snapshot().healthy() }
-        })
-        .await
-    );
-    assert!(stats.snapshot().last_error.unwrap().1.contains("postgres"));
-    running.stop().await.unwrap();
+    let error = unhealthy_error(&yaml).await;
+    assert!(error.contains("postgres"), "{error}");
 
     let bad = runtime_with(&workflow(
         "orders",

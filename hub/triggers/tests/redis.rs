@@ -380,24 +380,8 @@ async fn persistent_failure_is_unhealthy_with_its_error() {
         "orders",
         "redis: { stream: s, group: g, url: \"redis://127.0.0.1:1\" }",
     );
-    let runtime = runtime(&yaml);
-    let running = Running::start(
-        &runtime,
-        "orders",
-        build(&runtime, "orders", &Connections::default()),
-    );
-    let stats = running.context.stats.clone();
-    assert!(
-        eventually(|| {
-            let s = stats.clone();
-            async move { !s.snapshot().healthy() }
-        })
-        .await
-    );
-    let snapshot = stats.snapshot();
-    let (_, error) = snapshot.last_error.unwrap();
+    let error = unhealthy_error(&yaml).await;
     assert!(error.contains("redis"), "{error}");
-    running.stop().await.unwrap();
 }
 
 #[tokio::test]

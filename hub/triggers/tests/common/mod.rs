@@ -54,6 +54,32 @@ pub fn build(runtime: &Runtime, name: &str, connections: &Connections) -> Box<dy
         .expect("a hub trigger")
 }
 
+/// Starts the only trigger of `yaml` (workflow `orders`) against a server that is not there,
+/// waits until it reports itself unhealthy and returns its last error.
+pub async fn unhealthy_error(yaml: &str) -> String {
+    let runtime = runtime(yaml);
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    let stats = running.context.stats.clone();
+    assert!(
+        eventually(|| {
+            let s = stats.clone();
+            async move { !s.snapshot().healthy() }
+        })
+        .await,
+        "the trigger never became unhealthy"
+    );
+    let (_, error) = stats
+        .snapshot()
+        .last_error
+        .expect("an unhealthy trigger has an error");
+    running.stop().await.unwrap();
+    error
+}
+
 /// A trigger running on its own task.
 pub struct Running {
     pub context: TriggerContext,

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use reactor_core::engine::{Runtime, Submission, SubmitError};
 use reactor_core::flow::{PollSettings, RowOperation};
 use reactor_core::store::StoreWrite;
-use reactor_core::trigger::TriggerError;
+use reactor_core::trigger::{TriggerContext, TriggerError};
+
+use crate::retry::Failure;
 use serde_json::Value;
 
 /// `table` or `schema.table`, both plain identifiers.
@@ -167,8 +169,64 @@ impl Forgetting {
     }
 }
 
+/// A polled batch after its submissions: how far the poll went and what is left to do.
+pub(crate) struct PolledBatch<'a> {
+    /// The source's name, for errors (`postgres`, `mysql`).
+    pub source: &'static str,
+    /// Prefix of the rows' de-dup keys.
+    pub prefix: &'a str,
+    /// Where the poll position is stored.
+    pub position_key: &'a str,
+    /// The crash test's hook: fail once this many rows were recorded, before the position is
+    /// stored.
+    pub stop_before_ack: Option<u64>,
+}
+
+impl PolledBatch<'_> {
+    /// Settles the batch's results (`positions` and `results` in row order): stores the
+    /// position of the last row handled before the first that was not, forgets the handled
+    /// rows' marks soon after, and asks for a retry when a row was not handled. Returns the
+    /// new position when it moved.
+    pub(crate) async fn record<'v>(
+        &self,
+        context: &TriggerContext,
+        recorded: &mut u64,
+        positions: impl Iterator<Item = &'v Value>,
+        results: Vec<Result<Submission, SubmitError>>,
+    ) -> Result<Option<Value>, Failure> {
+        let Settled {
+            reached,
+            keys,
+            accepted,
+            complete,
+        } = settle(&context.workflow, self.prefix, positions, results);
+        *recorded += accepted;
+        if let Some(limit) = self.stop_before_ack
+            && *recorded >= limit
+        {
+            return Err(Failure::Fatal(TriggerError::Source(
+                "stopped before storing the poll position (crash test)".into(),
+            )));
+        }
+        if let Some(reached) = &reached {
+            save_position(&context.runtime, self.position_key, reached)
+                .await
+                .map_err(Failure::Retry)?;
+            // Rows at or below a stored position are never read again.
+            crate::retry::forget_soon(context, keys);
+        }
+        if !complete {
+            return Err(Failure::Retry(format!(
+                "{} poll: a row was not recorded",
+                self.source
+            )));
+        }
+        Ok(reached)
+    }
+}
+
 /// What a polled batch's submissions came to, in row order.
-pub(crate) struct Settled {
+struct Settled {
     /// The position of the last row handled before the first one that was not: how far the
     /// stored poll position may move.
     pub reached: Option<Value>,
@@ -182,7 +240,7 @@ pub(crate) struct Settled {
 
 /// Walks a polled batch's results (`positions` and `results` in row order) up to the first
 /// row that was not handled, for the `postgres` and `mysql` poll modes.
-pub(crate) fn settle<'a>(
+fn settle<'a>(
     workflow: &str,
     prefix: &str,
     positions: impl Iterator<Item = &'a Value>,

@@ -459,37 +459,17 @@ impl PostgresTrigger {
                 async move { context.submit_once(event, mark).await }
             });
             let results = futures::future::join_all(submissions).await;
-            let sql::Settled {
-                reached,
-                keys,
-                accepted,
-                complete,
-            } = sql::settle(
-                &context.workflow,
-                &prefix,
-                rows.iter().map(|(_, at)| at),
-                results,
-            );
-            *recorded += accepted;
-            if let Some(limit) = self.stop_before_ack
-                && *recorded >= limit
+            let batch = sql::PolledBatch {
+                source: "postgres",
+                prefix: &prefix,
+                position_key: &position_key,
+                stop_before_ack: self.stop_before_ack,
+            };
+            if let Some(reached) = batch
+                .record(context, recorded, rows.iter().map(|(_, at)| at), results)
+                .await?
             {
-                return Err(Failure::Fatal(TriggerError::Source(
-                    "stopped before storing the poll position (crash test)".into(),
-                )));
-            }
-            if let Some(reached) = reached {
-                sql::save_position(&context.runtime, &position_key, &reached)
-                    .await
-                    .map_err(Failure::Retry)?;
                 position = reached;
-                // Rows at or below a stored position are never read again.
-                retry::forget_soon(context, keys);
-            }
-            if !complete {
-                return Err(Failure::Retry(
-                    "postgres poll: a row was not recorded".into(),
-                ));
             }
             if !full && !retry::pause(&context.cancel, poll.every).await {
                 return Ok(());

@@ -238,6 +238,17 @@ pub async fn authenticate(db: &Database, id: &str, credential: &str) -> Result<b
     })
 }
 
+/// Whether device `id` exists (added, enrolled or not).
+pub async fn exists(db: &Database, id: &str) -> Result<bool, sqlx::Error> {
+    on_pool!(db, pool => {
+        Ok(sqlx::query("SELECT 1 FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .is_some())
+    })
+}
+
 /// Health a device reported: failed / total executions over `window_secs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HealthInfo {

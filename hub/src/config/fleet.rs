@@ -14,7 +14,7 @@ use super::{Layered, Origin, ServeFlags, pick};
 use crate::fleet::tls::TlsFiles;
 
 /// The validated fleet settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// Where the device-facing MQTT endpoint listens (embedded broker).
     pub mqtt_listen: Option<SocketAddr>,
@@ -24,6 +24,23 @@ pub struct FleetConfig {
     pub external_broker: Option<String>,
     /// TLS on the device endpoint.
     pub tls: Option<TlsFiles>,
+    /// Renew a desired bundle once less than this fraction of its validity is left (0: never).
+    pub bundle_renew_below: f64,
+}
+
+/// Default of `[fleet] bundle_renew_below`: a third of the validity left.
+pub const DEFAULT_RENEW_BELOW: f64 = 1.0 / 3.0;
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            mqtt_listen: None,
+            advertise: None,
+            external_broker: None,
+            tls: None,
+            bundle_renew_below: DEFAULT_RENEW_BELOW,
+        }
+    }
 }
 
 impl FleetConfig {
@@ -60,6 +77,7 @@ pub(super) struct RawFleet {
     mqtt_tls_cert: Option<PathBuf>,
     mqtt_tls_key: Option<PathBuf>,
     mqtt_tls_ca: Option<PathBuf>,
+    bundle_renew_below: Option<f64>,
 }
 
 /// The layers merged, before validation.
@@ -71,6 +89,7 @@ pub(super) struct MergedFleet {
     cert: Option<Layered<PathBuf>>,
     key: Option<Layered<PathBuf>>,
     ca: Option<Layered<PathBuf>>,
+    renew_below: Option<Layered<f64>>,
 }
 
 impl MergedFleet {
@@ -82,6 +101,7 @@ impl MergedFleet {
         pick(&mut self.cert, raw.mqtt_tls_cert, origin);
         pick(&mut self.key, raw.mqtt_tls_key, origin);
         pick(&mut self.ca, raw.mqtt_tls_ca, origin);
+        pick(&mut self.renew_below, raw.bundle_renew_below, origin);
     }
 
     /// The flags (and their variables), over the file and `REACTOR_FLEET__*`.
@@ -180,11 +200,27 @@ impl MergedFleet {
                 None
             }
         };
+        let bundle_renew_below = match self.renew_below {
+            None => DEFAULT_RENEW_BELOW,
+            Some(fraction) if (0.0..1.0).contains(&fraction.value) => fraction.value,
+            Some(fraction) => {
+                bad(
+                    "bundle_renew_below",
+                    &fraction.origin,
+                    format!(
+                        "{} is not a fraction in [0, 1) (of a bundle's validity left when it is renewed; 0 turns renewal off)",
+                        fraction.value
+                    ),
+                );
+                DEFAULT_RENEW_BELOW
+            }
+        };
         FleetConfig {
             mqtt_listen,
             advertise: self.advertise.map(|a| a.value),
             external_broker: self.broker.map(|b| b.value),
             tls,
+            bundle_renew_below,
         }
     }
 }
@@ -236,6 +272,17 @@ mod tests {
             "mqtt://broker:1883",
             "the hub's credentials are never handed out"
         );
+        assert!((external.fleet.bundle_renew_below - 1.0 / 3.0).abs() < 1e-9);
+        let renew = load(
+            "[fleet]\nbundle_renew_below = 0.25\n",
+            ServeFlags::default(),
+            &[("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0.5")],
+        )
+        .unwrap();
+        assert_eq!(
+            renew.fleet.bundle_renew_below, 0.5,
+            "the environment wins over the file"
+        );
     }
 
     #[test]
@@ -259,6 +306,11 @@ mod tests {
                 "fleet.mqtt_broker",
             ),
             ("[fleet]\nmqtt_port = 1\n", "mqtt_port"),
+            (
+                "[fleet]\nbundle_renew_below = 1.0\n",
+                "fleet.bundle_renew_below",
+            ),
+            ("[fleet]\nbundle_renew_below = -0.5\n", "not a fraction"),
         ] {
             let error = load(text, ServeFlags::default(), &[]).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");

@@ -246,6 +246,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
             signer: signer.clone(),
             delivery,
             wake: rollout_wake,
+            renew_below: config.fleet.bundle_renew_below,
         }
         .run(leader.watch(), state.stopping.clone()),
     );

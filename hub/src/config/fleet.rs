@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{Layered, Origin, ServeFlags, pick};
+use crate::fleet::broker::InternalLogin;
+use crate::fleet::provision::ProvisionMode;
 use crate::fleet::tls::TlsFiles;
 
 /// The validated fleet settings.
@@ -26,6 +28,10 @@ pub struct FleetConfig {
     pub tls: Option<TlsFiles>,
     /// Renew a desired bundle once less than this fraction of its validity is left (0: never).
     pub bundle_renew_below: f64,
+    /// How device credentials reach an external broker (`none`: the operator's job).
+    pub provision: ProvisionMode,
+    /// The broker admin login provisioning uses (else the `mqtt_broker` login).
+    pub provision_login: Option<InternalLogin>,
 }
 
 /// Default of `[fleet] bundle_renew_below`: a third of the validity left.
@@ -39,6 +45,8 @@ impl Default for FleetConfig {
             external_broker: None,
             tls: None,
             bundle_renew_below: DEFAULT_RENEW_BELOW,
+            provision: ProvisionMode::None,
+            provision_login: None,
         }
     }
 }
@@ -78,6 +86,9 @@ pub(super) struct RawFleet {
     mqtt_tls_key: Option<PathBuf>,
     mqtt_tls_ca: Option<PathBuf>,
     bundle_renew_below: Option<f64>,
+    provision: Option<String>,
+    provision_username: Option<String>,
+    provision_password: Option<String>,
 }
 
 /// The layers merged, before validation.
@@ -90,6 +101,9 @@ pub(super) struct MergedFleet {
     key: Option<Layered<PathBuf>>,
     ca: Option<Layered<PathBuf>>,
     renew_below: Option<Layered<f64>>,
+    provision: Option<Layered<String>>,
+    provision_username: Option<Layered<String>>,
+    provision_password: Option<Layered<String>>,
 }
 
 impl MergedFleet {
@@ -102,6 +116,9 @@ impl MergedFleet {
         pick(&mut self.key, raw.mqtt_tls_key, origin);
         pick(&mut self.ca, raw.mqtt_tls_ca, origin);
         pick(&mut self.renew_below, raw.bundle_renew_below, origin);
+        pick(&mut self.provision, raw.provision, origin);
+        pick(&mut self.provision_username, raw.provision_username, origin);
+        pick(&mut self.provision_password, raw.provision_password, origin);
     }
 
     /// The flags (and their variables), over the file and `REACTOR_FLEET__*`.
@@ -215,12 +232,52 @@ impl MergedFleet {
                 DEFAULT_RENEW_BELOW
             }
         };
+        let provision = match &self.provision {
+            None => ProvisionMode::None,
+            Some(mode) => match mode.value.parse::<ProvisionMode>() {
+                Ok(parsed) => {
+                    if parsed != ProvisionMode::None && self.broker.is_none() {
+                        bad(
+                            "provision",
+                            &mode.origin,
+                            "provisioning is for an external broker: set mqtt_broker too".into(),
+                        );
+                    }
+                    parsed
+                }
+                Err(error) => {
+                    bad("provision", &mode.origin, error);
+                    ProvisionMode::None
+                }
+            },
+        };
+        let provision_login = match (self.provision_username, self.provision_password) {
+            (None, None) => None,
+            (Some(username), password) if !username.value.is_empty() => Some(InternalLogin {
+                username: username.value,
+                password: password.map(|p| p.value).unwrap_or_default(),
+            }),
+            (Some(username), _) => {
+                bad("provision_username", &username.origin, "is empty".into());
+                None
+            }
+            (None, Some(password)) => {
+                bad(
+                    "provision_password",
+                    &password.origin,
+                    "needs provision_username".into(),
+                );
+                None
+            }
+        };
         FleetConfig {
             mqtt_listen,
             advertise: self.advertise.map(|a| a.value),
             external_broker: self.broker.map(|b| b.value),
             tls,
             bundle_renew_below,
+            provision,
+            provision_login,
         }
     }
 }
@@ -230,6 +287,7 @@ mod tests {
     use std::path::PathBuf;
 
     use crate::config::{HubConfig, ServeFlags};
+    use crate::fleet::provision::ProvisionMode;
 
     fn load(text: &str, flags: ServeFlags, vars: &[(&str, &str)]) -> Result<HubConfig, String> {
         let dir = tempfile::tempdir().unwrap();
@@ -283,6 +341,17 @@ mod tests {
             renew.fleet.bundle_renew_below, 0.5,
             "the environment wins over the file"
         );
+        assert_eq!(renew.fleet.provision, ProvisionMode::None);
+        let dynsec = load(
+            "[fleet]\nmqtt_broker = \"mqtt://hub:pw@broker:1883\"\nprovision = \"mosquitto_dynsec\"\n\
+             provision_username = \"admin\"\n",
+            ServeFlags::default(),
+            &[("REACTOR_FLEET__PROVISION_PASSWORD", "s3cret")],
+        )
+        .unwrap();
+        assert_eq!(dynsec.fleet.provision, ProvisionMode::MosquittoDynsec);
+        let login = dynsec.fleet.provision_login.unwrap();
+        assert_eq!((login.username.as_str(), login.password.as_str()), ("admin", "s3cret"));
     }
 
     #[test]
@@ -311,6 +380,12 @@ mod tests {
                 "fleet.bundle_renew_below",
             ),
             ("[fleet]\nbundle_renew_below = -0.5\n", "not a fraction"),
+            ("[fleet]\nprovision = \"mosquitto_dynsec\"\n", "set mqtt_broker too"),
+            (
+                "[fleet]\nmqtt_broker = \"mqtt://b:1\"\nprovision = \"acl\"\n",
+                "expected \"none\" or \"mosquitto_dynsec\"",
+            ),
+            ("[fleet]\nprovision_password = \"x\"\n", "needs provision_username"),
         ] {
             let error = load(text, ServeFlags::default(), &[]).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");

@@ -351,7 +351,10 @@ mod tests {
         .unwrap();
         assert_eq!(dynsec.fleet.provision, ProvisionMode::MosquittoDynsec);
         let login = dynsec.fleet.provision_login.unwrap();
-        assert_eq!((login.username.as_str(), login.password.as_str()), ("admin", "s3cret"));
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("admin", "s3cret")
+        );
     }
 
     #[test]
@@ -380,12 +383,18 @@ mod tests {
                 "fleet.bundle_renew_below",
             ),
             ("[fleet]\nbundle_renew_below = -0.5\n", "not a fraction"),
-            ("[fleet]\nprovision = \"mosquitto_dynsec\"\n", "set mqtt_broker too"),
+            (
+                "[fleet]\nprovision = \"mosquitto_dynsec\"\n",
+                "set mqtt_broker too",
+            ),
             (
                 "[fleet]\nmqtt_broker = \"mqtt://b:1\"\nprovision = \"acl\"\n",
                 "expected \"none\" or \"mosquitto_dynsec\"",
             ),
-            ("[fleet]\nprovision_password = \"x\"\n", "needs provision_username"),
+            (
+                "[fleet]\nprovision_password = \"x\"\n",
+                "needs provision_username",
+            ),
         ] {
             let error = load(text, ServeFlags::default(), &[]).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");

@@ -194,7 +194,11 @@ impl Dynsec {
     pub async fn device(&self, id: &DeviceId, credential: &str) -> Result<(), ProvisionError> {
         let name = id.as_str();
         let role = device_role(id);
-        if self.admin.login.as_ref().is_some_and(|l| l.username == name)
+        if self
+            .admin
+            .login
+            .as_ref()
+            .is_some_and(|l| l.username == name)
             || self.hub.as_ref().is_some_and(|l| l.username == name)
         {
             return Err(ProvisionError(format!(
@@ -231,7 +235,11 @@ impl Dynsec {
             answer.ok_or(&[])?;
         }
         session.close();
-        tracing::info!(device = name, role, "device provisioned on the broker (dynamic security)");
+        tracing::info!(
+            device = name,
+            role,
+            "device provisioned on the broker (dynamic security)"
+        );
         Ok(())
     }
 
@@ -457,7 +465,9 @@ impl Session {
                     }
                     Ok(_) => {}
                     Err(error) => {
-                        return Err(ProvisionError(format!("the broker connection failed: {error}")));
+                        return Err(ProvisionError(format!(
+                            "the broker connection failed: {error}"
+                        )));
                     }
                 }
             }
@@ -506,10 +516,11 @@ mod tests {
                 "reactor/v1/d/pump-1/executions"
             ]
         );
-        assert!(hub_acls().iter().all(|a| a["topic"]
-            .as_str()
-            .unwrap()
-            .starts_with("reactor/v1/d/+/")));
+        assert!(
+            hub_acls()
+                .iter()
+                .all(|a| a["topic"].as_str().unwrap().starts_with("reactor/v1/d/+/"))
+        );
         assert_eq!("none".parse(), Ok(ProvisionMode::None));
         assert!("dynsec".parse::<ProvisionMode>().is_err());
     }

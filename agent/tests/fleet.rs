@@ -8,6 +8,7 @@
 //! - overflow: a tiny outbox under `drop_oldest` reports what it dropped as a gap, and the hub
 //!   sees every seq either stored or covered by the gap;
 //! - bundles and commands: a signed bundle installs its workflow, a forged one is refused,
+//!   a renewal (same workflows, higher version) is reported without reinstalling anything,
 //!   ping/run commands are answered once per command id.
 
 mod fleet_support;
@@ -344,6 +345,37 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         assert!(std::time::Instant::now() < deadline, "{results:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A renewal (the hub re-signs before expiry): same workflows, a higher version. The
+    // status reports it; nothing is installed again.
+    let installs = |logs: &str| logs.matches("workflow active").count();
+    let before = installs(&agent.logs());
+    assert!(before > 0, "the bundle's install is not logged: {}", agent.logs());
+    hub.send(
+        Channel::Bundle,
+        Envelope::new(
+            Seq(3),
+            Message::Bundle(BundleFrame {
+                bytes: signer.sign(spec(3)),
+            }),
+        ),
+        false,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let online = hub.state.lock().unwrap().online;
+        if matches!(online, Some((_, _, Some(3)))) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{online:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = agent.logs();
+    assert!(logs.contains("nothing reinstalled"), "{logs}");
+    assert_eq!(installs(&logs), before, "a renewal reinstalled workflows");
+    let (status, body) = agent.post("/produce", serde_json::json!({"n": 3})).await;
+    assert!(status == 202 || status == 200, "{status} {body}");
 
     // After a kill -9 the accepted bundle is applied again from the store (it was not
     // retained on the broker, so only the device's own record can bring it back).

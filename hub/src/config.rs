@@ -123,6 +123,8 @@ Configuration (hub.toml; layers: defaults < file < REACTOR_* environment < flags
              mqtt_tls_cert / mqtt_tls_key / mqtt_tls_ca = PEM files (TLS on that endpoint);
              mqtt_advertise = \"mqtts://hub.example:8883\" (what enrollment hands out);
              or mqtt_broker = \"mqtt://USER:PASS@HOST:1883\" (an external broker instead)
+             bundle_renew_below = 0.333 (re-sign a desired bundle once less than this
+             fraction of its validity is left; 0: never)
 
 Environment: every key also as REACTOR_<SECTION>__<KEY>, e.g. REACTOR_LIMITS__MAX_BODY=65536,
 REACTOR_EXEC__ALLOW='[\"echo\"]' (values are TOML values, or plain text).

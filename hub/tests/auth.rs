@@ -130,7 +130,7 @@ fn table() -> Vec<Row> {
             Editor,
             422,
         ),
-        row("GET", "/api/v1/devices/{id}/commands", None, Viewer, 200),
+        row("GET", "/api/v1/devices/{id}/commands", None, Viewer, 404),
         row(
             "GET",
             "/api/v1/devices/{id}/commands/{command}",

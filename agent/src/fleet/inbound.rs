@@ -7,7 +7,8 @@
 //! and workflows of an earlier bundle that the new one no longer has are removed. A refused
 //! bundle changes nothing; the status keeps reporting the active version (a rollout sees "did
 //! not converge"). At start-up the accepted bundle is re-applied (`reopen`), which completes an
-//! apply that a crash interrupted.
+//! apply that a crash interrupted. A renewal — a newer bundle whose workflows (names and
+//! digests) are those applied — only changes the reported version.
 //!
 //! Commands: run a workflow now, cancel an execution, ping. Answers go on `executions` as
 //! `CommandResult` under the command's seq. The last [`REMEMBERED`] answers are kept in the
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use reactor_core::deploy::{ActiveWorkflows, Origin};
 use reactor_core::engine::{Event, ExecutionId, Submission, SubmitError, Timestamp};
 use reactor_core::store::{Store, StoreWrite};
-use reactor_core::sync::bundle::{Acceptance, BundleVerifier, VerifiedBundle};
+use reactor_core::sync::bundle::{Acceptance, BundleVerifier, VerifiedBundle, WorkflowDigest};
 use reactor_core::sync::messages::{Command, CommandOutcome, CommandResult, ExecutionRef};
 use reactor_core::sync::{Channel, Envelope, Frame, Message, Seq};
 use tokio::sync::mpsc;
@@ -37,6 +38,10 @@ pub struct Handler {
     pub store: Arc<dyn Store>,
     pub workflows: Arc<ActiveWorkflows>,
     pub status: Arc<StatusSource>,
+    /// The workflows (names and SHA-256, in order) of the bundle applied last. A newer
+    /// bundle with exactly these is a renewal (the hub re-signs bundles before they expire):
+    /// nothing is reinstalled and the health window keeps counting.
+    pub applied: Option<Vec<WorkflowDigest>>,
 }
 
 impl Handler {
@@ -90,9 +95,17 @@ impl Handler {
             .await;
         match accepted {
             Ok(Acceptance::Accepted(bundle)) => {
-                self.apply(&bundle).await;
-                // The reported health judges the new workflows only.
-                self.status.health.restart();
+                if self.applied.as_ref() == Some(&bundle.manifest.workflows) {
+                    self.set_version(bundle.manifest.version);
+                    tracing::info!(
+                        version = bundle.manifest.version,
+                        "bundle renewed (same workflows): nothing reinstalled"
+                    );
+                } else {
+                    self.apply(&bundle).await;
+                    // The reported health judges the new workflows only.
+                    self.status.health.restart();
+                }
                 true
             }
             Ok(Acceptance::AlreadyActive { version }) => {
@@ -106,7 +119,7 @@ impl Handler {
         }
     }
 
-    async fn apply(&self, bundle: &VerifiedBundle) {
+    async fn apply(&mut self, bundle: &VerifiedBundle) {
         let version = bundle.manifest.version;
         let mut names = Vec::new();
         for workflow in &bundle.workflows {
@@ -134,12 +147,18 @@ impl Handler {
                 self.workflows.remove(&name).await;
             }
         }
+        self.set_version(version);
+        self.applied = Some(bundle.manifest.workflows.clone());
+        tracing::info!(version, workflows = names.len(), "bundle applied");
+    }
+
+    /// The version the status reports.
+    fn set_version(&self, version: u64) {
         *self
             .status
             .bundle_version
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(version);
-        tracing::info!(version, workflows = names.len(), "bundle applied");
     }
 
     fn remembered_key(seq: Seq) -> String {

@@ -124,6 +124,7 @@ impl Fleet {
             store: store.clone(),
             workflows,
             status: status.clone(),
+            applied: None,
         };
         handler.reopen().await?;
         let client = Client {

@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{Layered, Origin, ServeFlags, pick};
+use crate::fleet::broker::InternalLogin;
+use crate::fleet::provision::ProvisionMode;
 use crate::fleet::tls::TlsFiles;
 
 /// The validated fleet settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// Where the device-facing MQTT endpoint listens (embedded broker).
     pub mqtt_listen: Option<SocketAddr>,
@@ -24,6 +26,29 @@ pub struct FleetConfig {
     pub external_broker: Option<String>,
     /// TLS on the device endpoint.
     pub tls: Option<TlsFiles>,
+    /// Renew a desired bundle once less than this fraction of its validity is left (0: never).
+    pub bundle_renew_below: f64,
+    /// How device credentials reach an external broker (`none`: the operator's job).
+    pub provision: ProvisionMode,
+    /// The broker admin login provisioning uses (else the `mqtt_broker` login).
+    pub provision_login: Option<InternalLogin>,
+}
+
+/// Default of `[fleet] bundle_renew_below`: a third of the validity left.
+pub const DEFAULT_RENEW_BELOW: f64 = 1.0 / 3.0;
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            mqtt_listen: None,
+            advertise: None,
+            external_broker: None,
+            tls: None,
+            bundle_renew_below: DEFAULT_RENEW_BELOW,
+            provision: ProvisionMode::None,
+            provision_login: None,
+        }
+    }
 }
 
 impl FleetConfig {
@@ -60,6 +85,10 @@ pub(super) struct RawFleet {
     mqtt_tls_cert: Option<PathBuf>,
     mqtt_tls_key: Option<PathBuf>,
     mqtt_tls_ca: Option<PathBuf>,
+    bundle_renew_below: Option<f64>,
+    provision: Option<String>,
+    provision_username: Option<String>,
+    provision_password: Option<String>,
 }
 
 /// The layers merged, before validation.
@@ -71,6 +100,10 @@ pub(super) struct MergedFleet {
     cert: Option<Layered<PathBuf>>,
     key: Option<Layered<PathBuf>>,
     ca: Option<Layered<PathBuf>>,
+    renew_below: Option<Layered<f64>>,
+    provision: Option<Layered<String>>,
+    provision_username: Option<Layered<String>>,
+    provision_password: Option<Layered<String>>,
 }
 
 impl MergedFleet {
@@ -82,6 +115,10 @@ impl MergedFleet {
         pick(&mut self.cert, raw.mqtt_tls_cert, origin);
         pick(&mut self.key, raw.mqtt_tls_key, origin);
         pick(&mut self.ca, raw.mqtt_tls_ca, origin);
+        pick(&mut self.renew_below, raw.bundle_renew_below, origin);
+        pick(&mut self.provision, raw.provision, origin);
+        pick(&mut self.provision_username, raw.provision_username, origin);
+        pick(&mut self.provision_password, raw.provision_password, origin);
     }
 
     /// The flags (and their variables), over the file and `REACTOR_FLEET__*`.
@@ -180,11 +217,67 @@ impl MergedFleet {
                 None
             }
         };
+        let bundle_renew_below = match self.renew_below {
+            None => DEFAULT_RENEW_BELOW,
+            Some(fraction) if (0.0..1.0).contains(&fraction.value) => fraction.value,
+            Some(fraction) => {
+                bad(
+                    "bundle_renew_below",
+                    &fraction.origin,
+                    format!(
+                        "{} is not a fraction in [0, 1) (of a bundle's validity left when it is renewed; 0 turns renewal off)",
+                        fraction.value
+                    ),
+                );
+                DEFAULT_RENEW_BELOW
+            }
+        };
+        let provision = match &self.provision {
+            None => ProvisionMode::None,
+            Some(mode) => match mode.value.parse::<ProvisionMode>() {
+                Ok(parsed) => {
+                    if parsed != ProvisionMode::None && self.broker.is_none() {
+                        bad(
+                            "provision",
+                            &mode.origin,
+                            "provisioning is for an external broker: set mqtt_broker too".into(),
+                        );
+                    }
+                    parsed
+                }
+                Err(error) => {
+                    bad("provision", &mode.origin, error);
+                    ProvisionMode::None
+                }
+            },
+        };
+        let provision_login = match (self.provision_username, self.provision_password) {
+            (None, None) => None,
+            (Some(username), password) if !username.value.is_empty() => Some(InternalLogin {
+                username: username.value,
+                password: password.map(|p| p.value).unwrap_or_default(),
+            }),
+            (Some(username), _) => {
+                bad("provision_username", &username.origin, "is empty".into());
+                None
+            }
+            (None, Some(password)) => {
+                bad(
+                    "provision_password",
+                    &password.origin,
+                    "needs provision_username".into(),
+                );
+                None
+            }
+        };
         FleetConfig {
             mqtt_listen,
             advertise: self.advertise.map(|a| a.value),
             external_broker: self.broker.map(|b| b.value),
             tls,
+            bundle_renew_below,
+            provision,
+            provision_login,
         }
     }
 }
@@ -194,6 +287,7 @@ mod tests {
     use std::path::PathBuf;
 
     use crate::config::{HubConfig, ServeFlags};
+    use crate::fleet::provision::ProvisionMode;
 
     fn load(text: &str, flags: ServeFlags, vars: &[(&str, &str)]) -> Result<HubConfig, String> {
         let dir = tempfile::tempdir().unwrap();
@@ -236,6 +330,31 @@ mod tests {
             "mqtt://broker:1883",
             "the hub's credentials are never handed out"
         );
+        assert!((external.fleet.bundle_renew_below - 1.0 / 3.0).abs() < 1e-9);
+        let renew = load(
+            "[fleet]\nbundle_renew_below = 0.25\n",
+            ServeFlags::default(),
+            &[("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0.5")],
+        )
+        .unwrap();
+        assert_eq!(
+            renew.fleet.bundle_renew_below, 0.5,
+            "the environment wins over the file"
+        );
+        assert_eq!(renew.fleet.provision, ProvisionMode::None);
+        let dynsec = load(
+            "[fleet]\nmqtt_broker = \"mqtt://hub:pw@broker:1883\"\nprovision = \"mosquitto_dynsec\"\n\
+             provision_username = \"admin\"\n",
+            ServeFlags::default(),
+            &[("REACTOR_FLEET__PROVISION_PASSWORD", "s3cret")],
+        )
+        .unwrap();
+        assert_eq!(dynsec.fleet.provision, ProvisionMode::MosquittoDynsec);
+        let login = dynsec.fleet.provision_login.unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("admin", "s3cret")
+        );
     }
 
     #[test]
@@ -259,6 +378,23 @@ mod tests {
                 "fleet.mqtt_broker",
             ),
             ("[fleet]\nmqtt_port = 1\n", "mqtt_port"),
+            (
+                "[fleet]\nbundle_renew_below = 1.0\n",
+                "fleet.bundle_renew_below",
+            ),
+            ("[fleet]\nbundle_renew_below = -0.5\n", "not a fraction"),
+            (
+                "[fleet]\nprovision = \"mosquitto_dynsec\"\n",
+                "set mqtt_broker too",
+            ),
+            (
+                "[fleet]\nmqtt_broker = \"mqtt://b:1\"\nprovision = \"acl\"\n",
+                "expected \"none\" or \"mosquitto_dynsec\"",
+            ),
+            (
+                "[fleet]\nprovision_password = \"x\"\n",
+                "needs provision_username",
+            ),
         ] {
             let error = load(text, ServeFlags::default(), &[]).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");

@@ -14,7 +14,8 @@ use reactor_core::sync::bundle::BundleSigner;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::registry::{self, RegistryError};
+use super::provision::Provisioner;
+use super::registry::{self, Enrolled, RegistryError};
 use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Role;
 use crate::db::Database;
@@ -34,6 +35,8 @@ pub struct EnrollState {
     pub broker: String,
     /// PEM devices trust for an `mqtts://` broker (the device endpoint's CA), if any.
     pub ca_pem: Option<String>,
+    /// How the device's credential reaches an external broker.
+    pub provision: Arc<Provisioner>,
 }
 
 /// The routes behind the hub's bearer-token auth.
@@ -62,6 +65,37 @@ async fn list_devices(State(state): State<HubState>) -> ApiResult<Response> {
     Ok(axum::Json(json!({ "devices": devices })).into_response())
 }
 
+/// Enrollment with the credential provisioned on the broker first: the token is checked,
+/// the broker learns the device's login, then the token is spent. A provisioning failure is
+/// a 502 and leaves the token usable.
+async fn provisioned(
+    state: &EnrollState,
+    dynsec: &super::provision::Dynsec,
+    token: &str,
+) -> Result<Result<Enrolled, RegistryError>, Response> {
+    let _one_at_a_time = dynsec.lock().await;
+    let device = match registry::token_device(&state.db, token).await {
+        Ok(device) => device,
+        Err(error) => return Ok(Err(error)),
+    };
+    let credential = match registry::new_credential() {
+        Ok(credential) => credential,
+        Err(error) => return Ok(Err(error)),
+    };
+    if let Err(error) = dynsec.device(&device, &credential).await {
+        tracing::error!(device = device.as_str(), %error, "enrollment failed: the device's broker login could not be provisioned");
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "broker provisioning failed",
+            &format!(
+                "the device's login could not be created on the MQTT broker: {error}; the enrollment token was not spent, try again"
+            ),
+        )
+        .into_response());
+    }
+    Ok(registry::enroll_with(&state.db, token, credential).await)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnrollRequest {
@@ -81,7 +115,15 @@ async fn enroll(State(state): State<EnrollState>, body: Bytes) -> Response {
             .into_response();
         }
     };
-    match registry::enroll(&state.db, request.token.trim()).await {
+    let token = request.token.trim();
+    let enrolled = match &*state.provision {
+        Provisioner::None => registry::enroll(&state.db, token).await,
+        Provisioner::Dynsec(dynsec) => match provisioned(&state, dynsec, token).await {
+            Ok(enrolled) => enrolled,
+            Err(response) => return response,
+        },
+    };
+    match enrolled {
         Ok(enrolled) => {
             tracing::info!(device = enrolled.device.as_str(), "device enrolled");
             let mut broker = json!({

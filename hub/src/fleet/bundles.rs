@@ -10,6 +10,12 @@
 //!
 //! Versions never go backwards on a device, so a rollback is a **new, higher version**
 //! carrying an earlier bundle's workflows ([`sign_and_store`] with `purpose = "rollback"`).
+//!
+//! Bundles carry an expiry and devices refuse expired ones, so the leader re-signs every
+//! desired bundle before it expires ([`renew`]: same target and workflows, a new version, a
+//! new expiry, the current key; `purpose = "renewal"`; driven by
+//! [`super::rollout::renewal`]). Delivery never sends a bundle whose expiry has passed
+//! ([`deliverable`]).
 
 use std::time::Duration;
 
@@ -89,6 +95,8 @@ pub fn validate(texts: &[String]) -> Result<Vec<WorkflowText>, BundleBuildError>
 pub enum Purpose {
     Rollout,
     Rollback,
+    /// The same content re-signed before it expires.
+    Renewal,
 }
 
 impl Purpose {
@@ -96,6 +104,7 @@ impl Purpose {
         match self {
             Purpose::Rollout => "rollout",
             Purpose::Rollback => "rollback",
+            Purpose::Renewal => "renewal",
         }
     }
 }
@@ -185,6 +194,133 @@ pub async fn bytes(db: &Database, version: u64) -> Result<Option<Vec<u8>>, sqlx:
             .await?
             .map(|row| row.try_get::<Vec<u8>, _>(0))
             .transpose()
+    })
+}
+
+/// The signed bytes of bundle `version` with its expiry (ms since the epoch), or `None` when it
+/// is not stored. Delivery checks the expiry before every send.
+pub async fn deliverable(
+    db: &Database,
+    version: u64,
+) -> Result<Option<(Vec<u8>, i64)>, sqlx::Error> {
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    on_pool!(db, pool => {
+        sqlx::query("SELECT bytes, expires_at FROM fleet_bundles WHERE version = $1")
+            .bind(version)
+            .fetch_optional(pool)
+            .await?
+            .map(|row| Ok((row.try_get::<Vec<u8>, _>(0)?, row.try_get::<i64, _>(1)?)))
+            .transpose()
+    })
+}
+
+/// When a bundle valid from `created` to `expires` (ms) is due for renewal: once less than
+/// `fraction` of its validity is left. A bundle without validity is due at once.
+pub fn renewal_due(created: i64, expires: i64, fraction: f64) -> i64 {
+    let validity = expires.saturating_sub(created).max(0);
+    let left = (validity as f64 * fraction.clamp(0.0, 1.0)) as i64;
+    expires.saturating_sub(left)
+}
+
+/// Validity (created, expires; ms) of each of `versions` that is stored.
+pub async fn validity(
+    db: &Database,
+    versions: &[u64],
+) -> Result<Vec<(u64, i64, i64)>, sqlx::Error> {
+    let mut out = Vec::with_capacity(versions.len());
+    for &version in versions {
+        let Ok(key) = i64::try_from(version) else {
+            continue;
+        };
+        let row: Option<(i64, i64)> = on_pool!(db, pool => {
+            sqlx::query("SELECT created_at, expires_at FROM fleet_bundles WHERE version = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+                .transpose()?
+        });
+        if let Some((created, expires)) = row {
+            out.push((version, created, expires));
+        }
+    }
+    Ok(out)
+}
+
+/// The distinct versions some device should run.
+pub async fn desired_versions(db: &Database) -> Result<Vec<u64>, sqlx::Error> {
+    on_pool!(db, pool => {
+        sqlx::query("SELECT DISTINCT version FROM fleet_desired")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| row.try_get::<i64, _>(0).map(|v| u64::try_from(v).unwrap_or(0)))
+            .collect()
+    })
+}
+
+/// Re-signs bundle `version`: same target, same workflows, same rollout, the same length of
+/// validity from now, the signer's (current) key, the next fleet-wide version. Returns the
+/// new version, or `None` when `version` is not stored.
+pub async fn renew(
+    db: &Database,
+    signer: &BundleSigner,
+    version: u64,
+) -> Result<Option<u64>, BundleBuildError> {
+    let key = i64::try_from(version).unwrap_or(i64::MAX);
+    let row = on_pool!(db, pool => {
+        sqlx::query(
+            "SELECT target, workflows, created_at, expires_at, rollout_id FROM fleet_bundles \
+             WHERE version = $1",
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| {
+            Ok::<_, sqlx::Error>((
+                row.try_get::<String, _>(0)?,
+                row.try_get::<String, _>(1)?,
+                row.try_get::<i64, _>(2)?,
+                row.try_get::<i64, _>(3)?,
+                row.try_get::<Option<String>, _>(4)?,
+            ))
+        })
+        .transpose()?
+    });
+    let Some((target, workflows, created, expires, rollout)) = row else {
+        return Ok(None);
+    };
+    let target: Labels = serde_json::from_str(&target)
+        .map_err(|e| BundleBuildError::Refused(format!("bundle {version}'s target: {e}")))?;
+    let workflows: Vec<WorkflowText> = serde_json::from_str(&workflows)
+        .map_err(|e| BundleBuildError::Refused(format!("bundle {version}'s workflows: {e}")))?;
+    let validity = Duration::from_millis(u64::try_from(expires - created).unwrap_or(0).max(1000));
+    sign_and_store(
+        db,
+        signer,
+        &target,
+        &workflows,
+        validity,
+        rollout.as_deref(),
+        Purpose::Renewal,
+    )
+    .await
+    .map(Some)
+}
+
+/// Every device whose desired bundle is `from` gets `to` instead (a renewal: same content).
+pub async fn replace_desired(db: &Database, from: u64, to: u64) -> Result<u64, sqlx::Error> {
+    let now = Timestamp::now().millis();
+    on_pool!(db, pool => {
+        Ok(sqlx::query(
+            "UPDATE fleet_desired SET version = $2, assigned_at = $3 WHERE version = $1",
+        )
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(to).unwrap_or(i64::MAX))
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected())
     })
 }
 
@@ -286,5 +422,17 @@ mod tests {
             panic!("accepted two workflows of one name");
         };
         assert!(dup[0].message.contains("already"), "{dup:?}");
+    }
+
+    #[test]
+    fn renewal_is_due_when_the_fraction_left_is_reached() {
+        // Valid 0..=3000 ms: a third left at 2000.
+        assert_eq!(renewal_due(0, 3000, 1.0 / 3.0), 2000);
+        assert_eq!(renewal_due(1000, 7000, 0.5), 4000);
+        // 0 renews only once expired; out-of-range fractions are clamped.
+        assert_eq!(renewal_due(0, 3000, 0.0), 3000);
+        assert_eq!(renewal_due(0, 3000, 2.0), 0);
+        // A bundle that expired before it was created is due at its expiry.
+        assert_eq!(renewal_due(5000, 1000, 0.5), 1000);
     }
 }

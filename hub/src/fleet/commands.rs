@@ -12,6 +12,8 @@
 //! - The device's `CommandResult` (on its `executions` channel, seen by ingest) is stored by
 //!   [`record_result`] → `answered` with the result.
 //! - `GET /api/v1/devices/{id}/commands/{cmd}` and `GET /api/v1/devices/{id}/commands`.
+//!
+//! Every route answers 404 (problem+json, "unknown device") for a device that does not exist.
 
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::delivery::Delivery;
-use super::registry::on_pool;
+use super::registry::{self, on_pool};
 use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::{Principal, Role};
 use crate::db::Database;
@@ -385,10 +387,7 @@ async fn send(
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid command", &e))?;
     let by = principal.map(|Extension(p)| p.token_id);
     let Some(seq) = create(&state.db, &id, &command, by.as_deref()).await? else {
-        return Err(ApiError::not_found(
-            "unknown device",
-            &format!("no device {id:?} (reactor-hub device add)"),
-        ));
+        return Err(unknown_device(&id));
     };
     if let Some(delivery) = &delivery {
         delivery.wake();
@@ -414,7 +413,25 @@ async fn send(
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
+/// 404 (problem+json) unless device `id` exists: every per-device route answers so for an
+/// unknown device rather than an empty result.
+async fn known_device(db: &Database, id: &str) -> ApiResult<()> {
+    if registry::exists(db, id).await? {
+        Ok(())
+    } else {
+        Err(unknown_device(id))
+    }
+}
+
+fn unknown_device(id: &str) -> ApiError {
+    ApiError::not_found(
+        "unknown device",
+        &format!("no device {id:?} (reactor-hub device add)"),
+    )
+}
+
 async fn list(State(state): State<HubState>, Path(id): Path<String>) -> ApiResult<Response> {
+    known_device(&state.db, &id).await?;
     let commands = select(&state.db, &id, None, 100).await?;
     Ok(axum::Json(json!({ "commands": commands })).into_response())
 }
@@ -423,6 +440,7 @@ async fn show(
     State(state): State<HubState>,
     Path((id, command)): Path<(String, i64)>,
 ) -> ApiResult<Response> {
+    known_device(&state.db, &id).await?;
     match get_one(&state.db, &id, command).await? {
         Some(found) => Ok(axum::Json(found).into_response()),
         None => Err(ApiError::not_found(

@@ -17,6 +17,11 @@
 //! rule), so a device reconnecting to the same broker has it at once; the retained copy is
 //! lost with the embedded broker on a hub restart, which the status rule covers. A bundle
 //! delivered twice is harmless: the agent answers `AlreadyActive`.
+//!
+//! When a device's desired version changes while it is offline (a renewal, a later stage),
+//! the new bundle is still published retained to it if this hub has seen it, so the copy
+//! its broker holds for its reconnection is never an older (possibly expired) one. A bundle
+//! whose expiry has passed is never sent (devices refuse it; its renewal replaces it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,7 +63,8 @@ struct State {
     desired: HashMap<String, u64>,
     /// Last bundle send per device: version and when.
     sent: HashMap<String, (u64, Instant)>,
-    frames: HashMap<u64, Arc<Vec<u8>>>,
+    /// Encoded bundle frames with their expiry (ms since the epoch).
+    frames: HashMap<u64, (Arc<Vec<u8>>, i64)>,
 }
 
 /// Counters, for logs and tests.
@@ -166,7 +172,7 @@ pub fn start(
                     }
                     let changed = inner.merge_desired(rows);
                     for device in changed {
-                        inner.check(&device, false).await;
+                        inner.check(&device, false, true).await;
                     }
                 }
                 Err(error) => tracing::warn!(%error, "reading desired bundles failed"),
@@ -174,7 +180,7 @@ pub fn start(
             if last_resend.elapsed() >= RESEND_AFTER {
                 last_resend = Instant::now();
                 for device in inner.behind() {
-                    inner.check(&device, false).await;
+                    inner.check(&device, false, false).await;
                 }
             }
             inner.commands().await;
@@ -185,7 +191,7 @@ pub fn start(
                     () = inner.wake.notified() => break,
                     () = tokio::time::sleep_until(deadline) => break,
                     device = behind_rx.recv() => match device {
-                        Some(device) => inner.check(&device, true).await,
+                        Some(device) => inner.check(&device, true, false).await,
                         None => return,
                     },
                 }
@@ -267,15 +273,26 @@ impl Inner {
 
     /// Sends `device` its desired bundle if it is online here and behind. A status that
     /// says the device is (again) behind (`fresh`) sends even right after a send: the
-    /// device reconnected and may have missed it.
-    async fn check(&self, device: &str, fresh: bool) {
+    /// device reconnected and may have missed it. `offline_too` (the desired version just
+    /// changed): also to a device seen here offline, once per version, to replace the
+    /// retained copy it will get when it reconnects.
+    async fn check(&self, device: &str, fresh: bool, offline_too: bool) {
         let version = {
             let state = self.lock();
             let (Some(seen), Some(&desired)) = (state.seen.get(device), state.desired.get(device))
             else {
                 return;
             };
-            if !seen.online || seen.bundle.is_some_and(|v| v >= desired) {
+            if seen.bundle.is_some_and(|v| v >= desired) {
+                return;
+            }
+            let retain_only = !seen.online
+                && offline_too
+                && state
+                    .sent
+                    .get(device)
+                    .is_none_or(|(sent, _)| *sent != desired);
+            if !seen.online && !retain_only {
                 return;
             }
             if !fresh
@@ -287,9 +304,17 @@ impl Inner {
             }
             desired
         };
-        let Some(frame) = self.frame(version).await else {
+        let Some((frame, expires)) = self.frame(version).await else {
             return;
         };
+        if expires <= reactor_core::engine::Timestamp::now().millis() {
+            tracing::warn!(
+                device,
+                version,
+                "the desired bundle has expired: not sent (its renewal replaces it)"
+            );
+            return;
+        }
         let Ok(id) = DeviceId::parse(device) else {
             return;
         };
@@ -316,13 +341,13 @@ impl Inner {
         }
     }
 
-    /// The bundle frame of `version` (cached).
-    async fn frame(&self, version: u64) -> Option<Arc<Vec<u8>>> {
+    /// The bundle frame of `version` (cached) and the bundle's expiry.
+    async fn frame(&self, version: u64) -> Option<(Arc<Vec<u8>>, i64)> {
         if let Some(frame) = self.lock().frames.get(&version) {
             return Some(frame.clone());
         }
-        let bytes = match bundles::bytes(&self.db, version).await {
-            Ok(Some(bytes)) => bytes,
+        let (bytes, expires) = match bundles::deliverable(&self.db, version).await {
+            Ok(Some(found)) => found,
             Ok(None) => {
                 tracing::error!(version, "a desired bundle is not stored");
                 return None;
@@ -346,8 +371,8 @@ impl Inner {
         {
             state.frames.remove(&oldest);
         }
-        state.frames.insert(version, frame.clone());
-        Some(frame)
+        state.frames.insert(version, (frame.clone(), expires));
+        Some((frame, expires))
     }
 
     /// Publishes due commands to the devices online here.

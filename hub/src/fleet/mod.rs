@@ -9,6 +9,7 @@
 //! - [`broker`]: the embedded rumqttd, reachable only with the hub's internal login.
 //! - [`gateway`]: the device-facing MQTT endpoint: identity and per-device topic checks.
 //! - [`tls`]: the device endpoint's certificate (rustls, ring).
+//! - [`provision`]: device logins and ACLs on an external Mosquitto (dynamic security).
 //! - [`records`]: batched inserts of device records for ingest.
 //! - [`ingest`]: the hub's client on the broker: device frames stored once, acks, presence,
 //!   device events into the hub's workflows.
@@ -26,6 +27,7 @@ pub mod delivery;
 pub mod gateway;
 pub mod ingest;
 pub mod keys;
+pub mod provision;
 pub mod records;
 pub mod registry;
 pub mod rollout;

@@ -181,10 +181,46 @@ impl std::fmt::Debug for Enrolled {
 /// A device enrolled again (with a new token from `device add`… after removal) gets a new
 /// credential; the old one stops working.
 pub async fn enroll(db: &Database, token: &str) -> Result<Enrolled, RegistryError> {
+    enroll_with(db, token, new_credential()?).await
+}
+
+/// A new device credential (the MQTT password).
+pub fn new_credential() -> Result<String, RegistryError> {
+    random_secret(CREDENTIAL_PREFIX)
+}
+
+/// The device enrollment `token` would enroll, without spending it (unknown, expired or
+/// used: [`RegistryError::BadToken`]). Lets the broker learn the credential first.
+pub async fn token_device(db: &Database, token: &str) -> Result<DeviceId, RegistryError> {
     if !token.starts_with(ENROLL_PREFIX) || token.len() > 128 {
         return Err(RegistryError::BadToken);
     }
-    let credential = random_secret(CREDENTIAL_PREFIX)?;
+    let now = Timestamp::now().millis();
+    let device: Option<String> = on_pool!(db, pool => {
+        sqlx::query(
+            "SELECT device_id FROM enrollment_tokens \
+             WHERE hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(hash_token(token))
+        .bind(now)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| row.try_get::<String, _>(0))
+        .transpose()?
+    });
+    let device = device.ok_or(RegistryError::BadToken)?;
+    DeviceId::parse(&device).map_err(|e| RegistryError::BadId(e.to_string()))
+}
+
+/// [`enroll`] with a given `credential` (already provisioned on the broker).
+pub async fn enroll_with(
+    db: &Database,
+    token: &str,
+    credential: String,
+) -> Result<Enrolled, RegistryError> {
+    if !token.starts_with(ENROLL_PREFIX) || token.len() > 128 {
+        return Err(RegistryError::BadToken);
+    }
     let now = Timestamp::now().millis();
     on_pool!(db, pool => {
         let mut tx = pool.begin().await?;
@@ -235,6 +271,17 @@ pub async fn authenticate(db: &Database, id: &str, credential: &str) -> Result<b
             ring::digest::digest(&ring::digest::SHA256, stored.as_bytes()).as_ref()
                 == ring::digest::digest(&ring::digest::SHA256, hash.as_bytes()).as_ref()
         }))
+    })
+}
+
+/// Whether device `id` exists (added, enrolled or not).
+pub async fn exists(db: &Database, id: &str) -> Result<bool, sqlx::Error> {
+    on_pool!(db, pool => {
+        Ok(sqlx::query("SELECT 1 FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .is_some())
     })
 }
 

@@ -206,6 +206,19 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     )
     .await
     .context("the fleet's bundle-signing key")?;
+    let provision = crate::fleet::provision::Provisioner::start(
+        config.fleet.provision,
+        config
+            .fleet
+            .external_broker
+            .as_deref()
+            .map(crate::fleet::broker::BrokerTarget::external)
+            .transpose()?
+            .as_ref(),
+        config.fleet.provision_login.clone(),
+    )
+    .await
+    .context("device provisioning on the external broker")?;
     let enroll = crate::fleet::api::enroll_router(crate::fleet::api::EnrollState {
         db: db.clone(),
         signer: signer.clone(),
@@ -214,6 +227,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
             Some(files) => Some(files.trust_pem().context("the device endpoint's CA")?),
             None => None,
         },
+        provision: Arc::new(provision),
     });
     let fleet_broker = crate::fleet::start_endpoint(&config.fleet, &db, state.stopping.clone())
         .await
@@ -246,6 +260,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
             signer: signer.clone(),
             delivery,
             wake: rollout_wake,
+            renew_below: config.fleet.bundle_renew_below,
         }
         .run(leader.watch(), state.stopping.clone()),
     );

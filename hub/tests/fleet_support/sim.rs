@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use reactor_core::engine::Timestamp;
 use reactor_core::store::MemoryStore;
-use reactor_core::sync::bundle::{Acceptance, BundleVerifier, PublicKey};
+use reactor_core::sync::bundle::{Acceptance, BundleError, BundleVerifier, PublicKey};
 use reactor_core::sync::messages::{
     Command, CommandOutcome, CommandResult, Health, Presence, Status,
 };
@@ -35,6 +35,10 @@ pub struct SimState {
     /// Every version accepted, in order.
     pub accepted: Vec<u64>,
     pub refused: u64,
+    /// Refused because their expiry had passed when they arrived (counted in `refused` too).
+    pub expired: u64,
+    /// Bundle frames received (accepted, already active or refused).
+    pub received: u64,
     /// When the last new version was accepted.
     pub accepted_at: Option<std::time::Instant>,
     pub connected: bool,
@@ -283,6 +287,7 @@ impl Device {
                     ..
                 })),
             ) => {
+                self.state.lock().unwrap().received += 1;
                 let accepted = self
                     .verifier
                     .lock()
@@ -307,7 +312,13 @@ impl Device {
                         self.publish_status().await;
                     }
                     Ok(Acceptance::AlreadyActive { .. }) => {}
-                    Err(_) => self.state.lock().unwrap().refused += 1,
+                    Err(error) => {
+                        let mut state = self.state.lock().unwrap();
+                        state.refused += 1;
+                        if matches!(error, BundleError::Expired { .. }) {
+                            state.expired += 1;
+                        }
+                    }
                 }
             }
             (

@@ -51,6 +51,9 @@ pub struct Driver {
     /// This hub's delivery, woken after assignments (other hubs poll).
     pub delivery: Option<Delivery>,
     pub wake: Arc<Notify>,
+    /// Renew a desired bundle once less than this fraction of its validity is left
+    /// (`[fleet] bundle_renew_below`; 0: never). See [`super::renewal`].
+    pub renew_below: f64,
 }
 
 /// Why a step failed.
@@ -71,17 +74,44 @@ impl Driver {
     pub async fn run(self, mut leadership: watch::Receiver<Leadership>, stop: CancellationToken) {
         // A closed channel means leadership no longer changes (SQLite: always the leader).
         let mut watching = true;
+        let mut renew_at = 0i64;
         loop {
-            if leadership.borrow().leading
-                && let Err(error) = self.tick().await
-            {
-                tracing::warn!(%error, "rollout step failed; retried");
+            if leadership.borrow().leading {
+                if let Err(error) = self.tick().await {
+                    tracing::warn!(%error, "rollout step failed; retried");
+                }
+                self.renew(&mut renew_at).await;
+            } else {
+                // A new leader checks at once.
+                renew_at = 0;
             }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
                 changed = leadership.changed(), if watching => watching = changed.is_ok(),
+            }
+        }
+    }
+
+    /// A bundle renewal pass when one is due (`renew_at`, ms; updated).
+    async fn renew(&self, renew_at: &mut i64) {
+        let now = Timestamp::now().millis();
+        if self.renew_below <= 0.0 || now < *renew_at {
+            return;
+        }
+        match super::renewal::pass(&self.db, &self.signer, self.renew_below, now).await {
+            Ok(pass) => {
+                *renew_at = pass.next_at;
+                if !pass.renewed.is_empty()
+                    && let Some(delivery) = &self.delivery
+                {
+                    delivery.wake();
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "bundle renewal failed; retried");
+                *renew_at = now + 1_000;
             }
         }
     }

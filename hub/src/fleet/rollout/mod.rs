@@ -7,12 +7,14 @@
 //! - [`driver`]: the state machine, run by the leader only: canary, then percentage steps,
 //!   each gated on the devices' reported execution failure rate; a failed gate rolls back
 //!   (a new, higher bundle version carrying each device's previous workflows).
+//! - [`renewal`]: desired bundles re-signed before they expire (leader only, with the driver).
 //!
 //! Everything lives in SQL, so a restarted (or newly elected) leader resumes where the last
 //! one stopped.
 
 pub mod api;
 pub mod driver;
+pub mod renewal;
 pub mod store;
 
 use std::time::Duration;

@@ -293,10 +293,19 @@ impl Decoder<'_> {
         let timezone = match timezone {
             Some(n) => {
                 let name = self.string(n, "timezone")?;
-                if chrono_tz::Tz::from_str(&name).is_err() {
-                    let help = suggest(&name, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()))
+                // Zones come from the system's zoneinfo (trigger::cron_tz): a name this
+                // machine does not have is refused here, not at the first tick.
+                if let Err(error) = crate::trigger::cron_tz::Zone::named(&name) {
+                    use crate::trigger::cron_tz::{ZoneError, zone_names, zoneinfo_dir};
+                    let names = match error {
+                        ZoneError::NotFound { .. } | ZoneError::BadName(_) => {
+                            zone_names(&zoneinfo_dir())
+                        }
+                        _ => Vec::new(),
+                    };
+                    let help = suggest(&name, names.iter().map(String::as_str))
                         .map(|s| format!("did you mean {s:?}?"))
-                        .or_else(|| Some("use an IANA zone name like Europe/Paris or UTC".into()));
+                        .or_else(|| Some(error.to_string()));
                     self.error_help(n.location, format!("unknown timezone {name:?}"), help);
                     return None;
                 }

@@ -5,8 +5,9 @@ use std::str::FromStr;
 use crate::Value;
 use crate::flow::{
     CaptureMode, Connection, CronTrigger, FileEventKind, FileTrigger, HttpAuth, HttpResponseMode,
-    HttpTrigger, KafkaStart, KafkaTrigger, MqttTrigger, NatsTrigger, PollSettings, RedisSource,
-    RedisTrigger, RowOperation, SqlTrigger, TriggerKind, TriggerSpec, WebhookVerify,
+    HttpTrigger, KafkaStart, KafkaTrigger, MAX_MQTT_SESSIONS, MqttTrigger, NatsTrigger,
+    PollSettings, RedisSource, RedisTrigger, RowOperation, SqlTrigger, TriggerKind, TriggerSpec,
+    WebhookVerify,
 };
 
 use super::decode::{Decoder, Fields, Scope};
@@ -120,6 +121,12 @@ impl Decoder<'_> {
                 };
                 let broker = self.opt_string(f, "broker");
                 let connection = self.opt_string(f, "connection");
+                let sessions = match f.get("sessions") {
+                    Some(n) => self
+                        .int(n, "sessions", 1, i64::from(MAX_MQTT_SESSIONS))
+                        .map(|s| s as u16),
+                    None => Some(1),
+                };
                 if broker.is_some() && connection.is_some() {
                     self.error(
                         f.key_location("connection"),
@@ -131,6 +138,7 @@ impl Decoder<'_> {
                     qos: qos?,
                     broker,
                     connection,
+                    sessions: sessions?,
                 })
             }
             "event" => TriggerKind::Event {

@@ -5,6 +5,7 @@
 #   cargo build --release -p reactor-agent -p reactor-benches --bin reactor-agent --bin mqtt_load
 #   benches/load/run-mqtt.sh              # 100,000 messages
 #   COUNT=300000 benches/load/run-mqtt.sh
+#   SESSIONS=8 benches/load/run-mqtt.sh   # the trigger's `sessions:` (default 8; 1 = one session)
 #
 # Needs an agent with the mqtt trigger wired in (workflow benches/load/workflows/rule-mqtt.yaml).
 set -euo pipefail
@@ -19,7 +20,12 @@ port=${PORT:-18081}
 
 work=$(mktemp -d)
 mkdir "$work/workflows"
-cp "$here/workflows/rule-mqtt.yaml" "$work/workflows/"
+sessions=${SESSIONS:-8}
+# The trigger's parallel broker sessions (shared subscription; docs/triggers.md).
+sed "s|qos: 1, broker:|qos: 1, sessions: $sessions, broker:|" "$here/workflows/rule-mqtt.yaml" \
+  >"$work/workflows/rule-mqtt.yaml"
+grep -q "sessions: $sessions" "$work/workflows/rule-mqtt.yaml" || { echo "could not set sessions" >&2; exit 1; }
+echo "trigger sessions: $sessions"
 # A new device id per run: the trigger's persistent session (client id from the device id)
 # would otherwise receive what an earlier run left queued at the broker.
 REACTOR_DEVICE__ID=bench-$$ RUST_LOG=${RUST_LOG:-warn} "$agent" run --workflows "$work/workflows" --data "$work/data" \

@@ -494,6 +494,11 @@ pub const MQTT: Table = Table {
             "mqtt://host:port or mqtts://… (default: configured)",
         ),
         f("connection", Ty::Str, "a configured connection's name"),
+        f(
+            "sessions",
+            Ty::Int { min: 1, max: 16 },
+            "broker sessions sharing the subscription ($share), for throughput (default 1)",
+        ),
     ],
 };
 

@@ -5,8 +5,9 @@ use std::str::FromStr;
 use crate::Value;
 use crate::flow::{
     CaptureMode, Connection, CronTrigger, FileEventKind, FileTrigger, HttpAuth, HttpResponseMode,
-    HttpTrigger, KafkaStart, KafkaTrigger, MqttTrigger, NatsTrigger, PollSettings, RedisSource,
-    RedisTrigger, RowOperation, SqlTrigger, TriggerKind, TriggerSpec, WebhookVerify,
+    HttpTrigger, KafkaStart, KafkaTrigger, MAX_MQTT_SESSIONS, MqttTrigger, NatsTrigger,
+    PollSettings, RedisSource, RedisTrigger, RowOperation, SqlTrigger, TriggerKind, TriggerSpec,
+    WebhookVerify,
 };
 
 use super::decode::{Decoder, Fields, Scope};
@@ -120,6 +121,12 @@ impl Decoder<'_> {
                 };
                 let broker = self.opt_string(f, "broker");
                 let connection = self.opt_string(f, "connection");
+                let sessions = match f.get("sessions") {
+                    Some(n) => self
+                        .int(n, "sessions", 1, i64::from(MAX_MQTT_SESSIONS))
+                        .map(|s| s as u16),
+                    None => Some(1),
+                };
                 if broker.is_some() && connection.is_some() {
                     self.error(
                         f.key_location("connection"),
@@ -131,6 +138,7 @@ impl Decoder<'_> {
                     qos: qos?,
                     broker,
                     connection,
+                    sessions: sessions?,
                 })
             }
             "event" => TriggerKind::Event {
@@ -293,10 +301,19 @@ impl Decoder<'_> {
         let timezone = match timezone {
             Some(n) => {
                 let name = self.string(n, "timezone")?;
-                if chrono_tz::Tz::from_str(&name).is_err() {
-                    let help = suggest(&name, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()))
+                // Zones come from the system's zoneinfo (trigger::cron_tz): a name this
+                // machine does not have is refused here, not at the first tick.
+                if let Err(error) = crate::trigger::cron_tz::Zone::named(&name) {
+                    use crate::trigger::cron_tz::{ZoneError, zone_names, zoneinfo_dir};
+                    let names = match error {
+                        ZoneError::NotFound { .. } | ZoneError::BadName(_) => {
+                            zone_names(&zoneinfo_dir())
+                        }
+                        _ => Vec::new(),
+                    };
+                    let help = suggest(&name, names.iter().map(String::as_str))
                         .map(|s| format!("did you mean {s:?}?"))
-                        .or_else(|| Some("use an IANA zone name like Europe/Paris or UTC".into()));
+                        .or_else(|| Some(error.to_string()));
                     self.error_help(n.location, format!("unknown timezone {name:?}"), help);
                     return None;
                 }

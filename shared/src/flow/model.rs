@@ -249,12 +249,17 @@ pub struct FileTrigger {
     pub debounce: Option<Duration>,
 }
 
+/// Most broker sessions one `mqtt` trigger may open (`sessions:`).
+pub const MAX_MQTT_SESSIONS: u16 = 16;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct MqttTrigger {
     pub topic: String,
     pub qos: u8,
     pub broker: Option<String>,
     pub connection: Option<String>,
+    /// Broker sessions sharing the subscription (`$share/…`) when above 1; default 1.
+    pub sessions: u16,
 }
 
 /// Where a hub trigger connects: a name from the runtime's configuration, or inline.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
-    Connect, Login, Packet, PubAck, PubComp, PubRec, Publish, SubAck, Subscribe,
+    Connect, Login, Packet, PubAck, PubComp, PubRec, Publish, SubAck, Subscribe, Unsubscribe,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use rumqttc::tokio_rustls;
@@ -36,6 +36,10 @@ pub enum Outbound {
     Subscribe {
         filter: String,
         qos: QoS,
+    },
+    /// Drop a subscription the persistent session may still hold (the UNSUBACK is ignored).
+    Unsubscribe {
+        filter: String,
     },
     /// Acknowledge a delivered message: PUBACK (QoS 1) or PUBREC (QoS 2).
     Ack {
@@ -215,6 +219,11 @@ impl Connection {
                 let mut subscribe = Subscribe::new(filter, qos);
                 subscribe.pkid = self.pkid();
                 self.encode(&Packet::Subscribe(subscribe))?;
+            }
+            Outbound::Unsubscribe { filter } => {
+                let mut unsubscribe = Unsubscribe::new(filter);
+                unsubscribe.pkid = self.pkid();
+                self.encode(&Packet::Unsubscribe(unsubscribe))?;
             }
             Outbound::Ack { qos, pkid } => match qos {
                 QoS::AtMostOnce => {}

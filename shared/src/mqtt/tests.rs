@@ -23,6 +23,9 @@ use crate::store::MemoryStore;
 use crate::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
 use crate::trigger::{Trigger, TriggerContext, TriggerError};
 
+#[path = "sessions_tests.rs"]
+mod sessions;
+
 const MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
 // Generous: CI machines are small and may be busy.
 const WAIT: Duration = Duration::from_secs(30);
@@ -117,6 +120,7 @@ fn start(runtime: &Runtime, url: &str, filter: &str, qos: u8, client_id: &str) -
         qos,
         broker: None,
         connection: None,
+        sessions: 1,
     };
     let trigger = MqttTrigger::new(&spec, &brokers(url), "t")
         .unwrap()

@@ -27,6 +27,21 @@
 //! lose the link; if the link drops, unacked messages are redelivered (QoS 0 messages still
 //! buffered are lost).
 //!
+//! Parallel sessions (`sessions: N`, default 1): the trigger opens N broker sessions that
+//! subscribe to `$share/{group}/{filter}` (the group named after the first session's client
+//! id), and the broker hands each message to one of them. Each session has its own client id
+//! (`{first}` and `{first}s1` … `{first}s{N-1}`, from the device id, stable across restarts),
+//! its own persistent session and its own in-flight window at the broker (Mosquitto sends a
+//! client at most `max_inflight_messages`, 20, unacknowledged QoS 1 messages): N sessions keep
+//! N times as many messages in flight while each is still acknowledged only once recorded.
+//! Order across the topic is not kept (it is not kept within one session either: submissions
+//! run concurrently). The first session drops the other form of its subscription (plain
+//! filter ↔ `$share/…`), which its persistent session keeps from a run with another count.
+//! When `sessions` is lowered, the sessions dropped still belong to the group at the broker,
+//! which keeps queueing messages for them; so the number of sessions run is recorded in the
+//! journal (`trigger/mqtt/{first client id}/sessions`), and the next run connects each dropped
+//! session once more to unsubscribe it and to record and acknowledge what was queued for it.
+//!
 //! Event: type `mqtt`, source `reactor:mqtt/{topic}`, `data` = the payload parsed as JSON when
 //! it parses, else the UTF-8 text, else the base64 (standard alphabet, padded) of the bytes;
 //! `meta` = `{topic, filter, qos, retain, dup, pkid, broker, encoding}` with `encoding` one of
@@ -52,7 +67,8 @@ use super::link::{Connection, Ended, Inbound, LinkError, Outbound};
 use super::settings::{MqttBrokers, MqttSettings, validate_filter};
 use crate::Value;
 use crate::engine::{Event, Submission, SubmitError};
-use crate::flow;
+use crate::flow::{self, MAX_MQTT_SESSIONS};
+use crate::store::StoreWrite;
 use crate::trigger::{Trigger, TriggerContext, TriggerError};
 
 /// How long shutdown waits for submissions in flight to finish (and be acknowledged).
@@ -63,6 +79,9 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 const REQUEST_SLACK: usize = 8;
 /// How often acks that did not fit in the link's request channel are tried again.
 const RETRY_TICK: Duration = Duration::from_millis(50);
+/// A retiring session ends once the broker sent it nothing for this long (after connecting,
+/// the broker sends what it queued for the session at once).
+const RETIRE_IDLE: Duration = Duration::from_secs(2);
 
 /// A running subscription for one `mqtt` trigger entry.
 #[derive(Debug)]
@@ -70,7 +89,12 @@ pub struct MqttTrigger {
     filter: String,
     qos: QoS,
     settings: Arc<MqttSettings>,
-    client_id: String,
+    /// One per broker session (`sessions:`); the first is the id a single-session trigger
+    /// has, so raising `sessions` keeps that session and what the broker queued for it.
+    client_ids: Vec<String>,
+    /// What the ids derive from: `{workflow}.{index}`, or a pinned first id.
+    purpose: String,
+    pinned: bool,
 }
 
 impl MqttTrigger {
@@ -88,25 +112,139 @@ impl MqttTrigger {
                 spec.qos
             )));
         }
+        let sessions = spec.sessions.clamp(1, MAX_MQTT_SESSIONS);
+        if sessions > 1 && (spec.topic.starts_with("$share/") || spec.topic.starts_with("$queue/"))
+        {
+            return Err(TriggerError::Settings(format!(
+                "topic {:?} is already a shared subscription; with sessions the trigger makes one itself",
+                spec.topic
+            )));
+        }
         let settings = brokers
             .resolve(spec.broker.as_deref(), spec.connection.as_deref())
             .map_err(|e| TriggerError::Settings(e.to_string()))?;
-        Ok(MqttTrigger {
+        let mut trigger = MqttTrigger {
             filter: spec.topic.clone(),
             qos: connection::qos_from_u8(spec.qos),
-            client_id: settings.client_id(purpose),
+            client_ids: Vec::new(),
+            purpose: purpose.to_string(),
+            pinned: false,
             settings,
-        })
+        };
+        trigger.client_ids = (0..usize::from(sessions))
+            .map(|i| trigger.session_id(i))
+            .collect();
+        Ok(trigger)
     }
 
-    /// Replaces the derived client id (tests; a deployment that pins ids).
+    /// The client id of session `index` (also of sessions beyond `sessions`, to retire them).
+    fn session_id(&self, index: usize) -> String {
+        match (self.pinned, index) {
+            (true, 0) => self.purpose.clone(),
+            (true, i) => format!("{}s{i}", self.purpose),
+            (false, 0) => self.settings.client_id(&self.purpose),
+            (false, i) => self.settings.client_id(&format!("{}s{i}", self.purpose)),
+        }
+    }
+
+    /// The store key under which the number of sessions last run is kept.
+    fn sessions_key(&self) -> String {
+        format!("trigger/mqtt/{}/sessions", self.client_ids[0])
+    }
+
+    /// Replaces the derived client ids (tests; a deployment that pins ids): `client_id` for
+    /// the first session, `{client_id}s{i}` for the others.
     pub fn with_client_id(mut self, client_id: impl Into<String>) -> MqttTrigger {
-        self.client_id = client_id.into();
+        self.purpose = client_id.into();
+        self.pinned = true;
+        self.client_ids = (0..self.client_ids.len())
+            .map(|i| self.session_id(i))
+            .collect();
         self
     }
 
+    /// The first session's client id.
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        &self.client_ids[0]
+    }
+
+    /// Every session's client id.
+    pub fn client_ids(&self) -> &[String] {
+        &self.client_ids
+    }
+
+    /// What session `index` subscribes to, and what it unsubscribes from. One session
+    /// subscribes to the filter itself. Several subscribe to `$share/{group}/{filter}` (the
+    /// broker hands each message to one of them; Mosquitto ≥ 1.6 does so for MQTT 3.1.1
+    /// clients too), the group named after the first session's client id. The first session
+    /// drops the other form, which its persistent session keeps from a run with a different
+    /// `sessions` (it would otherwise get every message twice).
+    pub(super) fn plan(&self, index: usize) -> Plan {
+        let shared = self.shared_filter();
+        let (subscribe, unsubscribe) = match (self.client_ids.len(), index) {
+            (1, _) => (self.filter.clone(), Some(shared)),
+            (_, 0) => (shared, Some(self.filter.clone())),
+            (_, _) => (shared, None),
+        };
+        Plan {
+            client_id: self.client_ids[index].clone(),
+            subscribe: Some(subscribe),
+            unsubscribe,
+            shown: if self.client_ids.len() == 1 {
+                self.filter.clone()
+            } else {
+                format!(
+                    "{} (shared, session {} of {})",
+                    self.filter,
+                    index + 1,
+                    self.client_ids.len()
+                )
+            },
+        }
+    }
+
+    /// A session an earlier run had and this one has not: it leaves the group and hands
+    /// over what the broker had queued for it, then ends.
+    fn retiring_plan(&self, index: usize) -> Plan {
+        Plan {
+            client_id: self.session_id(index),
+            subscribe: None,
+            unsubscribe: Some(self.shared_filter()),
+            shown: format!("{} (retiring shared session {})", self.filter, index + 1),
+        }
+    }
+
+    fn shared_filter(&self) -> String {
+        let group: String = self.client_ids[0]
+            .chars()
+            .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+            .collect();
+        format!("$share/{group}/{}", self.filter)
+    }
+}
+
+/// What one broker session does.
+pub(super) struct Plan {
+    client_id: String,
+    /// `None`: a retiring session (subscribes to nothing, ends once idle).
+    pub(super) subscribe: Option<String>,
+    pub(super) unsubscribe: Option<String>,
+    /// For logs.
+    shown: String,
+}
+
+/// The number of sessions recorded by an earlier run, if any.
+async fn recorded_sessions(context: &TriggerContext, key: &str) -> Option<usize> {
+    match context.runtime.store().meta(key).await {
+        Ok(Some(bytes)) => <[u8; 2]>::try_from(bytes.as_slice())
+            .ok()
+            .map(|b| usize::from(u16::from_be_bytes(b)))
+            .filter(|&n| (1..=usize::from(MAX_MQTT_SESSIONS)).contains(&n)),
+        Ok(None) => None,
+        Err(error) => {
+            warn!(workflow = %context.workflow, %error, "reading the MQTT trigger's session count failed");
+            None
+        }
     }
 }
 
@@ -126,6 +264,69 @@ impl Trigger for MqttTrigger {
     }
 
     async fn run(self: Box<Self>, context: TriggerContext) -> Result<(), TriggerError> {
+        let count = self.client_ids.len();
+        let key = self.sessions_key();
+        // A read at start; the count is written only when it changed and is not the first
+        // run of a single-session trigger (no journal write at its start).
+        let recorded = recorded_sessions(&context, &key).await;
+        let retiring: Vec<Plan> = match recorded {
+            Some(before) if before > count => {
+                (count..before).map(|i| self.retiring_plan(i)).collect()
+            }
+            _ => Vec::new(),
+        };
+        if count == 1 && retiring.is_empty() {
+            return self.run_session(self.plan(0), &context).await;
+        }
+        // Each session keeps its own inflight window at the broker (Mosquitto:
+        // max_inflight_messages per client), acknowledging only recorded messages. One that
+        // fails stops the others, which drain and disconnect as at shutdown.
+        let mut sessions = context.clone();
+        sessions.cancel = context.cancel.child_token();
+        let sessions = &sessions;
+        let this = &self;
+        let active = futures::future::join_all((0..count).map(|i| async move {
+            let result = this.run_session(this.plan(i), sessions).await;
+            if result.is_err() {
+                sessions.cancel.cancel();
+            }
+            result
+        }));
+        let retire = async {
+            let retired = futures::future::join_all(
+                retiring
+                    .into_iter()
+                    .map(|plan| this.run_session(plan, sessions)),
+            )
+            .await;
+            let done = retired.iter().all(Result::is_ok) && !sessions.cancel.is_cancelled();
+            if done && recorded.unwrap_or(1) != count {
+                let write = StoreWrite::PutMeta {
+                    key: key.clone(),
+                    value: Some((count as u16).to_be_bytes().to_vec()),
+                };
+                if let Err(error) = sessions.runtime.store().write(vec![write]).await {
+                    warn!(workflow = %sessions.workflow, %error,
+                        "recording the MQTT trigger's session count failed");
+                }
+            }
+        };
+        let (results, ()) = tokio::join!(active, retire);
+        results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
+}
+
+impl MqttTrigger {
+    /// Runs one broker session until `context.cancel` (or an error; a retiring session also
+    /// ends once the broker has nothing more for it).
+    async fn run_session(&self, plan: Plan, context: &TriggerContext) -> Result<(), TriggerError> {
+        let Plan {
+            client_id,
+            subscribe: subscription,
+            unsubscribe: unsubscription,
+            shown,
+        } = plan;
+        let client_id = &client_id;
         let limit = usize::from(self.settings.inflight.max(1));
         let (outbound_tx, outbound_rx) = mpsc::channel(limit + REQUEST_SLACK);
         let (links_tx, links_rx) = mpsc::channel(limit);
@@ -134,15 +335,18 @@ impl Trigger for MqttTrigger {
         let reconnect = Arc::new(Notify::new());
         let link = LinkLoop {
             settings: self.settings.clone(),
-            client_id: self.client_id.clone(),
+            client_id: client_id.clone(),
             outbound: outbound_rx,
             links: links_tx,
             stop: stop_link.clone(),
             reconnect: reconnect.clone(),
         };
         let subscriber = Subscriber {
-            trigger: &self,
-            context: &context,
+            trigger: self,
+            context,
+            subscription,
+            unsubscription,
+            last_message: tokio::time::Instant::now(),
             outbound: outbound_tx,
             links: links_rx,
             reconnect,
@@ -157,8 +361,8 @@ impl Trigger for MqttTrigger {
         info!(
             workflow = %context.workflow,
             broker = %self.settings.url,
-            client_id = %self.client_id,
-            filter = %self.filter,
+            client_id = %client_id,
+            filter = %shown,
             "MQTT trigger starting"
         );
         let ((), result) = tokio::join!(
@@ -276,6 +480,12 @@ async fn send(links: &mpsc::Sender<Inbound>, stop: &CancellationToken, link: Inb
 struct Subscriber<'a> {
     trigger: &'a MqttTrigger,
     context: &'a TriggerContext,
+    /// The filter subscribed to (`$share/…` with several sessions; none when retiring) and
+    /// the one dropped.
+    subscription: Option<String>,
+    unsubscription: Option<String>,
+    /// When the last message arrived (a retiring session ends once idle).
+    last_message: tokio::time::Instant,
     outbound: mpsc::Sender<Outbound>,
     links: mpsc::Receiver<Inbound>,
     reconnect: Arc<Notify>,
@@ -302,6 +512,11 @@ impl Subscriber<'_> {
             }
             let due = self.subscribe_due || !self.acks_due.is_empty();
             let draining = drain_until.is_some();
+            let idle = self.subscription.is_none()
+                && self.connected
+                && !draining
+                && !due
+                && self.in_flight.is_empty();
             tokio::select! {
                 biased;
                 () = self.context.cancel.cancelled(), if !draining => {
@@ -319,6 +534,13 @@ impl Subscriber<'_> {
                     }
                 }
                 () = tokio::time::sleep(RETRY_TICK), if due => {}
+                () = tokio::time::sleep_until(self.last_message + RETIRE_IDLE), if idle => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.last_message + RETIRE_IDLE {
+                        info!(workflow = %self.context.workflow, "MQTT session retired");
+                        drain_until = Some(now);
+                    }
+                }
                 () = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if draining => {}
             }
         }
@@ -338,6 +560,7 @@ impl Subscriber<'_> {
             Inbound::Connected { session_present } => {
                 self.generation += 1;
                 self.connected = true;
+                self.last_message = tokio::time::Instant::now();
                 // Always (re)subscribe: harmless when the session kept the subscription, needed
                 // when it did not (new or expired session, clean_session).
                 self.subscribe_due = true;
@@ -356,7 +579,7 @@ impl Subscriber<'_> {
                         SubscribeReasonCode::Failure => {
                             return Err(TriggerError::Source(format!(
                                 "the broker {} refused the subscription to {:?}",
-                                self.trigger.settings.url, self.trigger.filter
+                                self.trigger.settings.url, self.subscription
                             )));
                         }
                         SubscribeReasonCode::Success(granted) if granted != self.trigger.qos => {
@@ -377,6 +600,7 @@ impl Subscriber<'_> {
                     // Not acknowledged: a QoS ≥ 1 message comes back on the next session.
                     return Ok(());
                 }
+                self.last_message = tokio::time::Instant::now();
                 let event = event_for(&publish, &self.trigger.filter, &self.trigger.settings.url);
                 let context = self.context.clone();
                 let generation = self.generation;
@@ -434,12 +658,30 @@ impl Subscriber<'_> {
     /// link, which may be waiting to hand us a message.
     fn flush_requests(&mut self) {
         if self.subscribe_due {
-            let subscribe = Outbound::Subscribe {
-                filter: self.trigger.filter.clone(),
-                qos: self.trigger.qos,
+            let subscribe = match &self.subscription {
+                Some(filter) => Outbound::Subscribe {
+                    filter: filter.clone(),
+                    qos: self.trigger.qos,
+                },
+                // Retiring: only the UNSUBSCRIBE below.
+                None => Outbound::Unsubscribe {
+                    filter: self.unsubscription.clone().unwrap_or_default(),
+                },
             };
+            let retiring = self.subscription.is_none();
             match self.outbound.try_send(subscribe) {
-                Ok(()) => self.subscribe_due = false,
+                Ok(()) => {
+                    self.subscribe_due = false;
+                    // After the SUBSCRIBE, so the session is never without the subscription.
+                    if let Some(filter) = self.unsubscription.clone().filter(|_| !retiring)
+                        && self
+                            .outbound
+                            .try_send(Outbound::Unsubscribe { filter })
+                            .is_err()
+                    {
+                        debug!("MQTT unsubscribe of the other filter form not queued");
+                    }
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {}
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     debug!("MQTT subscribe not queued: the link stopped");
@@ -538,6 +780,7 @@ mod tests {
             qos: 1,
             broker: None,
             connection: connection.map(str::to_string),
+            sessions: 1,
         };
         let trigger = MqttTrigger::new(&spec("a/+/b", None), &brokers, "wf.0").unwrap();
         assert_eq!(trigger.client_id(), "dev-wf.0");

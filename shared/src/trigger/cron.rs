@@ -30,13 +30,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use chrono_tz::Tz;
 use serde_json::json;
 
 use crate::engine::{DedupeMark, Event, SubmitError};
 use crate::flow::CronTrigger;
 use crate::store::StoreWrite;
 
+use super::cron_tz::Zone;
 use super::{Trigger, TriggerContext, TriggerError};
 
 /// Longest single sleep before the wall clock is read again.
@@ -50,7 +50,7 @@ const MAX_COUNTED: u64 = 100_000;
 pub struct CronSchedule {
     settings: CronTrigger,
     schedule: cron::Schedule,
-    timezone: Tz,
+    timezone: Zone,
 }
 
 impl CronSchedule {
@@ -58,9 +58,10 @@ impl CronSchedule {
         let schedule = cron::Schedule::from_str(&settings.normalized).map_err(|e| {
             TriggerError::Settings(format!("cron schedule {:?}: {e}", settings.schedule))
         })?;
-        let timezone = Tz::from_str(&settings.timezone).map_err(|_| {
-            TriggerError::Settings(format!("unknown time zone {:?}", settings.timezone))
-        })?;
+        // Read from the device's zoneinfo (see `cron_tz`): a zone removed since validation
+        // is refused here with the same message.
+        let timezone =
+            Zone::named(&settings.timezone).map_err(|e| TriggerError::Settings(e.to_string()))?;
         Ok(CronSchedule {
             settings: settings.clone(),
             schedule,

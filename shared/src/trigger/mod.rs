@@ -31,6 +31,7 @@ use crate::engine::{DedupeMark, Event, Runtime, Submission, SubmitError};
 use crate::flow::{TriggerKind, TriggerSpec};
 
 pub mod cron;
+pub mod cron_tz;
 pub mod event;
 #[cfg(feature = "file-trigger")]
 pub mod file;

@@ -1,0 +1,114 @@
+//! `concurrency`: run slots per evaluated key, and the queue of executions recorded as
+//! `queued` that start, in arrival order, when a slot frees.
+
+use std::collections::VecDeque;
+
+use crate::flow::{Concurrency, Overflow};
+use crate::store::StoreError;
+
+use super::super::journal::*;
+use super::{Runtime, lock};
+
+#[derive(Default)]
+pub(super) struct Slots {
+    pub(super) running: Vec<ExecutionId>,
+    pub(super) queue: VecDeque<ExecutionId>,
+}
+
+/// What a new execution gets from its `concurrency` slot.
+pub(super) enum Claim {
+    /// A run slot: start now.
+    Run,
+    /// Every slot is taken and `overflow: queue`: record it `queued`; it starts when a slot
+    /// frees.
+    Queue,
+    /// Every slot is taken and `overflow: drop`: refuse it.
+    Drop,
+    /// Every slot is taken and `overflow: replace`: it took the slot of this (oldest)
+    /// execution, which must be cancelled.
+    Replace(ExecutionId),
+}
+
+impl Runtime {
+    /// Claims a slot of (`workflow`, `key`) for the new execution `id`, or applies the
+    /// overflow policy when all `concurrency.limit` slots are taken.
+    pub(super) fn claim_slot(
+        &self,
+        workflow: &str,
+        concurrency: &Concurrency,
+        key: String,
+        id: ExecutionId,
+    ) -> Claim {
+        let limit = concurrency.limit.max(1) as usize;
+        let mut slots = lock(&self.inner.slots);
+        let slot = slots.entry((workflow.to_string(), key)).or_default();
+        if slot.running.len() < limit {
+            slot.running.push(id);
+            return Claim::Run;
+        }
+        match concurrency.overflow {
+            Overflow::Drop => Claim::Drop,
+            Overflow::Queue => {
+                slot.queue.push_back(id);
+                Claim::Queue
+            }
+            Overflow::Replace => {
+                let old = slot.running.remove(0);
+                slot.running.push(id);
+                Claim::Replace(old)
+            }
+        }
+    }
+
+    /// Takes a queued execution out of its queue; whether it was queued here.
+    pub(super) fn dequeue(&self, id: ExecutionId) -> bool {
+        lock(&self.inner.slots).values_mut().any(|slot| {
+            let before = slot.queue.len();
+            slot.queue.retain(|queued| *queued != id);
+            slot.queue.len() != before
+        })
+    }
+
+    /// Frees the slot of a finished execution and starts the next queued one of its key.
+    pub(super) fn release_slot(&self, record: &ExecutionRecord, key: String) {
+        let next = {
+            let mut slots = lock(&self.inner.slots);
+            let slot_key = (record.workflow.clone(), key);
+            let Some(slot) = slots.get_mut(&slot_key) else {
+                return;
+            };
+            slot.running.retain(|id| *id != record.id);
+            let next = slot.queue.pop_front();
+            if let Some(next) = next {
+                slot.running.push(next);
+            }
+            if slot.running.is_empty() && slot.queue.is_empty() {
+                // Keys come from event data: forget idle ones so the map stays small.
+                slots.remove(&slot_key);
+            }
+            next
+        };
+        if let Some(next) = next {
+            let runtime = self.clone();
+            self.inner.tasks.spawn(async move {
+                let loaded = async {
+                    let record = runtime.inner.store.execution(next).await?;
+                    let journal = runtime.inner.store.journal(next).await?;
+                    Ok::<_, StoreError>((record, journal))
+                };
+                match loaded.await {
+                    Ok((Some(record), journal)) => match runtime.workflow(&record.workflow, Some(record.version)) {
+                        Some(wf) => {
+                            if let Err(error) = runtime.resume(wf, record, journal).await {
+                                tracing::error!(execution = %next, %error, "starting a queued execution failed");
+                            }
+                        }
+                        None => tracing::error!(execution = %next, "queued execution's workflow version is gone"),
+                    },
+                    Ok((None, _)) => tracing::error!(execution = %next, "queued execution vanished"),
+                    Err(error) => tracing::error!(execution = %next, %error, "loading a queued execution failed"),
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Keyed submission: at most one execution per source message across redeliveries and
+//! crashes (see docs/engine.md, "Keyed submission").
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::Value;
+use crate::store::{StoreError, StoreWrite};
+
+use super::super::journal::*;
+use super::submit::{admitted, concurrency_key};
+use super::{Runtime, Submission, SubmitError, lock};
+
+/// The key that makes a submission happen at most once ([`Runtime::submit_once`]), and the
+/// source position recorded with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DedupeMark {
+    /// Unique per source message within the workflow, stable across redeliveries, e.g.
+    /// `kafka/{topic}/{partition}/{offset}`. At most 1 KiB (longer keys are refused).
+    pub key: String,
+    /// Where the message sits in its source (offset, stream id, LSN, binlog file:pos).
+    pub position: Value,
+}
+
+impl DedupeMark {
+    pub fn new(key: impl Into<String>, position: Value) -> DedupeMark {
+        DedupeMark {
+            key: key.into(),
+            position,
+        }
+    }
+}
+
+/// What a de-duplication mark holds: the execution the key started, when, and the source
+/// position.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MarkRecord {
+    pub execution: ExecutionId,
+    pub at: Timestamp,
+    pub position: Value,
+}
+
+/// The longest accepted [`DedupeMark::key`], in bytes.
+pub const MAX_MARK_KEY: usize = 1024;
+
+/// Where marks live in the store's meta space.
+fn mark_key(workflow: &str, key: &str) -> String {
+    format!("dedupe/{workflow}/{key}")
+}
+
+/// Holds the per-key lock of a keyed submission; releases the map entry when the last
+/// holder goes (also when the submitting future is dropped).
+struct MarkingGuard {
+    runtime: Runtime,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl MarkingGuard {
+    async fn lock(runtime: &Runtime, key: &str) -> MarkingGuard {
+        let lock = lock(&runtime.inner.marking)
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let mut guard = MarkingGuard {
+            runtime: runtime.clone(),
+            key: key.to_string(),
+            lock: lock.clone(),
+            _held: None,
+        };
+        guard._held = Some(lock.lock_owned().await);
+        guard
+    }
+}
+
+impl Drop for MarkingGuard {
+    fn drop(&mut self) {
+        self._held = None;
+        let mut marking = lock(&self.runtime.inner.marking);
+        // Two references: the map's and ours. More: someone else is waiting for the key.
+        if Arc::strong_count(&self.lock) <= 2 {
+            marking.remove(&self.key);
+        }
+    }
+}
+
+impl Runtime {
+    /// Like [`Runtime::submit`], at most once per `mark.key`: the first submission that is
+    /// accepted writes a de-duplication mark (key `dedupe/{workflow}/{key}`, value
+    /// [`MarkRecord`] with the source position) in the same atomic batch as the execution's
+    /// `Create`. A later submission with the same key finds the mark and returns
+    /// `Submission::Accepted` with the id recorded the first time, starting nothing (counted
+    /// in [`Stats::deduplicated`]).
+    ///
+    /// This is what makes "record, then acknowledge the source" exactly-once across a crash:
+    /// a message redelivered because the crash came between the durable record and the ack
+    /// carries the same key (Kafka topic/partition/offset, stream sequence, LSN …) and is
+    /// skipped. Submissions with the same key in this process are serialised; across
+    /// processes sharing one store, the source must not hand the same message to two
+    /// consumers at once (consumer groups and leader-only CDC see to that).
+    ///
+    /// Skipped (`if`/`unless`) and dropped (`concurrency`) events leave no mark: evaluated
+    /// again on redelivery they give the same answer (dropped ones may be accepted then).
+    /// Marks are removed with [`Runtime::forget_marks`] once the source has durably taken
+    /// the acknowledgement (see docs/engine.md).
+    pub async fn submit_once(
+        &self,
+        workflow: &str,
+        event: Event,
+        inputs: Value,
+        mark: DedupeMark,
+    ) -> Result<Submission, SubmitError> {
+        let wf = self
+            .workflow(workflow, None)
+            .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
+        if mark.key.is_empty() || mark.key.len() > MAX_MARK_KEY {
+            return Err(SubmitError::Store(StoreError::InvalidWrite(format!(
+                "a de-duplication key must have 1 to {MAX_MARK_KEY} bytes, not {}",
+                mark.key.len()
+            ))));
+        }
+        let mark_key = mark_key(&wf.name.to_string(), &mark.key);
+        let _serialised = MarkingGuard::lock(self, &mark_key).await;
+        if let Some(existing) = self.mark_at(&mark_key).await? {
+            self.inner
+                .stats
+                .deduplicated
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(Submission::Accepted(existing.execution));
+        }
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
+            self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Submission::Skipped);
+        }
+        let id = ExecutionId::new();
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
+        let record = MarkRecord {
+            execution: id,
+            at: Timestamp::now(),
+            position: mark.position,
+        };
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::InvalidWrite(format!("de-duplication mark: {e}")))?;
+        let put = StoreWrite::PutMeta {
+            key: mark_key,
+            value: Some(value),
+        };
+        self.start(wf, id, event, inputs, None, key, Some(put))
+            .await
+    }
+
+    /// The de-duplication mark of `key` for `workflow`, if one is recorded.
+    pub async fn mark(&self, workflow: &str, key: &str) -> Result<Option<MarkRecord>, StoreError> {
+        self.mark_at(&mark_key(workflow, key)).await
+    }
+
+    async fn mark_at(&self, mark_key: &str) -> Result<Option<MarkRecord>, StoreError> {
+        match self.inner.store.meta(mark_key).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("de-duplication mark {mark_key:?}: {e}"))),
+        }
+    }
+
+    /// Deletes the de-duplication marks of `keys` for `workflow` in one batch: call it once
+    /// the source durably took the acknowledgement of those messages and can no longer
+    /// redeliver them.
+    pub async fn forget_marks(&self, workflow: &str, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let batch = keys
+            .iter()
+            .map(|key| StoreWrite::PutMeta {
+                key: mark_key(workflow, key),
+                value: None,
+            })
+            .collect();
+        self.inner.store.write(batch).await
+    }
+}
+
+#[cfg(all(test, feature = "redb"))]
+mod tests {
+    //! Keyed submission: a crash between the durable record and the source's ack must not
+    //! start a second execution when the source redelivers.
+
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{ExecutionQuery, RedbOptions, RedbStore};
+    use crate::trigger::testing;
+
+    const FLOW: &str = r#"
+reactor: 1
+name: orders
+triggers:
+  - interval: { every: 1h }
+steps:
+  - action: transform
+    with: { value: "${{ event.data.n }}" }
+"#;
+
+    async fn count(runtime: &Runtime) -> usize {
+        runtime
+            .store()
+            .executions(&ExecutionQuery {
+                workflow: Some("orders".into()),
+                ..ExecutionQuery::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    }
+
+    fn event(n: u32) -> Event {
+        Event::new("kafka", "reactor:kafka/orders", json!({ "n": n }))
+    }
+
+    #[tokio::test]
+    async fn crash_between_record_and_ack_does_not_run_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let mark = || DedupeMark::new("kafka/orders/0/41", json!({"partition": 0, "offset": 41}));
+
+        // First life: the message is recorded, then the process dies before the ack.
+        let first_id = {
+            let store = Arc::new(RedbStore::open(&path, RedbOptions::default()).unwrap());
+            let runtime = testing::runtime(store.clone(), &[FLOW]);
+            let Submission::Accepted(id) = runtime
+                .submit_once("orders", event(1), json!({}), mark())
+                .await
+                .unwrap()
+            else {
+                panic!("not accepted");
+            };
+            runtime.wait(id).await.unwrap();
+            store.close().await.unwrap();
+            id
+        };
+
+        // Second life: the source redelivers the unacknowledged message.
+        let store = Arc::new(RedbStore::open(&path, RedbOptions::default()).unwrap());
+        let runtime = testing::runtime(store.clone(), &[FLOW]);
+        runtime.recover().await.unwrap();
+        let again = runtime
+            .submit_once("orders", event(1), json!({}), mark())
+            .await
+            .unwrap();
+        assert_eq!(again, Submission::Accepted(first_id));
+        assert_eq!(count(&runtime).await, 1, "the redelivery started nothing");
+        assert_eq!(runtime.stats().deduplicated.load(Ordering::Relaxed), 1);
+        let recorded = runtime
+            .mark("orders", "kafka/orders/0/41")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(recorded.execution, first_id);
+        assert_eq!(recorded.position, json!({"partition": 0, "offset": 41}));
+
+        // A new key runs; a forgotten key runs again (the source will never redeliver it).
+        let other = DedupeMark::new("kafka/orders/0/42", json!(42));
+        assert!(matches!(
+            runtime.submit_once("orders", event(2), json!({}), other).await,
+            Ok(Submission::Accepted(id)) if id != first_id
+        ));
+        runtime
+            .forget_marks("orders", &["kafka/orders/0/41".to_string()])
+            .await
+            .unwrap();
+        assert!(
+            runtime
+                .mark("orders", "kafka/orders/0/41")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicates_start_one_execution() {
+        let runtime = testing::runtime(testing::memory(), &[FLOW]);
+        let submissions = (0..16).map(|_| {
+            let runtime = runtime.clone();
+            async move {
+                runtime
+                    .submit_once(
+                        "orders",
+                        event(7),
+                        json!({}),
+                        DedupeMark::new("same", json!(null)),
+                    )
+                    .await
+                    .unwrap()
+            }
+        });
+        let results = futures::future::join_all(submissions).await;
+        assert!(
+            results.windows(2).all(|pair| pair[0] == pair[1]),
+            "{results:?}"
+        );
+        assert_eq!(count(&runtime).await, 1);
+        assert!(
+            lock(&runtime.inner.marking).is_empty(),
+            "per-key locks are released"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_are_bounded() {
+        let runtime = testing::runtime(testing::memory(), &[FLOW]);
+        let long = DedupeMark::new("k".repeat(MAX_MARK_KEY + 1), json!(null));
+        let error = runtime
+            .submit_once("orders", event(1), json!({}), long)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("de-duplication key"), "{error}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Admission and the first durable write: `if`/`unless`, the concurrency key and slot, the
+//! `Create` batch (with a de-duplication mark when keyed), then the driver's first settle.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::oneshot;
+
+use crate::flow::Workflow;
+use crate::store::StoreWrite;
+use crate::{Map, Value};
+
+use super::super::journal::*;
+use super::super::machine::Machine;
+use super::super::observe::RuntimeEvent;
+use super::super::scope::{Environment, Globals, Locals, View};
+use super::concurrency::Claim;
+use super::driver::Driver;
+use super::{Lent, Runtime, Submission, SubmitError, Watch, lock};
+
+impl Runtime {
+    /// Starts an execution of the newest version of `workflow` for `event`. Returns once the
+    /// execution is durably recorded (or skipped / dropped).
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        event: Event,
+        inputs: Value,
+    ) -> Result<Submission, SubmitError> {
+        let wf = self
+            .workflow(workflow, None)
+            .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
+            self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Submission::Skipped);
+        }
+        let id = ExecutionId::new();
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
+        self.start(wf, id, event, inputs, None, key, None).await
+    }
+
+    /// Like [`Runtime::submit`], and also returns a [`Watch`] on the execution's end, set up
+    /// before it starts — the request/response path (`http` with `response: sync`) needs no
+    /// store read to learn the result.
+    pub async fn submit_watched(
+        &self,
+        workflow: &str,
+        event: Event,
+        inputs: Value,
+    ) -> Result<(Submission, Option<Watch>), SubmitError> {
+        let wf = self
+            .workflow(workflow, None)
+            .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
+        let lent = self.lent();
+        if !admitted(&wf, &event, &inputs, &lent)? {
+            self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok((Submission::Skipped, None));
+        }
+        let id = ExecutionId::new();
+        let key = concurrency_key(&wf, &event, &inputs, &lent)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.subscribers)
+            .entry(id)
+            .or_default()
+            .push(tx);
+        let submitted = self.start(wf, id, event, inputs, None, key, None).await;
+        match submitted {
+            Ok(Submission::Accepted(id)) => Ok((Submission::Accepted(id), Some(Watch(rx)))),
+            other => {
+                lock(&self.inner.subscribers).remove(&id);
+                other.map(|submission| (submission, None))
+            }
+        }
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "private; every caller passes each part explicitly"
+    )]
+    pub(super) async fn start(
+        &self,
+        wf: Arc<Workflow>,
+        id: ExecutionId,
+        event: Event,
+        inputs: Value,
+        parent: Option<ParentLink>,
+        key: Option<String>,
+        mark: Option<StoreWrite>,
+    ) -> Result<Submission, SubmitError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let event_time = self.inner.observer.as_ref().and_then(|_| {
+            chrono::DateTime::parse_from_rfc3339(&event.time)
+                .ok()
+                .map(|t| Timestamp(t.timestamp_millis()))
+        });
+        let started = Fact::Started {
+            workflow: wf.name.to_string(),
+            version: wf.version,
+            event,
+            inputs,
+            parent: parent.clone(),
+            at: Timestamp::now(),
+        };
+        let mut record = ExecutionRecord {
+            id,
+            workflow: wf.name.to_string(),
+            version: wf.version,
+            status: ExecutionStatus::Running,
+            created_at: started.at(),
+            finished_at: None,
+            output: Value::Null,
+            error: None,
+            steps: Vec::new(),
+            parent,
+            concurrency_key: None,
+        };
+        if let (Some(concurrency), Some(key)) = (&wf.concurrency, key) {
+            let claim = self.claim_slot(wf.name.as_str(), concurrency, key.clone(), id);
+            record.concurrency_key = Some(key);
+            match claim {
+                Claim::Run => {}
+                Claim::Drop => {
+                    self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Submission::Dropped);
+                }
+                Claim::Queue => record.status = ExecutionStatus::Queued,
+                Claim::Replace(old) => {
+                    self.cancel(
+                        old,
+                        "replaced by a newer execution (concurrency overflow: replace)",
+                    )
+                    .await;
+                }
+            }
+            if record.status == ExecutionStatus::Queued {
+                let observed = self.inner.observer.as_ref().map(|_| record.clone());
+                let mut batch = vec![StoreWrite::Create { record, started }];
+                batch.extend(mark);
+                self.inner.store.write(batch).await?;
+                if let Some(record) = observed {
+                    self.observe(&RuntimeEvent::ExecutionStarted {
+                        record: &record,
+                        event_time,
+                    });
+                }
+                return Ok(Submission::Accepted(id));
+            }
+        }
+        let permit = tokio::select! {
+            biased;
+            () = self.inner.shutdown.cancelled() => return Err(SubmitError::ShuttingDown),
+            permit = self.inner.permits.clone().acquire_owned() => permit.map_err(|_| SubmitError::ShuttingDown)?,
+        };
+        let machine = Machine::start(wf, id, &started, self.lent().environment);
+        if self.inner.observer.is_some() {
+            self.observe(&RuntimeEvent::ExecutionStarted {
+                record: &record,
+                event_time,
+            });
+        }
+        let create = StoreWrite::Create {
+            record: record.clone(),
+            started,
+        };
+        let mut batch = vec![create];
+        batch.extend(mark);
+        let driver = Driver::new(
+            self.clone(),
+            machine,
+            record,
+            0,
+            batch,
+            VecDeque::new(),
+            permit,
+        );
+        driver.begin().await?;
+        self.inner.stats.started.fetch_add(1, Ordering::Relaxed);
+        Ok(Submission::Accepted(id))
+    }
+}
+
+/// Evaluates the workflow-level `if` / `unless` against an event.
+pub(super) fn admitted(
+    wf: &Workflow,
+    event: &Event,
+    inputs: &Value,
+    lent: &Lent,
+) -> Result<bool, SubmitError> {
+    if wf.when.is_none() && wf.unless.is_none() {
+        return Ok(true);
+    }
+    let globals = event_globals(wf, event, inputs, &lent.environment);
+    let locals = Locals::default();
+    let view = View {
+        globals: &globals,
+        locals: &locals,
+    };
+    if let Some(when) = &wf.when {
+        let ok = when.eval_bool(&view).map_err(|e| SubmitError::Expression {
+            what: "if",
+            message: lent.redactor.redact_str(&e.message),
+        })?;
+        if !ok {
+            return Ok(false);
+        }
+    }
+    if let Some(unless) = &wf.unless {
+        let hit = unless
+            .eval_bool(&view)
+            .map_err(|e| SubmitError::Expression {
+                what: "unless",
+                message: lent.redactor.redact_str(&e.message),
+            })?;
+        if hit {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub(super) fn concurrency_key(
+    wf: &Workflow,
+    event: &Event,
+    inputs: &Value,
+    lent: &Lent,
+) -> Result<Option<String>, SubmitError> {
+    let Some(concurrency) = &wf.concurrency else {
+        return Ok(None);
+    };
+    let Some(template) = &concurrency.key else {
+        return Ok(Some(String::new()));
+    };
+    let globals = event_globals(wf, event, inputs, &lent.environment);
+    let locals = Locals::default();
+    let value = template
+        .eval(&View {
+            globals: &globals,
+            locals: &locals,
+        })
+        .map_err(|e| SubmitError::Expression {
+            what: "concurrency key",
+            message: lent.redactor.redact_str(&e.message),
+        })?;
+    Ok(Some(match value {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }))
+}
+
+/// The names visible before an execution exists (workflow `if`, `unless`, concurrency key).
+fn event_globals(
+    wf: &Workflow,
+    event: &Event,
+    inputs: &Value,
+    environment: &Arc<Environment>,
+) -> Globals {
+    let inputs = super::super::interpret::resolve_inputs(wf, inputs.clone())
+        .unwrap_or_else(|_| inputs.clone());
+    Globals {
+        event: event.to_value(),
+        inputs,
+        vars: Value::Object(Map::new()),
+        steps: Value::Object(Map::new()),
+        execution: serde_json::json!({ "workflow": wf.name.as_str(), "version": wf.version }),
+        environment: environment.for_event(event),
+    }
+}

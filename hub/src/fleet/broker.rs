@@ -1,6 +1,7 @@
 //! The embedded broker: rumqttd on a loopback port nobody but the hub can log into (a random
 //! internal user and password). Devices never reach it directly: they connect to the
-//! [`super::gateway`], which checks identity and topics and forwards to this broker.
+//! [`super::gateway`], which checks identity and topics, terminates their sessions and
+//! forwards over a few connections of its own to this broker.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

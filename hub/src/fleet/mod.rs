@@ -7,7 +7,8 @@
 //! - [`api`]: `POST /api/v1/enroll` (token only) and `GET /api/v1/devices`.
 //! - [`cli`]: `reactor-hub device add|list`.
 //! - [`broker`]: the embedded rumqttd, reachable only with the hub's internal login.
-//! - [`gateway`]: the device-facing MQTT endpoint: identity and per-device topic checks.
+//! - [`gateway`]: the device-facing MQTT endpoint: identity and per-device topic checks; it
+//!   terminates device sessions and shares a few connections to the broker.
 //! - [`tls`]: the device endpoint's certificate (rustls, ring).
 //! - [`provision`]: device logins and ACLs on an external Mosquitto (dynamic security).
 //! - [`records`]: batched inserts of device records for ingest.
@@ -41,8 +42,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FleetConfig;
 use crate::db::Database;
 
-/// Most device connections the embedded broker is sized for.
+/// Most device connections the device endpoint holds.
 pub const MAX_DEVICES: usize = 20_000;
+/// Connections the embedded broker is sized for: the gateway's pool and the hub's own
+/// clients (ingest, delivery), never devices.
+const BROKER_CONNECTIONS: usize = 64;
 
 /// Starts what `serve`'s fleet flags ask for, until `stop` fires, and returns where the hub's
 /// own MQTT clients connect (`None`: no broker configured):
@@ -71,7 +75,7 @@ pub async fn start_endpoint(
         ),
         None => None,
     };
-    let broker = broker::EmbeddedBroker::start(MAX_DEVICES)?;
+    let broker = broker::EmbeddedBroker::start(BROKER_CONNECTIONS)?;
     broker.ready(Duration::from_secs(10)).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -85,6 +89,7 @@ pub async fn start_endpoint(
         db: db.clone(),
         upstream: broker.addr,
         login: broker.login.clone(),
+        pool_size: gateway::pool_size(),
         stats: Arc::default(),
         tls,
     };
@@ -95,22 +100,21 @@ pub async fn start_endpoint(
 /// Descriptors kept for everything but device connections (database, files, HTTP clients).
 const RESERVED_FDS: u64 = 512;
 
-/// Device connections the endpoint may hold: each costs three descriptors in this process
-/// (see [`raise_open_files_limit`]), within the open-files soft limit less [`RESERVED_FDS`],
-/// and at most [`MAX_DEVICES`].
+/// Device connections the endpoint may hold: each costs one descriptor in this process (its
+/// socket; the gateway terminates the session), within the open-files soft limit less
+/// [`RESERVED_FDS`], and at most [`MAX_DEVICES`].
 pub fn device_capacity() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
-    let by_fds = limit.saturating_sub(RESERVED_FDS) / 3;
+    let by_fds = limit.saturating_sub(RESERVED_FDS);
     usize::try_from(by_fds)
         .unwrap_or(usize::MAX)
         .min(MAX_DEVICES)
 }
 
 /// Raises the soft limit of open files to the hard limit (each device connection through the
-/// endpoint holds three descriptors in this process: the device's socket, the gateway's
-/// connection to the embedded broker and the broker's end of it). Logs what it got.
+/// endpoint holds one descriptor in this process). Logs what it got.
 pub fn raise_open_files_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);

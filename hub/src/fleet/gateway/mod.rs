@@ -1,5 +1,8 @@
 //! The device-facing MQTT endpoint (`serve --mqtt-listen ADDR`): the hub's own MQTT 3.1.1
-//! front in front of the embedded broker, because rumqttd has no per-topic ACL.
+//! front in front of the embedded broker, because rumqttd has no per-topic ACL. It
+//! terminates every device's session itself, so a device costs the hub one descriptor (its
+//! socket) and one task; the broker sees only a small fixed pool of gateway connections
+//! ([`upstream`]).
 //!
 //! With `--mqtt-tls-cert` / `--mqtt-tls-key` the endpoint speaks TLS only ([`super::tls`]):
 //! a client that does not complete a TLS handshake within [`CONNECT_TIMEOUT`] is dropped.
@@ -10,14 +13,19 @@
 //!    equal it and the password must be that device's current credential (registry); a last
 //!    will may only be the device's own `status` topic. Otherwise CONNACK with a refusal code
 //!    and the connection closes.
-//! 2. the gateway opens its own connection to the broker with the internal login and the
-//!    client id `d%{device}` (a `%` no device id can contain, and rumqttd refuses `/`), so a
-//!    device can never take the hub's or another device's session; the broker's packets go
-//!    back to the device as they are.
-//! 3. every packet from the device is decoded before it is forwarded: PUBLISH only to its
-//!    own `status`, `events`, `executions`; SUBSCRIBE only to exactly its own `ack`,
-//!    `bundle`, `cmd` (no wildcards); a second CONNECT is refused. Any other topic or filter
-//!    closes the connection at once (nothing of the packet reaches the broker).
+//! 2. the session is registered under the device id (a session of the same device that was
+//!    still open ends: takeover, no will) and CONNACK accepts it (never a stored session:
+//!    every session is clean; devices use clean sessions).
+//! 3. every packet from the device is decoded and checked ([`check_packet`]): PUBLISH only to
+//!    its own `status`, `events`, `executions`; SUBSCRIBE only to exactly its own `ack`,
+//!    `bundle`, `cmd` (no wildcards). Any other topic or filter closes the connection at once
+//!    (nothing of the packet reaches the broker). The rest is [`session`].
+//!
+//! Hub → device messages for a device that is not connected here are dropped: the hub's
+//! senders resend on their own (docs/fleet.md, "Connections and scale").
+
+mod session;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,11 +35,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use reactor_core::sync::topics::Direction;
 use reactor_core::sync::{Channel, DeviceId, parse_topic};
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet};
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
 use rumqttc::mqttbytes::{Error as MqttError, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use self::session::{End, Session};
+use self::upstream::{Handle, Pool, Router};
 
 use super::broker::{InternalLogin, MAX_PACKET};
 use crate::db::Database;
@@ -49,14 +60,32 @@ pub struct GatewayStats {
     pub refused_full: AtomicU64,
     /// TLS handshakes that failed or timed out (plain MQTT on the TLS port, bad clients).
     pub refused_tls: AtomicU64,
+    /// Sessions closed for a malformed or unsupported packet (QoS 2, a second CONNECT, …).
+    pub refused_protocol: AtomicU64,
+    /// Device sessions open now.
+    pub sessions: AtomicU64,
+    /// Sessions ended because nothing came within 1.5 x their keep-alive.
+    pub expired_keepalive: AtomicU64,
+    /// Sessions ended because the device did not keep up (full queue, stalled write, too many
+    /// deliveries without PUBACK).
+    pub dropped_slow: AtomicU64,
+    /// Last wills published for devices.
+    pub wills: AtomicU64,
+    /// Hub → device messages dropped: the device is not connected here or not subscribed.
+    pub undeliverable: AtomicU64,
+    /// Pool connections to the broker that failed (their sessions ended).
+    pub upstream_lost: AtomicU64,
 }
 
 /// Where the gateway forwards to and how it checks devices.
 #[derive(Debug, Clone)]
 pub struct Gateway {
     pub db: Database,
+    /// The embedded broker.
     pub upstream: SocketAddr,
     pub login: InternalLogin,
+    /// Connections to the broker shared by all device sessions ([`pool_size`]).
+    pub pool_size: usize,
     pub stats: Arc<GatewayStats>,
     /// Device connections held at most (see [`super::device_capacity`]).
     pub capacity: usize,
@@ -77,14 +106,43 @@ enum Refusal {
     Malformed(String),
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    #[error("session ended: {0}")]
+    Ended(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Pool connections to the broker: one per core, 2 to 8.
+pub fn pool_size() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .clamp(2, 8)
+}
+
+/// The gateway while it serves.
+struct Running {
+    gateway: Gateway,
+    pool: Arc<Pool>,
+    router: Arc<Router>,
 }
 
 impl Gateway {
     /// Accepts device connections on `listener` until `stop` fires.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
-        let gateway = Arc::new(self);
+        let router = Arc::new(Router::default());
+        let pool = Pool::start(
+            self.upstream,
+            &self.login,
+            self.pool_size,
+            router.clone(),
+            self.stats.clone(),
+            &stop,
+        );
+        let gateway = Arc::new(Running {
+            gateway: self,
+            pool,
+            router,
+        });
         loop {
             let accepted = tokio::select! {
                 () = stop.cancelled() => return,
@@ -100,10 +158,14 @@ impl Gateway {
             };
             // Past the capacity the connection is closed at once: the process must never run
             // out of descriptors (the broker's own accept loop does not survive that).
-            let Ok(slot) = gateway.slots.clone().try_acquire_owned() else {
-                let refused = gateway.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            let Ok(slot) = gateway.gateway.slots.clone().try_acquire_owned() else {
+                let refused = gateway
+                    .gateway
+                    .stats
+                    .refused_full
+                    .fetch_add(1, Ordering::Relaxed);
                 if refused.is_multiple_of(1_000) {
-                    tracing::warn!(%peer, refused = refused + 1, capacity = gateway.capacity, "device endpoint full: connection closed");
+                    tracing::warn!(%peer, refused = refused + 1, capacity = gateway.gateway.capacity, "device endpoint full: connection closed");
                 }
                 drop(socket);
                 continue;
@@ -114,20 +176,28 @@ impl Gateway {
                 let _slot = slot;
                 let _ = socket.set_nodelay(true);
                 let result = async {
-                    match &gateway.tls {
-                        None => gateway.connection(socket).await,
+                    match &gateway.gateway.tls {
+                        None => gateway.connection(socket, &stop).await,
                         Some(acceptor) => {
                             let handshake =
                                 tokio::time::timeout(CONNECT_TIMEOUT, acceptor.0.accept(socket))
                                     .await;
                             match handshake {
-                                Ok(Ok(stream)) => gateway.connection(stream).await,
+                                Ok(Ok(stream)) => gateway.connection(stream, &stop).await,
                                 Ok(Err(error)) => {
-                                    gateway.stats.refused_tls.fetch_add(1, Ordering::Relaxed);
+                                    gateway
+                                        .gateway
+                                        .stats
+                                        .refused_tls
+                                        .fetch_add(1, Ordering::Relaxed);
                                     Err(Refusal::Tls(error.to_string()))
                                 }
                                 Err(_) => {
-                                    gateway.stats.refused_tls.fetch_add(1, Ordering::Relaxed);
+                                    gateway
+                                        .gateway
+                                        .stats
+                                        .refused_tls
+                                        .fetch_add(1, Ordering::Relaxed);
                                     Err(Refusal::Tls("no handshake in time".into()))
                                 }
                             }
@@ -139,7 +209,7 @@ impl Gateway {
                     result = result => {
                         if let Err(error) = result {
                             match error {
-                                Refusal::Io(_) => tracing::debug!(%peer, %error, "device connection ended"),
+                                Refusal::Io(_) | Refusal::Ended(_) => tracing::debug!(%peer, %error, "device connection ended"),
                                 _ => tracing::warn!(%peer, %error, "device connection refused"),
                             }
                         }
@@ -148,73 +218,82 @@ impl Gateway {
             });
         }
     }
+}
 
-    async fn connection<S>(&self, mut device: S) -> Result<(), Refusal>
+impl Running {
+    /// One device connection: CONNECT checked, then its session until it ends.
+    async fn connection<S>(&self, mut device: S, stop: &CancellationToken) -> Result<(), Refusal>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut buffer = BytesMut::with_capacity(4096);
+        let gateway = &self.gateway;
+        let mut buffer = BytesMut::new();
         let first = tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut device, &mut buffer))
             .await
             .map_err(|_| Refusal::Connect("no CONNECT in time"))??;
-        let Packet::Connect(mut connect) = first else {
+        let Packet::Connect(connect) = first else {
             return Err(Refusal::Connect("the first packet is not CONNECT"));
         };
-        let id = match self.check_connect(&connect).await {
+        let id = match gateway.check_connect(&connect).await {
             Ok(id) => id,
             Err((code, why)) => {
-                self.stats.refused_connect.fetch_add(1, Ordering::Relaxed);
-                let mut out = BytesMut::new();
-                if (ConnAck {
-                    session_present: false,
-                    code,
-                })
-                .write(&mut out)
-                .is_ok()
-                {
-                    let _ = device.write_all(&out).await;
-                }
+                gateway
+                    .stats
+                    .refused_connect
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = write_connack(&mut device, code).await;
                 return Err(Refusal::Connect(why));
             }
         };
-        let mut upstream = TcpStream::connect(self.upstream).await?;
-        let _ = upstream.set_nodelay(true);
-        connect.client_id = format!("d%{}", id.as_str());
-        connect.login = Some(Login::new(
-            self.login.username.clone(),
-            self.login.password.clone(),
-        ));
-        write_packet(&mut upstream, &Packet::Connect(connect)).await?;
-        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-
-        let (mut device_read, mut device_write) = tokio::io::split(device);
-        let (mut upstream_read, mut upstream_write) = upstream.into_split();
-        let down = tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut upstream_read, &mut device_write).await;
-            let _ = device_write.shutdown().await;
-        });
-        let result = async {
-            loop {
-                let packet = read_packet(&mut device_read, &mut buffer).await?;
-                check_packet(&id, &packet).inspect_err(|_| {
-                    self.stats.refused_topic.fetch_add(1, Ordering::Relaxed);
-                })?;
-                let mut out = BytesMut::new();
-                packet
-                    .write(&mut out, MAX_PACKET)
-                    .map_err(|e| Refusal::Malformed(e.to_string()))?;
-                upstream_write.write_all(&out).await?;
-                if matches!(packet, Packet::Disconnect) {
-                    return Ok(());
-                }
+        let slot = self.pool.slot_of(id.as_str());
+        let (tx, mut queue) = tokio::sync::mpsc::channel(session::QUEUE);
+        let handle = Arc::new(Handle::new(tx, self.pool.session_token(slot)));
+        self.router.insert(id.as_str(), handle.clone());
+        gateway.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let mut session = Session::new(
+            id,
+            handle.clone(),
+            &self.pool,
+            slot,
+            &gateway.stats,
+            connect.keep_alive,
+        );
+        let end = match write_connack(&mut device, ConnectReturnCode::Success).await {
+            Ok(()) => {
+                gateway.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                session
+                    .run(&mut device, &mut buffer, &mut queue, stop)
+                    .await
             }
+            Err(error) => End::Closed(error),
+        };
+        self.router.remove(session.id.as_str(), &handle);
+        gateway.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+        if matches!(end, End::KeepAlive) {
+            gateway
+                .stats
+                .expired_keepalive
+                .fetch_add(1, Ordering::Relaxed);
         }
-        .await;
-        down.abort();
-        let _ = upstream_write.shutdown().await;
-        result
+        if end.fires_will()
+            && let Some(will) = connect.last_will
+        {
+            session.publish_will(will).await;
+        }
+        let _ = device.shutdown().await;
+        match end {
+            End::Disconnect | End::Stopped | End::Kicked(upstream::Kick::Takeover) => Ok(()),
+            End::Closed(error) => Err(Refusal::Io(error)),
+            End::Kicked(kick) => Err(Refusal::Ended(format!("{kick:?}"))),
+            End::KeepAlive => Err(Refusal::Ended("keep-alive expired".into())),
+            End::Slow(why) => Err(Refusal::Ended(why.into())),
+            End::Topic(why) => Err(Refusal::Topic(why)),
+            End::Protocol(why) => Err(Refusal::Malformed(why)),
+        }
     }
+}
 
+impl Gateway {
     /// The device a CONNECT may open, or the CONNACK code to refuse it with.
     async fn check_connect(
         &self,
@@ -321,11 +400,17 @@ where
     }
 }
 
-async fn write_packet(stream: &mut TcpStream, packet: &Packet) -> Result<(), Refusal> {
+async fn write_connack<S>(device: &mut S, code: ConnectReturnCode) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
     let mut out = BytesMut::new();
-    packet
-        .write(&mut out, MAX_PACKET)
-        .map_err(|e| Refusal::Malformed(e.to_string()))?;
-    stream.write_all(&out).await?;
-    Ok(())
+    ConnAck {
+        session_present: false,
+        code,
+    }
+    .write(&mut out)
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    device.write_all(&out).await?;
+    device.flush().await
 }

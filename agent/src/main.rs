@@ -29,7 +29,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reactor_core::cli::{self, ExecOptions};
 use reactor_core::process::{self, LogFormat};
 
 /// Many small, short-lived allocations cross threads here (a request's event and record
@@ -56,35 +55,6 @@ enum Command {
     /// state in --data, http triggers and the local API on --listen.
     #[command(after_long_help = config::RUN_HELP, after_help = "See --help for agent.toml keys and REACTOR_* variables.")]
     Run(config::RunFlags),
-    /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
-    Validate {
-        /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
-        /// among them).
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
-    /// Run one workflow once, to the end, in-process, and print its result as JSON.
-    ///
-    /// Exit 0 when it succeeded (or its `if` skipped it), 1 when it failed, 2 when the file
-    /// is invalid. Workflows named by `call:` are looked up among the .yaml/.yml files in
-    /// FILE's folder. Secrets come from REACTOR_SECRET_<NAME> variables.
-    Exec {
-        file: PathBuf,
-        /// The event's data: JSON, or @FILE to read JSON from a file.
-        #[arg(long, env = "REACTOR_EVENT")]
-        event: Option<String>,
-        /// The workflow's inputs: a JSON object.
-        #[arg(long, env = "REACTOR_INPUT")]
-        input: Option<String>,
-        /// Let the `exec` action run any command (otherwise it runs none).
-        #[arg(long, env = "REACTOR_ALLOW_EXEC")]
-        allow_exec: bool,
-        /// Make an environment variable visible to expressions as env.NAME (repeatable).
-        #[arg(long = "env", value_name = "NAME")]
-        env: Vec<String>,
-    },
-    /// Print the JSON Schema of the workflow language (for editors and the designer).
-    Schema,
     /// Enroll this device in a fleet: trade a one-time token (from `reactor-hub device add`)
     /// for the device's identity, broker credentials and the fleet's bundle-signing key,
     /// stored in DATA/fleet/enrollment.json (0600). `run --data DATA` then connects by itself.
@@ -99,34 +69,16 @@ enum Command {
         #[arg(long, env = "REACTOR_DATA", value_name = "DIR")]
         data: PathBuf,
     },
+    /// validate, exec, schema: the same on both binaries.
+    #[command(flatten)]
+    Language(process::LanguageCommand),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
         Command::Run(flags) => return daemon::run(&flags),
-        Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
-        Command::Exec {
-            file,
-            event,
-            input,
-            allow_exec,
-            env,
-        } => {
-            process::init_logging(LogFormat::Human, "warn");
-            let options = ExecOptions {
-                file,
-                event,
-                input,
-                allow_exec,
-                env,
-            };
-            process::run_command(cli::exec(
-                &options,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            ))
-        }
+        Command::Language(command) => command.run(),
         Command::Enroll { hub, token, data } => {
             process::init_logging(LogFormat::Human, "warn");
             process::run_command(async {
@@ -146,14 +98,6 @@ fn main() -> ExitCode {
                     }
                 }
             })
-        }
-        Command::Schema => {
-            let schema = reactor_core::dsl::schema::json_schema();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).unwrap_or_default()
-            );
-            0
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

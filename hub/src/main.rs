@@ -5,12 +5,10 @@
 //! with the agent through `reactor_core::cli`) and `schema` (the JSON Schema of the workflow
 //! language).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reactor_core::cli::{self, ExecOptions};
-use reactor_core::process::{self, LogFormat};
+use reactor_core::process;
 use reactor_hub::cli::TokenCommand;
 use reactor_hub::config::{SERVE_HELP, ServeFlags};
 
@@ -42,35 +40,9 @@ enum Command {
     /// Works offline on the data folder; values are encrypted at rest and never printed.
     #[command(subcommand)]
     Secret(reactor_hub::secrets::cli::SecretCommand),
-    /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
-    Validate {
-        /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
-        /// among them).
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
-    /// Run one workflow once, to the end, in-process, and print its result as JSON.
-    ///
-    /// Exit 0 when it succeeded (or its `if` skipped it), 1 when it failed, 2 when the file
-    /// is invalid. Workflows named by `call:` are looked up among the .yaml/.yml files in
-    /// FILE's folder. Secrets come from REACTOR_SECRET_<NAME> variables.
-    Exec {
-        file: PathBuf,
-        /// The event's data: JSON, or @FILE to read JSON from a file.
-        #[arg(long, env = "REACTOR_EVENT")]
-        event: Option<String>,
-        /// The workflow's inputs: a JSON object.
-        #[arg(long, env = "REACTOR_INPUT")]
-        input: Option<String>,
-        /// Let the `exec` action run any command (otherwise it runs none).
-        #[arg(long, env = "REACTOR_ALLOW_EXEC")]
-        allow_exec: bool,
-        /// Make an environment variable visible to expressions as env.NAME (repeatable).
-        #[arg(long = "env", value_name = "NAME")]
-        env: Vec<String>,
-    },
-    /// Print the JSON Schema of the workflow language (for editors and the designer).
-    Schema,
+    /// validate, exec, schema: the same on both binaries.
+    #[command(flatten)]
+    Language(process::LanguageCommand),
 }
 
 fn main() -> ExitCode {
@@ -80,36 +52,7 @@ fn main() -> ExitCode {
         Command::Token(command) => return reactor_hub::cli::token(command),
         Command::Device(command) => return reactor_hub::fleet::cli::device(command),
         Command::Secret(command) => return reactor_hub::secrets::cli::secret(command),
-        Command::Validate { paths } => cli::validate(&paths, &mut std::io::stdout()),
-        Command::Exec {
-            file,
-            event,
-            input,
-            allow_exec,
-            env,
-        } => {
-            process::init_logging(LogFormat::Human, "warn");
-            let options = ExecOptions {
-                file,
-                event,
-                input,
-                allow_exec,
-                env,
-            };
-            process::run_command(cli::exec(
-                &options,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            ))
-        }
-        Command::Schema => {
-            let schema = reactor_core::dsl::schema::json_schema();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).unwrap_or_default()
-            );
-            0
-        }
+        Command::Language(command) => command.run(),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

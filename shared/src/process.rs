@@ -86,3 +86,78 @@ pub fn run_admin<E: Display>(command: impl Future<Output = Result<(), E>>) -> Ex
     });
     ExitCode::from(u8::try_from(code.min(1)).unwrap_or(1))
 }
+
+/// The commands both binaries offer with the same contract (DSL.md): `validate`, `exec` and
+/// `schema`. Each binary flattens them into its own subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum LanguageCommand {
+    /// Check workflow files or folders; print every problem as PATH:LINE:COL and exit 1 if any.
+    Validate {
+        /// Files or folders (.yaml/.yml in a folder are checked, and `call:` targets resolved
+        /// among them).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
+    /// Run one workflow once, to the end, in-process, and print its result as JSON.
+    ///
+    /// Exit 0 when it succeeded (or its `if` skipped it), 1 when it failed, 2 when the file
+    /// is invalid. Workflows named by `call:` are looked up among the .yaml/.yml files in
+    /// FILE's folder. Secrets come from REACTOR_SECRET_<NAME> variables.
+    Exec {
+        file: std::path::PathBuf,
+        /// The event's data: JSON, or @FILE to read JSON from a file.
+        #[arg(long, env = "REACTOR_EVENT")]
+        event: Option<String>,
+        /// The workflow's inputs: a JSON object.
+        #[arg(long, env = "REACTOR_INPUT")]
+        input: Option<String>,
+        /// Let the `exec` action run any command (otherwise it runs none).
+        #[arg(long, env = "REACTOR_ALLOW_EXEC")]
+        allow_exec: bool,
+        /// Make an environment variable visible to expressions as env.NAME (repeatable).
+        #[arg(long = "env", value_name = "NAME")]
+        env: Vec<String>,
+    },
+    /// Print the JSON Schema of the workflow language (for editors and the designer).
+    Schema,
+}
+
+impl LanguageCommand {
+    /// Runs the command; returns its exit code.
+    pub fn run(self) -> i32 {
+        match self {
+            LanguageCommand::Validate { paths } => {
+                crate::cli::validate(&paths, &mut std::io::stdout())
+            }
+            LanguageCommand::Exec {
+                file,
+                event,
+                input,
+                allow_exec,
+                env,
+            } => {
+                init_logging(LogFormat::Human, "warn");
+                let options = crate::cli::ExecOptions {
+                    file,
+                    event,
+                    input,
+                    allow_exec,
+                    env,
+                };
+                run_command(crate::cli::exec(
+                    &options,
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                ))
+            }
+            LanguageCommand::Schema => {
+                let schema = crate::dsl::schema::json_schema();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                );
+                0
+            }
+        }
+    }
+}

@@ -234,7 +234,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Release);
     tracing::info!(workflows = workflows.list().len(), "reactor-agent ready");
 
-    shutdown_signal().await;
+    reactor_core::process::shutdown_signal().await;
     tracing::info!("stopping: triggers and HTTP first");
     state.stopping.cancel();
     let report = supervisor.shutdown(GRACE).await;
@@ -269,31 +269,4 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     redb.close().await.context("closing the journal")?;
     tracing::info!("reactor-agent stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
 }

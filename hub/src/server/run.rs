@@ -311,7 +311,7 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Release);
     tracing::info!(workflows = workflows.list().len(), "reactor-hub ready");
 
-    shutdown_signal().await;
+    reactor_core::process::shutdown_signal().await;
     tracing::info!("stopping: HTTP server and triggers first");
     state.stopping.cancel();
     if tokio::time::timeout(GRACE, cluster).await.is_err() {
@@ -387,33 +387,6 @@ fn spawn_ops_tasks(
             }
         },
     );
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
 }
 
 /// A consumer name (Redis stream consumers) that stays the same across restarts of this hub —

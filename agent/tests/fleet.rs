@@ -350,7 +350,11 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
     // status reports it; nothing is installed again.
     let installs = |logs: &str| logs.matches("workflow active").count();
     let before = installs(&agent.logs());
-    assert!(before > 0, "the bundle's install is not logged: {}", agent.logs());
+    assert!(
+        before > 0,
+        "the bundle's install is not logged: {}",
+        agent.logs()
+    );
     hub.send(
         Channel::Bundle,
         Envelope::new(

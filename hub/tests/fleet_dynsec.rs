@@ -6,7 +6,8 @@
 //! Checked: the hub creates its own broker login and role at start; enrollment provisions
 //! each device (a client with the device's credential, bound to its client id, and a role
 //! for its own topics); the device connects with what enrollment handed it, its batch is
-//! stored and acked; on another device's topics (publish, subscribe), on wildcards and on
+//! stored and acked; a command from the hub reaches it on its own `cmd` topic; on another
+//! device's topics (publish, subscribe), on wildcards and on
 //! `$SYS` it is refused (SUBACK failure; an admin observer never sees its foreign publishes);
 //! the same credential under another client id, a wrong password and an unprovisioned name
 //! are refused at CONNECT; a device named like the hub's login, or whose broker client
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 use api_support::{Hub, Place, free_port};
 use fleet_device::{connect, events};
 use fleet_support::{add_device, enroll, enrolled};
-use reactor_core::sync::{Channel, DeviceId};
+use reactor_core::sync::messages::{Command as DeviceCommand, Presence};
+use reactor_core::sync::{Channel, DeviceId, Frame, Message, decode};
 use reactor_hub::db::Database;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::mpsc;
@@ -313,6 +315,33 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
     raw.connected().await.unwrap();
     for channel in [Channel::Ack, Channel::Bundle, Channel::Cmd] {
         assert!(raw.subscribe(&a_id.topic(channel)).await, "{channel:?}");
+    }
+    // Hub → device: a command reaches a on its own `cmd` topic (the hub's role publishes
+    // there, a's role receives it) once a reports itself online.
+    raw.publish(
+        &a_id.topic(Channel::Status),
+        fleet_device::status(10, Presence::Online),
+    )
+    .await;
+    hub.post_json(
+        &format!("/api/v1/devices/{a}/commands"),
+        serde_json::json!({"type": "ping", "nonce": 5}),
+    )
+    .await
+    .expect(202);
+    loop {
+        if let Incoming::Publish(topic, payload) = raw.next().await
+            && topic == a_id.topic(Channel::Cmd)
+        {
+            let Ok(Frame::Message(envelope)) = decode(&payload) else {
+                panic!("an undecodable command");
+            };
+            assert_eq!(
+                envelope.message,
+                Message::Command(DeviceCommand::Ping { nonce: 5 })
+            );
+            break;
+        }
     }
     let foreign_filters = [
         b_id.topic(Channel::Ack),

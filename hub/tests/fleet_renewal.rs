@@ -1,4 +1,5 @@
-//! Bundle renewal end to end: the real `reactor-hub serve --mqtt-listen` (SQLite) with
+//! Bundle renewal end to end: the real `reactor-hub serve --mqtt-listen` (SQLite and
+//! PostgreSQL) with
 //! `[fleet] bundle_renew_below = 0.5` and simulated agents on real MQTT through the device
 //! endpoint (bundles verified by reactor-core's `BundleVerifier`). A rollout's bundle lives
 //! 4 s, so the leader re-signs it about every 2 s.
@@ -14,7 +15,7 @@ mod fleet_support;
 
 use std::time::{Duration, Instant};
 
-use api_support::{Hub, Place, free_port};
+use api_support::{Hub, PgDatabase, Place, free_port};
 use fleet_support::enroll;
 use fleet_support::sim::Sim;
 use reactor_hub::db::Database;
@@ -48,10 +49,58 @@ async fn desired(db: &Database, device: &str) -> Option<u64> {
         .unwrap()
 }
 
+/// (version, target, workflows, purpose, rollout id, created, expires) of every bundle.
+type BundleRow = (i64, String, String, String, Option<String>, i64, i64);
+
+async fn bundle_rows(db: &Database) -> Vec<BundleRow> {
+    const SQL: &str = "SELECT version, target, workflows, purpose, rollout_id, created_at, \
+                       expires_at FROM fleet_bundles ORDER BY version";
+    macro_rules! rows {
+        ($pool:expr) => {
+            sqlx::query(SQL)
+                .fetch_all($pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                        r.get(6),
+                    )
+                })
+                .collect()
+        };
+    }
+    match db {
+        Database::Sqlite(pool) => rows!(pool),
+        Database::Postgres(pool) => rows!(pool),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn desired_bundles_are_renewed_before_they_expire() {
+async fn renewal_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let place = Place::sqlite(&dir.path().join("data"));
+    renewal_round(Place::sqlite(&dir.path().join("data"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewal_on_postgres() {
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    renewal_round(Place {
+        data: dir.path().join("data"),
+        database: Some(pg.url.clone()),
+    })
+    .await;
+    pg.drop_now().await;
+}
+
+async fn renewal_round(place: Place) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let hub = Hub::start(
@@ -138,7 +187,9 @@ async fn desired_bundles_are_renewed_before_they_expire() {
     let before = sims[2].snapshot().active.unwrap();
     sims[2].connect();
 
-    let db = Database::open(None, &place.data).await.unwrap();
+    let db = Database::open(place.database.as_deref(), &place.data)
+        .await
+        .unwrap();
     for (i, sim) in sims.iter().enumerate() {
         let id = sim.id.as_str().to_string();
         // It runs what the hub wants it to run now (the renewal chain moves on meanwhile).
@@ -185,35 +236,21 @@ async fn desired_bundles_are_renewed_before_they_expire() {
     assert!(rollout["bundle_version"].as_u64().unwrap() > first);
 
     // Every renewal is the original's content, re-signed.
-    let rows = match &db {
-        Database::Sqlite(pool) => sqlx::query(
-            "SELECT version, target, workflows, purpose, rollout_id, created_at, expires_at \
-             FROM fleet_bundles ORDER BY version",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap(),
-        Database::Postgres(_) => unreachable!("the test runs on SQLite"),
-    };
-    let original = rows
-        .iter()
-        .find(|r| r.get::<i64, _>("version") as u64 == first)
-        .unwrap();
-    let renewals: Vec<_> = rows
-        .iter()
-        .filter(|r| r.get::<String, _>("purpose") == "renewal")
-        .collect();
+    let rows = bundle_rows(&db).await;
+    let original = rows.iter().find(|r| r.0 as u64 == first).unwrap().clone();
+    let renewals: Vec<&BundleRow> = rows.iter().filter(|r| r.3 == "renewal").collect();
     assert!(renewals.len() >= 4, "{} renewals", renewals.len());
     for renewal in &renewals {
-        for column in ["target", "workflows", "rollout_id"] {
-            assert_eq!(
-                renewal.get::<Option<String>, _>(column),
-                original.get::<Option<String>, _>(column),
-                "{column}"
-            );
-        }
-        let validity = renewal.get::<i64, _>("expires_at") - renewal.get::<i64, _>("created_at");
-        assert_eq!(validity, 4_000, "a renewal keeps the original's validity");
+        assert_eq!(
+            (&renewal.1, &renewal.2, &renewal.4),
+            (&original.1, &original.2, &original.4),
+            "a renewal's target, workflows and rollout are the original's"
+        );
+        assert_eq!(
+            renewal.6 - renewal.5,
+            4_000,
+            "a renewal keeps the original's validity"
+        );
     }
     assert!(
         hub.logs().contains("bundle renewed"),

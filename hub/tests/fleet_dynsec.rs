@@ -13,7 +13,9 @@
 //! are refused at CONNECT; a device named like the hub's login, or whose broker client
 //! someone else created, is refused (502); a leftover of the hub's own (an enrollment
 //! interrupted after provisioning) is replaced; an enrollment while the broker is down
-//! fails (502) and its token still works once the broker is back.
+//! fails (502) and its token still works once the broker is back; `remove_device` deletes
+//! the hub's client (the device cannot log in) and refuses to touch a foreign one. The
+//! broker is restarted in between: what was provisioned survives (the plugin's file).
 //!
 //! Skipped, saying so, when the `mosquitto` binary or the plugin is not installed.
 
@@ -245,12 +247,26 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
         eprintln!("SKIPPED: Mosquitto's dynamic-security plugin is not installed ({PLUGINS:?})");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    dynsec_file(&dir.path().join("dynsec.json"));
+    let temp = tempfile::tempdir().unwrap();
+    // Mosquitto started as root drops to its own user, and the plugin saves every change
+    // to its file: that user must reach the folder and write the file.
+    let dir = temp.path().join("broker");
+    std::fs::create_dir(&dir).unwrap();
+    dynsec_file(&dir.join("dynsec.json"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mode(temp.path(), 0o755);
+        mode(&dir, 0o777);
+        mode(&dir.join("dynsec.json"), 0o666);
+    }
+    let dir = dir.as_path();
     let port = free_port();
-    let mut broker = mosquitto(&binary, plugin, dir.path(), port).await;
+    let mut broker = mosquitto(&binary, plugin, dir, port).await;
 
-    let place = Place::sqlite(&dir.path().join("data"));
+    let place = Place::sqlite(&temp.path().join("data"));
     let url = format!("mqtt://reactor-hub:hub-secret@127.0.0.1:{port}");
     let hub = Hub::start(
         place.clone(),
@@ -515,9 +531,9 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
         "{}",
         down.text
     );
-    let mut broker = mosquitto(&binary, plugin, dir.path(), port).await;
+    let mut broker = mosquitto(&binary, plugin, dir, port).await;
     let (late, late_password, _) = enrolled(&hub, &token).await;
-    connect(
+    let mut late_device = connect(
         "127.0.0.1",
         port,
         &late,
@@ -527,7 +543,53 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
     )
     .await
     .unwrap();
+    // What was provisioned before the restart is still there (the plugin saved it): a
+    // logs in again, and the hub (its login and role too) stores and acks a new batch.
+    let mut a_again = Raw::connect(port, &a, &a, &a_password).await;
+    a_again.connected().await.unwrap();
+    let mut acked = None;
+    for _ in 0..20 {
+        late_device.send(Channel::Events, events(1, 3)).await;
+        acked = late_device.acked(3, Duration::from_secs(2)).await;
+        if acked.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        acked,
+        Some(3),
+        "the hub lost its broker login with the restart"
+    );
     assert!(hub.logs().contains("could not be provisioned"));
+
+    // Removal (for a future `device remove`): the hub's client and role go, b cannot log in
+    // any more; the admin's own client of a device name is refused and left alone.
+    let provisioner = reactor_hub::fleet::provision::Provisioner::start(
+        reactor_hub::fleet::provision::ProvisionMode::MosquittoDynsec,
+        Some(&reactor_hub::fleet::broker::BrokerTarget::external(&url).unwrap()),
+        Some(reactor_hub::fleet::broker::InternalLogin {
+            username: ADMIN.into(),
+            password: ADMIN_PASSWORD.into(),
+        }),
+    )
+    .await
+    .unwrap();
+    let reactor_hub::fleet::provision::Provisioner::Dynsec(dynsec) = provisioner else {
+        panic!("not the dynamic-security provisioner");
+    };
+    dynsec.remove_device(&b_id).await.unwrap();
+    let mut removed = Raw::connect(port, &b, &b, &b_password).await;
+    assert!(removed.connected().await.is_err(), "b still logs in");
+    let foreign = dynsec
+        .remove_device(&DeviceId::parse("dyn-taken").unwrap())
+        .await
+        .unwrap_err();
+    assert!(foreign.to_string().contains("did not create"), "{foreign}");
+    let mut taken_login = Raw::connect(port, "dyn-taken", "dyn-taken", "x").await;
+    taken_login
+        .connected()
+        .await
+        .expect("the admin's own client was removed");
 
     db.close().await;
     drop(hub);

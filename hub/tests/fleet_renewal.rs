@@ -258,3 +258,95 @@ async fn renewal_round(place: Place) {
     );
     db.close().await;
 }
+
+/// Renewal off (`bundle_renew_below = 0`): a device that comes online after its desired
+/// bundle expired is sent nothing (the hub says why in its log, once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_renewal_an_expired_bundle_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::sqlite(&dir.path().join("data"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hub = Hub::start(
+        place.clone(),
+        &[
+            ("REACTOR_MQTT_LISTEN", listen.as_str()),
+            ("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0"),
+        ],
+    )
+    .await;
+    let mut sims = Vec::new();
+    for i in 0..2 {
+        let token = fleet_support::add_device(&place, &format!("stale-{i}"), &["site=s"], None);
+        let reply = enroll(&hub, &token).await.expect(200);
+        sims.push(Sim::new(&reply.body, port, false));
+    }
+    // Only device 0 is online: it is the canary; device 1 is sent the bundle while away.
+    sims[0].connect();
+    until(
+        Duration::from_secs(30),
+        "device 0 online",
+        async || hub.get("/api/v1/devices").await.expect(200).body,
+        |list| list["devices"][0]["online"] == true,
+    )
+    .await;
+    let created = hub
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"workflows": [HELLO], "selector": {"site": "s"}, "expires_in": "2s",
+                   "strategy": {"canary": 1, "steps": [100]},
+                   "gate": {"observe": "200ms", "stage_timeout": "30s"}}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let version = created["bundle_version"].as_u64().unwrap();
+    let rollout_id = created["id"].as_str().unwrap().to_string();
+    until(
+        Duration::from_secs(30),
+        "rollout completed",
+        async || {
+            hub.get(&format!("/api/v1/rollouts/{rollout_id}"))
+                .await
+                .expect(200)
+                .body
+        },
+        |r| r["state"] == "completed",
+    )
+    .await;
+    assert_eq!(sims[0].snapshot().accepted, vec![version]);
+    let db = Database::open(None, &place.data).await.unwrap();
+    assert_eq!(desired(&db, "stale-1").await, Some(version));
+
+    // The bundle expires (2 s after it was signed); then device 1 comes online.
+    let expires = bundle_rows(&db)
+        .await
+        .iter()
+        .find(|r| r.0 as u64 == version)
+        .unwrap()
+        .6;
+    let now = reactor_core::engine::Timestamp::now().millis();
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(expires - now + 200).unwrap_or(0),
+    ))
+    .await;
+    sims[1].connect();
+    until(
+        Duration::from_secs(20),
+        "the hub declines the expired bundle",
+        async || hub.logs(),
+        |logs| logs.contains("a desired bundle has expired"),
+    )
+    .await;
+    let state = sims[1].snapshot();
+    assert!(state.connected, "{state:?}");
+    assert_eq!(state.received, 0, "an expired bundle was sent: {state:?}");
+    assert_eq!(
+        hub.logs().matches("a desired bundle has expired").count(),
+        1,
+        "logged once per version"
+    );
+    // Nothing renewed it.
+    assert!(bundle_rows(&db).await.iter().all(|r| r.3 != "renewal"));
+    db.close().await;
+}

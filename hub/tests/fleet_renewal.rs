@@ -290,6 +290,15 @@ async fn without_renewal_an_expired_bundle_is_never_sent() {
         |list| list["devices"][0]["online"] == true,
     )
     .await;
+    // A bundle valid for less than a second is refused (renewal could not keep up).
+    let short = hub
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"workflows": [HELLO], "selector": {"site": "s"}, "expires_in": "0s"}),
+        )
+        .await
+        .problem(422);
+    assert_eq!(short.body["title"], "invalid expires_in", "{}", short.text);
     let created = hub
         .post_json(
             "/api/v1/rollouts",

@@ -359,3 +359,109 @@ async fn without_renewal_an_expired_bundle_is_never_sent() {
     assert!(bundle_rows(&db).await.iter().all(|r| r.3 != "renewal"));
     db.close().await;
 }
+
+/// A running rollout whose later-stage device got a renewal of its previous bundle — a
+/// higher version than the rollout's own bundle — has its bundle renewed too, so the device
+/// is never handed a lower version (which it would refuse) and the rollout completes. (Without
+/// that, the device refuses the rollout's bundle yet counts as applied — it reports a higher
+/// version — while it still runs the old workflows: checked below through its workflows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_behind_a_renewal_is_renewed_too() {
+    const HELLO2: &str =
+        "reactor: 1\nname: hello2\ntriggers:\n  - event: { type: ping }\nsteps:\n  - return: hi2\n";
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::sqlite(&dir.path().join("data"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hub = Hub::start(
+        place.clone(),
+        &[
+            ("REACTOR_MQTT_LISTEN", listen.as_str()),
+            ("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0.5"),
+        ],
+    )
+    .await;
+    let mut sims = Vec::new();
+    for i in 0..2 {
+        let token = fleet_support::add_device(&place, &format!("behind-{i}"), &["site=b"], None);
+        let reply = enroll(&hub, &token).await.expect(200);
+        let mut sim = Sim::new(&reply.body, port, false);
+        sim.connect();
+        sims.push(sim);
+    }
+    until(
+        Duration::from_secs(30),
+        "2 devices online",
+        async || hub.get("/api/v1/devices").await.expect(200).body,
+        |list| {
+            list["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["online"] == true)
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let rollout = async |body: Value| {
+        let created = hub
+            .post_json("/api/v1/rollouts", body)
+            .await
+            .expect(201)
+            .body;
+        let id = created["id"].as_str().unwrap().to_string();
+        (id, created["bundle_version"].as_u64().unwrap())
+    };
+    let completed = async |id: &str| {
+        until(
+            Duration::from_secs(60),
+            "rollout completed",
+            async || {
+                hub.get(&format!("/api/v1/rollouts/{id}"))
+                    .await
+                    .expect(200)
+                    .body
+            },
+            |r| r["state"] == "completed",
+        )
+        .await
+    };
+    // A: both devices take a bundle that lives 10 s (renewed 5 s after it was signed).
+    let (a, a_version) = rollout(json!({"workflows": [HELLO], "selector": {"site": "b"},
+        "expires_in": "10s", "strategy": {"canary": 2, "steps": [100]},
+        "gate": {"observe": "200ms", "stage_timeout": "30s"}}))
+    .await;
+    completed(&a).await;
+    // B: a lasting bundle; device 0 is its canary, device 1 waits 12 s for the next stage —
+    // meanwhile A's bundle, still device 1's desired one, is renewed above B's.
+    let (b, b_version) = rollout(json!({"workflows": [HELLO2], "selector": {"site": "b"},
+        "strategy": {"canary": 1, "steps": [100]},
+        "gate": {"observe": "12s", "stage_timeout": "60s"}}))
+    .await;
+    let db = Database::open(None, &place.data).await.unwrap();
+    assert_eq!(
+        desired(&db, "behind-1").await,
+        Some(a_version),
+        "precondition: A's bundle was renewed before B started (a very slow machine?)"
+    );
+    let done = completed(&b).await;
+    assert!(
+        hub.logs()
+            .contains("a pending device of the rollout has a newer bundle"),
+        "{}",
+        hub.logs()
+    );
+    assert!(
+        done["bundle_version"].as_u64().unwrap() > b_version,
+        "{done}"
+    );
+    assert_eq!(done["counts"]["applied"], 2, "{done}");
+    for sim in &sims {
+        let state = sim.snapshot();
+        assert_eq!(state.workflows, vec!["hello2".to_string()], "{state:?}");
+        assert_eq!(state.refused, 0, "a device refused a bundle: {state:?}");
+        assert!(state.accepted.windows(2).all(|w| w[0] < w[1]), "{state:?}");
+    }
+    db.close().await;
+}

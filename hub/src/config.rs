@@ -123,6 +123,9 @@ Configuration (hub.toml; layers: defaults < file < REACTOR_* environment < flags
              mqtt_tls_cert / mqtt_tls_key / mqtt_tls_ca = PEM files (TLS on that endpoint);
              mqtt_advertise = \"mqtts://hub.example:8883\" (what enrollment hands out);
              or mqtt_broker = \"mqtt://USER:PASS@HOST:1883\" (an external broker instead)
+             provision = \"none\" | \"mosquitto_dynsec\" (with mqtt_broker: the hub creates
+             each device's login and ACL on Mosquitto's dynamic-security plugin, as
+             provision_username / provision_password, else the mqtt_broker login);
              bundle_renew_below = 0.333 (re-sign a desired bundle once less than this
              fraction of its validity is left; 0: never)
 

@@ -6,13 +6,16 @@
 //! Checked: the hub creates its own broker login and role at start; enrollment provisions
 //! each device (a client with the device's credential, bound to its client id, and a role
 //! for its own topics); the device connects with what enrollment handed it, its batch is
-//! stored and acked; on another device's topics (publish, subscribe), on wildcards and on
+//! stored and acked; a command from the hub reaches it on its own `cmd` topic; on another
+//! device's topics (publish, subscribe), on wildcards and on
 //! `$SYS` it is refused (SUBACK failure; an admin observer never sees its foreign publishes);
 //! the same credential under another client id, a wrong password and an unprovisioned name
 //! are refused at CONNECT; a device named like the hub's login, or whose broker client
 //! someone else created, is refused (502); a leftover of the hub's own (an enrollment
 //! interrupted after provisioning) is replaced; an enrollment while the broker is down
-//! fails (502) and its token still works once the broker is back.
+//! fails (502) and its token still works once the broker is back; `remove_device` deletes
+//! the hub's client (the device cannot log in) and refuses to touch a foreign one. The
+//! broker is restarted in between: what was provisioned survives (the plugin's file).
 //!
 //! Skipped, saying so, when the `mosquitto` binary or the plugin is not installed.
 
@@ -27,7 +30,8 @@ use std::time::{Duration, Instant};
 use api_support::{Hub, Place, free_port};
 use fleet_device::{connect, events};
 use fleet_support::{add_device, enroll, enrolled};
-use reactor_core::sync::{Channel, DeviceId};
+use reactor_core::sync::messages::{Command as DeviceCommand, Presence};
+use reactor_core::sync::{Channel, DeviceId, Frame, Message, decode};
 use reactor_hub::db::Database;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::mpsc;
@@ -243,12 +247,26 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
         eprintln!("SKIPPED: Mosquitto's dynamic-security plugin is not installed ({PLUGINS:?})");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    dynsec_file(&dir.path().join("dynsec.json"));
+    let temp = tempfile::tempdir().unwrap();
+    // Mosquitto started as root drops to its own user, and the plugin saves every change
+    // to its file: that user must reach the folder and write the file.
+    let dir = temp.path().join("broker");
+    std::fs::create_dir(&dir).unwrap();
+    dynsec_file(&dir.join("dynsec.json"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mode(temp.path(), 0o755);
+        mode(&dir, 0o777);
+        mode(&dir.join("dynsec.json"), 0o666);
+    }
+    let dir = dir.as_path();
     let port = free_port();
-    let mut broker = mosquitto(&binary, plugin, dir.path(), port).await;
+    let mut broker = mosquitto(&binary, plugin, dir, port).await;
 
-    let place = Place::sqlite(&dir.path().join("data"));
+    let place = Place::sqlite(&temp.path().join("data"));
     let url = format!("mqtt://reactor-hub:hub-secret@127.0.0.1:{port}");
     let hub = Hub::start(
         place.clone(),
@@ -313,6 +331,33 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
     raw.connected().await.unwrap();
     for channel in [Channel::Ack, Channel::Bundle, Channel::Cmd] {
         assert!(raw.subscribe(&a_id.topic(channel)).await, "{channel:?}");
+    }
+    // Hub → device: a command reaches a on its own `cmd` topic (the hub's role publishes
+    // there, a's role receives it) once a reports itself online.
+    raw.publish(
+        &a_id.topic(Channel::Status),
+        fleet_device::status(10, Presence::Online),
+    )
+    .await;
+    hub.post_json(
+        &format!("/api/v1/devices/{a}/commands"),
+        serde_json::json!({"type": "ping", "nonce": 5}),
+    )
+    .await
+    .expect(202);
+    loop {
+        if let Incoming::Publish(topic, payload) = raw.next().await
+            && topic == a_id.topic(Channel::Cmd)
+        {
+            let Ok(Frame::Message(envelope)) = decode(&payload) else {
+                panic!("an undecodable command");
+            };
+            assert_eq!(
+                envelope.message,
+                Message::Command(DeviceCommand::Ping { nonce: 5 })
+            );
+            break;
+        }
     }
     let foreign_filters = [
         b_id.topic(Channel::Ack),
@@ -486,9 +531,9 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
         "{}",
         down.text
     );
-    let mut broker = mosquitto(&binary, plugin, dir.path(), port).await;
+    let mut broker = mosquitto(&binary, plugin, dir, port).await;
     let (late, late_password, _) = enrolled(&hub, &token).await;
-    connect(
+    let mut late_device = connect(
         "127.0.0.1",
         port,
         &late,
@@ -498,7 +543,53 @@ async fn enrollment_provisions_devices_on_mosquitto_dynsec() {
     )
     .await
     .unwrap();
+    // What was provisioned before the restart is still there (the plugin saved it): a
+    // logs in again, and the hub (its login and role too) stores and acks a new batch.
+    let mut a_again = Raw::connect(port, &a, &a, &a_password).await;
+    a_again.connected().await.unwrap();
+    let mut acked = None;
+    for _ in 0..20 {
+        late_device.send(Channel::Events, events(1, 3)).await;
+        acked = late_device.acked(3, Duration::from_secs(2)).await;
+        if acked.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        acked,
+        Some(3),
+        "the hub lost its broker login with the restart"
+    );
     assert!(hub.logs().contains("could not be provisioned"));
+
+    // Removal (for a future `device remove`): the hub's client and role go, b cannot log in
+    // any more; the admin's own client of a device name is refused and left alone.
+    let provisioner = reactor_hub::fleet::provision::Provisioner::start(
+        reactor_hub::fleet::provision::ProvisionMode::MosquittoDynsec,
+        Some(&reactor_hub::fleet::broker::BrokerTarget::external(&url).unwrap()),
+        Some(reactor_hub::fleet::broker::InternalLogin {
+            username: ADMIN.into(),
+            password: ADMIN_PASSWORD.into(),
+        }),
+    )
+    .await
+    .unwrap();
+    let reactor_hub::fleet::provision::Provisioner::Dynsec(dynsec) = provisioner else {
+        panic!("not the dynamic-security provisioner");
+    };
+    dynsec.remove_device(&b_id).await.unwrap();
+    let mut removed = Raw::connect(port, &b, &b, &b_password).await;
+    assert!(removed.connected().await.is_err(), "b still logs in");
+    let foreign = dynsec
+        .remove_device(&DeviceId::parse("dyn-taken").unwrap())
+        .await
+        .unwrap_err();
+    assert!(foreign.to_string().contains("did not create"), "{foreign}");
+    let mut taken_login = Raw::connect(port, "dyn-taken", "dyn-taken", "x").await;
+    taken_login
+        .connected()
+        .await
+        .expect("the admin's own client was removed");
 
     db.close().await;
     drop(hub);

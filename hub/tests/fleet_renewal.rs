@@ -1,4 +1,5 @@
-//! Bundle renewal end to end: the real `reactor-hub serve --mqtt-listen` (SQLite) with
+//! Bundle renewal end to end: the real `reactor-hub serve --mqtt-listen` (SQLite and
+//! PostgreSQL) with
 //! `[fleet] bundle_renew_below = 0.5` and simulated agents on real MQTT through the device
 //! endpoint (bundles verified by reactor-core's `BundleVerifier`). A rollout's bundle lives
 //! 4 s, so the leader re-signs it about every 2 s.
@@ -14,7 +15,7 @@ mod fleet_support;
 
 use std::time::{Duration, Instant};
 
-use api_support::{Hub, Place, free_port};
+use api_support::{Hub, PgDatabase, Place, free_port};
 use fleet_support::enroll;
 use fleet_support::sim::Sim;
 use reactor_hub::db::Database;
@@ -48,10 +49,58 @@ async fn desired(db: &Database, device: &str) -> Option<u64> {
         .unwrap()
 }
 
+/// (version, target, workflows, purpose, rollout id, created, expires) of every bundle.
+type BundleRow = (i64, String, String, String, Option<String>, i64, i64);
+
+async fn bundle_rows(db: &Database) -> Vec<BundleRow> {
+    const SQL: &str = "SELECT version, target, workflows, purpose, rollout_id, created_at, \
+                       expires_at FROM fleet_bundles ORDER BY version";
+    macro_rules! rows {
+        ($pool:expr) => {
+            sqlx::query(SQL)
+                .fetch_all($pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                        r.get(6),
+                    )
+                })
+                .collect()
+        };
+    }
+    match db {
+        Database::Sqlite(pool) => rows!(pool),
+        Database::Postgres(pool) => rows!(pool),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn desired_bundles_are_renewed_before_they_expire() {
+async fn renewal_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let place = Place::sqlite(&dir.path().join("data"));
+    renewal_round(Place::sqlite(&dir.path().join("data"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewal_on_postgres() {
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    renewal_round(Place {
+        data: dir.path().join("data"),
+        database: Some(pg.url.clone()),
+    })
+    .await;
+    pg.drop_now().await;
+}
+
+async fn renewal_round(place: Place) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let hub = Hub::start(
@@ -138,7 +187,9 @@ async fn desired_bundles_are_renewed_before_they_expire() {
     let before = sims[2].snapshot().active.unwrap();
     sims[2].connect();
 
-    let db = Database::open(None, &place.data).await.unwrap();
+    let db = Database::open(place.database.as_deref(), &place.data)
+        .await
+        .unwrap();
     for (i, sim) in sims.iter().enumerate() {
         let id = sim.id.as_str().to_string();
         // It runs what the hub wants it to run now (the renewal chain moves on meanwhile).
@@ -185,39 +236,232 @@ async fn desired_bundles_are_renewed_before_they_expire() {
     assert!(rollout["bundle_version"].as_u64().unwrap() > first);
 
     // Every renewal is the original's content, re-signed.
-    let rows = match &db {
-        Database::Sqlite(pool) => sqlx::query(
-            "SELECT version, target, workflows, purpose, rollout_id, created_at, expires_at \
-             FROM fleet_bundles ORDER BY version",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap(),
-        Database::Postgres(_) => unreachable!("the test runs on SQLite"),
-    };
-    let original = rows
-        .iter()
-        .find(|r| r.get::<i64, _>("version") as u64 == first)
-        .unwrap();
-    let renewals: Vec<_> = rows
-        .iter()
-        .filter(|r| r.get::<String, _>("purpose") == "renewal")
-        .collect();
+    let rows = bundle_rows(&db).await;
+    let original = rows.iter().find(|r| r.0 as u64 == first).unwrap().clone();
+    let renewals: Vec<&BundleRow> = rows.iter().filter(|r| r.3 == "renewal").collect();
     assert!(renewals.len() >= 4, "{} renewals", renewals.len());
     for renewal in &renewals {
-        for column in ["target", "workflows", "rollout_id"] {
-            assert_eq!(
-                renewal.get::<Option<String>, _>(column),
-                original.get::<Option<String>, _>(column),
-                "{column}"
-            );
-        }
-        let validity = renewal.get::<i64, _>("expires_at") - renewal.get::<i64, _>("created_at");
-        assert_eq!(validity, 4_000, "a renewal keeps the original's validity");
+        assert_eq!(
+            (&renewal.1, &renewal.2, &renewal.4),
+            (&original.1, &original.2, &original.4),
+            "a renewal's target, workflows and rollout are the original's"
+        );
+        assert_eq!(
+            renewal.6 - renewal.5,
+            4_000,
+            "a renewal keeps the original's validity"
+        );
     }
     assert!(
         hub.logs().contains("bundle renewed"),
         "the hub does not log renewals"
     );
+    db.close().await;
+}
+
+/// Renewal off (`bundle_renew_below = 0`): a device that comes online after its desired
+/// bundle expired is sent nothing (the hub says why in its log, once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_renewal_an_expired_bundle_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::sqlite(&dir.path().join("data"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hub = Hub::start(
+        place.clone(),
+        &[
+            ("REACTOR_MQTT_LISTEN", listen.as_str()),
+            ("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0"),
+        ],
+    )
+    .await;
+    let mut sims = Vec::new();
+    for i in 0..2 {
+        let token = fleet_support::add_device(&place, &format!("stale-{i}"), &["site=s"], None);
+        let reply = enroll(&hub, &token).await.expect(200);
+        sims.push(Sim::new(&reply.body, port, false));
+    }
+    // Only device 0 is online: it is the canary; device 1 is sent the bundle while away.
+    sims[0].connect();
+    until(
+        Duration::from_secs(30),
+        "device 0 online",
+        async || hub.get("/api/v1/devices").await.expect(200).body,
+        |list| list["devices"][0]["online"] == true,
+    )
+    .await;
+    // A bundle valid for less than a second is refused (renewal could not keep up).
+    let short = hub
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"workflows": [HELLO], "selector": {"site": "s"}, "expires_in": "0s"}),
+        )
+        .await
+        .problem(422);
+    assert_eq!(short.body["title"], "invalid expires_in", "{}", short.text);
+    let created = hub
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"workflows": [HELLO], "selector": {"site": "s"}, "expires_in": "2s",
+                   "strategy": {"canary": 1, "steps": [100]},
+                   "gate": {"observe": "200ms", "stage_timeout": "30s"}}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let version = created["bundle_version"].as_u64().unwrap();
+    let rollout_id = created["id"].as_str().unwrap().to_string();
+    until(
+        Duration::from_secs(30),
+        "rollout completed",
+        async || {
+            hub.get(&format!("/api/v1/rollouts/{rollout_id}"))
+                .await
+                .expect(200)
+                .body
+        },
+        |r| r["state"] == "completed",
+    )
+    .await;
+    assert_eq!(sims[0].snapshot().accepted, vec![version]);
+    let db = Database::open(None, &place.data).await.unwrap();
+    assert_eq!(desired(&db, "stale-1").await, Some(version));
+
+    // The bundle expires (2 s after it was signed); then device 1 comes online.
+    let expires = bundle_rows(&db)
+        .await
+        .iter()
+        .find(|r| r.0 as u64 == version)
+        .unwrap()
+        .6;
+    let now = reactor_core::engine::Timestamp::now().millis();
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(expires - now + 200).unwrap_or(0),
+    ))
+    .await;
+    sims[1].connect();
+    until(
+        Duration::from_secs(20),
+        "the hub declines the expired bundle",
+        async || hub.logs(),
+        |logs| logs.contains("a desired bundle has expired"),
+    )
+    .await;
+    let state = sims[1].snapshot();
+    assert!(state.connected, "{state:?}");
+    assert_eq!(state.received, 0, "an expired bundle was sent: {state:?}");
+    assert_eq!(
+        hub.logs().matches("a desired bundle has expired").count(),
+        1,
+        "logged once per version"
+    );
+    // Nothing renewed it.
+    assert!(bundle_rows(&db).await.iter().all(|r| r.3 != "renewal"));
+    db.close().await;
+}
+
+/// A running rollout whose later-stage device got a renewal of its previous bundle — a
+/// higher version than the rollout's own bundle — has its bundle renewed too, so the device
+/// is never handed a lower version (which it would refuse) and the rollout completes. (Without
+/// that, the device refuses the rollout's bundle yet counts as applied — it reports a higher
+/// version — while it still runs the old workflows: checked below through its workflows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_behind_a_renewal_is_renewed_too() {
+    const HELLO2: &str =
+        "reactor: 1\nname: hello2\ntriggers:\n  - event: { type: ping }\nsteps:\n  - return: hi2\n";
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::sqlite(&dir.path().join("data"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hub = Hub::start(
+        place.clone(),
+        &[
+            ("REACTOR_MQTT_LISTEN", listen.as_str()),
+            ("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0.5"),
+        ],
+    )
+    .await;
+    let mut sims = Vec::new();
+    for i in 0..2 {
+        let token = fleet_support::add_device(&place, &format!("behind-{i}"), &["site=b"], None);
+        let reply = enroll(&hub, &token).await.expect(200);
+        let mut sim = Sim::new(&reply.body, port, false);
+        sim.connect();
+        sims.push(sim);
+    }
+    until(
+        Duration::from_secs(30),
+        "2 devices online",
+        async || hub.get("/api/v1/devices").await.expect(200).body,
+        |list| {
+            list["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["online"] == true)
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let rollout = async |body: Value| {
+        let created = hub
+            .post_json("/api/v1/rollouts", body)
+            .await
+            .expect(201)
+            .body;
+        let id = created["id"].as_str().unwrap().to_string();
+        (id, created["bundle_version"].as_u64().unwrap())
+    };
+    let completed = async |id: &str| {
+        until(
+            Duration::from_secs(60),
+            "rollout completed",
+            async || {
+                hub.get(&format!("/api/v1/rollouts/{id}"))
+                    .await
+                    .expect(200)
+                    .body
+            },
+            |r| r["state"] == "completed",
+        )
+        .await
+    };
+    // A: both devices take a bundle that lives 10 s (renewed 5 s after it was signed).
+    let (a, a_version) = rollout(json!({"workflows": [HELLO], "selector": {"site": "b"},
+        "expires_in": "10s", "strategy": {"canary": 2, "steps": [100]},
+        "gate": {"observe": "200ms", "stage_timeout": "30s"}}))
+    .await;
+    completed(&a).await;
+    // B: a lasting bundle; device 0 is its canary, device 1 waits 12 s for the next stage —
+    // meanwhile A's bundle, still device 1's desired one, is renewed above B's.
+    let (b, b_version) = rollout(json!({"workflows": [HELLO2], "selector": {"site": "b"},
+        "strategy": {"canary": 1, "steps": [100]},
+        "gate": {"observe": "12s", "stage_timeout": "60s"}}))
+    .await;
+    let db = Database::open(None, &place.data).await.unwrap();
+    assert_eq!(
+        desired(&db, "behind-1").await,
+        Some(a_version),
+        "precondition: A's bundle was renewed before B started (a very slow machine?)"
+    );
+    let done = completed(&b).await;
+    assert!(
+        hub.logs()
+            .contains("a pending device of the rollout has a newer bundle"),
+        "{}",
+        hub.logs()
+    );
+    assert!(
+        done["bundle_version"].as_u64().unwrap() > b_version,
+        "{done}"
+    );
+    assert_eq!(done["counts"]["applied"], 2, "{done}");
+    for sim in &sims {
+        let state = sim.snapshot();
+        assert_eq!(state.workflows, vec!["hello2".to_string()], "{state:?}");
+        assert_eq!(state.refused, 0, "a device refused a bundle: {state:?}");
+        assert!(state.accepted.windows(2).all(|w| w[0] < w[1]), "{state:?}");
+    }
     db.close().await;
 }

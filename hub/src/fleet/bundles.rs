@@ -31,6 +31,8 @@ use crate::db::Database;
 pub const MAX_WORKFLOWS: usize = reactor_core::sync::bundle::MAX_WORKFLOWS;
 /// How long a bundle may be accepted after it was signed, unless the request says otherwise.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Shortest validity a bundle may be given (renewal re-signs it within that time).
+pub const MIN_EXPIRY: Duration = Duration::from_secs(1);
 /// Attempts at taking the next version when other hubs insert concurrently.
 const VERSION_ATTEMPTS: usize = 8;
 
@@ -294,7 +296,8 @@ pub async fn renew(
         .map_err(|e| BundleBuildError::Refused(format!("bundle {version}'s target: {e}")))?;
     let workflows: Vec<WorkflowText> = serde_json::from_str(&workflows)
         .map_err(|e| BundleBuildError::Refused(format!("bundle {version}'s workflows: {e}")))?;
-    let validity = Duration::from_millis(u64::try_from(expires - created).unwrap_or(0).max(1000));
+    let validity =
+        Duration::from_millis(u64::try_from(expires - created).unwrap_or(0)).max(MIN_EXPIRY);
     sign_and_store(
         db,
         signer,

@@ -65,6 +65,8 @@ struct State {
     sent: HashMap<String, (u64, Instant)>,
     /// Encoded bundle frames with their expiry (ms since the epoch).
     frames: HashMap<u64, (Arc<Vec<u8>>, i64)>,
+    /// Expired desired versions already logged (once per version, not per device and send).
+    expired_logged: std::collections::HashSet<u64>,
 }
 
 /// Counters, for logs and tests.
@@ -308,11 +310,13 @@ impl Inner {
             return;
         };
         if expires <= reactor_core::engine::Timestamp::now().millis() {
-            tracing::warn!(
-                device,
-                version,
-                "the desired bundle has expired: not sent (its renewal replaces it)"
-            );
+            if self.lock().expired_logged.insert(version) {
+                tracing::warn!(
+                    device,
+                    version,
+                    "a desired bundle has expired: sent to no device (its renewal replaces it; bundle_renew_below = 0?)"
+                );
+            }
             return;
         }
         let Ok(id) = DeviceId::parse(device) else {

@@ -243,7 +243,8 @@ impl Dynsec {
         Ok(())
     }
 
-    /// Removes device `id`'s broker client and role (those the hub created).
+    /// Removes device `id`'s broker client and role (those the hub created; a client or role
+    /// of that name the hub did not create is an error and stays).
     pub async fn remove_device(&self, id: &DeviceId) -> Result<(), ProvisionError> {
         let name = id.as_str();
         let role = device_role(id);

@@ -150,6 +150,12 @@ async fn create(
         Some(text) => reactor_core::flow::parse_duration(text)
             .map_err(|e| unprocessable("invalid expires_in", &e.to_string()))?,
     };
+    if expires_in < bundles::MIN_EXPIRY {
+        return Err(unprocessable(
+            "invalid expires_in",
+            "a bundle must be valid for at least 1s (it is renewed before it expires)",
+        ));
+    }
     let workflows = bundles::validate(&request.workflows).map_err(build_problem)?;
     let active = store::list(&state.db, true, 1).await?;
     if let Some(running) = active.first() {

@@ -9,10 +9,8 @@
 //! - **Gap notices** are stored (`device_gaps`) and fill their range when computing `H`.
 //! - **Status frames** (and the broker's last will, `Offline`) update presence, last seen,
 //!   versions and health, only when their seq is higher than the stored one.
-//! - **Stored events feed the hub's workflows** through an [`EventSink`] after the commit,
-//!   with `meta.device` / `meta.device_labels` (the expression context's `device`); a row's
-//!   `routed_at` is set once delivered. Events left undelivered (routing failed, or the hub
-//!   died between commit and routing) are routed again by a sweeper.
+//! - **Stored events feed the hub's workflows** through an [`EventSink`] after the commit
+//!   (`routing`: the hub event, delivery marks, the sweeper for undelivered events).
 //!
 //! Frames are handled by [`SHARDS`] workers, a device always on the same one, so one
 //! device's frames are handled in arrival order and never concurrently.
@@ -23,9 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use reactor_core::Value;
-use reactor_core::engine::{Event, Timestamp};
+use reactor_core::engine::Timestamp;
 use reactor_core::sync::messages::{
     Ack, DeviceEvent, ExecutionReport, GapNotice, GapReason, Outcome, Presence, Status,
 };
@@ -36,9 +33,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::{BrokerError, BrokerTarget};
-use super::records::{insert_events, insert_executions, mark_routed};
+use super::records::{insert_events, insert_executions};
 use super::registry::on_pool;
 use crate::db::Database;
+
+mod routing;
+pub use routing::{EventSink, WorkflowSink};
+use routing::{Fresh, hub_event};
 
 /// Workers handling frames (a device always goes to the same one).
 pub const SHARDS: usize = 4;
@@ -51,27 +52,6 @@ const SWEEP_AFTER: Duration = Duration::from_secs(30);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Seqs read per step when advancing `H`.
 const ADVANCE_PAGE: i64 = 10_000;
-
-/// Where stored device events go: the hub's `event` triggers (and waits).
-#[async_trait]
-pub trait EventSink: Send + Sync + 'static {
-    /// Hands `event` to every matching workflow; an error leaves it for the sweeper.
-    async fn deliver(&self, event: &Event) -> Result<(), String>;
-}
-
-/// The hub's workflows as an [`EventSink`]: `event` triggers start executions (as
-/// `POST /api/v1/events` does) and executions waiting in a `wait` see the event.
-#[derive(Debug, Clone)]
-pub struct WorkflowSink(pub Arc<reactor_core::deploy::ActiveWorkflows>);
-
-#[async_trait]
-impl EventSink for WorkflowSink {
-    async fn deliver(&self, event: &Event) -> Result<(), String> {
-        self.0.events().route(event).await?;
-        self.0.runtime().deliver(event).await;
-        Ok(())
-    }
-}
 
 /// Counters, for logs, metrics and tests.
 #[derive(Debug, Default)]
@@ -333,12 +313,6 @@ struct Worker {
     stats: Arc<IngestStats>,
 }
 
-/// An event stored by this call, to route after the commit.
-struct Fresh {
-    seq: i64,
-    event: Event,
-}
-
 impl Worker {
     async fn handle(&self, topic: &str, payload: &[u8]) {
         let refuse = |why: &dyn std::fmt::Display| {
@@ -571,99 +545,6 @@ impl Worker {
         });
         Ok(Some(highest))
     }
-
-    /// Hands stored events to the workflows, then marks the delivered ones in one statement
-    /// (an event not delivered, or not marked, is left for the sweeper).
-    async fn route(&self, device: &DeviceId, fresh: Vec<Fresh>) {
-        let Some(sink) = &self.sink else {
-            return;
-        };
-        let mut delivered = Vec::with_capacity(fresh.len());
-        for Fresh { seq, event } in fresh {
-            match sink.deliver(&event).await {
-                Ok(()) => {
-                    self.stats.routed.fetch_add(1, Ordering::Relaxed);
-                    delivered.push(seq);
-                }
-                Err(error) => {
-                    self.stats.route_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(device = %device, seq, %error, "a device event was not delivered; retried later");
-                }
-            }
-        }
-        if delivered.is_empty() {
-            return;
-        }
-        let now = Timestamp::now().millis();
-        let marked = on_pool!(&self.db, pool => mark_routed!(pool, device, delivered, now));
-        if let Err(error) = marked {
-            tracing::warn!(device = %device, events = delivered.len(), %error, "could not mark device events delivered");
-        }
-    }
-
-    /// Routes stored events not delivered after `age` (failed, or the hub stopped between
-    /// commit and routing).
-    async fn sweep(&self, age: Duration) -> Result<(), sqlx::Error> {
-        if self.sink.is_none() {
-            return Ok(());
-        }
-        let before = Timestamp::now().millis() - i64::try_from(age.as_millis()).unwrap_or(0);
-        let rows = on_pool!(&self.db, pool => {
-            sqlx::query(
-                "SELECT e.device_id, e.seq, e.event_id, e.event_type, e.source, e.time, e.data, \
-                 e.meta, d.labels FROM device_events e JOIN devices d ON d.id = e.device_id \
-                 WHERE e.routed_at IS NULL AND e.received_at < $1 \
-                 ORDER BY e.device_id, e.seq LIMIT 1000",
-            )
-            .bind(before)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|row| {
-                Ok::<_, sqlx::Error>((
-                    row.try_get::<String, _>("device_id")?,
-                    row.try_get::<i64, _>("seq")?,
-                    row.try_get::<String, _>("event_id")?,
-                    row.try_get::<String, _>("event_type")?,
-                    row.try_get::<String, _>("source")?,
-                    row.try_get::<i64, _>("time")?,
-                    row.try_get::<String, _>("data")?,
-                    row.try_get::<String, _>("meta")?,
-                    row.try_get::<String, _>("labels")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, _>>()?
-        });
-        // Rows come ordered by device: route each device's run, marked in one statement.
-        let mut run: Option<(DeviceId, Vec<Fresh>)> = None;
-        for (device, seq, id, event_type, source, time, data, meta, labels) in rows {
-            let Ok(device) = DeviceId::parse(&device) else {
-                continue;
-            };
-            if let Some((current, fresh)) = run.take_if(|(current, _)| *current != device) {
-                self.route(&current, fresh).await;
-            }
-            let labels: Value = serde_json::from_str(&labels).unwrap_or(Value::Null);
-            let event = build_event(
-                &device,
-                &labels,
-                seq,
-                id,
-                event_type,
-                source,
-                Timestamp(time),
-                serde_json::from_str(&data).unwrap_or(Value::Null),
-                serde_json::from_str(&meta).unwrap_or(Value::Null),
-            );
-            run.get_or_insert_with(|| (device, Vec::new()))
-                .1
-                .push(Fresh { seq, event });
-        }
-        if let Some((device, fresh)) = run {
-            self.route(&device, fresh).await;
-        }
-        Ok(())
-    }
 }
 
 /// How a batch's transaction starts: SQLite takes the write lock at once (a read that later
@@ -687,53 +568,6 @@ fn lock_clause(db: &Database) -> &'static str {
 /// A seq as the database stores it (`BIGINT`).
 fn db_seq(seq: Seq) -> Result<i64, IngestError> {
     i64::try_from(seq.0).map_err(|_| IngestError::SeqRange(seq.0))
-}
-
-fn hub_event(device: &DeviceId, labels: &Value, seq: i64, event: &DeviceEvent) -> Event {
-    build_event(
-        device,
-        labels,
-        seq,
-        event.id.clone(),
-        event.event_type.clone(),
-        event.source.clone(),
-        event.time,
-        event.data.to_value().unwrap_or(Value::Null),
-        event.meta.to_value().unwrap_or(Value::Null),
-    )
-}
-
-/// The hub-side event for a stored device event: the device's own attributes, and in `meta`
-/// the device id and labels (what `device` shows expressions), its seq and its own meta.
-#[allow(clippy::too_many_arguments)]
-fn build_event(
-    device: &DeviceId,
-    labels: &Value,
-    seq: i64,
-    id: String,
-    event_type: String,
-    source: String,
-    time: Timestamp,
-    data: Value,
-    meta: Value,
-) -> Event {
-    let labels = match labels {
-        Value::Object(_) => labels.clone(),
-        _ => Value::Object(reactor_core::Map::new()),
-    };
-    Event {
-        id,
-        event_type,
-        source,
-        time: time.to_rfc3339(),
-        data,
-        meta: serde_json::json!({
-            "device": device.as_str(),
-            "device_labels": labels,
-            "device_seq": seq,
-            "device_meta": meta,
-        }),
-    }
 }
 
 fn outcome_name(outcome: Outcome) -> &'static str {

@@ -38,14 +38,23 @@ until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
 done
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 broker_cpu() { awk '{print $14 + $15}' "/proc/$(pgrep -o -x mosquitto)/stat" 2>/dev/null || echo 0; }
+# CPU ticks per thread name (tokio workers, reactor-store, …) summed over threads of a name.
+threads() {
+  for t in /proc/$pid/task/*; do
+    echo "$(tr ' ' _ <"$t/comm" 2>/dev/null) $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null)"
+  done | awk 'NF == 2 { a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
+}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-cpu_before=$(cpu); broker_before=$(broker_cpu)
+cpu_before=$(cpu); broker_before=$(broker_cpu); threads >"$work/threads-before"
 "$load" "$count" 127.0.0.1 1883 "$window"
-cpu_after=$(cpu); broker_after=$(broker_cpu)
+cpu_after=$(cpu); broker_after=$(broker_cpu); threads >"$work/threads-after"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 ticks=$(getconf CLK_TCK)
 awk -v c=$((cpu_after - cpu_before)) -v b=$((broker_after - broker_before)) -v t="$ticks" -v n="$count" \
   'BEGIN { printf "CPU per message: agent %.1f us, mosquitto %.1f us (agent %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, c / t, b / t }'
+echo "agent CPU by thread (us per message):"
+join -a 2 "$work/threads-before" "$work/threads-after" | awk -v t="$ticks" -v n="$count" \
+  'NF == 3 { d = $3 - $2 } NF == 2 { d = $2 } d > 0 { printf "  %-18s %.1f\n", $1, d / t / n * 1e6 }'
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^reactor_(executions_total|trigger_events_total|trigger_errors_total|store_commits_total|store_batches_total)' || true
 echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 if [ -s "$work/agent.log" ]; then echo "--- agent log:"; tail -5 "$work/agent.log"; fi

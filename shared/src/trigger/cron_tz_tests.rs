@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, LocalResult, NaiveDate, Offset, TimeZone, Utc};
 
+use super::posix::{RuleDay, day_start};
 use super::*;
 
 fn real(name: &str) -> Zone {

@@ -107,15 +107,19 @@ impl Event {
     }
 
     /// The event as expressions see it (`event.type`, `event.data` …).
+    ///
+    /// Built from clones, not through `serde_json::json!`: that serialises `data` and `meta`
+    /// entry by entry into fresh maps (hashing every key again), and this runs once per
+    /// execution.
     pub fn to_value(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "type": self.event_type,
-            "source": self.source,
-            "time": self.time,
-            "data": self.data,
-            "meta": self.meta,
-        })
+        let mut map = Map::with_capacity(6);
+        map.insert("id".into(), Value::String(self.id.clone()));
+        map.insert("type".into(), Value::String(self.event_type.clone()));
+        map.insert("source".into(), Value::String(self.source.clone()));
+        map.insert("time".into(), Value::String(self.time.clone()));
+        map.insert("data".into(), self.data.clone());
+        map.insert("meta".into(), self.meta.clone());
+        Value::Object(map)
     }
 }
 

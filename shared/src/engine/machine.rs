@@ -152,27 +152,52 @@ impl Shared {
     }
 
     /// Records a step with an id as `steps.<id>`.
+    ///
+    /// A step is recorded at least twice (running, then its end), so an existing entry is
+    /// updated in place: no new map, no key strings, no re-hashing of the step id.
     pub fn record_step(&mut self, id: &str, record: StepView) {
         let now = self.now;
-        let timing = self.timing.entry(id.to_string()).or_insert((now, None));
-        if record.status == StepStatus::Running {
-            *timing = (now, None);
-        } else {
-            timing.1 = Some(now);
+        let running = record.status == StepStatus::Running;
+        match self.timing.get_mut(id) {
+            Some(timing) if running => *timing = (now, None),
+            Some(timing) => timing.1 = Some(now),
+            None => {
+                let end = if running { None } else { Some(now) };
+                self.timing.insert(id.to_string(), (now, end));
+            }
         }
-        if let Value::Object(steps) = &mut self.globals.steps {
-            let mut entry = Map::new();
-            entry.insert("status".into(), Value::from(record.status.as_str()));
-            entry.insert("output".into(), record.output);
-            entry.insert(
-                "error".into(),
-                record.error.map(|e| e.to_value()).unwrap_or(Value::Null),
-            );
-            entry.insert("attempts".into(), Value::from(record.attempts));
-            steps.insert(id.to_string(), Value::Object(entry));
+        let Value::Object(steps) = &mut self.globals.steps else {
+            return;
+        };
+        let error = record.error.map_or(Value::Null, |e| e.to_value());
+        // In the order of `STEP_FIELDS`.
+        let mut values = [
+            Some(Value::from(record.status.as_str())),
+            Some(record.output),
+            Some(error),
+            Some(Value::from(record.attempts)),
+        ];
+        if let Some(Value::Object(entry)) = steps.get_mut(id) {
+            // Only this function writes these maps: they hold exactly `STEP_FIELDS`.
+            for (key, slot) in entry.iter_mut() {
+                if let Some(index) = STEP_FIELDS.iter().position(|field| field == key)
+                    && let Some(value) = values[index].take()
+                {
+                    *slot = value;
+                }
+            }
+            return;
         }
+        let mut entry = Map::with_capacity(STEP_FIELDS.len());
+        for (field, value) in STEP_FIELDS.iter().zip(values) {
+            entry.insert((*field).to_string(), value.unwrap_or(Value::Null));
+        }
+        steps.insert(id.to_string(), Value::Object(entry));
     }
 }
+
+/// The fields of `steps.<id>`, in their order.
+const STEP_FIELDS: [&str; 4] = ["status", "output", "error", "attempts"];
 
 /// A step's state as `steps.<id>` shows it.
 pub(crate) struct StepView {
@@ -275,13 +300,13 @@ impl Machine {
         else {
             panic!("an execution starts with Fact::Started");
         };
-        let execution = serde_json::json!({
-            "id": id.to_string(),
-            "workflow": workflow.name.as_str(),
-            "version": version,
-            "attempt": 1,
-            "idempotency_key": Value::Null,
-        });
+        let mut execution = Map::with_capacity(5);
+        execution.insert("id".into(), Value::String(id.to_string()));
+        execution.insert("workflow".into(), Value::from(workflow.name.as_str()));
+        execution.insert("version".into(), Value::from(*version));
+        execution.insert("attempt".into(), Value::from(1));
+        execution.insert("idempotency_key".into(), Value::Null);
+        let execution = Value::Object(execution);
         let globals = Globals {
             event: event.to_value(),
             inputs: inputs.clone(),
@@ -449,27 +474,38 @@ impl Machine {
         steps
             .iter()
             .map(|(id, value)| {
-                let status = value
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .and_then(StepStatus::parse)
-                    .unwrap_or(StepStatus::Running);
-                let error = value
-                    .get("error")
-                    .and_then(|e| serde_json::from_value(e.clone()).ok());
-                let (started_at, finished_at) = shared
-                    .timing
-                    .get(id)
-                    .copied()
-                    .map_or((None, None), |(s, f)| (Some(s), f));
-                let record = StepRecord {
-                    status,
-                    output: value.get("output").cloned().unwrap_or(Value::Null),
-                    error,
-                    attempts: value.get("attempts").and_then(Value::as_u64).unwrap_or(0) as u32,
-                    started_at,
-                    finished_at,
+                let mut record = StepRecord {
+                    status: StepStatus::Running,
+                    output: Value::Null,
+                    error: None,
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
                 };
+                // One pass over the entry's fields instead of a hashed lookup per field.
+                if let Value::Object(fields) = value {
+                    for (field, value) in fields {
+                        match field.as_str() {
+                            "status" => {
+                                if let Some(status) = value.as_str().and_then(StepStatus::parse) {
+                                    record.status = status;
+                                }
+                            }
+                            "output" => record.output = value.clone(),
+                            "error" if !value.is_null() => {
+                                record.error = serde_json::from_value(value.clone()).ok();
+                            }
+                            "attempts" => {
+                                record.attempts = value.as_u64().unwrap_or(0) as u32;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if let Some((started, finished)) = shared.timing.get(id).copied() {
+                    record.started_at = Some(started);
+                    record.finished_at = finished;
+                }
                 (id.clone(), record)
             })
             .collect()

@@ -268,6 +268,9 @@ pub struct Machine {
     root: Option<Root>,
     completion: Option<Completion>,
     workflow: Arc<Workflow>,
+    /// The start fact of [`Machine::begin`] until [`Machine::take_started`], without the
+    /// event's `data` and `meta` (they are in `event` meanwhile).
+    started: Option<Fact>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -290,8 +293,79 @@ impl Machine {
         started: &Fact,
         environment: Arc<Environment>,
     ) -> Machine {
+        let Fact::Started { event, .. } = started else {
+            panic!("an execution starts with Fact::Started");
+        };
+        let environment = environment.for_event(event);
+        let mut machine = Machine::build(workflow, id, started, event.to_value(), environment);
+        machine.poll();
+        machine
+    }
+
+    /// Like [`Machine::start`], taking the fact: the event's `data` and `meta` move into the
+    /// execution's `event` instead of being copied, and [`Machine::take_started`] gives the
+    /// fact back for the journal — moved back out once the execution has finished (a pure
+    /// execution's event is never copied), copied before. The driver's path for new
+    /// executions.
+    ///
+    /// # Panics
+    /// If `started` is not a `Fact::Started` (a broken caller invariant).
+    pub fn begin(
+        workflow: Arc<Workflow>,
+        id: ExecutionId,
+        mut started: Fact,
+        environment: Arc<Environment>,
+    ) -> Machine {
+        let Fact::Started { event, .. } = &mut started else {
+            panic!("an execution starts with Fact::Started");
+        };
+        let environment = environment.for_event(event);
+        let data = std::mem::take(&mut event.data);
+        let meta = std::mem::take(&mut event.meta);
+        let value = event.value_with(data, meta);
+        let mut machine = Machine::build(workflow, id, &started, value, environment);
+        machine.started = Some(started);
+        machine.poll();
+        machine
+    }
+
+    /// The fact given to [`Machine::begin`], whole again (see there); `None` after the
+    /// first call, and for machines made otherwise.
+    pub fn take_started(&mut self) -> Option<Fact> {
+        let mut started = self.started.take()?;
+        let Fact::Started { event, .. } = &mut started else {
+            return Some(started);
+        };
+        let finished = self.completion.is_some();
+        let mut shared = self.handle.lock();
+        if let Value::Object(fields) = &mut shared.globals.event {
+            for (field, value) in fields.iter_mut() {
+                let target = match field.as_str() {
+                    "data" => &mut event.data,
+                    "meta" => &mut event.meta,
+                    _ => continue,
+                };
+                // Nothing evaluates expressions once the execution has finished.
+                *target = if finished {
+                    value.take()
+                } else {
+                    value.clone()
+                };
+            }
+        }
+        Some(started)
+    }
+
+    /// A machine for `started`, whose event expressions see as `event`; not polled yet
+    /// unless it came through [`Machine::start`].
+    fn build(
+        workflow: Arc<Workflow>,
+        id: ExecutionId,
+        started: &Fact,
+        event: Value,
+        environment: Arc<Environment>,
+    ) -> Machine {
         let Fact::Started {
-            event,
             inputs,
             version,
             at,
@@ -308,12 +382,12 @@ impl Machine {
         execution.insert("idempotency_key".into(), Value::Null);
         let execution = Value::Object(execution);
         let globals = Globals {
-            event: event.to_value(),
+            event,
             inputs: inputs.clone(),
             vars: Value::Object(Map::new()),
             steps: Value::Object(Map::new()),
             execution,
-            environment: environment.for_event(event),
+            environment,
         };
         let shared = Shared {
             id,
@@ -328,14 +402,13 @@ impl Machine {
         };
         let handle = Handle(Arc::new(Mutex::new(shared)));
         let root = Box::pin(interpret::run_execution(handle.clone(), workflow.clone()));
-        let mut machine = Machine {
+        Machine {
             handle,
             root: Some(root),
             completion: None,
             workflow,
-        };
-        machine.poll();
-        machine
+            started: None,
+        }
     }
 
     /// Rebuilds an execution's state by replaying its journal. Afterwards,

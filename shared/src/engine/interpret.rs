@@ -298,12 +298,13 @@ impl Drop for RunningGuard<'_> {
 
 fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> Boxed<'a, Run> {
     Box::pin(async move {
-        let label = step
-            .id
-            .as_ref()
-            .map_or_else(|| path.clone(), |id| id.to_string());
+        // The step's name is only needed on an error: built then, not for every step.
         let with_step = |mut e: ErrorInfo| {
-            e.step.get_or_insert_with(|| label.clone());
+            e.step.get_or_insert_with(|| {
+                step.id
+                    .as_ref()
+                    .map_or_else(|| path.clone(), |id| id.to_string())
+            });
             e
         };
         let skipped = match (&step.when, &step.unless) {

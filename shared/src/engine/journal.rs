@@ -107,15 +107,25 @@ impl Event {
     }
 
     /// The event as expressions see it (`event.type`, `event.data` …).
+    ///
+    /// Built from clones, not through `serde_json::json!`: that serialises `data` and `meta`
+    /// entry by entry into fresh maps (hashing every key again), and this runs once per
+    /// execution.
     pub fn to_value(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "type": self.event_type,
-            "source": self.source,
-            "time": self.time,
-            "data": self.data,
-            "meta": self.meta,
-        })
+        self.value_with(self.data.clone(), self.meta.clone())
+    }
+
+    /// The event as expressions see it, with `data` and `meta` given (moved in by the
+    /// caller).
+    pub(crate) fn value_with(&self, data: Value, meta: Value) -> Value {
+        let mut map = Map::with_capacity(6);
+        map.insert("id".into(), Value::String(self.id.clone()));
+        map.insert("type".into(), Value::String(self.event_type.clone()));
+        map.insert("source".into(), Value::String(self.source.clone()));
+        map.insert("time".into(), Value::String(self.time.clone()));
+        map.insert("data".into(), data);
+        map.insert("meta".into(), meta);
+        Value::Object(map)
     }
 }
 

@@ -152,27 +152,52 @@ impl Shared {
     }
 
     /// Records a step with an id as `steps.<id>`.
+    ///
+    /// A step is recorded at least twice (running, then its end), so an existing entry is
+    /// updated in place: no new map, no key strings, no re-hashing of the step id.
     pub fn record_step(&mut self, id: &str, record: StepView) {
         let now = self.now;
-        let timing = self.timing.entry(id.to_string()).or_insert((now, None));
-        if record.status == StepStatus::Running {
-            *timing = (now, None);
-        } else {
-            timing.1 = Some(now);
+        let running = record.status == StepStatus::Running;
+        match self.timing.get_mut(id) {
+            Some(timing) if running => *timing = (now, None),
+            Some(timing) => timing.1 = Some(now),
+            None => {
+                let end = if running { None } else { Some(now) };
+                self.timing.insert(id.to_string(), (now, end));
+            }
         }
-        if let Value::Object(steps) = &mut self.globals.steps {
-            let mut entry = Map::new();
-            entry.insert("status".into(), Value::from(record.status.as_str()));
-            entry.insert("output".into(), record.output);
-            entry.insert(
-                "error".into(),
-                record.error.map(|e| e.to_value()).unwrap_or(Value::Null),
-            );
-            entry.insert("attempts".into(), Value::from(record.attempts));
-            steps.insert(id.to_string(), Value::Object(entry));
+        let Value::Object(steps) = &mut self.globals.steps else {
+            return;
+        };
+        let error = record.error.map_or(Value::Null, |e| e.to_value());
+        // In the order of `STEP_FIELDS`.
+        let mut values = [
+            Some(Value::from(record.status.as_str())),
+            Some(record.output),
+            Some(error),
+            Some(Value::from(record.attempts)),
+        ];
+        if let Some(Value::Object(entry)) = steps.get_mut(id) {
+            // Only this function writes these maps: they hold exactly `STEP_FIELDS`.
+            for (key, slot) in entry.iter_mut() {
+                if let Some(index) = STEP_FIELDS.iter().position(|field| field == key)
+                    && let Some(value) = values[index].take()
+                {
+                    *slot = value;
+                }
+            }
+            return;
         }
+        let mut entry = Map::with_capacity(STEP_FIELDS.len());
+        for (field, value) in STEP_FIELDS.iter().zip(values) {
+            entry.insert((*field).to_string(), value.unwrap_or(Value::Null));
+        }
+        steps.insert(id.to_string(), Value::Object(entry));
     }
 }
+
+/// The fields of `steps.<id>`, in their order.
+const STEP_FIELDS: [&str; 4] = ["status", "output", "error", "attempts"];
 
 /// A step's state as `steps.<id>` shows it.
 pub(crate) struct StepView {
@@ -243,6 +268,9 @@ pub struct Machine {
     root: Option<Root>,
     completion: Option<Completion>,
     workflow: Arc<Workflow>,
+    /// The start fact of [`Machine::begin`] until [`Machine::take_started`], without the
+    /// event's `data` and `meta` (they are in `event` meanwhile).
+    started: Option<Fact>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -265,8 +293,79 @@ impl Machine {
         started: &Fact,
         environment: Arc<Environment>,
     ) -> Machine {
+        let Fact::Started { event, .. } = started else {
+            panic!("an execution starts with Fact::Started");
+        };
+        let environment = environment.for_event(event);
+        let mut machine = Machine::build(workflow, id, started, event.to_value(), environment);
+        machine.poll();
+        machine
+    }
+
+    /// Like [`Machine::start`], taking the fact: the event's `data` and `meta` move into the
+    /// execution's `event` instead of being copied, and [`Machine::take_started`] gives the
+    /// fact back for the journal — moved back out once the execution has finished (a pure
+    /// execution's event is never copied), copied before. The driver's path for new
+    /// executions.
+    ///
+    /// # Panics
+    /// If `started` is not a `Fact::Started` (a broken caller invariant).
+    pub fn begin(
+        workflow: Arc<Workflow>,
+        id: ExecutionId,
+        mut started: Fact,
+        environment: Arc<Environment>,
+    ) -> Machine {
+        let Fact::Started { event, .. } = &mut started else {
+            panic!("an execution starts with Fact::Started");
+        };
+        let environment = environment.for_event(event);
+        let data = std::mem::take(&mut event.data);
+        let meta = std::mem::take(&mut event.meta);
+        let value = event.value_with(data, meta);
+        let mut machine = Machine::build(workflow, id, &started, value, environment);
+        machine.started = Some(started);
+        machine.poll();
+        machine
+    }
+
+    /// The fact given to [`Machine::begin`], whole again (see there); `None` after the
+    /// first call, and for machines made otherwise.
+    pub fn take_started(&mut self) -> Option<Fact> {
+        let mut started = self.started.take()?;
+        let Fact::Started { event, .. } = &mut started else {
+            return Some(started);
+        };
+        let finished = self.completion.is_some();
+        let mut shared = self.handle.lock();
+        if let Value::Object(fields) = &mut shared.globals.event {
+            for (field, value) in fields.iter_mut() {
+                let target = match field.as_str() {
+                    "data" => &mut event.data,
+                    "meta" => &mut event.meta,
+                    _ => continue,
+                };
+                // Nothing evaluates expressions once the execution has finished.
+                *target = if finished {
+                    value.take()
+                } else {
+                    value.clone()
+                };
+            }
+        }
+        Some(started)
+    }
+
+    /// A machine for `started`, whose event expressions see as `event`; not polled yet
+    /// unless it came through [`Machine::start`].
+    fn build(
+        workflow: Arc<Workflow>,
+        id: ExecutionId,
+        started: &Fact,
+        event: Value,
+        environment: Arc<Environment>,
+    ) -> Machine {
         let Fact::Started {
-            event,
             inputs,
             version,
             at,
@@ -275,20 +374,20 @@ impl Machine {
         else {
             panic!("an execution starts with Fact::Started");
         };
-        let execution = serde_json::json!({
-            "id": id.to_string(),
-            "workflow": workflow.name.as_str(),
-            "version": version,
-            "attempt": 1,
-            "idempotency_key": Value::Null,
-        });
+        let mut execution = Map::with_capacity(5);
+        execution.insert("id".into(), Value::String(id.to_string()));
+        execution.insert("workflow".into(), Value::from(workflow.name.as_str()));
+        execution.insert("version".into(), Value::from(*version));
+        execution.insert("attempt".into(), Value::from(1));
+        execution.insert("idempotency_key".into(), Value::Null);
+        let execution = Value::Object(execution);
         let globals = Globals {
-            event: event.to_value(),
+            event,
             inputs: inputs.clone(),
             vars: Value::Object(Map::new()),
             steps: Value::Object(Map::new()),
             execution,
-            environment: environment.for_event(event),
+            environment,
         };
         let shared = Shared {
             id,
@@ -303,14 +402,13 @@ impl Machine {
         };
         let handle = Handle(Arc::new(Mutex::new(shared)));
         let root = Box::pin(interpret::run_execution(handle.clone(), workflow.clone()));
-        let mut machine = Machine {
+        Machine {
             handle,
             root: Some(root),
             completion: None,
             workflow,
-        };
-        machine.poll();
-        machine
+            started: None,
+        }
     }
 
     /// Rebuilds an execution's state by replaying its journal. Afterwards,
@@ -449,27 +547,38 @@ impl Machine {
         steps
             .iter()
             .map(|(id, value)| {
-                let status = value
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .and_then(StepStatus::parse)
-                    .unwrap_or(StepStatus::Running);
-                let error = value
-                    .get("error")
-                    .and_then(|e| serde_json::from_value(e.clone()).ok());
-                let (started_at, finished_at) = shared
-                    .timing
-                    .get(id)
-                    .copied()
-                    .map_or((None, None), |(s, f)| (Some(s), f));
-                let record = StepRecord {
-                    status,
-                    output: value.get("output").cloned().unwrap_or(Value::Null),
-                    error,
-                    attempts: value.get("attempts").and_then(Value::as_u64).unwrap_or(0) as u32,
-                    started_at,
-                    finished_at,
+                let mut record = StepRecord {
+                    status: StepStatus::Running,
+                    output: Value::Null,
+                    error: None,
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
                 };
+                // One pass over the entry's fields instead of a hashed lookup per field.
+                if let Value::Object(fields) = value {
+                    for (field, value) in fields {
+                        match field.as_str() {
+                            "status" => {
+                                if let Some(status) = value.as_str().and_then(StepStatus::parse) {
+                                    record.status = status;
+                                }
+                            }
+                            "output" => record.output = value.clone(),
+                            "error" if !value.is_null() => {
+                                record.error = serde_json::from_value(value.clone()).ok();
+                            }
+                            "attempts" => {
+                                record.attempts = value.as_u64().unwrap_or(0) as u32;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if let Some((started, finished)) = shared.timing.get(id).copied() {
+                    record.started_at = Some(started);
+                    record.finished_at = finished;
+                }
                 (id.clone(), record)
             })
             .collect()

@@ -9,10 +9,12 @@ use super::{StoreError, StoreWrite};
 use crate::engine::{ExecutionId, Fact, Timestamp};
 
 /// Checks `batch` against the stored state. `next_seq(id)` answers the next journal seq of a
-/// stored execution, or `None` when it does not exist.
+/// stored execution, or `None` when it does not exist; `exists(id)` whether it exists (a
+/// `Create` needs no more, and a store may answer that more cheaply than a journal scan).
 pub(crate) fn validate(
     batch: &[StoreWrite],
     mut next_seq: impl FnMut(ExecutionId) -> Result<Option<u32>, StoreError>,
+    mut exists: impl FnMut(ExecutionId) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     // Effects of the earlier writes of this batch: execution → its next seq.
     let mut overlay: HashMap<ExecutionId, u32> = HashMap::new();
@@ -32,7 +34,7 @@ pub(crate) fn validate(
                         record.id
                     )));
                 }
-                if lookup(record.id, &overlay)?.is_some() {
+                if overlay.contains_key(&record.id) || exists(record.id)? {
                     return Err(StoreError::AlreadyExists(record.id));
                 }
                 overlay.insert(record.id, 1);

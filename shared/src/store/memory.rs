@@ -78,7 +78,11 @@ impl Inner {
 impl Store for MemoryStore {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        validate(&batch, |id| Ok(inner.next_seq(id)))?;
+        validate(
+            &batch,
+            |id| Ok(inner.next_seq(id)),
+            |id| Ok(inner.next_seq(id).is_some()),
+        )?;
         for write in batch {
             inner.apply(write);
         }

@@ -8,7 +8,9 @@
 //! and only then answers each writer. On an SD card a fsync costs milliseconds, so sharing it
 //! is what makes many concurrent executions affordable.
 //!
-//! Reads go through the same thread, each in its own read transaction run between commits.
+//! Reads go through the same thread, each in its own read transaction run between commits;
+//! reads queued while a group is gathered run before that group's commit (a read sees every
+//! write acknowledged before it was sent, never a half-committed group).
 //! That keeps one owner of the database (so it can be reopened after an I/O error without
 //! coordinating with readers); reads are short next to a commit's fsync, and the big one
 //! (`unfinished`) runs at startup before traffic.
@@ -329,8 +331,11 @@ impl StoreThread {
                     let mut replies = vec![reply];
                     let mut reads = Vec::new();
                     // Group commit: take every write already queued. Reads queued meanwhile
-                    // run right after the commit, so each still sees every write queued
-                    // before it (and they no longer cut groups short). `Close` ends the group.
+                    // run first, on the last commit: each sees every write acknowledged
+                    // before it was sent (acknowledgements follow commits), and its caller
+                    // goes on while this group's fsync runs — a keyed submission's mark
+                    // lookup does not wait for a commit its own write cannot be part of.
+                    // `Close` ends the group.
                     while group.len() < MAX_GROUP {
                         match receiver.try_recv() {
                             Ok(Command::Write { batch, reply }) => {
@@ -345,10 +350,10 @@ impl StoreThread {
                             Err(_) => break,
                         }
                     }
-                    self.commit(group, replies);
                     for job in reads {
                         self.run_job(job);
                     }
+                    self.commit(group, replies);
                 }
                 Command::Run(job) => self.run_job(job),
                 Command::Prune {

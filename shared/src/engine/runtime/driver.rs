@@ -55,6 +55,9 @@ pub(super) struct Driver {
     inbox: mpsc::Receiver<Box<Input>>,
     sender: mpsc::Sender<Box<Input>>,
     _permit: OwnedSemaphorePermit,
+    /// The execution is new: its first flush writes its `Create` (the record as it is then,
+    /// and the start fact taken back from the machine) ahead of the buffer.
+    create: bool,
 }
 
 impl Driver {
@@ -79,7 +82,14 @@ impl Driver {
             inbox,
             sender,
             _permit: permit,
+            create: false,
         }
+    }
+
+    /// Marks the execution as new (see `create`); its machine came from [`Machine::begin`].
+    pub(super) fn creating(mut self) -> Driver {
+        self.create = true;
+        self
     }
 
     /// Runs the pure prefix, makes the execution durable, then continues as a task.
@@ -271,17 +281,28 @@ impl Driver {
             self.runtime.redactor().redact_record(&mut self.record);
             // An execution that finishes before its first flush (pure workflows, sync http
             // replies) is created finished: one record write instead of create + update.
-            match self.buffer.first_mut() {
-                Some(StoreWrite::Create { record, .. }) if record.id == self.record.id => {
-                    record.clone_from(&self.record);
-                }
-                _ => self.buffer.push(StoreWrite::Update(self.record.clone())),
+            if !self.create {
+                self.buffer.push(StoreWrite::Update(self.record.clone()));
             }
         }
         launches
     }
 
     async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.create {
+            let started = self.machine.take_started().ok_or_else(|| {
+                StoreError::InvalidWrite(format!(
+                    "execution {}: the start fact is missing",
+                    self.record.id
+                ))
+            })?;
+            let create = StoreWrite::Create {
+                record: self.record.clone(),
+                started,
+            };
+            self.buffer.insert(0, create);
+            self.create = false;
+        }
         if self.buffer.is_empty() {
             return Ok(());
         }

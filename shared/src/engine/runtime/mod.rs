@@ -454,7 +454,13 @@ impl Runtime {
             _ => stats.cancelled.fetch_add(1, Ordering::Relaxed),
         };
         lock(&self.inner.running).remove(&record.id);
-        lock(&self.inner.waiters).retain(|(id, _), _| *id != record.id);
+        {
+            // `retain` visits every waiter: skip it when nothing waits at all (pure workflows).
+            let mut waiters = lock(&self.inner.waiters);
+            if !waiters.is_empty() {
+                waiters.retain(|(id, _), _| *id != record.id);
+            }
+        }
         let subscribers = lock(&self.inner.subscribers)
             .remove(&record.id)
             .unwrap_or_default();

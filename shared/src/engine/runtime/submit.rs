@@ -155,19 +155,16 @@ impl Runtime {
             () = self.inner.shutdown.cancelled() => return Err(SubmitError::ShuttingDown),
             permit = self.inner.permits.clone().acquire_owned() => permit.map_err(|_| SubmitError::ShuttingDown)?,
         };
-        let machine = Machine::start(wf, id, &started, self.lent().environment);
+        // The start fact moves into the machine and comes back for the `Create` at the
+        // first flush (the driver's `create`): a pure execution's event is never copied.
+        let machine = Machine::begin(wf, id, started, self.lent().environment);
         if self.inner.observer.is_some() {
             self.observe(&RuntimeEvent::ExecutionStarted {
                 record: &record,
                 event_time,
             });
         }
-        let create = StoreWrite::Create {
-            record: record.clone(),
-            started,
-        };
-        let mut batch = vec![create];
-        batch.extend(mark);
+        let batch = mark.into_iter().collect();
         let driver = Driver::new(
             self.clone(),
             machine,
@@ -176,7 +173,8 @@ impl Runtime {
             batch,
             VecDeque::new(),
             permit,
-        );
+        )
+        .creating();
         driver.begin().await?;
         self.inner.stats.started.fetch_add(1, Ordering::Relaxed);
         Ok(Submission::Accepted(id))

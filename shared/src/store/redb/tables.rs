@@ -157,7 +157,12 @@ pub(super) fn commit_group(
     {
         let mut tables = Tables::open(&txn)?;
         for batch in batches {
-            match validate(&batch.writes, |id| tables.next_seq(id)) {
+            let checked = validate(
+                &batch.writes,
+                |id| tables.next_seq(id),
+                |id| tables.exists(id),
+            );
+            match checked {
                 Ok(()) => {
                     for (write, payload) in batch.writes.iter().zip(&batch.payloads) {
                         tables.apply(write, payload)?;
@@ -262,6 +267,16 @@ impl<'txn> Tables<'txn> {
     /// The next seq of a stored execution's journal; `None` when it does not exist.
     fn next_seq(&self, id: ExecutionId) -> Result<Option<u32>, StoreError> {
         next_seq(&self.journal, id)
+    }
+
+    /// Whether execution `id` is stored: one point lookup of its record (its record and its
+    /// first fact are always written and deleted together), cheaper than a journal range.
+    fn exists(&self, id: ExecutionId) -> Result<bool, StoreError> {
+        Ok(self
+            .executions
+            .get(&key(id))
+            .context("read record")?
+            .is_some())
     }
 
     fn apply(&mut self, write: &StoreWrite, payload: &Payload) -> Result<(), StoreError> {

@@ -38,6 +38,8 @@ pub const QUEUE: usize = 128;
 pub const MAX_UNACKED: u32 = 256;
 /// A write to a device that takes longer than this ends the session (slow device).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read buffer room at least (an idle session holds about this much).
+const READ_MIN: usize = 512;
 /// Queued messages written to the device per write call at most.
 const WRITE_BATCH: usize = 32;
 
@@ -147,7 +149,10 @@ impl<'a> Session<'a> {
                             return end;
                         }
                     }
-                    Err(MqttError::InsufficientBytes(_)) => break,
+                    Err(MqttError::InsufficientBytes(missing)) => {
+                        super::make_room(buffer, missing, READ_MIN);
+                        break;
+                    }
                     Err(error) => return End::Protocol(error.to_string()),
                 }
             }

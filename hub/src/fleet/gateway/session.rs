@@ -143,7 +143,7 @@ impl<'a> Session<'a> {
             loop {
                 match Packet::read(buffer, MAX_PACKET) {
                     Ok(packet) => {
-                        if let Some(end) = self.from_device(packet, &mut out, &kick).await {
+                        if let Some(end) = self.on_packet(packet, &mut out, &kick).await {
                             // What was answered so far still goes out (best effort).
                             let _ = self.flush(device, &mut out, &kick).await;
                             return end;
@@ -181,7 +181,7 @@ impl<'a> Session<'a> {
                     let mut next = Some(message);
                     let mut batched = 0;
                     while let Some(message) = next.take() {
-                        if let Err(end) = self.to_device(message, &mut out) {
+                        if let Err(end) = self.on_message(message, &mut out) {
                             return end;
                         }
                         batched += 1;
@@ -196,7 +196,7 @@ impl<'a> Session<'a> {
     }
 
     /// Handles one packet from the device; `Some` ends the session.
-    async fn from_device(
+    async fn on_packet(
         &mut self,
         packet: Packet,
         out: &mut BytesMut,
@@ -294,7 +294,7 @@ impl<'a> Session<'a> {
     }
 
     /// Encodes a queued message for the device into `out`.
-    fn to_device(&mut self, message: ToSession, out: &mut BytesMut) -> Result<(), End> {
+    fn on_message(&mut self, message: ToSession, out: &mut BytesMut) -> Result<(), End> {
         match message {
             ToSession::PubAck(pkid) => encode(&Packet::PubAck(PubAck::new(pkid)), out),
             ToSession::Deliver(publish) => {

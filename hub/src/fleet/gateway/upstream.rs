@@ -480,12 +480,12 @@ impl Link {
                     }
                     self.route(publish);
                 }
-                Packet::SubAck(ack) => {
+                Packet::SubAck(ack)
                     if ack.return_codes.iter().any(|code| {
                         matches!(code, rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure)
-                    }) {
-                        return Refusal::Connect("the broker refused the gateway's subscription");
-                    }
+                    }) =>
+                {
+                    return Refusal::Connect("the broker refused the gateway's subscription");
                 }
                 _ => {}
             }

@@ -5,9 +5,10 @@
 # endpoint (RAMP handshakes at once), holds them HOLD seconds and checks the registry shows
 # them all online.
 # Usage: benches/load/run-fleet-connect.sh   (DEVICES=10000 RAMP=256 HOLD=5)
-# Each device costs the hub 3 descriptors (device socket, gateway->broker, broker side):
-# the hub raises its soft RLIMIT_NOFILE to the hard limit; `ulimit -Hn` must be >= 3 x DEVICES
-# + 100, or connections beyond it fail (see docs/fleet.md, "Connections").
+# Each device costs the hub 1 descriptor (the gateway terminates device sessions) and the
+# fleet-load process 1 (its client socket): both raise their soft RLIMIT_NOFILE to the hard
+# limit, which must be >= DEVICES + ~600 (20,000 here: fine for 10,000 devices in one
+# fleet-load process; see docs/fleet.md, "Connections and scale").
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."

@@ -3,6 +3,10 @@
 //! refuses to send). An observer logged into the broker itself with the hub's internal login
 //! sees every message; it must never see an attacker's publish, and an attacker must never
 //! receive anything outside its own prefix. Every attempt must be refused (100 %).
+//!
+//! The endpoint terminates device sessions itself; further tests here cover that: keep-alive
+//! expiry publishes the will (a DISCONNECT does not), each session gets only its own
+//! device's messages, and a stalled device is dropped while the others keep receiving.
 
 use std::time::Duration;
 
@@ -10,7 +14,7 @@ use bytes::BytesMut;
 use reactor_hub::config::FleetConfig;
 use reactor_hub::db::Database;
 use reactor_hub::fleet::registry;
-use rumqttc::mqttbytes::v4::{Connect, LastWill, Login, Packet, Publish};
+use rumqttc::mqttbytes::v4::{Connect, LastWill, Login, Packet, Publish, Subscribe};
 use rumqttc::mqttbytes::{Protocol, QoS};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -389,5 +393,241 @@ async fn devices_are_confined_to_their_prefix() {
     }
     assert_eq!(refused, attempts, "every attempt refused");
     assert!(attempts >= 40, "{attempts}");
+    fleet.stop.cancel();
+}
+
+/// A raw session for a device with a will on its own status and the given keep-alive.
+async fn raw_device(
+    addr: std::net::SocketAddr,
+    id: &str,
+    password: &str,
+    keep_alive: u16,
+) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut connect = Connect::new(id);
+    connect.keep_alive = keep_alive;
+    connect.login = Some(Login::new(id, password));
+    connect.last_will = Some(LastWill::new(
+        format!("reactor/v1/d/{id}/status"),
+        format!("will-{id}"),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    send(&mut stream, Packet::Connect(connect)).await;
+    match read(&mut stream).await {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code as u8, 0, "{id} refused"),
+        other => panic!("{id}: no CONNACK: {other:?}"),
+    }
+    stream
+}
+
+/// Subscribes a raw session to `topic` and waits for the SUBACK.
+async fn raw_subscribe(stream: &mut TcpStream, topic: &str) {
+    let mut subscribe = Subscribe::new(topic, QoS::AtLeastOnce);
+    subscribe.pkid = 7;
+    send(stream, Packet::Subscribe(subscribe)).await;
+    match read(stream).await {
+        Some(Packet::SubAck(ack)) => assert_eq!(ack.pkid, 7),
+        other => panic!("no SUBACK for {topic}: {other:?}"),
+    }
+}
+
+/// Waits until the observer sees `payload` on `topic`; returns everything seen before it.
+async fn observe(fleet: &mut Fleet, topic: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut before = Vec::new();
+    loop {
+        let seen = tokio::time::timeout(Duration::from_secs(60), fleet.seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{topic} {payload:?} never seen"))
+            .unwrap();
+        if seen.0 == topic && seen.1 == payload {
+            return before;
+        }
+        before.push(seen);
+    }
+}
+
+/// A rumqttc device subscribed to its own `cmd`; what it receives comes out of the channel.
+async fn cmd_listener(
+    addr: std::net::SocketAddr,
+    id: &str,
+    password: &str,
+) -> (AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    let (client, mut events) = device_client(addr, id, password).await;
+    client
+        .subscribe(format!("reactor/v1/d/{id}/cmd"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(rumqttc::Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("{id}: no SUBACK: {other:?}"),
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// Receives `count` messages (each within 30 s).
+async fn receive(
+    rx: &mut mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    count: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages arrived", got.len()))
+            .unwrap();
+        got.push(message);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_expires_after_its_keep_alive_and_its_will_is_published() {
+    let mut fleet = fleet().await;
+    let (alpha_pw, beta_pw) = (fleet.devices[0].1.clone(), fleet.devices[1].1.clone());
+    // beta leaves with DISCONNECT first: no will. alpha (keep-alive 1 s) goes silent.
+    let mut beta = raw_device(fleet.addr, "beta", &beta_pw, 1).await;
+    send(&mut beta, Packet::Disconnect).await;
+    assert!(closed_without_delivery(&mut beta).await);
+    let mut alpha = raw_device(fleet.addr, "alpha", &alpha_pw, 1).await;
+    let before = observe(&mut fleet, "reactor/v1/d/alpha/status", b"will-alpha").await;
+    assert!(
+        before.iter().all(|(_, payload)| payload != b"will-beta"),
+        "a clean DISCONNECT published the will"
+    );
+    // The gateway closed alpha's connection.
+    assert!(closed_without_delivery(&mut alpha).await);
+    let mut pinger = raw_device(fleet.addr, "beta", &beta_pw, 1).await;
+    // A device that pings in time stays connected past its keep-alive.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send(&mut pinger, Packet::PingReq).await;
+        assert!(matches!(read(&mut pinger).await, Some(Packet::PingResp)));
+    }
+    send(&mut pinger, Packet::Disconnect).await;
+    fleet.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_device_receives_only_its_own_messages() {
+    let fleet = fleet().await;
+    let (alpha_pw, beta_pw) = (fleet.devices[0].1.clone(), fleet.devices[1].1.clone());
+    let (_alpha, mut alpha_rx) = cmd_listener(fleet.addr, "alpha", &alpha_pw).await;
+    let (_beta, mut beta_rx) = cmd_listener(fleet.addr, "beta", &beta_pw).await;
+    const EACH: usize = 50;
+    for n in 0..EACH {
+        for id in ["alpha", "beta"] {
+            fleet
+                .observer
+                .publish(
+                    format!("reactor/v1/d/{id}/cmd"),
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("{id}-{n}").into_bytes(),
+                )
+                .await
+                .unwrap();
+        }
+        // Also traffic for a device that is not connected: dropped, nobody gets it.
+        fleet
+            .observer
+            .publish(
+                "reactor/v1/d/gamma/cmd",
+                QoS::AtLeastOnce,
+                false,
+                b"gamma".to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    for (id, rx) in [("alpha", &mut alpha_rx), ("beta", &mut beta_rx)] {
+        let got = receive(rx, EACH).await;
+        let expected: Vec<(String, Vec<u8>)> = (0..EACH)
+            .map(|n| {
+                (
+                    format!("reactor/v1/d/{id}/cmd"),
+                    format!("{id}-{n}").into_bytes(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{id}: only its own messages, in order");
+    }
+    // Nothing more arrives (a message for the other device would have been interleaved).
+    assert!(alpha_rx.try_recv().is_err() && beta_rx.try_recv().is_err());
+    fleet.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_device_is_dropped_without_holding_up_the_others() {
+    let mut fleet = fleet().await;
+    let (alpha_pw, beta_pw) = (fleet.devices[0].1.clone(), fleet.devices[1].1.clone());
+    let (_alpha, mut alpha_rx) = cmd_listener(fleet.addr, "alpha", &alpha_pw).await;
+    // beta subscribes, then never reads nor acknowledges again: more deliveries than a
+    // session may have unacknowledged go its way.
+    let mut beta = raw_device(fleet.addr, "beta", &beta_pw, 0).await;
+    raw_subscribe(&mut beta, "reactor/v1/d/beta/cmd").await;
+    let big = vec![0x5a_u8; 1024];
+    const BIG: usize = 400;
+    const SMALL: usize = 40;
+    for n in 0..BIG {
+        fleet
+            .observer
+            .publish(
+                "reactor/v1/d/beta/cmd",
+                QoS::AtLeastOnce,
+                false,
+                big.clone(),
+            )
+            .await
+            .unwrap();
+        if n % (BIG / SMALL) == 0 {
+            fleet
+                .observer
+                .publish(
+                    "reactor/v1/d/alpha/cmd",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("alpha-{}", n / (BIG / SMALL)).into_bytes(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // alpha got every one of its messages, in order, while beta stalled.
+    let got = receive(&mut alpha_rx, SMALL).await;
+    let expected: Vec<Vec<u8>> = (0..SMALL)
+        .map(|n| format!("alpha-{n}").into_bytes())
+        .collect();
+    assert_eq!(
+        got.into_iter()
+            .map(|(_, payload)| payload)
+            .collect::<Vec<_>>(),
+        expected
+    );
+    // beta was dropped: its will is published and its connection ends (after the bytes
+    // already buffered towards it).
+    observe(&mut fleet, "reactor/v1/d/beta/status", b"will-beta").await;
+    let mut sink = vec![0u8; 1 << 20];
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match beta.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection was not closed");
     fleet.stop.cancel();
 }

@@ -74,7 +74,7 @@ impl Workload {
 
 /// The event the `http` trigger builds for `POST /rule` from wrk (`benches/load/rule.lua`).
 fn http_event(n: u64) -> Event {
-    let data = if n % 2 == 0 {
+    let data = if n.is_multiple_of(2) {
         json!({"device": "sensor-1", "zone": "A", "temp": 31.5})
     } else {
         json!({"device": "sensor-2", "zone": "B", "temp": 22.0})

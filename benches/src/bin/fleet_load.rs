@@ -86,7 +86,9 @@ fn args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-fn raise_open_files() {
+/// Raises the soft open-files limit to the hard one; each simulated device holds one
+/// descriptor here (the hub too: its endpoint terminates device sessions).
+fn raise_open_files(devices: usize) -> anyhow::Result<()> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let _ = setrlimit(
@@ -96,6 +98,14 @@ fn raise_open_files() {
             maximum: limit.maximum,
         },
     );
+    let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = devices as u64 + 256;
+    if current < needed {
+        bail!(
+            "{devices} devices need about {needed} open files in this process and in the hub; the limit is {current} (ulimit -Hn)"
+        );
+    }
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -292,7 +302,7 @@ async fn count(db: &Database, sql: &str) -> anyhow::Result<i64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
-    raise_open_files();
+    raise_open_files(args.devices)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");

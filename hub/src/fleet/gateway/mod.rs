@@ -228,9 +228,10 @@ impl Running {
     {
         let gateway = &self.gateway;
         let mut buffer = BytesMut::new();
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut device, &mut buffer))
-            .await
-            .map_err(|_| Refusal::Connect("no CONNECT in time"))??;
+        let first =
+            tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut device, &mut buffer, 1024))
+                .await
+                .map_err(|_| Refusal::Connect("no CONNECT in time"))??;
         let Packet::Connect(connect) = first else {
             return Err(Refusal::Connect("the first packet is not CONNECT"));
         };
@@ -280,7 +281,8 @@ impl Running {
         {
             session.publish_will(will).await;
         }
-        let _ = device.shutdown().await;
+        // A device that stopped reading must not hold the task (TLS writes a close_notify).
+        let _ = tokio::time::timeout(Duration::from_secs(1), device.shutdown()).await;
         match end {
             End::Disconnect | End::Stopped | End::Kicked(upstream::Kick::Takeover) => Ok(()),
             End::Closed(error) => Err(Refusal::Io(error)),
@@ -384,19 +386,33 @@ fn check_packet(id: &DeviceId, packet: &Packet) -> Result<(), Refusal> {
     }
 }
 
-async fn read_packet<R>(stream: &mut R, buffer: &mut BytesMut) -> Result<Packet, Refusal>
+/// The next packet from `stream`; reads go in chunks of at least `min` bytes.
+async fn read_packet<R>(
+    stream: &mut R,
+    buffer: &mut BytesMut,
+    min: usize,
+) -> Result<Packet, Refusal>
 where
     R: AsyncRead + Unpin,
 {
     loop {
         match Packet::read(buffer, MAX_PACKET) {
             Ok(packet) => return Ok(packet),
-            Err(MqttError::InsufficientBytes(_)) => {}
+            Err(MqttError::InsufficientBytes(missing)) => make_room(buffer, missing, min),
             Err(error) => return Err(Refusal::Malformed(error.to_string())),
         }
         if stream.read_buf(buffer).await? == 0 {
             return Err(Refusal::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
+    }
+}
+
+/// Makes room in `buffer` for the `missing` bytes of the packet being read (at least `min`),
+/// so a large packet is read in few calls and an idle session keeps a small buffer.
+fn make_room(buffer: &mut BytesMut, missing: usize, min: usize) {
+    let want = missing.clamp(min, MAX_PACKET);
+    if buffer.capacity() - buffer.len() < want {
+        buffer.reserve(want);
     }
 }
 

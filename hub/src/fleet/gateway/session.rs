@@ -38,6 +38,8 @@ pub const QUEUE: usize = 128;
 pub const MAX_UNACKED: u32 = 256;
 /// A write to a device that takes longer than this ends the session (slow device).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read buffer room at least (an idle session holds about this much).
+const READ_MIN: usize = 512;
 /// Queued messages written to the device per write call at most.
 const WRITE_BATCH: usize = 32;
 
@@ -141,13 +143,16 @@ impl<'a> Session<'a> {
             loop {
                 match Packet::read(buffer, MAX_PACKET) {
                     Ok(packet) => {
-                        if let Some(end) = self.from_device(packet, &mut out, &kick).await {
+                        if let Some(end) = self.on_packet(packet, &mut out, &kick).await {
                             // What was answered so far still goes out (best effort).
                             let _ = self.flush(device, &mut out, &kick).await;
                             return end;
                         }
                     }
-                    Err(MqttError::InsufficientBytes(_)) => break,
+                    Err(MqttError::InsufficientBytes(missing)) => {
+                        super::make_room(buffer, missing, READ_MIN);
+                        break;
+                    }
                     Err(error) => return End::Protocol(error.to_string()),
                 }
             }
@@ -176,7 +181,7 @@ impl<'a> Session<'a> {
                     let mut next = Some(message);
                     let mut batched = 0;
                     while let Some(message) = next.take() {
-                        if let Err(end) = self.to_device(message, &mut out) {
+                        if let Err(end) = self.on_message(message, &mut out) {
                             return end;
                         }
                         batched += 1;
@@ -191,7 +196,7 @@ impl<'a> Session<'a> {
     }
 
     /// Handles one packet from the device; `Some` ends the session.
-    async fn from_device(
+    async fn on_packet(
         &mut self,
         packet: Packet,
         out: &mut BytesMut,
@@ -289,7 +294,7 @@ impl<'a> Session<'a> {
     }
 
     /// Encodes a queued message for the device into `out`.
-    fn to_device(&mut self, message: ToSession, out: &mut BytesMut) -> Result<(), End> {
+    fn on_message(&mut self, message: ToSession, out: &mut BytesMut) -> Result<(), End> {
         match message {
             ToSession::PubAck(pkid) => encode(&Packet::PubAck(PubAck::new(pkid)), out),
             ToSession::Deliver(publish) => {

@@ -295,11 +295,11 @@ impl Link {
                 connected = self.connect() => connected,
             };
             match connected {
-                Ok(stream) => {
+                Ok((stream, buffer)) => {
                     delay = Duration::from_millis(50);
                     let error = tokio::select! {
                         () = stop.cancelled() => return,
-                        error = self.serve(stream, &mut requests) => error,
+                        error = self.serve(stream, buffer, &mut requests) => error,
                     };
                     self.stats.upstream_lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(link = self.index, %error, "gateway lost its broker connection: its device sessions end");
@@ -318,7 +318,8 @@ impl Link {
     }
 
     /// Connects and logs in (CONNACK accepted); subscribes when this is the subscriber.
-    async fn connect(&self) -> Result<TcpStream, Refusal> {
+    /// Returns the stream and what was read after the CONNACK.
+    async fn connect(&self) -> Result<(TcpStream, BytesMut), Refusal> {
         let mut stream = TcpStream::connect(self.addr).await?;
         let _ = stream.set_nodelay(true);
         let mut connect = Connect::new(self.client_id.clone());
@@ -341,7 +342,7 @@ impl Link {
         let mut buffer = BytesMut::new();
         let answer = tokio::time::timeout(
             super::CONNECT_TIMEOUT,
-            read_packet(&mut stream, &mut buffer),
+            read_packet(&mut stream, &mut buffer, 4096),
         )
         .await
         .map_err(|_| Refusal::Connect("no CONNACK from the broker in time"))??;
@@ -349,20 +350,22 @@ impl Link {
             Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {}
             _ => return Err(Refusal::Connect("the broker refused the gateway")),
         }
-        if !buffer.is_empty() {
-            return Err(Refusal::Malformed("bytes after CONNACK".into()));
-        }
-        Ok(stream)
+        Ok((stream, buffer))
     }
 
     /// Runs one broker connection until it fails.
-    async fn serve(&self, stream: TcpStream, requests: &mut mpsc::Receiver<Forward>) -> Refusal {
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        buffer: BytesMut,
+        requests: &mut mpsc::Receiver<Forward>,
+    ) -> Refusal {
         let (read, write) = stream.into_split();
         let inflight = Inflight::default();
         let (control_tx, control_rx) = mpsc::unbounded_channel::<Packet>();
         tokio::select! {
             error = self.writer(write, requests, control_rx, &inflight) => error,
-            error = self.reader(read, control_tx, &inflight) => error,
+            error = self.reader(read, buffer, control_tx, &inflight) => error,
         }
     }
 
@@ -450,12 +453,12 @@ impl Link {
     async fn reader(
         &self,
         mut read: OwnedReadHalf,
+        mut buffer: BytesMut,
         control: mpsc::UnboundedSender<Packet>,
         inflight: &Inflight,
     ) -> Refusal {
-        let mut buffer = BytesMut::with_capacity(64 * 1024);
         loop {
-            let packet = match read_packet(&mut read, &mut buffer).await {
+            let packet = match read_packet(&mut read, &mut buffer, 64 * 1024).await {
                 Ok(packet) => packet,
                 Err(error) => return error,
             };
@@ -477,12 +480,12 @@ impl Link {
                     }
                     self.route(publish);
                 }
-                Packet::SubAck(ack) => {
+                Packet::SubAck(ack)
                     if ack.return_codes.iter().any(|code| {
                         matches!(code, rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure)
-                    }) {
-                        return Refusal::Connect("the broker refused the gateway's subscription");
-                    }
+                    }) =>
+                {
+                    return Refusal::Connect("the broker refused the gateway's subscription");
                 }
                 _ => {}
             }

@@ -349,7 +349,7 @@ pub async fn workflows(
 pub async fn assign(db: &Database, devices: &[(String, u64)]) -> Result<(), sqlx::Error> {
     let now = Timestamp::now().millis();
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_write(pool).await?;
         for (device, version) in devices {
             sqlx::query(
                 "INSERT INTO fleet_desired (device_id, version, assigned_at) VALUES ($1, $2, $3) \

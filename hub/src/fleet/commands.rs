@@ -231,14 +231,8 @@ pub async fn create(
     let now = Timestamp::now().millis();
     let text = command.to_json().to_string();
     for _ in 0..SEQ_ATTEMPTS {
-        // SQLite: take the write lock at once; a read that later upgrades fails with
-        // SQLITE_BUSY when ingest committed meanwhile (a 500 for the caller).
-        let begin = match db {
-            Database::Sqlite(_) => "BEGIN IMMEDIATE",
-            Database::Postgres(_) => "BEGIN",
-        };
         let inserted = on_pool!(db, pool => {
-            let mut tx = pool.begin_with(begin).await?;
+            let mut tx = crate::db::begin_write(pool).await?;
             let known = sqlx::query("SELECT id FROM devices WHERE id = $1")
                 .bind(device)
                 .fetch_optional(&mut *tx)

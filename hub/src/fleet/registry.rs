@@ -18,16 +18,7 @@ use sqlx::Row;
 use crate::auth::hash_token;
 use crate::db::Database;
 
-/// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool.
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
-}
-pub(crate) use on_pool;
+pub(crate) use crate::db::on_pool;
 
 /// Prefix of enrollment tokens (recognisable in logs and leaks).
 pub const ENROLL_PREFIX: &str = "re_";
@@ -132,7 +123,7 @@ pub async fn add_device(
     let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     let labels_json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_write(pool).await?;
         let inserted = sqlx::query(
             "INSERT INTO devices (id, labels, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
         )
@@ -223,7 +214,7 @@ pub async fn enroll_with(
     }
     let now = Timestamp::now().millis();
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_write(pool).await?;
         let row = sqlx::query(
             "UPDATE enrollment_tokens SET used_at = $1 \
              WHERE hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING device_id",

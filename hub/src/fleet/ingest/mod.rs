@@ -445,7 +445,7 @@ impl Worker {
         db_seq(Seq(first as u64 + events.len() as u64))?;
         let now = Timestamp::now().millis();
         let (highest, stored, labels) = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin_clause(&self.db)).await?;
+            let mut tx = crate::db::begin_write(pool).await?;
             let Some((acked, labels)) = device_row!(tx, device, lock_clause(&self.db)) else {
                 return Ok(None);
             };
@@ -495,7 +495,7 @@ impl Worker {
             })
             .collect();
         let (highest, stored) = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin_clause(&self.db)).await?;
+            let mut tx = crate::db::begin_write(pool).await?;
             let Some((acked, _)) = device_row!(tx, device, lock_clause(&self.db)) else {
                 return Ok(None);
             };
@@ -519,7 +519,7 @@ impl Worker {
         let count = i64::try_from(gap.count).map_err(|_| IngestError::SeqRange(gap.count))?;
         let now = Timestamp::now().millis();
         let highest = on_pool!(&self.db, pool => {
-            let mut tx = pool.begin_with(begin_clause(&self.db)).await?;
+            let mut tx = crate::db::begin_write(pool).await?;
             let Some((acked, _)) = device_row!(tx, device, lock_clause(&self.db)) else {
                 return Ok(None);
             };
@@ -544,15 +544,6 @@ impl Worker {
             highest
         });
         Ok(Some(highest))
-    }
-}
-
-/// How a batch's transaction starts: SQLite takes the write lock at once (a read that later
-/// upgrades fails with `SQLITE_BUSY` when another worker committed meanwhile).
-fn begin_clause(db: &Database) -> &'static str {
-    match db {
-        Database::Postgres(_) => "BEGIN",
-        Database::Sqlite(_) => "BEGIN IMMEDIATE",
     }
 }
 

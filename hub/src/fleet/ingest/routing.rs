@@ -16,7 +16,6 @@ use reactor_core::sync::messages::DeviceEvent;
 use sqlx::Row;
 
 use super::Worker;
-use crate::db::Database;
 use crate::fleet::records::mark_routed;
 use crate::fleet::registry::on_pool;
 

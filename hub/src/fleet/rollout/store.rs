@@ -168,7 +168,7 @@ pub async fn insert(
     let now = Timestamp::now().millis();
     let version = i64::try_from(rollout.bundle_version).unwrap_or(i64::MAX);
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_write(pool).await?;
         sqlx::query(
             "INSERT INTO rollouts (id, state, bundle_version, selector, strategy, gate, \
              auto_rollback, stage, created_by, created_at, updated_at) \
@@ -383,7 +383,7 @@ pub async fn set_members(
     let now = Timestamp::now().millis();
     let sent = (to == device_state::SENT).then_some(now);
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_write(pool).await?;
         for device in devices {
             sqlx::query(
                 "UPDATE rollout_devices SET state = $3, stage = COALESCE($4, stage), \
@@ -418,7 +418,7 @@ pub async fn judge(
     }
     let now = Timestamp::now().millis();
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_write(pool).await?;
         for (device, to, failed, total) in verdicts {
             sqlx::query(
                 "UPDATE rollout_devices SET state = $3, health_failed = $4, health_total = $5, \
@@ -451,7 +451,7 @@ pub async fn dispatch(
     let upto = i64::try_from(upto).unwrap_or(i64::MAX);
     let stage = rollout.stage as i64;
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_write(pool).await?;
         sqlx::query(
             "INSERT INTO fleet_desired (device_id, version, assigned_at) \
              SELECT device_id, $2, $3 FROM rollout_devices \

@@ -85,7 +85,9 @@ fn trigger_json(spec: &TriggerSpec) -> Value {
             "type": "interval", "every": reactor_core::flow::format_duration(*every)
         }),
         TriggerKind::File(file) => json!({ "type": "file", "path": file.path }),
-        TriggerKind::Mqtt(mqtt) => json!({ "type": "mqtt", "topic": mqtt.topic, "qos": mqtt.qos }),
+        TriggerKind::Mqtt(mqtt) => {
+            json!({ "type": "mqtt", "topic": mqtt.topic, "qos": mqtt.qos, "sessions": mqtt.sessions })
+        }
         TriggerKind::Event { event_type, source } => {
             json!({ "type": "event", "event": event_type, "source": source })
         }

@@ -422,8 +422,10 @@ async fn ingest(args: &Args, db: &Database, devices: Vec<Device>, pid: u32) -> a
     let total = args.devices as u64 * args.batches * args.size;
     let (batches, size, window) = (args.batches, args.size, args.window.max(1));
     let started = Instant::now();
+    let resends = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(devices.len());
     for mut device in devices {
+        let resends = resends.clone();
         tasks.push(tokio::spawn(async move {
             let last = batches * size;
             let (mut next, mut acked) = (1u64, 0u64);
@@ -453,7 +455,10 @@ async fn ingest(args: &Args, db: &Database, devices: Vec<Device>, pid: u32) -> a
                         bail!("{}: stuck at {acked}", device.id.as_str())
                     }
                     // No ack for 10 s: resend from the acked seq, as the agent does.
-                    Err(_) => next = acked + 1,
+                    Err(_) => {
+                        resends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        next = acked + 1;
+                    }
                 }
             }
             device.task.abort();
@@ -466,9 +471,10 @@ async fn ingest(args: &Args, db: &Database, devices: Vec<Device>, pid: u32) -> a
     let secs = started.elapsed().as_secs_f64();
     let stored = count(db, "SELECT COUNT(*) FROM device_events").await?;
     println!(
-        "fleet ingest: {total} events ({} devices x {batches} batches x {size}) stored and acked in {secs:.2} s = {:.0} events/s; stored rows {stored}; hub RSS peak {} KiB",
+        "fleet ingest: {total} events ({} devices x {batches} batches x {size}) stored and acked in {secs:.2} s = {:.0} events/s; stored rows {stored}; resends after 10 s without ack {}; hub RSS peak {} KiB",
         args.devices,
         total as f64 / secs,
+        resends.load(std::sync::atomic::Ordering::Relaxed),
         proc_status(pid, "VmHWM:")
     );
     if stored as u64 != total {

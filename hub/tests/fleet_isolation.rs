@@ -6,7 +6,8 @@
 //!
 //! The endpoint terminates device sessions itself; further tests here cover that: keep-alive
 //! expiry publishes the will (a DISCONNECT does not), each session gets only its own
-//! device's messages, and a stalled device is dropped while the others keep receiving.
+//! device's messages, a stalled device is dropped while the others keep receiving, and QoS 2
+//! is refused.
 
 use std::time::Duration;
 
@@ -629,5 +630,30 @@ async fn a_stalled_device_is_dropped_without_holding_up_the_others() {
     })
     .await;
     assert!(closed.is_ok(), "the stalled connection was not closed");
+    fleet.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_2_publishes_are_refused_and_qos_1_is_forwarded_and_acknowledged() {
+    let mut fleet = fleet().await;
+    let alpha_pw = fleet.devices[0].1.clone();
+    let mut alpha = raw_device(fleet.addr, "alpha", &alpha_pw, 0).await;
+    // QoS 1: forwarded, the observer sees it, and the device gets its PUBACK.
+    let mut publish = Publish::new("reactor/v1/d/alpha/events", QoS::AtLeastOnce, "one");
+    publish.pkid = 42;
+    send(&mut alpha, Packet::Publish(publish)).await;
+    match read(&mut alpha).await {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.pkid, 42),
+        other => panic!("no PUBACK: {other:?}"),
+    }
+    observe(&mut fleet, "reactor/v1/d/alpha/events", b"one").await;
+    // QoS 2 on its own topic: not supported, the connection closes, nothing is forwarded
+    // (the will is: the session did not end with DISCONNECT).
+    let mut publish = Publish::new("reactor/v1/d/alpha/events", QoS::ExactlyOnce, "two");
+    publish.pkid = 43;
+    send(&mut alpha, Packet::Publish(publish)).await;
+    assert!(closed_without_delivery(&mut alpha).await);
+    let before = observe(&mut fleet, "reactor/v1/d/alpha/status", b"will-alpha").await;
+    assert!(before.iter().all(|(_, payload)| payload != b"two"));
     fleet.stop.cancel();
 }

@@ -9,6 +9,7 @@
 //!   sees every seq either stored or covered by the gap;
 //! - bundles and commands: a signed bundle installs its workflow, a forged one is refused,
 //!   a renewal (same workflows, higher version) is reported without reinstalling anything,
+//!   and neither bundle reconnects the agent (the status goes out on the open connection),
 //!   ping/run commands are answered once per command id.
 
 mod fleet_support;
@@ -261,6 +262,11 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
     assert_eq!(status, 404, "the forged bundle installed nothing");
     assert!(agent.logs().contains("bundle refused"), "{}", agent.logs());
 
+    // Connections so far (the agent logs each CONNACK); accepting bundles adds none.
+    let connects = |logs: &str| logs.matches("connected to the fleet hub").count();
+    let connected_before = connects(&agent.logs());
+    assert!(connected_before > 0, "{}", agent.logs());
+
     let good = signer.sign(spec(2));
     hub.send(
         Channel::Bundle,
@@ -281,7 +287,7 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The status reports the bundle version (after the agent's reconnect).
+    // The status reports the bundle version (published on the same connection).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let online = hub.state.lock().unwrap().online;
@@ -292,8 +298,7 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The broker's retained status is that newest online status (the reconnect that
-    // published it was clean: no `Offline` will after it).
+    // The broker's retained status is that newest online status.
     let retained = hub.retained_status().await.unwrap();
     assert_eq!(
         (retained.1, retained.2),
@@ -378,6 +383,14 @@ async fn signed_bundles_install_and_commands_are_answered_once() {
     let logs = agent.logs();
     assert!(logs.contains("nothing reinstalled"), "{logs}");
     assert_eq!(installs(&logs), before, "a renewal reinstalled workflows");
+    // Neither the new bundle nor its renewal reconnected the agent.
+    assert_eq!(connects(&logs), connected_before, "{logs}");
+    assert_eq!(
+        logs.matches("new bundle reported on the open connection")
+            .count(),
+        2,
+        "{logs}"
+    );
     let (status, body) = agent.post("/produce", serde_json::json!({"n": 3})).await;
     assert!(status == 202 || status == 200, "{status} {body}");
 

@@ -28,6 +28,17 @@ fn passwd(file: &std::path::Path, user: &str, password: &str) {
     assert!(status.success());
 }
 
+/// This test's Mosquitto: stopped when dropped, so a failing assertion (a panic unwinds
+/// through the test) does not leave it running.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_acl_confines_devices_on_mosquitto() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,13 +59,15 @@ async fn the_shipped_acl_confines_devices_on_mosquitto() {
         ),
     )
     .unwrap();
-    let mut broker = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let broker = Broker(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let place = Place::sqlite(&dir.path().join("data"));
@@ -69,7 +82,7 @@ async fn the_shipped_acl_confines_devices_on_mosquitto() {
     }
     // Mosquitto reads the password file again on SIGHUP.
     let reload = Command::new("kill")
-        .args(["-HUP", &broker.id().to_string()])
+        .args(["-HUP", &broker.0.id().to_string()])
         .status()
         .unwrap();
     assert!(reload.success());
@@ -131,6 +144,5 @@ async fn the_shipped_acl_confines_devices_on_mosquitto() {
 
     db.close().await;
     drop(hub);
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
 }

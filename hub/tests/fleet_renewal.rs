@@ -8,7 +8,8 @@
 //! only grow, same workflows, the rollout and the desired bundle follow); a device offline
 //! for longer than a bundle lives converges when it reconnects; no device is ever sent a
 //! bundle whose expiry had passed (none refused at all); every renewal is stored with the
-//! original's target and workflows.
+//! original's target and workflows; superseded bundles are pruned (the newest 5 and every
+//! referenced one kept). Pruning itself is checked exactly, on both backends, in `pruning`.
 
 mod api_support;
 mod fleet_support;
@@ -235,15 +236,55 @@ async fn renewal_round(place: Place) {
     .await;
     assert!(rollout["bundle_version"].as_u64().unwrap() > first);
 
+    // Superseded bundles are pruned: the original (referenced by nothing once every device
+    // runs a renewal of it) goes, the newest are kept, and what is referenced is stored.
+    let rows = until(
+        Duration::from_secs(30),
+        "the original bundle is pruned",
+        async || bundle_rows(&db).await,
+        |rows| rows.iter().all(|r| r.0 as u64 != first),
+    )
+    .await;
+    let newest = rows.last().unwrap().0;
+    assert!(
+        rows.len() < (newest as u64 - first + 1) as usize,
+        "nothing pruned: {} stored of {} made",
+        rows.len(),
+        newest as u64 - first + 1
+    );
+    assert!(
+        rows.len() >= 5,
+        "fewer than the 5 newest kept: {}",
+        rows.len()
+    );
+    let stored: Vec<u64> = rows.iter().map(|r| r.0 as u64).collect();
+    for sim in &sims {
+        let id = sim.id.as_str().to_string();
+        let want = desired(&db, &id).await.unwrap();
+        assert!(stored.contains(&want), "desired {want} pruned: {stored:?}");
+    }
+    assert!(hub.logs().contains("superseded bundles pruned"));
+
     // Every renewal is the original's content, re-signed.
-    let rows = bundle_rows(&db).await;
-    let original = rows.iter().find(|r| r.0 as u64 == first).unwrap().clone();
     let renewals: Vec<&BundleRow> = rows.iter().filter(|r| r.3 == "renewal").collect();
     assert!(renewals.len() >= 4, "{} renewals", renewals.len());
+    let target: Value = serde_json::from_str(&renewals[0].1).unwrap();
+    assert_eq!(
+        target,
+        json!({"site": "r"}),
+        "the rollout's selector is the target"
+    );
     for renewal in &renewals {
         assert_eq!(
-            (&renewal.1, &renewal.2, &renewal.4),
-            (&original.1, &original.2, &original.4),
+            (&renewal.1, &renewal.2, renewal.4.as_deref()),
+            (
+                &renewals[0].1,
+                &serde_json::to_string(
+                    &reactor_hub::fleet::bundles::validate(&[HELLO.into()]).unwrap()
+                )
+                .unwrap(),
+                Some(rollout_id.as_str())
+            ),
             "a renewal's target, workflows and rollout are the original's"
         );
         assert_eq!(
@@ -257,6 +298,118 @@ async fn renewal_round(place: Place) {
         "the hub does not log renewals"
     );
     db.close().await;
+}
+
+/// Runs one statement on either backend.
+async fn exec(db: &Database, sql: &'static str) {
+    match db {
+        Database::Sqlite(pool) => {
+            sqlx::query(sql).execute(pool).await.unwrap();
+        }
+        Database::Postgres(pool) => {
+            sqlx::query(sql).execute(pool).await.unwrap();
+        }
+    }
+}
+
+async fn stored_versions(db: &Database) -> Vec<i64> {
+    bundle_rows(db).await.iter().map(|r| r.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(None, dir.path()).await.unwrap();
+    pruning(&db).await;
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_on_postgres() {
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(Some(&pg.url), dir.path()).await.unwrap();
+    pruning(&db).await;
+    db.close().await;
+    pg.drop_now().await;
+}
+
+/// Pruning deletes exactly the bundles nothing references that have `keep` newer bundles of
+/// their target; versions keep growing afterwards.
+async fn pruning(db: &Database) {
+    db.migrate().await.unwrap();
+    use reactor_core::sync::bundle::BundleSigner;
+    use reactor_hub::fleet::bundles::{self, Purpose};
+    let signer = BundleSigner::from_seed(&[3; 32]).unwrap();
+    let workflows = bundles::validate(&[HELLO.to_string()]).unwrap();
+    let target =
+        |site: &str| std::collections::BTreeMap::from([("site".to_string(), site.to_string())]);
+    let sign = async |site: &str| {
+        bundles::sign_and_store(
+            db,
+            &signer,
+            &target(site),
+            &workflows,
+            Duration::from_secs(60),
+            None,
+            Purpose::Renewal,
+        )
+        .await
+        .unwrap()
+    };
+    // Target a: 1..=9; target b: 10, 11.
+    for _ in 0..9 {
+        sign("a").await;
+    }
+    assert_eq!(sign("b").await, 10);
+    assert_eq!(sign("b").await, 11);
+    // References: desired 2, reported 3, a rollout's bundle 4, a rollout device's previous
+    // version 5 and rollback version 6.
+    bundles::assign(db, &[("dev-x".to_string(), 2)])
+        .await
+        .unwrap();
+    exec(
+        db,
+        "INSERT INTO devices (id, labels, created_at, bundle_version) VALUES ('dev-y', '{}', 0, 3)",
+    )
+    .await;
+    exec(
+        db,
+        "INSERT INTO rollouts (id, state, bundle_version, selector, strategy, gate, \
+         auto_rollback, created_at, updated_at) VALUES ('r1', 'completed', 4, '{}', '{}', '{}', \
+         0, 0, 0)",
+    )
+    .await;
+    exec(
+        db,
+        "INSERT INTO rollout_devices (rollout_id, device_id, position, previous_version, state, \
+         rollback_version, updated_at) VALUES ('r1', 'dev-y', 0, 5, 'rolled_back', 6, 0)",
+    )
+    .await;
+
+    // Keeping 2 per target: 8 and 9 are the newest of a; 1 and 7 are unreferenced.
+    assert_eq!(bundles::prune(db, 2).await.unwrap(), 2);
+    assert_eq!(stored_versions(db).await, vec![2, 3, 4, 5, 6, 8, 9, 10, 11]);
+    assert_eq!(
+        bundles::prune(db, 2).await.unwrap(),
+        0,
+        "a second pass is idle"
+    );
+
+    // Once the references move on (desired and reported 9, no rollout device), 2, 3, 5 and
+    // 6 go too; 4 is still the rollout's bundle.
+    bundles::assign(db, &[("dev-x".to_string(), 9)])
+        .await
+        .unwrap();
+    exec(db, "UPDATE devices SET bundle_version = 9").await;
+    exec(db, "DELETE FROM rollout_devices").await;
+    assert_eq!(bundles::prune(db, 2).await.unwrap(), 4);
+    assert_eq!(stored_versions(db).await, vec![4, 8, 9, 10, 11]);
+    // Keep 0 is taken as 1: the newest of each target (9, 11) stays with what is referenced
+    // (4: the rollout), so the next version never goes back.
+    assert_eq!(bundles::prune(db, 0).await.unwrap(), 2);
+    assert_eq!(stored_versions(db).await, vec![4, 9, 11]);
+    assert_eq!(sign("a").await, 12);
 }
 
 /// Renewal off (`bundle_renew_below = 0`): a device that comes online after its desired

@@ -17,9 +17,11 @@
 //! `S + STATUS_BLOCK - 1`, and publishes a fresh `Online` status (health) every
 //! [`ClientConfig::status_every`] with `S + 1`, `S + 2`, … — so the will always carries a
 //! higher seq than every status sent on its connection, and the next connection's `Online`
-//! a higher one than the will (the hub keeps the highest seq). A changed bundle is published
-//! by reconnecting (a clean disconnect sends no will), so the will's versions are never older
-//! than the newest status's.
+//! a higher one than the will (the hub keeps the highest seq). A changed bundle (a rollout
+//! stage, a renewal) is published as the next `Online` status of the block on the same
+//! connection — no reconnect, so a fleet-wide renewal causes no reconnect storm. The will
+//! keeps the bundle version of connection time (MQTT 3.1.1 cannot change a will without
+//! reconnecting); docs/sync-protocol.md ("Status seqs") says what the hub does with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +84,7 @@ impl Default for ClientConfig {
 pub enum Outgoing {
     /// Publish this frame on this channel (QoS 1, not retained).
     Frame(Channel, Envelope),
-    /// The status changed: reconnect to publish it (with a matching last will).
+    /// The status changed (a new bundle is active): publish it on this connection.
     StatusChanged,
 }
 
@@ -375,6 +377,8 @@ impl Client {
         )?;
         let (client, mut events) = AsyncClient::new(options, 1024);
         let mut connected = false;
+        // A changed status whose publish found the request queue full.
+        let mut status_due = false;
         let mut cursor = 0u64;
         let mut acked = 0u64;
         let mut last_progress = tokio::time::Instant::now();
@@ -463,10 +467,22 @@ impl Client {
                         client.try_publish(self.topic(channel), QoS::AtLeastOnce, false, bytes)?;
                     }
                     Outgoing::StatusChanged => {
-                        // A clean DISCONNECT (sent, not just queued): no will, so the
-                        // retained status is never an `Offline` newer than what follows.
-                        disconnect(&client, &mut events).await;
-                        return Ok(true);
+                        if update_seq + 2 >= will_seq {
+                            // The block is used up: a new connection reserves the next one
+                            // (and publishes the new status as its `Online`).
+                            disconnect(&client, &mut events).await;
+                            return Ok(true);
+                        }
+                        update_seq += 1;
+                        let update = encode(&Envelope::new(
+                            Seq(update_seq),
+                            Message::Status(self.status(Presence::Online)),
+                        ))?;
+                        // A full request queue: retried on the next poll tick.
+                        status_due = client
+                            .try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update)
+                            .is_err();
+                        tracing::info!(seq = update_seq, "new bundle reported on the open connection");
                     }
                 },
                 _ = report.tick(), if connected => {
@@ -485,6 +501,16 @@ impl Client {
                     let _ = client.try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update);
                 }
                 _ = tick.tick(), if connected => {
+                    if status_due && update_seq + 2 < will_seq {
+                        update_seq += 1;
+                        let update = encode(&Envelope::new(
+                            Seq(update_seq),
+                            Message::Status(self.status(Presence::Online)),
+                        ))?;
+                        status_due = client
+                            .try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update)
+                            .is_err();
+                    }
                     if cursor > acked && last_progress.elapsed() >= self.config.ack_timeout {
                         tracing::info!(from = acked + 1, "no ack for a while: resending unacked records");
                         cursor = acked;

@@ -16,6 +16,12 @@
 //! new expiry, the current key; `purpose = "renewal"`; driven by
 //! [`super::rollout::renewal`]). Delivery never sends a bundle whose expiry has passed
 //! ([`deliverable`]).
+//!
+//! Superseded bundles are pruned ([`prune`], by the leader after a renewal pass that renewed
+//! something): a bundle goes once nothing references it — no device's desired or reported
+//! version, no rollout's bundle, no rollout device's previous or rollback version — and at
+//! least [`KEEP_PER_TARGET`] newer bundles of its target exist (kept for audit). The newest
+//! bundle is therefore never deleted, so `MAX(version)` and the next version never go back.
 
 use std::time::Duration;
 
@@ -33,6 +39,8 @@ pub const MAX_WORKFLOWS: usize = reactor_core::sync::bundle::MAX_WORKFLOWS;
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Shortest validity a bundle may be given (renewal re-signs it within that time).
 pub const MIN_EXPIRY: Duration = Duration::from_secs(1);
+/// Newest bundles of each target that pruning keeps even when nothing references them.
+pub const KEEP_PER_TARGET: u32 = 5;
 /// Attempts at taking the next version when other hubs insert concurrently.
 const VERSION_ATTEMPTS: usize = 8;
 
@@ -321,6 +329,24 @@ pub async fn replace_desired(db: &Database, from: u64, to: u64) -> Result<u64, s
         .bind(i64::try_from(from).unwrap_or(i64::MAX))
         .bind(i64::try_from(to).unwrap_or(i64::MAX))
         .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+}
+
+/// Deletes the bundles nothing references any more (see the module docs), keeping the
+/// newest `keep` of each target (`target` as stored: the same labels serialise the same);
+/// returns how many were deleted. One statement: each bundle is checked and deleted in it.
+/// `keep` is at least 1: the newest bundle must stay (the next version is `MAX + 1`, and a
+/// version reused after a device accepted it would be refused as not newer).
+pub async fn prune(db: &Database, keep: u32) -> Result<u64, sqlx::Error> {
+    let keep = keep.max(1);
+    on_pool!(db, pool => {
+        Ok(sqlx::query(
+            "DELETE FROM fleet_bundles WHERE version IN (SELECT b.version FROM fleet_bundles b              WHERE (SELECT COUNT(*) FROM fleet_bundles n WHERE n.target = b.target              AND n.version > b.version) >= $1              AND NOT EXISTS (SELECT 1 FROM fleet_desired f WHERE f.version = b.version)              AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.bundle_version = b.version)              AND NOT EXISTS (SELECT 1 FROM rollouts r WHERE r.bundle_version = b.version)              AND NOT EXISTS (SELECT 1 FROM rollout_devices m              WHERE m.previous_version = b.version OR m.rollback_version = b.version))",
+        )
+        .bind(i64::from(keep))
         .execute(pool)
         .await?
         .rows_affected())

@@ -17,6 +17,10 @@
 //!
 //! No rollout is needed for a renewal: the content is the one the device already runs
 //! (docs/fleet.md, "Bundle renewal").
+//!
+//! 3. After a pass that renewed something, the superseded bundles nothing references any
+//!    more are pruned ([`bundles::prune`], keeping the newest [`bundles::KEEP_PER_TARGET`]
+//!    of each target), so renewals do not grow `fleet_bundles` without bound.
 
 use reactor_core::engine::Timestamp;
 use sqlx::Row;
@@ -37,6 +41,8 @@ pub struct Pass {
     pub renewed: Vec<(u64, u64)>,
     /// When the next pass is due (ms since the epoch).
     pub next_at: i64,
+    /// Superseded bundles deleted after the renewals.
+    pub pruned: u64,
 }
 
 /// One renewal pass at `now` (ms) with renewal at less than `fraction` of validity left.
@@ -49,6 +55,7 @@ pub async fn pass(
     let mut out = Pass {
         renewed: Vec::new(),
         next_at: now + CHECK_EVERY_MS,
+        pruned: 0,
     };
     let mut versions = bundles::desired_versions(db).await?;
     for (_, version) in running(db).await? {
@@ -72,6 +79,17 @@ pub async fn pass(
         tracing::info!(%rollout, version, "a pending device of the rollout has a newer bundle: the rollout's bundle is renewed");
         if let Some(renewal) = renew(db, signer, version, i64::MAX, now).await? {
             out.renewed.push((version, renewal));
+        }
+    }
+    // Step 3: renewals supersede bundles; what nothing references any more goes.
+    if !out.renewed.is_empty() {
+        out.pruned = bundles::prune(db, bundles::KEEP_PER_TARGET).await?;
+        if out.pruned > 0 {
+            tracing::info!(
+                pruned = out.pruned,
+                keep = bundles::KEEP_PER_TARGET,
+                "superseded bundles pruned"
+            );
         }
     }
     Ok(out)

@@ -8,9 +8,11 @@
 //! and only then answers each writer. On an SD card a fsync costs milliseconds, so sharing it
 //! is what makes many concurrent executions affordable.
 //!
-//! Reads go through the same thread, each in its own read transaction run between commits;
-//! reads queued while a group is gathered run before that group's commit (a read sees every
-//! write acknowledged before it was sent, never a half-committed group).
+//! Reads go through the same thread, each in its own read transaction run between commits.
+//! Reads queued while a group is gathered run after its commit (they see every write queued
+//! before them), except meta lookups (`meta`: de-duplication and cron marks), which run
+//! before it: they see every write acknowledged before they were sent, and their callers go
+//! on during the fsync.
 //! That keeps one owner of the database (so it can be reopened after an I/O error without
 //! coordinating with readers); reads are short next to a commit's fsync, and the big one
 //! (`unfinished`) runs at startup before traffic.
@@ -92,6 +94,9 @@ enum Command {
         reply: WriteReply,
     },
     Run(Job),
+    /// A read that may run before the commit of the group being gathered: it sees every
+    /// write acknowledged before it was sent, none of that group (meta lookups).
+    Peek(Job),
     Prune {
         retention: Retention,
         now: Timestamp,
@@ -214,8 +219,24 @@ impl RedbStore {
         &self,
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.job(read, Command::Run).await
+    }
+
+    /// Like [`RedbStore::run`], as a [`Command::Peek`].
+    async fn peek<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.job(read, Command::Peek).await
+    }
+
+    async fn job<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        kind: fn(Job) -> Command,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Run(Box::new(move |db| {
+        self.send(kind(Box::new(move |db| {
             let result = read(db);
             let io_failed = matches!(result, Err(StoreError::Io(_)));
             let _ = reply.send(result);
@@ -269,7 +290,9 @@ impl Store for RedbStore {
 
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
-        self.run(move |db| tables::meta(db, &key)).await
+        // A peek: a keyed submission's mark lookup does not wait for the commit of a group
+        // its own write cannot be part of (its key's earlier holder was acknowledged).
+        self.peek(move |db| tables::meta(db, &key)).await
     }
 
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
@@ -329,13 +352,12 @@ impl StoreThread {
                 Command::Write { batch, reply } => {
                     let mut group = vec![batch];
                     let mut replies = vec![reply];
-                    let mut reads = Vec::new();
+                    let (mut reads, mut peeks) = (Vec::new(), Vec::new());
                     // Group commit: take every write already queued. Reads queued meanwhile
-                    // run first, on the last commit: each sees every write acknowledged
-                    // before it was sent (acknowledgements follow commits), and its caller
-                    // goes on while this group's fsync runs — a keyed submission's mark
-                    // lookup does not wait for a commit its own write cannot be part of.
-                    // `Close` ends the group.
+                    // run right after the commit, so each still sees every write queued
+                    // before it (a queued execution's `Create` for the task that starts it
+                    // when a slot frees); peeks run before it, on the last commit, and their
+                    // callers go on during the fsync. `Close` ends the group.
                     while group.len() < MAX_GROUP {
                         match receiver.try_recv() {
                             Ok(Command::Write { batch, reply }) => {
@@ -343,6 +365,7 @@ impl StoreThread {
                                 replies.push(reply);
                             }
                             Ok(Command::Run(job)) => reads.push(job),
+                            Ok(Command::Peek(job)) => peeks.push(job),
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -350,12 +373,15 @@ impl StoreThread {
                             Err(_) => break,
                         }
                     }
-                    for job in reads {
+                    for job in peeks {
                         self.run_job(job);
                     }
                     self.commit(group, replies);
+                    for job in reads {
+                        self.run_job(job);
+                    }
                 }
-                Command::Run(job) => self.run_job(job),
+                Command::Run(job) | Command::Peek(job) => self.run_job(job),
                 Command::Prune {
                     retention,
                     now,

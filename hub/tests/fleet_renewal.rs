@@ -101,28 +101,41 @@ async fn renewal_on_postgres() {
     pg.drop_now().await;
 }
 
-async fn renewal_round(place: Place) {
+/// A hub with its device endpoint (renewing when less than `renew_below` of a bundle's
+/// validity is left) and `count` enrolled simulated devices labelled `site=SITE`, named
+/// `SITE-i`; those in `online` are connected and seen online.
+async fn fleet(
+    place: &Place,
+    renew_below: &str,
+    site: &str,
+    count: usize,
+    online: usize,
+) -> (Hub, Vec<Sim>, u16) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let hub = Hub::start(
         place.clone(),
         &[
             ("REACTOR_MQTT_LISTEN", listen.as_str()),
-            ("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0.5"),
+            ("REACTOR_FLEET__BUNDLE_RENEW_BELOW", renew_below),
         ],
     )
     .await;
     let mut sims = Vec::new();
-    for i in 0..3 {
-        let token = fleet_support::add_device(&place, &format!("renew-{i}"), &["site=r"], None);
+    for i in 0..count {
+        let label = format!("site={site}");
+        let token =
+            fleet_support::add_device(place, &format!("{site}-{i}"), &[label.as_str()], None);
         let reply = enroll(&hub, &token).await.expect(200);
         let mut sim = Sim::new(&reply.body, port, false);
-        sim.connect();
+        if i < online {
+            sim.connect();
+        }
         sims.push(sim);
     }
     until(
         Duration::from_secs(30),
-        "3 devices online",
+        &format!("{online} devices online"),
         async || hub.get("/api/v1/devices").await.expect(200).body,
         |list| {
             list["devices"]
@@ -131,10 +144,15 @@ async fn renewal_round(place: Place) {
                 .iter()
                 .filter(|d| d["online"] == true)
                 .count()
-                == 3
+                == online
         },
     )
     .await;
+    (hub, sims, port)
+}
+
+async fn renewal_round(place: Place) {
+    let (hub, mut sims, _) = fleet(&place, "0.5", "r", 3, 3).await;
 
     let created = hub
         .post_json(
@@ -524,39 +542,7 @@ async fn a_rollout_behind_a_renewal_is_renewed_too() {
         "reactor: 1\nname: hello2\ntriggers:\n  - event: { type: ping }\nsteps:\n  - return: hi2\n";
     let dir = tempfile::tempdir().unwrap();
     let place = Place::sqlite(&dir.path().join("data"));
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let hub = Hub::start(
-        place.clone(),
-        &[
-            ("REACTOR_MQTT_LISTEN", listen.as_str()),
-            ("REACTOR_FLEET__BUNDLE_RENEW_BELOW", "0.5"),
-        ],
-    )
-    .await;
-    let mut sims = Vec::new();
-    for i in 0..2 {
-        let token = fleet_support::add_device(&place, &format!("behind-{i}"), &["site=b"], None);
-        let reply = enroll(&hub, &token).await.expect(200);
-        let mut sim = Sim::new(&reply.body, port, false);
-        sim.connect();
-        sims.push(sim);
-    }
-    until(
-        Duration::from_secs(30),
-        "2 devices online",
-        async || hub.get("/api/v1/devices").await.expect(200).body,
-        |list| {
-            list["devices"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|d| d["online"] == true)
-                .count()
-                == 2
-        },
-    )
-    .await;
+    let (hub, sims, _) = fleet(&place, "0.5", "b", 2, 2).await;
     let rollout = async |body: Value| {
         let created = hub
             .post_json("/api/v1/rollouts", body)

@@ -580,7 +580,7 @@ async fn a_rollout_behind_a_renewal_is_renewed_too() {
     .await;
     let db = Database::open(None, &place.data).await.unwrap();
     assert_eq!(
-        desired(&db, "behind-1").await,
+        desired(&db, "b-1").await,
         Some(a_version),
         "precondition: A's bundle was renewed before B started (a very slow machine?)"
     );

@@ -315,6 +315,19 @@ impl Client {
         Ok(seq)
     }
 
+    /// Publishes this connection's next `Online` status (retained, the next seq of its
+    /// block); whether the client's request queue took it.
+    fn publish_online(&self, client: &AsyncClient, update_seq: &mut u64) -> anyhow::Result<bool> {
+        *update_seq += 1;
+        let update = encode(&Envelope::new(
+            Seq(*update_seq),
+            Message::Status(self.status(Presence::Online)),
+        ))?;
+        Ok(client
+            .try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update)
+            .is_ok())
+    }
+
     fn status(&self, presence: Presence) -> Status {
         Status {
             presence,
@@ -473,15 +486,8 @@ impl Client {
                             disconnect(&client, &mut events).await;
                             return Ok(true);
                         }
-                        update_seq += 1;
-                        let update = encode(&Envelope::new(
-                            Seq(update_seq),
-                            Message::Status(self.status(Presence::Online)),
-                        ))?;
                         // A full request queue: retried on the next poll tick.
-                        status_due = client
-                            .try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update)
-                            .is_err();
+                        status_due = !self.publish_online(&client, &mut update_seq)?;
                         tracing::info!(seq = update_seq, "new bundle reported on the open connection");
                     }
                 },
@@ -492,24 +498,12 @@ impl Client {
                         disconnect(&client, &mut events).await;
                         return Ok(true);
                     }
-                    update_seq += 1;
-                    let update = encode(&Envelope::new(
-                        Seq(update_seq),
-                        Message::Status(self.status(Presence::Online)),
-                    ))?;
                     // A full request queue skips this report; the next one follows.
-                    let _ = client.try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update);
+                    self.publish_online(&client, &mut update_seq)?;
                 }
                 _ = tick.tick(), if connected => {
                     if status_due && update_seq + 2 < will_seq {
-                        update_seq += 1;
-                        let update = encode(&Envelope::new(
-                            Seq(update_seq),
-                            Message::Status(self.status(Presence::Online)),
-                        ))?;
-                        status_due = client
-                            .try_publish(self.topic(Channel::Status), QoS::AtLeastOnce, true, update)
-                            .is_err();
+                        status_due = !self.publish_online(&client, &mut update_seq)?;
                     }
                     if cursor > acked && last_progress.elapsed() >= self.config.ack_timeout {
                         tracing::info!(from = acked + 1, "no ack for a while: resending unacked records");

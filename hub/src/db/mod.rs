@@ -16,6 +16,7 @@ pub mod cancels;
 mod instance;
 mod journal;
 mod leader;
+pub mod nodelay;
 pub mod testing;
 pub mod tokens;
 pub mod workflows;
@@ -190,9 +191,17 @@ impl Database {
             source,
         };
         let options = PgConnectOptions::from_str(url).map_err(open_error)?;
+        let port = options.get_port();
         let pool = PgPoolOptions::new()
             .max_connections(POSTGRES_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // Each new connection: see `nodelay` (sqlx 0.9.0 leaves Nagle on; 40 ms stalls).
+            .after_connect(move |_, _| {
+                Box::pin(async move {
+                    nodelay::set_on_connections_to(port);
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(open_error)?;

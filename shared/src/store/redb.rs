@@ -40,6 +40,7 @@ mod codec;
 mod crash_tests;
 #[cfg(test)]
 mod fault;
+mod row;
 mod tables;
 #[cfg(test)]
 mod tests;

@@ -538,14 +538,35 @@ impl Machine {
         self.handle.lock().id
     }
 
+    /// The completion's output and error, moved out (`Null` and `None` are left): for the
+    /// execution's final record, built once. `None` while the execution runs.
+    pub fn take_result(&mut self) -> Option<(Value, Option<ErrorInfo>)> {
+        let completion = self.completion.as_mut()?;
+        Some((
+            std::mem::take(&mut completion.output),
+            completion.error.take(),
+        ))
+    }
+
     /// Steps with an id, in the order they first ran, as `exec` and the API show them.
     pub fn step_records(&self) -> Vec<(String, StepRecord)> {
-        let shared = self.handle.lock();
-        let Value::Object(steps) = &shared.globals.steps else {
+        self.records(false)
+    }
+
+    /// Like [`Machine::step_records`], for the final record: once the execution has finished
+    /// (nothing evaluates `steps` any more) each output is moved out instead of copied.
+    pub fn take_step_records(&mut self) -> Vec<(String, StepRecord)> {
+        self.records(self.completion.is_some())
+    }
+
+    fn records(&self, take: bool) -> Vec<(String, StepRecord)> {
+        let mut shared = self.handle.lock();
+        let shared = &mut *shared;
+        let Value::Object(steps) = &mut shared.globals.steps else {
             return Vec::new();
         };
         steps
-            .iter()
+            .iter_mut()
             .map(|(id, value)| {
                 let mut record = StepRecord {
                     status: StepStatus::Running,
@@ -564,6 +585,7 @@ impl Machine {
                                     record.status = status;
                                 }
                             }
+                            "output" if take => record.output = value.take(),
                             "output" => record.output = value.clone(),
                             "error" if !value.is_null() => {
                                 record.error = serde_json::from_value(value.clone()).ok();

@@ -272,12 +272,18 @@ impl Driver {
                 }
             }
         }
-        if let Some(completion) = self.machine.completion() {
-            self.record.status = completion.status;
-            self.record.output = completion.output.clone();
-            self.record.error = completion.error.clone();
+        if let Some(status) = self
+            .machine
+            .completion()
+            .map(|completion| completion.status)
+        {
+            self.record.status = status;
+            if let Some((output, error)) = self.machine.take_result() {
+                self.record.output = output;
+                self.record.error = error;
+            }
             self.record.finished_at = Some(Timestamp::now());
-            self.record.steps = self.machine.step_records();
+            self.record.steps = self.machine.take_step_records();
             self.runtime.redactor().redact_record(&mut self.record);
             // An execution that finishes before its first flush (pure workflows, sync http
             // replies) is created finished: one record write instead of create + update.
@@ -300,8 +306,13 @@ impl Driver {
                 record: self.record.clone(),
                 started,
             };
-            self.buffer.insert(0, create);
             self.create = false;
+            // The `Create` goes first; built in place rather than inserted at the front of the
+            // buffer (a reallocation and a move of every write behind it).
+            let mut batch = Vec::with_capacity(self.buffer.len() + 1);
+            batch.push(create);
+            batch.append(&mut self.buffer);
+            return self.runtime.inner.store.write(batch).await;
         }
         if self.buffer.is_empty() {
             return Ok(());

@@ -275,6 +275,11 @@ impl Encoded {
         }
         Encoded { writes, payloads }
     }
+
+    /// The writes, as they were given (the encoded bytes are dropped).
+    pub(super) fn into_writes(self) -> Vec<StoreWrite> {
+        self.writes
+    }
 }
 
 /// One bounded step of pruning: remove at most `max` finished executions beyond `retention`

@@ -165,6 +165,40 @@ async fn side_effects_are_journaled_before_and_after() {
     assert_eq!(steps, ["first", "pure", "last"]);
 }
 
+/// A pure execution against redb: the record lent to the store for its single write comes
+/// back whole to its watcher, equal to what was stored, and the journal holds its start.
+#[tokio::test]
+async fn a_watched_pure_execution_gets_its_whole_record_from_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(RedbStore::open(dir.path().join("j.redb"), RedbOptions::default()).unwrap());
+    let yaml = r#"
+reactor: 1
+name: pure
+steps:
+  - id: double
+    action: transform
+    with: { value: "${{ event.data.n * 2 }}" }
+output: { doubled: "${{ steps.double.output }}" }
+"#;
+    let runtime = runtime(store.clone(), Arc::new(Probe::default()), &[yaml]);
+    let (submission, watch) = runtime
+        .submit_watched("pure", event(), json!({}))
+        .await
+        .unwrap();
+    let Submission::Accepted(id) = submission else {
+        panic!("not accepted")
+    };
+    let record = watch.unwrap().finished().await.unwrap();
+    assert_eq!(record.output, json!({ "doubled": 2 }));
+    assert_eq!(record.steps[0].1.output, json!(2));
+    assert_eq!(store.execution(id).await.unwrap(), Some(record));
+    let journal = store.journal(id).await.unwrap();
+    assert!(
+        matches!(&journal[..], [Fact::Started { event, .. }] if event.data == json!({ "n": 1 }))
+    );
+}
+
 #[tokio::test]
 async fn recovery_reruns_only_the_step_in_flight_with_the_same_key() {
     let dir = tempfile::tempdir().unwrap();

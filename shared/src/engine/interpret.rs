@@ -48,17 +48,14 @@ type Run = Result<Flow, ErrorInfo>;
 struct Ctx {
     h: Handle,
     workflow: Arc<Workflow>,
-    execution: String,
 }
 
 /// Runs a whole execution: inputs, variables, steps (under the workflow timeout), output,
 /// and `on_failure` when it fails.
 pub(crate) async fn run_execution(h: Handle, workflow: Arc<Workflow>) -> Completion {
-    let execution = h.lock().id.to_string();
     let ctx = Ctx {
         h,
         workflow: workflow.clone(),
-        execution,
     };
     let result = match prepare(&ctx) {
         Ok(()) => {
@@ -207,6 +204,12 @@ impl Ctx {
 
     fn now(&self) -> Timestamp {
         self.h.lock().now
+    }
+
+    /// The execution's id as text: only actions, retries and emits need it, so it is made
+    /// when they ask rather than for every execution.
+    fn execution(&self) -> String {
+        self.h.lock().id.to_string()
     }
 
     fn record(&self, step: &Step, view: StepView) {
@@ -385,7 +388,7 @@ fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> B
             };
             if attempt < retry.attempts && should_retry(ctx, retry, &error, &locals) {
                 let key = format!("{path}@{attempt}#retry");
-                let delay = retry_delay(retry, attempt + 1, &format!("{}:{key}", ctx.execution));
+                let delay = retry_delay(retry, attempt + 1, &format!("{}:{key}", ctx.execution()));
                 let at = ctx.now().plus(delay);
                 ctx.h.effect(Command::StartTimer { key, at }).await;
                 attempt += 1;
@@ -429,6 +432,26 @@ fn step_output(ctx: &Ctx, step: &Step, locals: &Locals, result: Value) -> Result
     }
 }
 
+/// What a `transform` step's `with` gives as its `value`. Only that entry is copied or
+/// evaluated when it is the only one (the usual shape), not the whole `with` map.
+fn transform_value(ctx: &Ctx, with: &Template, locals: &Locals) -> Result<Value, ErrorInfo> {
+    match with {
+        Template::Literal(Value::Object(map)) => {
+            Ok(map.get("value").cloned().unwrap_or(Value::Null))
+        }
+        Template::Map(entries) if entries.len() == 1 && entries[0].0 == "value" => {
+            ctx.eval(&entries[0].1, locals)
+        }
+        other => {
+            let mut input = ctx.eval(other, locals)?;
+            Ok(input
+                .get_mut("value")
+                .map(Value::take)
+                .unwrap_or(Value::Null))
+        }
+    }
+}
+
 /// The path under which a block nested in this step runs on this attempt.
 fn block_path(path: &str, attempt: u32) -> String {
     if attempt == 1 {
@@ -453,16 +476,10 @@ fn run_kind<'a>(
             // `transform` only evaluates its `value`: the machine does it itself, with no
             // command and no journal entry — replay recomputes it exactly.
             StepKind::Action(action) if action.action == "transform" => {
-                let mut input = ctx.eval(&action.with, &locals)?;
-                Ok(Flow::Ran(
-                    input
-                        .get_mut("value")
-                        .map(Value::take)
-                        .unwrap_or(Value::Null),
-                ))
+                Ok(Flow::Ran(transform_value(ctx, &action.with, &locals)?))
             }
             StepKind::Action(action) => {
-                let idempotency_key = format!("{}:{path}", ctx.execution);
+                let idempotency_key = format!("{}:{path}", ctx.execution());
                 let mut execution = ctx.h.lock().globals.execution.clone();
                 execution["attempt"] = Value::from(attempt);
                 execution["idempotency_key"] = Value::from(idempotency_key.clone());
@@ -591,13 +608,14 @@ fn run_kind<'a>(
                 };
                 let key = format!("{path}@{attempt}");
                 let now = ctx.now();
+                let execution = ctx.execution();
                 let event = Event {
-                    id: format!("{}:{key}", ctx.execution),
+                    id: format!("{execution}:{key}"),
                     event_type,
                     source: format!("reactor:workflow/{}", ctx.workflow.name),
                     time: now.to_rfc3339(),
                     data,
-                    meta: serde_json::json!({ "execution": ctx.execution }),
+                    meta: serde_json::json!({ "execution": execution }),
                 };
                 outcome(ctx.h.effect(Command::Emit { key, event, topic }).await)
             }

@@ -112,19 +112,18 @@ impl Event {
     /// entry by entry into fresh maps (hashing every key again), and this runs once per
     /// execution.
     pub fn to_value(&self) -> Value {
-        self.value_with(self.data.clone(), self.meta.clone())
+        self.clone().into_value()
     }
 
-    /// The event as expressions see it, with `data` and `meta` given (moved in by the
-    /// caller).
-    pub(crate) fn value_with(&self, data: Value, meta: Value) -> Value {
+    /// The event as expressions see it, taking its fields.
+    pub(crate) fn into_value(self) -> Value {
         let mut map = Map::with_capacity(6);
-        map.insert("id".into(), Value::String(self.id.clone()));
-        map.insert("type".into(), Value::String(self.event_type.clone()));
-        map.insert("source".into(), Value::String(self.source.clone()));
-        map.insert("time".into(), Value::String(self.time.clone()));
-        map.insert("data".into(), data);
-        map.insert("meta".into(), meta);
+        map.insert("id".into(), Value::String(self.id));
+        map.insert("type".into(), Value::String(self.event_type));
+        map.insert("source".into(), Value::String(self.source));
+        map.insert("time".into(), Value::String(self.time));
+        map.insert("data".into(), self.data);
+        map.insert("meta".into(), self.meta);
         Value::Object(map)
     }
 }

@@ -269,7 +269,7 @@ pub struct Machine {
     completion: Option<Completion>,
     workflow: Arc<Workflow>,
     /// The start fact of [`Machine::begin`] until [`Machine::take_started`], without the
-    /// event's `data` and `meta` (they are in `event` meanwhile).
+    /// event's fields (they are in `event` meanwhile).
     started: Option<Fact>,
 }
 
@@ -302,7 +302,7 @@ impl Machine {
         machine
     }
 
-    /// Like [`Machine::start`], taking the fact: the event's `data` and `meta` move into the
+    /// Like [`Machine::start`], taking the fact: the event's fields move into the
     /// execution's `event` instead of being copied, and [`Machine::take_started`] gives the
     /// fact back for the journal — moved back out once the execution has finished (a pure
     /// execution's event is never copied), copied before. The driver's path for new
@@ -320,9 +320,16 @@ impl Machine {
             panic!("an execution starts with Fact::Started");
         };
         let environment = environment.for_event(event);
-        let data = std::mem::take(&mut event.data);
-        let meta = std::mem::take(&mut event.meta);
-        let value = event.value_with(data, meta);
+        // Every field moves; `take_started` moves (or copies) them back.
+        let value = Event {
+            id: std::mem::take(&mut event.id),
+            event_type: std::mem::take(&mut event.event_type),
+            source: std::mem::take(&mut event.source),
+            time: std::mem::take(&mut event.time),
+            data: std::mem::take(&mut event.data),
+            meta: std::mem::take(&mut event.meta),
+        }
+        .into_value();
         let mut machine = Machine::build(workflow, id, &started, value, environment);
         machine.started = Some(started);
         machine.poll();
@@ -339,18 +346,33 @@ impl Machine {
         let finished = self.completion.is_some();
         let mut shared = self.handle.lock();
         if let Value::Object(fields) = &mut shared.globals.event {
-            for (field, value) in fields.iter_mut() {
-                let target = match field.as_str() {
-                    "data" => &mut event.data,
-                    "meta" => &mut event.meta,
-                    _ => continue,
-                };
-                // Nothing evaluates expressions once the execution has finished.
-                *target = if finished {
+            // Nothing evaluates expressions once the execution has finished.
+            let out = |value: &mut Value| {
+                if finished {
                     value.take()
                 } else {
                     value.clone()
+                }
+            };
+            for (field, value) in fields.iter_mut() {
+                let text = match field.as_str() {
+                    "data" => {
+                        event.data = out(value);
+                        continue;
+                    }
+                    "meta" => {
+                        event.meta = out(value);
+                        continue;
+                    }
+                    "id" => &mut event.id,
+                    "type" => &mut event.event_type,
+                    "source" => &mut event.source,
+                    "time" => &mut event.time,
+                    _ => continue,
                 };
+                if let Value::String(moved) = out(value) {
+                    *text = moved;
+                }
             }
         }
         Some(started)
@@ -538,14 +560,35 @@ impl Machine {
         self.handle.lock().id
     }
 
+    /// The completion's output and error, moved out (`Null` and `None` are left): for the
+    /// execution's final record, built once. `None` while the execution runs.
+    pub fn take_result(&mut self) -> Option<(Value, Option<ErrorInfo>)> {
+        let completion = self.completion.as_mut()?;
+        Some((
+            std::mem::take(&mut completion.output),
+            completion.error.take(),
+        ))
+    }
+
     /// Steps with an id, in the order they first ran, as `exec` and the API show them.
     pub fn step_records(&self) -> Vec<(String, StepRecord)> {
-        let shared = self.handle.lock();
-        let Value::Object(steps) = &shared.globals.steps else {
+        self.records(false)
+    }
+
+    /// Like [`Machine::step_records`], for the final record: once the execution has finished
+    /// (nothing evaluates `steps` any more) each output is moved out instead of copied.
+    pub fn take_step_records(&mut self) -> Vec<(String, StepRecord)> {
+        self.records(self.completion.is_some())
+    }
+
+    fn records(&self, take: bool) -> Vec<(String, StepRecord)> {
+        let mut shared = self.handle.lock();
+        let shared = &mut *shared;
+        let Value::Object(steps) = &mut shared.globals.steps else {
             return Vec::new();
         };
         steps
-            .iter()
+            .iter_mut()
             .map(|(id, value)| {
                 let mut record = StepRecord {
                     status: StepStatus::Running,
@@ -564,6 +607,7 @@ impl Machine {
                                     record.status = status;
                                 }
                             }
+                            "output" if take => record.output = value.take(),
                             "output" => record.output = value.clone(),
                             "error" if !value.is_null() => {
                                 record.error = serde_json::from_value(value.clone()).ok();

@@ -287,7 +287,7 @@ impl<'a> Evaluator<'a> {
 
     #[inline(never)]
     fn map(&mut self, entries: &'a [(Node, Node)]) -> Result<Val<'a>, EvalError> {
-        let mut map = Map::new();
+        let mut map = Map::with_capacity(entries.len());
         for (k, v) in entries {
             let key = self.eval(k)?;
             let key = key.kind();

@@ -173,7 +173,7 @@ pub(crate) fn eval(template: &Template, scope: &dyn Scope) -> Result<Value, Eval
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
         Template::Map(entries) => {
-            let mut map = Map::new();
+            let mut map = Map::with_capacity(entries.len());
             for (key, item) in entries {
                 map.insert(key.clone(), eval(item, scope)?);
             }

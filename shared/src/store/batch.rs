@@ -17,14 +17,13 @@ pub(crate) fn validate(
     mut exists: impl FnMut(ExecutionId) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     // Effects of the earlier writes of this batch: execution → its next seq.
-    let mut overlay: HashMap<ExecutionId, u32> = HashMap::new();
-    let mut lookup =
-        |id: ExecutionId, overlay: &HashMap<ExecutionId, u32>| -> Result<Option<u32>, StoreError> {
-            match overlay.get(&id) {
-                Some(next) => Ok(Some(*next)),
-                None => next_seq(id),
-            }
-        };
+    let mut overlay = Overlay::default();
+    let mut lookup = |id: ExecutionId, overlay: &Overlay| -> Result<Option<u32>, StoreError> {
+        match overlay.get(id) {
+            Some(next) => Ok(Some(next)),
+            None => next_seq(id),
+        }
+    };
     for write in batch {
         match write {
             StoreWrite::Create { record, started } => {
@@ -34,10 +33,10 @@ pub(crate) fn validate(
                         record.id
                     )));
                 }
-                if overlay.contains_key(&record.id) || exists(record.id)? {
+                if overlay.get(record.id).is_some() || exists(record.id)? {
                     return Err(StoreError::AlreadyExists(record.id));
                 }
-                overlay.insert(record.id, 1);
+                overlay.set(record.id, 1);
             }
             StoreWrite::Append { id, seq, .. } => {
                 let expected = lookup(*id, &overlay)?.ok_or(StoreError::NotFound(*id))?;
@@ -51,16 +50,53 @@ pub(crate) fn validate(
                 let next = expected.checked_add(1).ok_or_else(|| {
                     StoreError::InvalidWrite(format!("execution {id}: journal is full"))
                 })?;
-                overlay.insert(*id, next);
+                overlay.set(*id, next);
             }
             StoreWrite::Update(record) => {
                 let next = lookup(record.id, &overlay)?.ok_or(StoreError::NotFound(record.id))?;
-                overlay.insert(record.id, next);
+                overlay.set(record.id, next);
             }
             StoreWrite::PutMeta { .. } => {}
         }
     }
     Ok(())
+}
+
+/// The next seq of each execution the batch has written so far. A batch names one execution
+/// or a few (an execution's writes, a parent and its child): a short list searched in order
+/// is cheaper than hashing; a long batch (an import, a test) moves to a map.
+#[derive(Default)]
+struct Overlay {
+    few: Vec<(ExecutionId, u32)>,
+    many: HashMap<ExecutionId, u32>,
+}
+
+/// Executions an [`Overlay`] keeps in its list before it moves to a map.
+const OVERLAY_LIST: usize = 16;
+
+impl Overlay {
+    fn get(&self, id: ExecutionId) -> Option<u32> {
+        if !self.many.is_empty() {
+            return self.many.get(&id).copied();
+        }
+        self.few
+            .iter()
+            .find(|(known, _)| *known == id)
+            .map(|(_, next)| *next)
+    }
+
+    fn set(&mut self, id: ExecutionId, next: u32) {
+        if !self.many.is_empty() {
+            self.many.insert(id, next);
+        } else if let Some((_, slot)) = self.few.iter_mut().find(|(known, _)| *known == id) {
+            *slot = next;
+        } else if self.few.len() < OVERLAY_LIST {
+            self.few.push((id, next));
+        } else {
+            self.many.extend(self.few.drain(..));
+            self.many.insert(id, next);
+        }
+    }
 }
 
 /// The time a finished execution's age counts from (see [`super::Retention::max_age`]).

@@ -125,6 +125,23 @@ pub trait Store: Send + Sync + 'static {
     /// is unknown (the commit may have reached the disk): re-read before retrying.
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError>;
 
+    /// Whether [`Store::write_returning`] gives every applied batch back (a store that moves
+    /// the batch through a channel and back has it anyway). `false` unless a store says so.
+    fn returns_batches(&self) -> bool {
+        false
+    }
+
+    /// [`Store::write`], giving the batch back when [`Store::returns_batches`] says so (the
+    /// writes as they were given, once the outcome is known; always on `Ok`), otherwise an
+    /// empty list. A writer that still needs a value it writes (the driver's final record)
+    /// moves it in and takes it back instead of cloning it.
+    async fn write_returning(
+        &self,
+        batch: Vec<StoreWrite>,
+    ) -> (Result<(), StoreError>, Vec<StoreWrite>) {
+        (self.write(batch).await, Vec::new())
+    }
+
     /// Executions that are not finished (running and queued), oldest first, with their
     /// journals: what recovery replays after a restart.
     async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError>;

@@ -40,6 +40,7 @@ mod codec;
 mod crash_tests;
 #[cfg(test)]
 mod fault;
+mod row;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -262,13 +263,27 @@ impl Drop for RedbStore {
 #[async_trait]
 impl Store for RedbStore {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        self.write_returning(batch).await.0
+    }
+
+    fn returns_batches(&self) -> bool {
+        true
+    }
+
+    async fn write_returning(
+        &self,
+        batch: Vec<StoreWrite>,
+    ) -> (Result<(), StoreError>, Vec<StoreWrite>) {
         // Encoded here, on the writer's thread: the store thread only inserts.
         let batch = tables::Encoded::new(batch);
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Write { batch, reply }).await?;
-        let (outcome, batch) = answer.await.map_err(|_| StoreError::Closed)?;
-        drop(batch);
-        outcome
+        if let Err(error) = self.send(Command::Write { batch, reply }).await {
+            return (Err(error), Vec::new());
+        }
+        match answer.await {
+            Ok((outcome, batch)) => (outcome, batch.into_writes()),
+            Err(_) => (Err(StoreError::Closed), Vec::new()),
+        }
     }
 
     async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {

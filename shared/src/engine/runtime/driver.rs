@@ -40,6 +40,24 @@ enum Launch {
     },
 }
 
+/// What stands in for a record lent to the store during a write: its identity and status,
+/// nothing that allocates.
+fn skeleton(record: &ExecutionRecord) -> ExecutionRecord {
+    ExecutionRecord {
+        id: record.id,
+        workflow: String::new(),
+        version: record.version,
+        status: record.status,
+        created_at: record.created_at,
+        finished_at: record.finished_at,
+        output: Value::Null,
+        error: None,
+        steps: Vec::new(),
+        parent: None,
+        concurrency_key: None,
+    }
+}
+
 /// One execution's task state.
 pub(super) struct Driver {
     runtime: Runtime,
@@ -272,12 +290,18 @@ impl Driver {
                 }
             }
         }
-        if let Some(completion) = self.machine.completion() {
-            self.record.status = completion.status;
-            self.record.output = completion.output.clone();
-            self.record.error = completion.error.clone();
+        if let Some(status) = self
+            .machine
+            .completion()
+            .map(|completion| completion.status)
+        {
+            self.record.status = status;
+            if let Some((output, error)) = self.machine.take_result() {
+                self.record.output = output;
+                self.record.error = error;
+            }
             self.record.finished_at = Some(Timestamp::now());
-            self.record.steps = self.machine.step_records();
+            self.record.steps = self.machine.take_step_records();
             self.runtime.redactor().redact_record(&mut self.record);
             // An execution that finishes before its first flush (pure workflows, sync http
             // replies) is created finished: one record write instead of create + update.
@@ -296,12 +320,38 @@ impl Driver {
                     self.record.id
                 ))
             })?;
-            let create = StoreWrite::Create {
-                record: self.record.clone(),
-                started,
-            };
-            self.buffer.insert(0, create);
             self.create = false;
+            let store = &self.runtime.inner.store;
+            // A finished execution's record is needed after the write (its watchers get it):
+            // moved into the `Create` and taken back when the store hands batches back, cloned
+            // otherwise. Only `Ok` needs it back; after an error the task stops.
+            let lend = self.record.status.is_finished() && store.returns_batches();
+            let record = if lend {
+                let skeleton = skeleton(&self.record);
+                std::mem::replace(&mut self.record, skeleton)
+            } else {
+                self.record.clone()
+            };
+            // The `Create` goes first; built in place rather than inserted at the front of the
+            // buffer (a reallocation and a move of every write behind it).
+            let mut batch = Vec::with_capacity(self.buffer.len() + 1);
+            batch.push(StoreWrite::Create { record, started });
+            batch.append(&mut self.buffer);
+            if !lend {
+                return store.write(batch).await;
+            }
+            let (outcome, returned) = store.write_returning(batch).await;
+            match returned.into_iter().next() {
+                Some(StoreWrite::Create { record, .. }) => self.record = record,
+                _ if outcome.is_ok() => {
+                    return Err(StoreError::InvalidWrite(format!(
+                        "execution {}: the store did not hand its record back",
+                        self.record.id
+                    )));
+                }
+                _ => {}
+            }
+            return outcome;
         }
         if self.buffer.is_empty() {
             return Ok(());

@@ -226,7 +226,7 @@ fn str(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
-fn uvar(out: &mut Vec<u8>, mut n: u64) {
+pub(super) fn uvar(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -366,6 +366,13 @@ pub(super) fn read_fact(bytes: &[u8]) -> Result<Fact, Malformed> {
     };
     r.end()?;
     Ok(fact)
+}
+
+/// Reads a `uvar` at the start of `bytes`; returns it and how many bytes it took.
+pub(super) fn read_uvar(bytes: &[u8]) -> Result<(u64, usize), Malformed> {
+    let mut reader = Reader { bytes };
+    let n = reader.uvar()?;
+    Ok((n, bytes.len() - reader.bytes.len()))
 }
 
 struct Reader<'a> {

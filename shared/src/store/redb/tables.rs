@@ -2,8 +2,10 @@
 //! thread calls these.
 //!
 //! Tables (ids are the 16 big-endian bytes of the ULID, so key order is time order):
-//! - `executions`: id → record
-//! - `journal`: (id, seq) → fact; seqs of one id are contiguous from 0
+//! - `executions`: id → record (for an execution created finished, with the head of its
+//!   journal inline: see `row.rs`)
+//! - `journal`: (id, seq) → fact; seqs of one id are contiguous, from 0 or from the end of
+//!   the facts inline in its record row
 //! - `unfinished`: id → () for every running or queued execution
 //! - `finished`: (finished time ms, id) → () for every finished execution: retention order
 //! - `by_workflow`: (workflow, id) → () for every execution
@@ -12,9 +14,10 @@
 //! Invariant: the three index tables always agree with `executions`; every write that
 //! changes a record changes its index entries in the same transaction.
 //!
-//! Values of `executions` and `journal` are one format byte followed by the value: 2
+//! Values of `executions` and `journal` are one format byte followed by the value: 3
+//! ([`FORMAT_INLINE`], `executions` only: facts, then a format-2 record), 2
 //! ([`codec::FORMAT_V2`], compact binary, what is written now) or 1 ([`FORMAT_V1`], JSON, what
-//! journals written before hold). Both are read, row by row, so an existing journal needs no
+//! journals written before hold). All are read, row by row, so an existing journal needs no
 //! migration: old rows stay JSON until their execution is pruned, and a record updated after
 //! the upgrade is rewritten in the new format. Once the fsync was shared by a group, encoding
 //! and the bytes written per commit became a visible share of the store's time; see
@@ -29,6 +32,7 @@ use ::redb::{
 use serde::de::DeserializeOwned;
 
 use super::codec;
+use super::row::{self, FORMAT_INLINE};
 use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timestamp};
 use crate::store::batch::{beyond_retention, finished_time, validate};
 use crate::store::{ExecutionQuery, Retention, StoreError, StoreWrite};
@@ -106,10 +110,35 @@ fn decode<T: DeserializeOwned>(
     }
 }
 
+/// Decodes a record row of any format; an inline row's facts are skipped, not decoded.
+fn decode_row<T: DeserializeOwned>(
+    bytes: &[u8],
+    binary: impl FnOnce(&[u8]) -> Result<T, codec::Malformed>,
+    id: ExecutionId,
+) -> Result<T, StoreError> {
+    let what = || format!("record of execution {id}");
+    match bytes.split_first() {
+        Some((&FORMAT_INLINE, rest)) => row::split(rest)
+            .and_then(|inline| binary(inline.record))
+            .map_err(|codec::Malformed(why)| StoreError::Corrupt(format!("{}: {why}", what()))),
+        _ => decode(bytes, binary, &what),
+    }
+}
+
 fn decode_record(bytes: &[u8], id: ExecutionId) -> Result<ExecutionRecord, StoreError> {
-    decode(bytes, codec::read_record, &|| {
-        format!("record of execution {id}")
-    })
+    decode_row(bytes, codec::read_record, id)
+}
+
+/// The inline facts of a record row ([`row`]); none for rows of the older formats.
+fn inline_facts(bytes: &[u8], id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_INLINE, rest)) => row::split(rest)
+            .and_then(|inline| row::facts(&inline))
+            .map_err(|codec::Malformed(why)| {
+                StoreError::Corrupt(format!("journal of execution {id}: {why}"))
+            }),
+        _ => Ok(Vec::new()),
+    }
 }
 
 fn decode_fact(bytes: &[u8], id: ExecutionId, seq: u32) -> Result<Fact, StoreError> {
@@ -191,27 +220,65 @@ pub(super) struct Encoded {
 
 /// The stored value(s) of one write.
 enum Payload {
-    Create { record: Vec<u8>, started: Vec<u8> },
+    /// The record row, and the start fact's journal row unless the row holds it inline.
+    Create {
+        record: Vec<u8>,
+        started: Option<Vec<u8>>,
+    },
     Append(Vec<u8>),
+    /// An `Append` whose fact is inline in its `Create`'s record row: nothing to apply.
+    Inlined,
     Update(Vec<u8>),
     Meta,
 }
 
 impl Encoded {
+    /// Encodes each write. A `Create` of a finished execution becomes one inline record row
+    /// ([`row`]) holding its start fact and the `Append`s of the same execution that follow
+    /// it in order (meta writes in between are fine); anything else ends the run.
     pub(super) fn new(writes: Vec<StoreWrite>) -> Encoded {
-        let payloads = writes
-            .iter()
-            .map(|write| match write {
+        let mut payloads = Vec::with_capacity(writes.len());
+        // `Append`s before this index (and after an inlining `Create`) went inline.
+        let mut inlined_before = 0;
+        for (index, write) in writes.iter().enumerate() {
+            let payload = match write {
+                StoreWrite::Append { .. } if index < inlined_before => Payload::Inlined,
+                StoreWrite::Create { record, started } if record.status.is_finished() => {
+                    let mut facts = vec![started];
+                    for (later, next) in writes.iter().enumerate().skip(index + 1) {
+                        match next {
+                            StoreWrite::PutMeta { .. } => {}
+                            StoreWrite::Append { id, seq, fact }
+                                if *id == record.id
+                                    && usize::try_from(*seq).ok() == Some(facts.len()) =>
+                            {
+                                facts.push(fact);
+                                inlined_before = later + 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    Payload::Create {
+                        record: row::inline(record, &facts),
+                        started: None,
+                    }
+                }
                 StoreWrite::Create { record, started } => Payload::Create {
                     record: encode_record(record),
-                    started: encode_fact(started),
+                    started: Some(encode_fact(started)),
                 },
                 StoreWrite::Append { fact, .. } => Payload::Append(encode_fact(fact)),
                 StoreWrite::Update(record) => Payload::Update(encode_record(record)),
                 StoreWrite::PutMeta { .. } => Payload::Meta,
-            })
-            .collect();
+            };
+            payloads.push(payload);
+        }
         Encoded { writes, payloads }
+    }
+
+    /// The writes, as they were given (the encoded bytes are dropped).
+    pub(super) fn into_writes(self) -> Vec<StoreWrite> {
+        self.writes
     }
 }
 
@@ -266,7 +333,7 @@ impl<'txn> Tables<'txn> {
 
     /// The next seq of a stored execution's journal; `None` when it does not exist.
     fn next_seq(&self, id: ExecutionId) -> Result<Option<u32>, StoreError> {
-        next_seq(&self.journal, id)
+        next_seq(&self.journal, &self.executions, id)
     }
 
     /// Whether execution `id` is stored: one point lookup of its record (its record and its
@@ -288,10 +355,11 @@ impl<'txn> Tables<'txn> {
                     started,
                 },
             ) => {
-                let k = key(record.id);
-                self.journal
-                    .insert((&k, 0), started.as_slice())
-                    .context("insert fact")?;
+                if let Some(started) = started {
+                    self.journal
+                        .insert((&key(record.id), 0), started.as_slice())
+                        .context("insert fact")?;
+                }
                 self.put_record(record, bytes, None)?;
             }
             (StoreWrite::Append { id, seq, .. }, Payload::Append(bytes)) => {
@@ -299,9 +367,40 @@ impl<'txn> Tables<'txn> {
                     .insert((&key(*id), *seq), bytes.as_slice())
                     .context("insert fact")?;
             }
+            (StoreWrite::Append { .. }, Payload::Inlined) => {}
             (StoreWrite::Update(record), Payload::Update(bytes)) => {
-                let old = get_indexed(&self.executions, record.id)?;
-                self.put_record(record, bytes, old.as_ref())?;
+                let (old, facts) = match self
+                    .executions
+                    .get(&key(record.id))
+                    .context("read record")?
+                {
+                    None => (None, None),
+                    Some(value) => {
+                        let value = value.value();
+                        let facts = match value.split_first() {
+                            // The inline facts stay; only the record at the end is replaced.
+                            Some((&FORMAT_INLINE, rest)) => row::split(rest)
+                                .map(|inline| value[..1 + inline.record_at].to_vec())
+                                .map_err(|codec::Malformed(why)| {
+                                    StoreError::Corrupt(format!(
+                                        "record of execution {}: {why}",
+                                        record.id
+                                    ))
+                                })
+                                .map(Some)?,
+                            _ => None,
+                        };
+                        (Some(indexed(value, record.id)?), facts)
+                    }
+                };
+                match facts {
+                    Some(mut row) => {
+                        // `bytes` is a format-2 record: its format byte gives way to the row's.
+                        row.extend_from_slice(&bytes[1..]);
+                        self.put_record(record, &row, old.as_ref())?;
+                    }
+                    None => self.put_record(record, bytes, old.as_ref())?,
+                }
             }
             (StoreWrite::PutMeta { key, value }, Payload::Meta) => match value {
                 Some(value) => {
@@ -399,8 +498,11 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// The next seq of `id`'s journal: after its last row in `journal`, or after the facts
+/// inline in its record row when it has no rows there (see [`row`]).
 fn next_seq(
     journal: &impl ReadableTable<(&'static IdBytes, u32), &'static [u8]>,
+    executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
     id: ExecutionId,
 ) -> Result<Option<u32>, StoreError> {
     let k = key(id);
@@ -411,7 +513,17 @@ fn next_seq(
         .transpose()
         .context("read journal")?;
     match last {
-        None => Ok(None),
+        None => match executions.get(&k).context("read record")? {
+            Some(value) if value.value().first() == Some(&FORMAT_INLINE) => {
+                let inline = row::split(&value.value()[1..]).map_err(|codec::Malformed(why)| {
+                    StoreError::Corrupt(format!("record of execution {id}: {why}"))
+                })?;
+                Ok(Some(u32::try_from(inline.facts.len()).map_err(|_| {
+                    StoreError::Corrupt(format!("journal of {id} is full"))
+                })?))
+            }
+            _ => Ok(None),
+        },
         Some((entry, _)) => {
             let seq = entry.value().1;
             seq.checked_add(1)
@@ -435,6 +547,14 @@ fn get_indexed(
     executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
     id: ExecutionId,
 ) -> Result<Option<Indexed>, StoreError> {
+    match executions.get(&key(id)).context("read record")? {
+        None => Ok(None),
+        Some(value) => indexed(value.value(), id).map(Some),
+    }
+}
+
+/// What the indexes need of a stored record row.
+fn indexed(bytes: &[u8], id: ExecutionId) -> Result<Indexed, StoreError> {
     let head = |bytes: &[u8]| {
         codec::read_head(bytes).map(|head| Indexed {
             workflow: head.workflow,
@@ -443,12 +563,7 @@ fn get_indexed(
             finished_at: head.finished_at,
         })
     };
-    match executions.get(&key(id)).context("read record")? {
-        None => Ok(None),
-        Some(value) => {
-            decode(value.value(), head, &|| format!("record of execution {id}")).map(Some)
-        }
-    }
+    decode_row(bytes, head, id)
 }
 
 fn id_of(bytes: &IdBytes) -> ExecutionId {
@@ -482,15 +597,21 @@ pub(super) fn execution(
 pub(super) fn journal(db: &Database, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
     let txn = db.begin_read().context("begin read")?;
     let table = txn.open_table(JOURNAL).context("open journal")?;
-    read_journal(&table, id)
+    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
+    read_journal(&table, &executions, id)
 }
 
+/// The facts inline in `id`'s record row (see [`row`]), then its rows of `table`.
 fn read_journal(
     table: &impl ReadableTable<(&'static IdBytes, u32), &'static [u8]>,
+    executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
     id: ExecutionId,
 ) -> Result<Vec<Fact>, StoreError> {
     let k = key(id);
-    let mut facts = Vec::new();
+    let mut facts = match executions.get(&k).context("read record")? {
+        Some(value) => inline_facts(value.value(), id)?,
+        None => Vec::new(),
+    };
     for entry in table
         .range((&k, 0)..=(&k, u32::MAX))
         .context("read journal")?
@@ -519,7 +640,7 @@ pub(super) fn unfinished(db: &Database) -> Result<Vec<(ExecutionRecord, Vec<Fact
         let record = get_record(&executions, id)?.ok_or_else(|| {
             StoreError::Corrupt(format!("unfinished index names missing execution {id}"))
         })?;
-        let facts = read_journal(&journal, id)?;
+        let facts = read_journal(&journal, &executions, id)?;
         out.push((record, facts));
     }
     Ok(out)

@@ -222,6 +222,151 @@ async fn json_rows_of_the_first_format_are_still_read() {
     store.close().await.expect("close");
 }
 
+/// An execution created finished keeps its facts inline in its record row (`row.rs`): its
+/// journal reads whole, later appends continue it in the journal table, an update keeps the
+/// inline facts, and pruning removes everything.
+#[tokio::test]
+async fn executions_created_finished_keep_their_journal_inline() {
+    use crate::engine::{ExecutionStatus, Timestamp};
+    use crate::store::conformance::{append, create, id, record};
+    use crate::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
+
+    let mut harness = RedbHarness::new();
+    let store = harness.fresh().await;
+    let done = record(id(1), "pure", ExecutionStatus::Succeeded);
+    let mark = StoreWrite::PutMeta {
+        key: "mark".into(),
+        value: Some(b"1".to_vec()),
+    };
+    store
+        .write(vec![
+            create(done.clone()),
+            mark,
+            append(id(1), 1),
+            append(id(1), 2),
+        ])
+        .await
+        .expect("create finished");
+    let journal = store.journal(id(1)).await.expect("journal");
+    assert_eq!(journal.len(), 3);
+    assert_eq!(store.meta("mark").await.expect("meta"), Some(b"1".to_vec()));
+    // Appends continue after the inline facts; a wrong seq is still refused.
+    let err = store
+        .write(vec![append(id(1), 2)])
+        .await
+        .expect_err("stale seq");
+    assert!(
+        matches!(
+            err,
+            StoreError::OutOfOrder {
+                expected: 3,
+                got: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    store
+        .write(vec![append(id(1), 3)])
+        .await
+        .expect("append after inline facts");
+    let mut updated = done.clone();
+    updated.output = serde_json::json!({ "again": true });
+    updated.finished_at = Some(Timestamp(5));
+    store
+        .write(vec![StoreWrite::Update(updated.clone())])
+        .await
+        .expect("update");
+    let store = harness.reopen(store).await.expect("reopen");
+    assert_eq!(
+        store.execution(id(1)).await.expect("read"),
+        Some(updated.clone())
+    );
+    let journal = store.journal(id(1)).await.expect("journal");
+    assert_eq!(journal.len(), 4);
+    assert_eq!(journal[3], crate::store::conformance::step_fact(3));
+    let listed = store
+        .executions(&ExecutionQuery {
+            workflow: Some("pure".into()),
+            ..ExecutionQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed, vec![updated]);
+    let retention = Retention {
+        keep: 0,
+        max_age: None,
+    };
+    assert_eq!(
+        store.prune(retention, Timestamp(10)).await.expect("prune"),
+        1
+    );
+    assert_eq!(store.execution(id(1)).await.expect("read"), None);
+    assert!(store.journal(id(1)).await.expect("journal").is_empty());
+    store.close().await.expect("close");
+}
+
+/// A file written before inline journals (every execution's facts in the journal table,
+/// format-2 records) opens and keeps working: read, append, finish, list, prune.
+#[tokio::test]
+async fn files_without_inline_journals_still_open() {
+    use crate::engine::{ExecutionStatus, Timestamp};
+    use crate::store::conformance::{append, id, record, started, step_fact};
+    use crate::store::{ExecutionQuery, Retention, Store, StoreWrite};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v2.redb");
+    let old = record(id(1), "legacy", ExecutionStatus::Running);
+    let first = started("legacy");
+    {
+        let v2 = |write: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = vec![super::codec::FORMAT_V2];
+            write(&mut bytes);
+            bytes
+        };
+        let db = ::redb::Database::create(&path).expect("create");
+        super::tables::init(&db).expect("init");
+        let record_bytes = v2(&|out| super::codec::record(out, &old));
+        let fact_bytes = v2(&|out| super::codec::fact(out, &first));
+        super::tables::put_raw_execution(&db, id(1), "legacy", &record_bytes, &fact_bytes)
+            .expect("plant");
+    }
+    let store = RedbStore::open(&path, RedbOptions::default()).expect("open");
+    assert_eq!(
+        store.journal(id(1)).await.expect("journal"),
+        vec![first.clone()]
+    );
+    store.write(vec![append(id(1), 1)]).await.expect("append");
+    let mut done = old.clone();
+    done.status = ExecutionStatus::Succeeded;
+    done.finished_at = Some(Timestamp(2));
+    store
+        .write(vec![StoreWrite::Update(done.clone())])
+        .await
+        .expect("finish");
+    assert_eq!(store.execution(id(1)).await.expect("read"), Some(done));
+    assert_eq!(
+        store.journal(id(1)).await.expect("journal"),
+        vec![first, step_fact(1)]
+    );
+    assert!(store.unfinished().await.expect("unfinished").is_empty());
+    let all = store
+        .executions(&ExecutionQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 1);
+    let retention = Retention {
+        keep: 0,
+        max_age: None,
+    };
+    assert_eq!(
+        store.prune(retention, Timestamp(3)).await.expect("prune"),
+        1
+    );
+    assert!(store.journal(id(1)).await.expect("journal").is_empty());
+    store.close().await.expect("close");
+}
+
 /// JSON encoding of the test values without naming their types twice.
 mod erased {
     pub trait Json {

@@ -154,7 +154,7 @@ async fn prune_rides_on_concurrent_group_commits() {
 async fn json_rows_of_the_first_format_are_still_read() {
     use crate::engine::{ExecutionStatus, Fact, Timestamp};
     use crate::store::conformance::{id, record};
-    use crate::store::{ExecutionQuery, Retention, Store, StoreWrite};
+    use crate::store::{ExecutionQuery, Retention, Store};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("v1.redb");
@@ -190,14 +190,7 @@ async fn json_rows_of_the_first_format_are_still_read() {
     let unfinished = store.unfinished().await.expect("unfinished");
     assert_eq!(unfinished, vec![(old.clone(), vec![started])]);
     // An update (new format) over the JSON record moves its index entries.
-    let mut done = old.clone();
-    done.status = ExecutionStatus::Succeeded;
-    done.finished_at = Some(Timestamp(2));
-    store
-        .write(vec![StoreWrite::Update(done.clone())])
-        .await
-        .expect("update");
-    assert_eq!(store.execution(id(1)).await.expect("read"), Some(done));
+    finish(&store, &old).await;
     assert!(store.unfinished().await.expect("unfinished").is_empty());
     let by_workflow = ExecutionQuery {
         workflow: Some("legacy".into()),
@@ -312,7 +305,7 @@ async fn executions_created_finished_keep_their_journal_inline() {
 async fn files_without_inline_journals_still_open() {
     use crate::engine::{ExecutionStatus, Timestamp};
     use crate::store::conformance::{append, id, record, started, step_fact};
-    use crate::store::{ExecutionQuery, Retention, Store, StoreWrite};
+    use crate::store::{ExecutionQuery, Retention, Store};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("v2.redb");
@@ -337,14 +330,7 @@ async fn files_without_inline_journals_still_open() {
         vec![first.clone()]
     );
     store.write(vec![append(id(1), 1)]).await.expect("append");
-    let mut done = old.clone();
-    done.status = ExecutionStatus::Succeeded;
-    done.finished_at = Some(Timestamp(2));
-    store
-        .write(vec![StoreWrite::Update(done.clone())])
-        .await
-        .expect("finish");
-    assert_eq!(store.execution(id(1)).await.expect("read"), Some(done));
+    finish(&store, &old).await;
     assert_eq!(
         store.journal(id(1)).await.expect("journal"),
         vec![first, step_fact(1)]
@@ -377,4 +363,19 @@ mod erased {
             serde_json::to_vec(self).expect("json")
         }
     }
+}
+
+/// Writes `record` as succeeded at time 2 through an `Update` and checks it reads back so.
+async fn finish(store: &RedbStore, record: &crate::engine::ExecutionRecord) {
+    use crate::engine::{ExecutionStatus, Timestamp};
+    use crate::store::{Store, StoreWrite};
+
+    let mut done = record.clone();
+    done.status = ExecutionStatus::Succeeded;
+    done.finished_at = Some(Timestamp(2));
+    store
+        .write(vec![StoreWrite::Update(done.clone())])
+        .await
+        .expect("finish");
+    assert_eq!(store.execution(done.id).await.expect("read"), Some(done));
 }

@@ -29,6 +29,7 @@ use reactor_core::metrics::{
 };
 
 use crate::auth::Role;
+use crate::db::SqlStore;
 use crate::server::RouteSpec;
 
 /// The `Content-Type` of the text format.
@@ -269,6 +270,31 @@ impl ProcessProbe {
     }
 }
 
+/// The journal writer's group commits: batches / commits is the mean group size, and busy
+/// seconds per second its utilisation (near 1 on SQLite: the writer is the limit).
+fn journal_families(journal: &SqlStore) -> Vec<Family> {
+    vec![
+        Family::single(
+            "reactor_journal_commits_total",
+            Kind::Counter,
+            "Transactions the journal writer committed (each holds one or more write batches).",
+            journal.commits() as f64,
+        ),
+        Family::single(
+            "reactor_journal_batches_total",
+            Kind::Counter,
+            "Write batches committed by the journal writer (refused ones excluded).",
+            journal.batches() as f64,
+        ),
+        Family::single(
+            "reactor_journal_writer_busy_seconds_total",
+            Kind::Counter,
+            "Time the journal writer tasks spent committing groups, summed over the tasks.",
+            journal.writer_busy().as_secs_f64(),
+        ),
+    ]
+}
+
 /// Everything `/metrics` shows, collected on demand.
 pub struct Telemetry {
     engine: Arc<EngineMetrics>,
@@ -278,6 +304,8 @@ pub struct Telemetry {
     process: Mutex<ProcessProbe>,
     /// Extra gauges registered by other parts (e.g. stream subscribers).
     gauges: Mutex<Vec<(&'static str, &'static str, Arc<AtomicU64>)>>,
+    /// The SQL journal whose group commits are reported.
+    journal: Option<Arc<SqlStore>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -303,7 +331,14 @@ impl Telemetry {
             data_dir,
             process: Mutex::new(ProcessProbe::new()),
             gauges: Mutex::default(),
+            journal: None,
         }
+    }
+
+    /// Also reports `journal`'s group commits (batches per commit, writer utilisation).
+    pub fn with_journal(mut self, journal: Arc<SqlStore>) -> Telemetry {
+        self.journal = Some(journal);
+        self
     }
 
     /// Adds a gauge read from `value` at each collection.
@@ -361,6 +396,9 @@ impl Telemetry {
                 help,
                 value.load(Ordering::Relaxed) as f64,
             ));
+        }
+        if let Some(journal) = &self.journal {
+            families.extend(journal_families(journal));
         }
         families.extend(lock(&self.process).families(&self.data_dir));
         families

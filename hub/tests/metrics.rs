@@ -1,6 +1,6 @@
 //! `GET /metrics` on the real `reactor-hub serve`: executions by workflow and status, step
-//! latency histograms, trigger event counters and lag, queue depths, process CPU, memory and
-//! disk; valid text format; a token is needed.
+//! latency histograms, trigger event counters and lag, queue depths, the journal's group
+//! commits, process CPU, memory and disk; valid text format; a token is needed.
 
 mod api_support;
 
@@ -127,6 +127,15 @@ async fn metrics_cover_executions_steps_triggers_queues_and_the_process() {
     assert!(sample(&text, "reactor_process_cpu_percent").unwrap() >= 0.0);
     assert!(sample(&text, "reactor_disk_available_bytes").unwrap() > 0.0);
     assert!(sample(&text, "reactor_disk_total_bytes").unwrap() > 0.0);
+    // The journal's group commits: the four runs above were at least four batches, and no
+    // commit holds fewer than one.
+    let commits = sample(&text, "reactor_journal_commits_total").unwrap();
+    let batches = sample(&text, "reactor_journal_batches_total").unwrap();
+    assert!(
+        commits >= 1.0 && batches >= 4.0 && batches >= commits,
+        "{text}"
+    );
+    assert!(sample(&text, "reactor_journal_writer_busy_seconds_total").unwrap() > 0.0);
 
     // The text format: comments, or `name{labels} value`.
     for line in text.lines() {

@@ -180,12 +180,15 @@ async fn serve(config: HubConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "HTTP server listening");
-    let telemetry = Arc::new(Telemetry::new(
-        engine_metrics,
-        runtime.clone(),
-        Some(workflows.clone()),
-        config.data.clone(),
-    ));
+    let telemetry = Arc::new(
+        Telemetry::new(
+            engine_metrics,
+            runtime.clone(),
+            Some(workflows.clone()),
+            config.data.clone(),
+        )
+        .with_journal(sql.clone()),
+    );
     telemetry.register_gauge(
         "reactor_stream_subscribers",
         "Clients connected to the live stream (/api/v1/stream).",

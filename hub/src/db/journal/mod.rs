@@ -203,16 +203,7 @@ pub(crate) enum Failure {
 }
 
 async fn commit_group(shared: &Shared, group: &[Vec<StoreWrite>]) -> Vec<Result<(), StoreError>> {
-    let me = shared.instance.as_str();
-    let attempt = |group: &[Vec<StoreWrite>]| {
-        let group = group.to_vec();
-        async move {
-            match &shared.db {
-                Database::Sqlite(pool) => sqlite::commit(pool, &group, me).await,
-                Database::Postgres(pool) => postgres::commit(pool, &group, me).await,
-            }
-        }
-    };
+    let attempt = |group| commit_once(shared, group);
     let outcomes = match attempt(group).await {
         Ok(outcomes) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -244,6 +235,18 @@ async fn commit_group(shared: &Shared, group: &[Vec<StoreWrite>]) -> Vec<Result<
         .batches
         .fetch_add(committed as u64, Ordering::Relaxed);
     outcomes
+}
+
+/// One transaction for `group`.
+async fn commit_once(
+    shared: &Shared,
+    group: &[Vec<StoreWrite>],
+) -> Result<Vec<Result<(), StoreError>>, Failure> {
+    let me = shared.instance.as_str();
+    match &shared.db {
+        Database::Sqlite(pool) => sqlite::commit(pool, group, me).await,
+        Database::Postgres(pool) => postgres::commit(pool, group, me).await,
+    }
 }
 
 /// Maps a database error to the store's error, naming what was being done.

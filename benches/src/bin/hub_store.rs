@@ -25,6 +25,10 @@ use reactor_hub::db::testing::TempPostgres;
 use reactor_hub::db::{Database, ExecutionFilter, HubInstance, SqlStore};
 use serde_json::json;
 
+/// The hub's allocator (reactor-hub's `main.rs`), so that the figures are the hub's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Three pure steps: the hub budget's reference workflow.
 const PURE_THREE: &str = r#"
 reactor: 1

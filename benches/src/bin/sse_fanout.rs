@@ -31,6 +31,10 @@ use reactor_hub::stream::{LiveStream, sse_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+/// The hub's allocator (reactor-hub's `main.rs`), so that the figures are the hub's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug)]
 struct Options {
     subscribers: usize,

@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 #[path = "throughput/sources.rs"]
 mod sources;
 
+/// The hub's allocator (reactor-hub's `main.rs`): the engine's figures depend on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn events() -> usize {
     std::env::var("REACTOR_BENCH_EVENTS")
         .ok()

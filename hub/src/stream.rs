@@ -623,7 +623,9 @@ mod tests {
             stream.publish("step.started", Some("a"), &json!({"n": n}));
         }
         // Left out: its data is never built.
-        stream.offer("step.started", Some("a"), || panic!("built although left out"));
+        stream.offer("step.started", Some("a"), || {
+            panic!("built although left out")
+        });
         for n in 0..3 {
             stream.publish("execution.finished", Some("b"), &json!({"n": n}));
             stream.publish("step.started", Some("b"), &json!({"n": n}));
@@ -643,7 +645,11 @@ mod tests {
         assert!(got.iter().any(|(e, _)| e == "alert.firing"));
         let (last, data) = got.last().unwrap();
         assert_eq!(last, "lagged");
-        assert_eq!(data["missed"], json!(25 + 1 + 3 - cap_for(WINDOW)), "{got:?}");
+        assert_eq!(
+            data["missed"],
+            json!(25 + 1 + 3 - cap_for(WINDOW)),
+            "{got:?}"
+        );
 
         // The filtered subscriber gets all of b's events although a's used up the budget.
         let got = frames(&only_b.next().await.unwrap());

@@ -9,19 +9,22 @@
 //! `/child`, `.branch`, `[item]`, `#iteration`, `?case`, `!catch`, and `~attempt` when a
 //! retried block runs again, so every effect of every attempt has its own key.
 
+mod combinators;
+mod inputs;
+
+pub use inputs::resolve_inputs;
+
+use combinators::{run_foreach, run_loop, run_parallel};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use futures::future::{Either, poll_fn, select};
+use futures::future::{Either, select};
 
 use crate::expr::{Expr, Template};
-use crate::flow::{
-    ForeachStep, InputType, Join, LoopCondition, LoopStep, ParallelStep, Retry, Setting, SleepStep,
-    Step, StepKind, Workflow, parse_duration,
-};
+use crate::flow::{Retry, Setting, SleepStep, Step, StepKind, Workflow, parse_duration};
 use crate::{Map, Value};
 
 use super::backoff::retry_delay;
@@ -106,58 +109,6 @@ fn prepare(ctx: &Ctx) -> Result<(), ErrorInfo> {
         }
     }
     Ok(())
-}
-
-/// Applies input declarations: defaults for missing inputs, type checks, unknown names refused.
-pub fn resolve_inputs(workflow: &Workflow, given: Value) -> Result<Value, ErrorInfo> {
-    let mut given = match given {
-        Value::Null => Map::new(),
-        Value::Object(map) => map,
-        other => {
-            return Err(ErrorInfo::new(
-                "input",
-                format!("inputs must be an object, got {other}"),
-            ));
-        }
-    };
-    let mut out = Map::new();
-    for spec in &workflow.inputs {
-        match given.remove(&spec.name) {
-            Some(value) if spec.ty.accepts(&value) => {
-                out.insert(spec.name.clone(), value);
-            }
-            Some(value) => {
-                let message = format!(
-                    "input {:?} must be {}, got {value}",
-                    spec.name,
-                    article(spec.ty)
-                );
-                return Err(ErrorInfo::new("input", message));
-            }
-            None => match &spec.default {
-                Some(default) => {
-                    out.insert(spec.name.clone(), default.clone());
-                }
-                None => {
-                    return Err(ErrorInfo::new(
-                        "input",
-                        format!("missing required input {:?}", spec.name),
-                    ));
-                }
-            },
-        }
-    }
-    if let Some(name) = given.keys().next() {
-        return Err(ErrorInfo::new("input", format!("unknown input {name:?}")));
-    }
-    Ok(Value::Object(out))
-}
-
-fn article(ty: InputType) -> String {
-    match ty {
-        InputType::Integer | InputType::Object | InputType::Array => format!("an {}", ty.name()),
-        _ => format!("a {}", ty.name()),
-    }
 }
 
 fn finish_output(ctx: &Ctx, last: Value) -> Result<Value, ErrorInfo> {
@@ -677,227 +628,5 @@ fn value_to_timestamp(value: &Value) -> Result<Timestamp, ErrorInfo> {
             "expression",
             format!("sleep until expects a timestamp, got {other}"),
         )),
-    }
-}
-
-async fn run_parallel(ctx: &Ctx, parallel: &ParallelStep, path: String, locals: Locals) -> Run {
-    let mut running: Vec<Option<Boxed<'_, Run>>> = parallel
-        .branches
-        .iter()
-        .map(|b| {
-            Some(run_block(
-                ctx,
-                &b.steps,
-                format!("{path}.{}", b.name),
-                locals.clone(),
-            ))
-        })
-        .collect();
-    let total = running.len();
-    let mut finished = Map::new();
-    let mut succeeded = Map::new();
-    let mut failures: Vec<ErrorInfo> = Vec::new();
-    poll_fn(|cx| {
-        for index in 0..total {
-            let Some(branch) = running[index].as_mut() else { continue };
-            let Poll::Ready(result) = branch.as_mut().poll(cx) else { continue };
-            running[index] = None;
-            let name = parallel.branches[index].name.clone();
-            let decided = match result {
-                Ok(Flow::Return(value)) => Some(Ok(Flow::Return(value))),
-                Ok(flow) => {
-                    let output = match flow {
-                        Flow::Ran(v) => v,
-                        _ => Value::Null,
-                    };
-                    finished.insert(name.clone(), serde_json::json!({ "status": "succeeded", "output": output }));
-                    succeeded.insert(name, output);
-                    None
-                }
-                Err(error) => {
-                    let entry = serde_json::json!({ "status": "failed", "output": Value::Null, "error": error.to_value() });
-                    finished.insert(name, entry);
-                    failures.push(error);
-                    None
-                }
-            };
-            let remaining = running.iter().filter(|b| b.is_some()).count();
-            let decided = decided.or_else(|| decide_join(ctx, &parallel.join, &locals, &finished, &succeeded, &failures, remaining));
-            if let Some(result) = decided {
-                // The join is decided: the branches still running are cancelled (dropped).
-                running.iter_mut().for_each(|b| *b = None);
-                return Poll::Ready(result);
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-/// Whether a `parallel` is decided after a branch finished.
-fn decide_join(
-    ctx: &Ctx,
-    join: &Join,
-    locals: &Locals,
-    finished: &Map,
-    succeeded: &Map,
-    failures: &[ErrorInfo],
-    remaining: usize,
-) -> Option<Run> {
-    let success = || Ok(Flow::Ran(Value::Object(succeeded.clone())));
-    let all_failed = || {
-        let first = failures
-            .first()
-            .map_or(String::new(), |e| format!(": {}", e.message));
-        let mut error = ErrorInfo::new(
-            "parallel",
-            format!(
-                "{} of {} branches failed{first}",
-                failures.len(),
-                finished.len()
-            ),
-        );
-        error.retryable = failures.iter().any(|e| e.retryable);
-        Err(error)
-    };
-    match join {
-        Join::All => match failures.last() {
-            Some(error) => Some(Err(error.clone())),
-            None if remaining == 0 => Some(success()),
-            None => None,
-        },
-        Join::Any => {
-            if !succeeded.is_empty() {
-                Some(success())
-            } else if remaining == 0 {
-                Some(all_failed())
-            } else {
-                None
-            }
-        }
-        Join::First => Some(match failures.last() {
-            Some(error) if succeeded.is_empty() => Err(error.clone()),
-            _ => success(),
-        }),
-        Join::Count(needed) => {
-            let needed = *needed as usize;
-            if succeeded.len() >= needed {
-                Some(success())
-            } else if succeeded.len() + remaining < needed {
-                Some(all_failed())
-            } else {
-                None
-            }
-        }
-        Join::When(condition) => {
-            let locals = locals.with("branches", Value::Object(finished.clone()));
-            match ctx.eval_bool(condition, &locals) {
-                Ok(true) => Some(success()),
-                Err(error) => Some(Err(error)),
-                Ok(false) if remaining == 0 => Some(Err(ErrorInfo::new(
-                    "parallel",
-                    "every branch finished and the join condition never held",
-                ))),
-                Ok(false) => None,
-            }
-        }
-    }
-}
-
-async fn run_foreach(ctx: &Ctx, foreach: &ForeachStep, path: String, locals: Locals) -> Run {
-    let items = match ctx.eval(&foreach.items, &locals)? {
-        Value::Array(items) => items,
-        Value::Null => Vec::new(),
-        other => {
-            return Err(ErrorInfo::new(
-                "expression",
-                format!("foreach needs a list, got {other}"),
-            ));
-        }
-    };
-    let limit = foreach.concurrency.max(1) as usize;
-    let mut outputs: Vec<Value> = vec![Value::Null; items.len()];
-    let mut running: Vec<(usize, Boxed<'_, Run>)> = Vec::new();
-    let mut next = 0;
-    poll_fn(|cx| {
-        loop {
-            while running.len() < limit && next < items.len() {
-                let scope = locals
-                    .with("index", Value::from(next))
-                    .with(foreach.item_name.clone(), items[next].clone());
-                running.push((
-                    next,
-                    run_block(ctx, &foreach.steps, format!("{path}[{next}]"), scope),
-                ));
-                next += 1;
-            }
-            let mut progressed = false;
-            let mut index = 0;
-            while index < running.len() {
-                let Poll::Ready(result) = running[index].1.as_mut().poll(cx) else {
-                    index += 1;
-                    continue;
-                };
-                let (position, _) = running.remove(index);
-                progressed = true;
-                match result {
-                    Ok(Flow::Ran(output)) => outputs[position] = output,
-                    Ok(Flow::Skipped) => {}
-                    Ok(Flow::Return(value)) => {
-                        running.clear();
-                        return Poll::Ready(Ok(Flow::Return(value)));
-                    }
-                    Err(error) => {
-                        running.clear();
-                        return Poll::Ready(Err(error));
-                    }
-                }
-            }
-            if running.is_empty() && next >= items.len() {
-                return Poll::Ready(Ok(Flow::Ran(Value::Array(std::mem::take(&mut outputs)))));
-            }
-            if !progressed {
-                return Poll::Pending;
-            }
-        }
-    })
-    .await
-}
-
-async fn run_loop(ctx: &Ctx, looping: &LoopStep, path: String, locals: Locals) -> Run {
-    let mut last = Value::Null;
-    let mut iteration: u32 = 0;
-    loop {
-        let scope = locals.with("index", Value::from(iteration));
-        if let LoopCondition::While(condition) = &looping.condition
-            && !ctx.eval_bool(condition, &scope)?
-        {
-            return Ok(Flow::Ran(last));
-        }
-        if iteration >= looping.max {
-            let message = format!(
-                "loop reached max {} iterations before its condition ended it",
-                looping.max
-            );
-            return Err(ErrorInfo::new("loop_max", message));
-        }
-        match run_block(
-            ctx,
-            &looping.steps,
-            format!("{path}#{iteration}"),
-            scope.clone(),
-        )
-        .await?
-        {
-            Flow::Ran(output) => last = output,
-            Flow::Skipped => {}
-            Flow::Return(value) => return Ok(Flow::Return(value)),
-        }
-        iteration += 1;
-        if let LoopCondition::Until(condition) = &looping.condition
-            && ctx.eval_bool(condition, &scope)?
-        {
-            return Ok(Flow::Ran(last));
-        }
     }
 }

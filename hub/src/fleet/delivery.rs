@@ -23,14 +23,14 @@
 //! its broker holds for its reconnection is never an older (possibly expired) one. A bundle
 //! whose expiry has passed is never sent (devices refuse it; its renewal replaces it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reactor_core::sync::messages::{BundleFrame, Message, Presence};
 use reactor_core::sync::{Channel, DeviceId, Envelope, Frame, Seq, decode, encode};
 use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::{BrokerError, BrokerTarget};
@@ -88,6 +88,11 @@ struct Inner {
     client: AsyncClient,
     state: Mutex<State>,
     wake: Notify,
+    /// Devices whose status said they are behind, for the sender task (the event loop must
+    /// keep polling, so it never publishes itself). A set: one entry per device however many
+    /// statuses arrive before the sender gets to it.
+    reported: Mutex<HashSet<String>>,
+    reported_wake: Notify,
     stats: DeliveryStats,
 }
 
@@ -120,12 +125,11 @@ pub fn start(
             client: client.clone(),
             state: Mutex::default(),
             wake: Notify::new(),
+            reported: Mutex::default(),
+            reported_wake: Notify::new(),
             stats: DeliveryStats::default(),
         }),
     };
-    // Devices whose status says they are behind: checked by the sender task (the event loop
-    // must keep polling, so it never publishes itself).
-    let (behind_tx, mut behind_rx) = mpsc::unbounded_channel::<String>();
     let loop_stop = stop.clone();
     let inner = delivery.inner.clone();
     tokio::spawn(async move {
@@ -145,7 +149,7 @@ pub fn start(
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                     if let Some(device) = inner.status(&publish.topic, &publish.payload) {
-                        let _ = behind_tx.send(device);
+                        inner.report_behind(device);
                     }
                 }
                 Ok(_) => {}
@@ -192,10 +196,11 @@ pub fn start(
                     () = stop.cancelled() => return,
                     () = inner.wake.notified() => break,
                     () = tokio::time::sleep_until(deadline) => break,
-                    device = behind_rx.recv() => match device {
-                        Some(device) => inner.check(&device, true, false).await,
-                        None => return,
-                    },
+                    () = inner.reported_wake.notified() => {
+                        for device in inner.take_reported() {
+                            inner.check(&device, true, false).await;
+                        }
+                    }
                 }
             }
         }
@@ -208,6 +213,25 @@ impl Inner {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands `device` (online and behind) to the sender task.
+    fn report_behind(&self, device: String) {
+        self.reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(device);
+        self.reported_wake.notify_one();
+    }
+
+    /// The devices reported behind since the last call.
+    fn take_reported(&self) -> HashSet<String> {
+        std::mem::take(
+            &mut *self
+                .reported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Records a status; returns the device when it is online and behind its desired bundle.

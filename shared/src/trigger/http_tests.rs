@@ -20,8 +20,8 @@ triggers:
 if: ${{ event.data != "skip" }}
 steps:
   - id: echo
-action: transform
-with: { value: "${{ event }}" }
+    action: transform
+    with: { value: "${{ event }}" }
 output:
   data: ${{ event.data }}
   meta: ${{ event.meta }}
@@ -36,7 +36,7 @@ triggers:
   - http: { path: /fails }
 steps:
   - id: boom
-fail: { message: "it broke" }
+    fail: { message: "it broke" }
 "#;
 
 const SLOW: &str = r#"

@@ -781,3 +781,115 @@ async fn a_queued_execution_whose_slot_is_free_starts_on_recovery() {
     assert_eq!(record.status, ExecutionStatus::Succeeded);
     assert_eq!(probe.steps().len(), 1);
 }
+
+/// The memory store, holding back the write of a `queued` execution's `Create` until
+/// released — and then applying it, or failing it as a broken disk would.
+struct HeldQueuedCreate {
+    inner: MemoryStore,
+    /// Permits to let held writes go on; each carries whether the write succeeds.
+    release: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bool>>,
+}
+
+#[async_trait]
+impl Store for HeldQueuedCreate {
+    async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        let queued = batch.iter().any(|write| {
+            matches!(write, StoreWrite::Create { record, .. } if record.status == ExecutionStatus::Queued)
+        });
+        if queued && !self.release.lock().await.recv().await.unwrap_or(true) {
+            return Err(StoreError::Io("disk failed (test)".into()));
+        }
+        self.inner.write(batch).await
+    }
+    async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
+        self.inner.unfinished().await
+    }
+    async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
+        self.inner.execution(id).await
+    }
+    async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+        self.inner.journal(id).await
+    }
+    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionRecord>, StoreError> {
+        self.inner.executions(query).await
+    }
+    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta(key).await
+    }
+    async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
+        self.inner.prune(retention, now).await
+    }
+}
+
+/// A slot that frees while a queued execution's `Create` is still being written goes to it
+/// once the write is done (it used to be read too early, found missing, and the slot was
+/// lost with it); a queued execution whose `Create` fails gives its turn to the next one.
+#[tokio::test]
+async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Arc::new(Probe {
+        gate: Some(gate.clone()),
+        ..Probe::default()
+    });
+    let (release, held) = tokio::sync::mpsc::channel(4);
+    let store = Arc::new(HeldQueuedCreate {
+        inner: MemoryStore::new(),
+        release: tokio::sync::Mutex::new(held),
+    });
+    let runtime = runtime(
+        store,
+        probe.clone(),
+        &[
+            "reactor: 1\nname: one\nconcurrency: { limit: 1, overflow: queue }\nsteps:\n  - action: probe\n",
+        ],
+    );
+    let wait = |id| tokio::time::timeout(Duration::from_secs(10), runtime.wait(id));
+    let Submission::Accepted(a) = runtime.submit("one", event(), json!({})).await.unwrap() else {
+        panic!("a not accepted")
+    };
+    // b queues behind a; its `Create` is held. a finishes meanwhile and frees the slot.
+    let submitting = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1);
+    assert_eq!(
+        wait(a).await.unwrap().unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+    release.send(true).await.unwrap();
+    let Submission::Accepted(b) = submitting.await.unwrap().unwrap() else {
+        panic!("b not accepted")
+    };
+    gate.add_permits(1);
+    assert_eq!(
+        wait(b).await.expect("b ran").unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+
+    // c runs; d queues and its `Create` fails; c finishes; e must still get the slot.
+    let Submission::Accepted(c) = runtime.submit("one", event(), json!({})).await.unwrap() else {
+        panic!("c not accepted")
+    };
+    let failing = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1);
+    assert_eq!(
+        wait(c).await.unwrap().unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+    release.send(false).await.unwrap();
+    assert!(failing.await.unwrap().is_err(), "d's Create failed");
+    let Submission::Accepted(e) = runtime.submit("one", event(), json!({})).await.unwrap() else {
+        panic!("e not accepted")
+    };
+    gate.add_permits(1);
+    assert_eq!(
+        wait(e).await.expect("e ran").unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+}

@@ -13,6 +13,16 @@ use super::{Runtime, lock};
 pub(super) struct Slots {
     pub(super) running: Vec<ExecutionId>,
     pub(super) queue: VecDeque<ExecutionId>,
+    /// Queued executions whose `Create` is not durable yet. One whose turn comes meanwhile
+    /// takes its slot but is started by its submitter once the write is done
+    /// ([`Runtime::queued_recorded`]): before that, the store may not have it.
+    pub(super) unrecorded: Vec<ExecutionId>,
+}
+
+impl Slots {
+    fn idle(&self) -> bool {
+        self.running.is_empty() && self.queue.is_empty() && self.unrecorded.is_empty()
+    }
 }
 
 /// What a new execution gets from its `concurrency` slot.
@@ -50,6 +60,7 @@ impl Runtime {
             Overflow::Drop => Claim::Drop,
             Overflow::Queue => {
                 slot.queue.push_back(id);
+                slot.unrecorded.push(id);
                 Claim::Queue
             }
             Overflow::Replace => {
@@ -71,44 +82,89 @@ impl Runtime {
 
     /// Frees the slot of a finished execution and starts the next queued one of its key.
     pub(super) fn release_slot(&self, record: &ExecutionRecord, key: String) {
+        self.release(&record.workflow, key, record.id);
+    }
+
+    /// Frees `id`'s slot of (`workflow`, `key`) and gives it to the next queued execution,
+    /// started here once its `Create` is durable (else by its submitter).
+    fn release(&self, workflow: &str, key: String, id: ExecutionId) {
         let next = {
             let mut slots = lock(&self.inner.slots);
-            let slot_key = (record.workflow.clone(), key);
+            let slot_key = (workflow.to_string(), key);
             let Some(slot) = slots.get_mut(&slot_key) else {
                 return;
             };
-            slot.running.retain(|id| *id != record.id);
+            slot.running.retain(|running| *running != id);
             let next = slot.queue.pop_front();
             if let Some(next) = next {
                 slot.running.push(next);
             }
-            if slot.running.is_empty() && slot.queue.is_empty() {
+            let recorded = next.filter(|next| !slot.unrecorded.contains(next));
+            if slot.idle() {
                 // Keys come from event data: forget idle ones so the map stays small.
                 slots.remove(&slot_key);
             }
-            next
+            recorded
         };
         if let Some(next) = next {
-            let runtime = self.clone();
-            self.inner.tasks.spawn(async move {
-                let loaded = async {
-                    let record = runtime.inner.store.execution(next).await?;
-                    let journal = runtime.inner.store.journal(next).await?;
-                    Ok::<_, StoreError>((record, journal))
-                };
-                match loaded.await {
-                    Ok((Some(record), journal)) => match runtime.workflow(&record.workflow, Some(record.version)) {
-                        Some(wf) => {
-                            if let Err(error) = runtime.resume(wf, record, journal).await {
-                                tracing::error!(execution = %next, %error, "starting a queued execution failed");
-                            }
-                        }
-                        None => tracing::error!(execution = %next, "queued execution's workflow version is gone"),
-                    },
-                    Ok((None, _)) => tracing::error!(execution = %next, "queued execution vanished"),
-                    Err(error) => tracing::error!(execution = %next, %error, "loading a queued execution failed"),
-                }
-            });
+            self.start_queued(next);
         }
+    }
+
+    /// The submitter of a queued execution `id` is done writing its `Create` (`recorded`:
+    /// durably). If its turn came meanwhile it starts now; if the write failed it leaves the
+    /// queue, or gives its slot to the next one.
+    pub(super) fn queued_recorded(
+        &self,
+        workflow: &str,
+        key: &str,
+        id: ExecutionId,
+        recorded: bool,
+    ) {
+        let turn_came = {
+            let mut slots = lock(&self.inner.slots);
+            let slot_key = (workflow.to_string(), key.to_string());
+            let Some(slot) = slots.get_mut(&slot_key) else {
+                return;
+            };
+            slot.unrecorded.retain(|unrecorded| *unrecorded != id);
+            if !recorded {
+                slot.queue.retain(|queued| *queued != id);
+            }
+            let turn_came = slot.running.contains(&id);
+            if slot.idle() {
+                slots.remove(&slot_key);
+            }
+            turn_came
+        };
+        match (turn_came, recorded) {
+            (true, true) => self.start_queued(id),
+            (true, false) => self.release(workflow, key.to_string(), id),
+            (false, _) => {}
+        }
+    }
+
+    /// Loads the queued execution `id` (durably recorded) and runs it in its slot.
+    fn start_queued(&self, id: ExecutionId) {
+        let runtime = self.clone();
+        self.inner.tasks.spawn(async move {
+            let loaded = async {
+                let record = runtime.inner.store.execution(id).await?;
+                let journal = runtime.inner.store.journal(id).await?;
+                Ok::<_, StoreError>((record, journal))
+            };
+            match loaded.await {
+                Ok((Some(record), journal)) => match runtime.workflow(&record.workflow, Some(record.version)) {
+                    Some(wf) => {
+                        if let Err(error) = runtime.resume(wf, record, journal).await {
+                            tracing::error!(execution = %id, %error, "starting a queued execution failed");
+                        }
+                    }
+                    None => tracing::error!(execution = %id, "queued execution's workflow version is gone"),
+                },
+                Ok((None, _)) => tracing::error!(execution = %id, "queued execution vanished"),
+                Err(error) => tracing::error!(execution = %id, %error, "loading a queued execution failed"),
+            }
+        });
     }
 }

@@ -138,9 +138,24 @@ impl Runtime {
             }
             if record.status == ExecutionStatus::Queued {
                 let observed = self.inner.observer.as_ref().map(|_| record.clone());
+                let key = record.concurrency_key.clone().unwrap_or_default();
                 let mut batch = vec![StoreWrite::Create { record, started }];
                 batch.extend(mark);
-                self.inner.store.write(batch).await?;
+                // On a task of its own: the queue's bookkeeping must follow the write even if
+                // the submitter stops waiting (an HTTP client that hangs up).
+                let runtime = self.clone();
+                let workflow = wf.name.to_string();
+                let written = self
+                    .inner
+                    .tasks
+                    .spawn(async move {
+                        let written = runtime.inner.store.write(batch).await;
+                        runtime.queued_recorded(&workflow, &key, id, written.is_ok());
+                        written
+                    })
+                    .await
+                    .map_err(|_| SubmitError::ShuttingDown)?;
+                written?;
                 if let Some(record) = observed {
                     self.observe(&RuntimeEvent::ExecutionStarted {
                         record: &record,

@@ -782,21 +782,34 @@ async fn a_queued_execution_whose_slot_is_free_starts_on_recovery() {
     assert_eq!(probe.steps().len(), 1);
 }
 
-/// The memory store, holding back the write of a `queued` execution's `Create` until
-/// released — and then applying it, or failing it as a broken disk would.
-struct HeldQueuedCreate {
+/// The memory store, holding back the writes of `Create`s with the status `held` until
+/// released — and then applying each, or failing it as a broken disk would.
+struct HeldCreate {
     inner: MemoryStore,
+    held: ExecutionStatus,
     /// Permits to let held writes go on; each carries whether the write succeeds.
     release: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bool>>,
 }
 
+impl HeldCreate {
+    fn new(held: ExecutionStatus) -> (HeldCreate, tokio::sync::mpsc::Sender<bool>) {
+        let (release, receiver) = tokio::sync::mpsc::channel(4);
+        let store = HeldCreate {
+            inner: MemoryStore::new(),
+            held,
+            release: tokio::sync::Mutex::new(receiver),
+        };
+        (store, release)
+    }
+}
+
 #[async_trait]
-impl Store for HeldQueuedCreate {
+impl Store for HeldCreate {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
-        let queued = batch.iter().any(|write| {
-            matches!(write, StoreWrite::Create { record, .. } if record.status == ExecutionStatus::Queued)
+        let held = batch.iter().any(|write| {
+            matches!(write, StoreWrite::Create { record, .. } if record.status == self.held)
         });
-        if queued && !self.release.lock().await.recv().await.unwrap_or(true) {
+        if held && !self.release.lock().await.recv().await.unwrap_or(true) {
             return Err(StoreError::Io("disk failed (test)".into()));
         }
         self.inner.write(batch).await
@@ -831,13 +844,9 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
         gate: Some(gate.clone()),
         ..Probe::default()
     });
-    let (release, held) = tokio::sync::mpsc::channel(4);
-    let store = Arc::new(HeldQueuedCreate {
-        inner: MemoryStore::new(),
-        release: tokio::sync::Mutex::new(held),
-    });
+    let (store, release) = HeldCreate::new(ExecutionStatus::Queued);
     let runtime = runtime(
-        store,
+        Arc::new(store),
         probe.clone(),
         &[
             "reactor: 1\nname: one\nconcurrency: { limit: 1, overflow: queue }\nsteps:\n  - action: probe\n",
@@ -890,6 +899,58 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
     gate.add_permits(1);
     assert_eq!(
         wait(e).await.expect("e ran").unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+}
+
+/// A submitter that stops waiting while its execution's `Create` is being written (an HTTP
+/// client hanging up) does not abandon the execution: once the write lands it runs to the
+/// end, and its concurrency slot is free again afterwards.
+#[tokio::test]
+async fn an_execution_outlives_a_submitter_that_stops_waiting() {
+    let (store, release) = HeldCreate::new(ExecutionStatus::Running);
+    let store = Arc::new(store);
+    let runtime = runtime(
+        store.clone(),
+        Arc::new(Probe::default()),
+        &["reactor: 1\nname: one\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n"],
+    );
+    let submitting = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    submitting.abort();
+    assert!(submitting.await.unwrap_err().is_cancelled());
+    release.send(true).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let all = store.executions(&ExecutionQuery::default()).await.unwrap();
+        if let Some(record) = all
+            .into_iter()
+            .find(|r| r.status == ExecutionStatus::Succeeded)
+        {
+            break record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned execution never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(record.workflow, "one");
+    // Its slot was released: the next one runs (its `Create` held and released too).
+    let next = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
+    };
+    release.send(true).await.unwrap();
+    let Submission::Accepted(id) = next.await.unwrap().unwrap() else {
+        panic!("not accepted")
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(10), runtime.wait(id)).await;
+    assert_eq!(
+        finished.unwrap().unwrap().status,
         ExecutionStatus::Succeeded
     );
 }

@@ -161,10 +161,12 @@ async fn shared_sessions_lose_nothing_across_a_kill() {
     let (running, _) = start_sessions(&runtime, &filter, &client_id, SESSIONS);
     let seen = all_recorded(store.as_ref(), COUNT).await;
     let duplicates: usize = seen.iter().map(|&n| n - 1).sum();
-    // At least once: only messages recorded but not yet acknowledged at the kill come again,
-    // at most a broker in-flight window per session.
+    // At least once: only messages taken but not acknowledged at the kill come again. Per
+    // session, at most an in-flight window of them was recorded and waiting for its ack, and
+    // at most another of submissions still being written, which complete on their own.
     assert!(
-        duplicates <= usize::from(SESSIONS) * usize::from(crate::mqtt::settings::DEFAULT_INFLIGHT),
+        duplicates
+            <= 2 * usize::from(SESSIONS) * usize::from(crate::mqtt::settings::DEFAULT_INFLIGHT),
         "{duplicates} duplicates ({before_restart} recorded before the restart)"
     );
     let _ = client.disconnect().await;

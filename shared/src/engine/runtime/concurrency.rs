@@ -87,7 +87,7 @@ impl Runtime {
 
     /// Frees `id`'s slot of (`workflow`, `key`) and gives it to the next queued execution,
     /// started here once its `Create` is durable (else by its submitter).
-    fn release(&self, workflow: &str, key: String, id: ExecutionId) {
+    pub(super) fn release(&self, workflow: &str, key: String, id: ExecutionId) {
         let next = {
             let mut slots = lock(&self.inner.slots);
             let slot_key = (workflow.to_string(), key);

@@ -165,6 +165,46 @@ impl Runtime {
                 return Ok(Submission::Accepted(id));
             }
         }
+        // On a task of its own, like a queued `Create`: a submitter that stops waiting (an
+        // HTTP client hanging up drops its handler) must not abandon the execution half-begun
+        // — its `Create` possibly on its way to the store, its slot and inbox held by nobody.
+        let slot = record
+            .concurrency_key
+            .clone()
+            .map(|key| (wf.name.to_string(), key));
+        let runtime = self.clone();
+        let begun = self
+            .inner
+            .tasks
+            .spawn(async move {
+                let begun = runtime
+                    .begin_execution(wf, started, record, mark, event_time)
+                    .await;
+                if begun.is_err()
+                    && let Some((workflow, key)) = slot
+                {
+                    runtime.release(&workflow, key, id);
+                }
+                begun
+            })
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        begun?;
+        self.inner.stats.started.fetch_add(1, Ordering::Relaxed);
+        Ok(Submission::Accepted(id))
+    }
+
+    /// Waits for a run slot of the runtime (`max_running`), then runs the new execution up
+    /// to its first durable write.
+    async fn begin_execution(
+        &self,
+        wf: Arc<Workflow>,
+        started: Fact,
+        record: ExecutionRecord,
+        mark: Option<StoreWrite>,
+        event_time: Option<Timestamp>,
+    ) -> Result<(), SubmitError> {
+        let id = record.id;
         let permit = tokio::select! {
             biased;
             () = self.inner.shutdown.cancelled() => return Err(SubmitError::ShuttingDown),
@@ -191,8 +231,7 @@ impl Runtime {
         )
         .creating();
         driver.begin().await?;
-        self.inner.stats.started.fetch_add(1, Ordering::Relaxed);
-        Ok(Submission::Accepted(id))
+        Ok(())
     }
 }
 

@@ -783,21 +783,22 @@ async fn a_queued_execution_whose_slot_is_free_starts_on_recovery() {
 }
 
 /// The memory store, holding back the writes of `Create`s with the status `held` until
-/// released — and then applying each, or failing it as a broken disk would.
+/// released — and then applying each, or failing it as a broken disk would. Like the redb
+/// store's thread, a write goes on once handed over, whether or not its caller still waits.
 struct HeldCreate {
-    inner: MemoryStore,
+    inner: Arc<MemoryStore>,
     held: ExecutionStatus,
     /// Permits to let held writes go on; each carries whether the write succeeds.
-    release: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bool>>,
+    release: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bool>>>,
 }
 
 impl HeldCreate {
     fn new(held: ExecutionStatus) -> (HeldCreate, tokio::sync::mpsc::Sender<bool>) {
         let (release, receiver) = tokio::sync::mpsc::channel(4);
         let store = HeldCreate {
-            inner: MemoryStore::new(),
+            inner: Arc::new(MemoryStore::new()),
             held,
-            release: tokio::sync::Mutex::new(receiver),
+            release: Arc::new(tokio::sync::Mutex::new(receiver)),
         };
         (store, release)
     }
@@ -809,10 +810,15 @@ impl Store for HeldCreate {
         let held = batch.iter().any(|write| {
             matches!(write, StoreWrite::Create { record, .. } if record.status == self.held)
         });
-        if held && !self.release.lock().await.recv().await.unwrap_or(true) {
-            return Err(StoreError::Io("disk failed (test)".into()));
-        }
-        self.inner.write(batch).await
+        let (inner, release) = (self.inner.clone(), self.release.clone());
+        tokio::spawn(async move {
+            if held && !release.lock().await.recv().await.unwrap_or(true) {
+                return Err(StoreError::Io("disk failed (test)".into()));
+            }
+            inner.write(batch).await
+        })
+        .await
+        .expect("the write task ran")
     }
     async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
         self.inner.unfinished().await
@@ -905,7 +911,8 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
 
 /// A submitter that stops waiting while its execution's `Create` is being written (an HTTP
 /// client hanging up) does not abandon the execution: once the write lands it runs to the
-/// end, and its concurrency slot is free again afterwards.
+/// end, and its concurrency slot is free again afterwards — also when its `Create` never
+/// lands.
 #[tokio::test]
 async fn an_execution_outlives_a_submitter_that_stops_waiting() {
     let (store, release) = HeldCreate::new(ExecutionStatus::Running);
@@ -940,6 +947,29 @@ async fn an_execution_outlives_a_submitter_that_stops_waiting() {
     };
     assert_eq!(record.workflow, "one");
     // Its slot was released: the next one runs (its `Create` held and released too).
+    let next = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
+    };
+    release.send(true).await.unwrap();
+    let Submission::Accepted(id) = next.await.unwrap().unwrap() else {
+        panic!("not accepted")
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(10), runtime.wait(id)).await;
+    assert_eq!(
+        finished.unwrap().unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+
+    // Left again, and this time the `Create` never lands: the slot is freed all the same.
+    let submitting = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    submitting.abort();
+    let _ = submitting.await;
+    release.send(false).await.unwrap();
     let next = {
         let runtime = runtime.clone();
         tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })

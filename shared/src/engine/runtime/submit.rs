@@ -165,33 +165,64 @@ impl Runtime {
                 return Ok(Submission::Accepted(id));
             }
         }
-        // On a task of its own, like a queued `Create`: a submitter that stops waiting (an
-        // HTTP client hanging up drops its handler) must not abandon the execution half-begun
-        // — its `Create` possibly on its way to the store, its slot and inbox held by nobody.
         let slot = record
             .concurrency_key
             .clone()
             .map(|key| (wf.name.to_string(), key));
-        let runtime = self.clone();
+        // A submitter that stops waiting (an HTTP client hanging up drops its handler) drops
+        // the execution half-begun: the guard hands it to `adopt_abandoned`.
+        let mut guard = Abandoned {
+            runtime: self.clone(),
+            id,
+            slot,
+            armed: true,
+        };
         let begun = self
-            .inner
-            .tasks
-            .spawn(async move {
-                let begun = runtime
-                    .begin_execution(wf, started, record, mark, event_time)
-                    .await;
-                if begun.is_err()
-                    && let Some((workflow, key)) = slot
-                {
-                    runtime.release(&workflow, key, id);
-                }
-                begun
-            })
-            .await
-            .map_err(|_| SubmitError::ShuttingDown)?;
+            .begin_execution(wf, started, record, mark, event_time)
+            .await;
+        guard.armed = false;
+        let slot = guard.slot.take();
+        if begun.is_err()
+            && let Some((workflow, key)) = slot
+        {
+            self.release(&workflow, key, id);
+        }
         begun?;
         self.inner.stats.started.fetch_add(1, Ordering::Relaxed);
         Ok(Submission::Accepted(id))
+    }
+
+    /// Takes over an execution whose submitter stopped waiting in `begin_execution`: its
+    /// `Create` may have been on its way to the store. Once the store has it, it is resumed
+    /// from its journal like after a restart; if it never lands, its concurrency slot is
+    /// freed. (The SQL stores do not order reads after queued writes, hence the retries.)
+    async fn adopt_abandoned(&self, id: ExecutionId, slot: Option<(String, String)>) {
+        lock(&self.inner.running).remove(&id);
+        for _ in 0..ADOPT_TRIES {
+            if let Ok(Some(record)) = self.inner.store.execution(id).await {
+                if record.finished_at.is_some() {
+                    return;
+                }
+                let resumed = async {
+                    let journal = self.inner.store.journal(id).await?;
+                    match self.workflow(&record.workflow, Some(record.version)) {
+                        Some(wf) => self.resume(wf, record, journal).await,
+                        None => Err(crate::store::StoreError::Corrupt(format!(
+                            "the workflow version of execution {id} is gone"
+                        ))),
+                    }
+                };
+                if let Err(error) = resumed.await {
+                    tracing::error!(execution = %id, %error, "resuming an execution its submitter left failed");
+                }
+                return;
+            }
+            tokio::time::sleep(ADOPT_RETRY).await;
+        }
+        lock(&self.inner.subscribers).remove(&id);
+        if let Some((workflow, key)) = slot {
+            self.release(&workflow, key, id);
+        }
     }
 
     /// Waits for a run slot of the runtime (`max_running`), then runs the new execution up
@@ -232,6 +263,37 @@ impl Runtime {
         .creating();
         driver.begin().await?;
         Ok(())
+    }
+}
+
+/// How often, and how far apart, an abandoned execution's record is looked for.
+const ADOPT_TRIES: u32 = 5;
+const ADOPT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Armed while a submitter waits for its execution to begin; dropped with the submitter's
+/// future, it hands the execution to [`Runtime::adopt_abandoned`]. Disarmed once begun.
+struct Abandoned {
+    runtime: Runtime,
+    id: ExecutionId,
+    slot: Option<(String, String)>,
+    armed: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Outside a runtime (the process is stopping) recovery at the next start takes over.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let runtime = self.runtime.clone();
+        let (id, slot) = (self.id, self.slot.take());
+        self.runtime
+            .inner
+            .tasks
+            .spawn(async move { runtime.adopt_abandoned(id, slot).await });
     }
 }
 

@@ -650,6 +650,35 @@ async fn cancelling_a_queued_execution_records_it_cancelled() {
 /// What `Store::unfinished` answers.
 type Unfinished = Vec<(ExecutionRecord, Vec<Fact>)>;
 
+/// `Store` for a test wrapper: the given methods, and the read side handed to its `inner`
+/// store unchanged.
+macro_rules! store_wrapper {
+    ($wrapper:ty { $($method:item)* }) => {
+        #[async_trait]
+        impl Store for $wrapper {
+            $($method)*
+            async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
+                self.inner.execution(id).await
+            }
+            async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+                self.inner.journal(id).await
+            }
+            async fn executions(
+                &self,
+                query: &ExecutionQuery,
+            ) -> Result<Vec<ExecutionRecord>, StoreError> {
+                self.inner.executions(query).await
+            }
+            async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+                self.inner.meta(key).await
+            }
+            async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
+                self.inner.prune(retention, now).await
+            }
+        }
+    };
+}
+
 /// A store whose `unfinished()` can be made to answer an old snapshot: the list a shared
 /// store returned just before executions finished (as periodic adoption sees it).
 struct StaleUnfinished {
@@ -657,8 +686,7 @@ struct StaleUnfinished {
     snapshot: Mutex<Option<Unfinished>>,
 }
 
-#[async_trait]
-impl Store for StaleUnfinished {
+store_wrapper!(StaleUnfinished {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         self.inner.write(batch).await
     }
@@ -669,22 +697,7 @@ impl Store for StaleUnfinished {
             None => self.inner.unfinished().await,
         }
     }
-    async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
-        self.inner.execution(id).await
-    }
-    async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
-        self.inner.journal(id).await
-    }
-    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionRecord>, StoreError> {
-        self.inner.executions(query).await
-    }
-    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.meta(key).await
-    }
-    async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.prune(retention, now).await
-    }
-}
+});
 
 #[tokio::test]
 async fn recovering_again_skips_running_queued_and_just_finished_executions() {
@@ -804,8 +817,7 @@ impl HeldCreate {
     }
 }
 
-#[async_trait]
-impl Store for HeldCreate {
+store_wrapper!(HeldCreate {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
         let held = batch.iter().any(|write| {
             matches!(write, StoreWrite::Create { record, .. } if record.status == self.held)
@@ -823,20 +835,22 @@ impl Store for HeldCreate {
     async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
         self.inner.unfinished().await
     }
-    async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
-        self.inner.execution(id).await
-    }
-    async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
-        self.inner.journal(id).await
-    }
-    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionRecord>, StoreError> {
-        self.inner.executions(query).await
-    }
-    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.meta(key).await
-    }
-    async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
-        self.inner.prune(retention, now).await
+});
+
+/// Submits an execution of `one` on a task of its own (a submitter that can be left or
+/// aborted).
+fn submit_in_task(
+    runtime: &Runtime,
+) -> tokio::task::JoinHandle<Result<Submission, reactor_core::engine::SubmitError>> {
+    let runtime = runtime.clone();
+    tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
+}
+
+/// The id of an accepted submission.
+fn accepted(submitted: Result<Submission, reactor_core::engine::SubmitError>) -> ExecutionId {
+    match submitted {
+        Ok(Submission::Accepted(id)) => id,
+        other => panic!("not accepted: {other:?}"),
     }
 }
 
@@ -859,14 +873,9 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
         ],
     );
     let wait = |id| tokio::time::timeout(Duration::from_secs(10), runtime.wait(id));
-    let Submission::Accepted(a) = runtime.submit("one", event(), json!({})).await.unwrap() else {
-        panic!("a not accepted")
-    };
+    let a = accepted(runtime.submit("one", event(), json!({})).await);
     // b queues behind a; its `Create` is held. a finishes meanwhile and frees the slot.
-    let submitting = {
-        let runtime = runtime.clone();
-        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
-    };
+    let submitting = submit_in_task(&runtime);
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.add_permits(1);
     assert_eq!(
@@ -874,9 +883,7 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
         ExecutionStatus::Succeeded
     );
     release.send(true).await.unwrap();
-    let Submission::Accepted(b) = submitting.await.unwrap().unwrap() else {
-        panic!("b not accepted")
-    };
+    let b = accepted(submitting.await.unwrap());
     gate.add_permits(1);
     assert_eq!(
         wait(b).await.expect("b ran").unwrap().status,
@@ -884,13 +891,8 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
     );
 
     // c runs; d queues and its `Create` fails; c finishes; e must still get the slot.
-    let Submission::Accepted(c) = runtime.submit("one", event(), json!({})).await.unwrap() else {
-        panic!("c not accepted")
-    };
-    let failing = {
-        let runtime = runtime.clone();
-        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
-    };
+    let c = accepted(runtime.submit("one", event(), json!({})).await);
+    let failing = submit_in_task(&runtime);
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.add_permits(1);
     assert_eq!(
@@ -899,9 +901,7 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
     );
     release.send(false).await.unwrap();
     assert!(failing.await.unwrap().is_err(), "d's Create failed");
-    let Submission::Accepted(e) = runtime.submit("one", event(), json!({})).await.unwrap() else {
-        panic!("e not accepted")
-    };
+    let e = accepted(runtime.submit("one", event(), json!({})).await);
     gate.add_permits(1);
     assert_eq!(
         wait(e).await.expect("e ran").unwrap().status,
@@ -922,10 +922,7 @@ async fn an_execution_outlives_a_submitter_that_stops_waiting() {
         Arc::new(Probe::default()),
         &["reactor: 1\nname: one\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n"],
     );
-    let submitting = {
-        let runtime = runtime.clone();
-        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
-    };
+    let submitting = submit_in_task(&runtime);
     tokio::time::sleep(Duration::from_millis(50)).await;
     submitting.abort();
     assert!(submitting.await.unwrap_err().is_cancelled());
@@ -947,14 +944,9 @@ async fn an_execution_outlives_a_submitter_that_stops_waiting() {
     };
     assert_eq!(record.workflow, "one");
     // Its slot was released: the next one runs (its `Create` held and released too).
-    let next = {
-        let runtime = runtime.clone();
-        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
-    };
+    let next = submit_in_task(&runtime);
     release.send(true).await.unwrap();
-    let Submission::Accepted(id) = next.await.unwrap().unwrap() else {
-        panic!("not accepted")
-    };
+    let id = accepted(next.await.unwrap());
     let finished = tokio::time::timeout(Duration::from_secs(10), runtime.wait(id)).await;
     assert_eq!(
         finished.unwrap().unwrap().status,
@@ -962,22 +954,14 @@ async fn an_execution_outlives_a_submitter_that_stops_waiting() {
     );
 
     // Left again, and this time the `Create` never lands: the slot is freed all the same.
-    let submitting = {
-        let runtime = runtime.clone();
-        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
-    };
+    let submitting = submit_in_task(&runtime);
     tokio::time::sleep(Duration::from_millis(50)).await;
     submitting.abort();
     let _ = submitting.await;
     release.send(false).await.unwrap();
-    let next = {
-        let runtime = runtime.clone();
-        tokio::spawn(async move { runtime.submit("one", event(), json!({})).await })
-    };
+    let next = submit_in_task(&runtime);
     release.send(true).await.unwrap();
-    let Submission::Accepted(id) = next.await.unwrap().unwrap() else {
-        panic!("not accepted")
-    };
+    let id = accepted(next.await.unwrap());
     let finished = tokio::time::timeout(Duration::from_secs(10), runtime.wait(id)).await;
     assert_eq!(
         finished.unwrap().unwrap().status,

@@ -68,7 +68,11 @@ pub const MAX_GROUP: usize = 256;
 /// How [`RedbStore::open`] opens the file.
 #[derive(Clone, Debug)]
 pub struct RedbOptions {
-    /// redb's page cache. redb's default (1 GiB) is far too much for a small device.
+    /// redb's page cache. redb's default (1 GiB) is far too much for a small device. The
+    /// default, 4 MiB, holds the journal's hot pages (the right edges of its B-trees); the
+    /// kernel's page cache keeps the rest of the file. Measured under the throughput
+    /// workloads, 16 MiB cost 5–6 MiB more RSS than 4 MiB for no more throughput
+    /// (docs/performance.md, "Session 6").
     pub cache_size: usize,
     /// A commit slower than this is logged as a warning.
     pub slow_commit: Duration,
@@ -77,7 +81,7 @@ pub struct RedbOptions {
 impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
-            cache_size: 16 * 1024 * 1024,
+            cache_size: 4 * 1024 * 1024,
             slow_commit: Duration::from_millis(500),
         }
     }

@@ -228,7 +228,8 @@ impl Driver {
                         Some(Effect::Pure) | None => {
                             let outcome = perform(
                                 &self.runtime,
-                                &self.record,
+                                self.record.id,
+                                &self.record.workflow,
                                 &action,
                                 CancellationToken::new(),
                             )
@@ -366,15 +367,16 @@ impl Driver {
             let token = self.runtime.inner.shutdown.child_token();
             let inbox = self.sender.clone();
             let runtime = self.runtime.clone();
-            let record = self.record.clone();
             let (key, task): (String, futures::future::BoxFuture<'static, ()>) = match launch {
                 Launch::Action(action) => {
                     let key = action.key.clone();
                     let cancel = token.clone();
+                    // Not the whole record: an action needs only whose it is.
+                    let workflow = self.record.workflow.clone();
                     (
                         key,
                         Box::pin(async move {
-                            let outcome = perform(&runtime, &record, &action, cancel).await;
+                            let outcome = perform(&runtime, id, &workflow, &action, cancel).await;
                             let fact = Fact::EffectFinished {
                                 key: action.key,
                                 attempt: action.attempt,

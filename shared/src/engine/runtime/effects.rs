@@ -11,10 +11,11 @@ use super::super::machine::ActionCommand;
 use super::super::observe::{RuntimeEvent, StepEvent};
 use super::Runtime;
 
-/// Runs one action and turns its result into an outcome.
+/// Runs one action of execution `id` (of `workflow`) and turns its result into an outcome.
 pub(super) async fn perform(
     runtime: &Runtime,
-    record: &ExecutionRecord,
+    id: ExecutionId,
+    workflow: &str,
     command: &ActionCommand,
     cancel: CancellationToken,
 ) -> Outcome {
@@ -26,8 +27,8 @@ pub(super) async fn perform(
     };
     let redactor = runtime.redactor();
     let context = ActionContext {
-        execution: record.id.to_string(),
-        workflow: record.workflow.clone(),
+        execution: id.to_string(),
+        workflow: workflow.to_string(),
         step: command.step.clone(),
         attempt: command.attempt,
         idempotency_key: command.idempotency_key.clone(),
@@ -35,8 +36,8 @@ pub(super) async fn perform(
         redactor: redactor.clone(),
     };
     let step = |phase| StepEvent {
-        execution: record.id,
-        workflow: &record.workflow,
+        execution: id,
+        workflow,
         step: &command.step,
         action: &command.action,
         attempt: command.attempt,

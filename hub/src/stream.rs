@@ -210,13 +210,19 @@ impl LiveStream {
     /// Offers an event to the current window: admitted (and encoded) within the budgets,
     /// counted otherwise. Never blocks on a subscriber.
     pub fn publish(&self, kind: &'static str, workflow: Option<&str>, data: &Value) {
-        self.offer(kind, workflow, || data.clone());
+        self.admit(kind, workflow, || frame(kind, data));
     }
 
     /// Like [`LiveStream::publish`], building the event's data only once it is admitted:
     /// most events of a busy engine are only counted, and building their JSON would cost
     /// more than the rest of the stream.
     pub fn offer(&self, kind: &'static str, workflow: Option<&str>, data: impl FnOnce() -> Value) {
+        self.admit(kind, workflow, || frame(kind, &data()));
+    }
+
+    /// Admits an event into the current window within the budgets, encoding its frame only
+    /// then; counts it otherwise.
+    fn admit(&self, kind: &'static str, workflow: Option<&str>, encode: impl FnOnce() -> Bytes) {
         if !self.listening() {
             return;
         }
@@ -262,7 +268,7 @@ impl LiveStream {
         let item = Item {
             class,
             workflow: workflow.map(str::to_string),
-            frame: frame(kind, &data()),
+            frame: encode(),
         };
         lock(&self.shared.window).items.push(item);
     }

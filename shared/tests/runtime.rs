@@ -968,3 +968,29 @@ async fn an_execution_outlives_a_submitter_that_stops_waiting() {
         ExecutionStatus::Succeeded
     );
 }
+
+/// A pure execution finishes in its first write. If its submitter left during that write,
+/// the takeover finds it finished and does what the driver would have: frees its slot.
+#[tokio::test]
+async fn a_left_execution_that_finished_in_its_first_write_frees_its_slot() {
+    let (store, release) = HeldCreate::new(ExecutionStatus::Succeeded);
+    let runtime = runtime(
+        Arc::new(store),
+        Arc::new(Probe::default()),
+        &["reactor: 1\nname: one\nconcurrency: { limit: 1 }\nsteps:\n  - set: { x: 1 }\n"],
+    );
+    let submitting = submit_in_task(&runtime);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    submitting.abort();
+    let _ = submitting.await;
+    release.send(true).await.unwrap();
+    // The next one gets the slot (queued behind a leaked slot, it would never run).
+    let next = submit_in_task(&runtime);
+    release.send(true).await.unwrap();
+    let id = accepted(next.await.unwrap());
+    let finished = tokio::time::timeout(Duration::from_secs(10), runtime.wait(id)).await;
+    assert_eq!(
+        finished.expect("the slot was freed").unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+}

@@ -172,7 +172,7 @@ impl Runtime {
         // A submitter that stops waiting (an HTTP client hanging up drops its handler) drops
         // the execution half-begun: the guard hands it to `adopt_abandoned`.
         let mut guard = Abandoned {
-            runtime: self.clone(),
+            runtime: self,
             id,
             slot,
             armed: true,
@@ -201,6 +201,9 @@ impl Runtime {
         for _ in 0..ADOPT_TRIES {
             if let Ok(Some(record)) = self.inner.store.execution(id).await {
                 if record.finished_at.is_some() {
+                    // Finished in its first write (pure steps only): what the driver would
+                    // have done next — free its slot, answer its waiters.
+                    self.finished(record);
                     return;
                 }
                 let resumed = async {
@@ -272,14 +275,14 @@ const ADOPT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Armed while a submitter waits for its execution to begin; dropped with the submitter's
 /// future, it hands the execution to [`Runtime::adopt_abandoned`]. Disarmed once begun.
-struct Abandoned {
-    runtime: Runtime,
+struct Abandoned<'a> {
+    runtime: &'a Runtime,
     id: ExecutionId,
     slot: Option<(String, String)>,
     armed: bool,
 }
 
-impl Drop for Abandoned {
+impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;

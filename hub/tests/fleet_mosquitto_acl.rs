@@ -1,7 +1,7 @@
-//! The Mosquitto configuration shipped for external broker mode (deploy/mosquitto/reactor.acl
-//! and the settings of reactor.conf, minus TLS) on a Mosquitto of this test's own: the real
-//! hub with `--mqtt-broker mqtt://reactor-hub:…@127.0.0.1:PORT`, two enrolled devices whose
-//! credentials are put in the broker's password file. A device's own batch is stored and
+//! The Mosquitto configuration shipped for external broker mode (deploy/mosquitto/reactor.conf
+//! minus TLS, and reactor.acl) on a Mosquitto of this test's own: the real hub with
+//! `--mqtt-broker mqtt://reactor-hub:…@127.0.0.1:HUB-PORT` on the hub's listener, two enrolled
+//! devices whose credentials are put in the device listener's password file. A device's own batch is stored and
 //! acked; what it publishes on the other device's topics never reaches the hub, and it
 //! receives nothing of the other device's acks.
 
@@ -9,6 +9,7 @@ mod api_support;
 mod fleet_device;
 mod fleet_support;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -39,26 +40,79 @@ impl Drop for Broker {
     }
 }
 
+/// The shipped reactor.conf with this test's paths and ports, TLS left out: every line it
+/// changes must be there, so a change to the shipped file that this test would miss fails it.
+fn shipped_conf(dir: &Path, device_port: u16, hub_port: u16) -> String {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
+    let shipped = std::fs::read_to_string(deploy.join("reactor.conf")).unwrap();
+    let replacements = [
+        ("listener 8883", format!("listener {device_port} 127.0.0.1")),
+        (
+            "listener 1884 127.0.0.1",
+            format!("listener {hub_port} 127.0.0.1"),
+        ),
+        (
+            "password_file /etc/mosquitto/reactor.passwd",
+            format!("password_file {}", dir.join("devices.passwd").display()),
+        ),
+        (
+            "password_file /etc/mosquitto/reactor-hub.passwd",
+            format!("password_file {}", dir.join("hub.passwd").display()),
+        ),
+        (
+            "acl_file /etc/mosquitto/reactor.acl",
+            format!("acl_file {}", deploy.join("reactor.acl").display()),
+        ),
+    ];
+    let mut conf = String::new();
+    let mut used = vec![false; replacements.len()];
+    for line in shipped.lines() {
+        if ["certfile ", "keyfile ", "tls_version "]
+            .iter()
+            .any(|tls| line.starts_with(tls))
+        {
+            continue;
+        }
+        match replacements.iter().position(|(from, _)| line == *from) {
+            Some(at) => {
+                used[at] = true;
+                conf.push_str(&replacements[at].1);
+            }
+            None => conf.push_str(line),
+        }
+        conf.push('\n');
+    }
+    for ((from, _), used) in replacements.iter().zip(used) {
+        assert!(used, "deploy/mosquitto/reactor.conf has no line `{from}`");
+    }
+    conf
+}
+
+/// Waits until Mosquitto accepts connections on `port`.
+async fn listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("Mosquitto does not listen on {port}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_acl_confines_devices_on_mosquitto() {
     let dir = tempfile::tempdir().unwrap();
-    let acl =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/reactor.acl");
-    let passwords = dir.path().join("passwd");
-    std::fs::write(&passwords, "").unwrap();
-    passwd(&passwords, "reactor-hub", "hub-secret");
-    let port = free_port();
+    let device_passwords = dir.path().join("devices.passwd");
+    let hub_passwords = dir.path().join("hub.passwd");
+    std::fs::write(&device_passwords, "").unwrap();
+    std::fs::write(&hub_passwords, "").unwrap();
+    passwd(&hub_passwords, "reactor-hub", "hub-secret");
+    let (device_port, hub_port) = (free_port(), free_port());
     let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\n\
-             listener {port} 127.0.0.1\nuse_username_as_clientid true\n",
-            passwords.display(),
-            acl.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, shipped_conf(dir.path(), device_port, hub_port)).unwrap();
     let broker = Broker(
         Command::new("mosquitto")
             .arg("-c")
@@ -68,19 +122,20 @@ async fn the_shipped_acl_confines_devices_on_mosquitto() {
             .spawn()
             .unwrap(),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    listening(device_port).await;
+    listening(hub_port).await;
 
     let place = Place::sqlite(&dir.path().join("data"));
-    let url = format!("mqtt://reactor-hub:hub-secret@127.0.0.1:{port}");
+    let url = format!("mqtt://reactor-hub:hub-secret@127.0.0.1:{hub_port}");
     let hub = Hub::start(place.clone(), &[("REACTOR_MQTT_BROKER", url.as_str())]).await;
     let mut devices = Vec::new();
     for name in ["acl-a", "acl-b"] {
         let token = add_device(&place, name, &["site=x"], None);
         let (id, password, _) = enrolled(&hub, &token).await;
-        passwd(&passwords, &id, &password);
+        passwd(&device_passwords, &id, &password);
         devices.push((id, password));
     }
-    // Mosquitto reads the password file again on SIGHUP.
+    // Mosquitto reads the password files again on SIGHUP.
     let reload = Command::new("kill")
         .args(["-HUP", &broker.0.id().to_string()])
         .status()
@@ -90,9 +145,20 @@ async fn the_shipped_acl_confines_devices_on_mosquitto() {
 
     let (a, a_password) = &devices[0];
     let (b, _) = &devices[1];
+    // The hub's listener takes only the hub's login.
+    let refused = connect(
+        "127.0.0.1",
+        hub_port,
+        a,
+        a_password,
+        None,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(refused.is_err(), "a device logged in on the hub's listener");
     let mut device = connect(
         "127.0.0.1",
-        port,
+        device_port,
         a,
         a_password,
         None,
@@ -140,6 +206,14 @@ async fn the_shipped_acl_confines_devices_on_mosquitto() {
     assert!(
         device.acks.try_recv().is_err(),
         "a received an ack (b's ack topic or a stray one)"
+    );
+
+    // One login, several connections, none taking another over (as they did when the hub
+    // shared the device listener, whose client id is the login).
+    assert!(
+        !hub.logs().contains("lost the broker"),
+        "the hub's connections dropped: {}",
+        hub.logs()
     );
 
     db.close().await;

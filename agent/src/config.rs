@@ -27,6 +27,12 @@ use serde::Deserialize;
 /// Environment variables of the form `REACTOR_<SECTION>__<KEY>` set nested keys.
 /// Listen address when nothing else says.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `limits.max_running`. Memory under load follows the executions alive at once
+/// (each holds its record, machine, task and in-flight action), so this bound is what keeps
+/// the agent's RSS under sustained load within the footprint budget (≤ 32 MiB): with the
+/// MQTT workload, the shipped build peaked at 29–40 MiB with 256 and at 24 MiB with 128, for
+/// ~10 % less throughput (docs/performance.md, "Session 7").
+pub const DEFAULT_MAX_RUNNING: usize = 128;
 /// Upper bound of `limits.max_running` (each running execution is a task with an inbox).
 const MAX_RUNNING_LIMIT: usize = 65_536;
 /// Upper bound of `limits.max_body` (the whole request is held in memory).
@@ -71,7 +77,7 @@ Configuration (agent.toml; layers: defaults < file < REACTOR_* environment < fla
   [fleet]    status_every = \"30s\" (status with health sent to the hub this often),
              health_window = \"5m\" (executions counted in the reported health)
   [log]      format = \"human\" | \"json\"
-  [limits]   max_running = 256 (executions at once; beyond it, submits wait and http
+  [limits]   max_running = 128 (executions at once; beyond it, submits wait and http
              triggers answer 503), max_body = 1048576 (largest API request body, bytes)
   [mqtt]     url = \"mqtt://127.0.0.1:1883\" (or mqtts://), the default broker of mqtt
              triggers, mqtt.publish and emit with `topic`; username, password_secret =
@@ -486,7 +492,7 @@ fn validate(
             OverflowPolicy::default()
         })
     });
-    let max_running = merged.max_running.map_or(256, |m| {
+    let max_running = merged.max_running.map_or(DEFAULT_MAX_RUNNING, |m| {
         if m.value == 0 || m.value > MAX_RUNNING_LIMIT as u64 {
             bad(
                 "limits.max_running",
@@ -594,7 +600,7 @@ mod tests {
     fn defaults_need_only_data() {
         let config = AgentConfig::load(&flags(Some("/tmp/d")), Vec::new()).unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(config.max_running, 256);
+        assert_eq!(config.max_running, DEFAULT_MAX_RUNNING);
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.exec_allow.is_empty());
     }

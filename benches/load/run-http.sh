@@ -49,6 +49,9 @@ awk -v c=$((cpu_after - cpu_before)) -v t="$ticks" -v n="$requests" \
   'BEGIN { printf "agent CPU %.2f s for %d requests = %.1f us per request\n", c / t, n, c / t / n * 1e6 }'
 
 echo "RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
+# File-backed RSS is mostly the binary's own code: ~6 MiB for the shipped static release-small
+# agent, ~12 MiB for a --release build (the budgets are the shipped agent's).
+echo "  of which heap and stacks (RssAnon) $(awk '/RssAnon/ {print $2, $3}' /proc/$pid/status), binary and files (RssFile) $(awk '/RssFile/ {print $2, $3}' /proc/$pid/status)"
 echo "journal $(du -h "$work/data/journal.redb" | cut -f1)"
 curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits_total|store_batches_total)' || true
 if [ -s "$work/agent.log" ]; then echo "--- agent log (warnings):"; tail -5 "$work/agent.log"; fi

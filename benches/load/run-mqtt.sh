@@ -57,4 +57,7 @@ join -a 2 "$work/threads-before" "$work/threads-after" | awk -v t="$ticks" -v n=
   'NF == 3 { d = $3 - $2 } NF == 2 { d = $2 } d > 0 { printf "  %-18s %.1f\n", $1, d / t / n * 1e6 }'
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^reactor_(executions_total|trigger_events_total|trigger_errors_total|store_commits_total|store_batches_total)' || true
 echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
+# File-backed RSS is mostly the binary's own code: ~6 MiB for the shipped static release-small
+# agent, ~12 MiB for a --release build (the budgets are the shipped agent's).
+echo "  of which heap and stacks (RssAnon) $(awk '/RssAnon/ {print $2, $3}' /proc/$pid/status), binary and files (RssFile) $(awk '/RssFile/ {print $2, $3}' /proc/$pid/status)"
 if [ -s "$work/agent.log" ]; then echo "--- agent log:"; tail -5 "$work/agent.log"; fi

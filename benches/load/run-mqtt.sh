@@ -5,7 +5,7 @@
 #   cargo build --release -p reactor-agent -p reactor-benches --bin reactor-agent --bin mqtt_load
 #   benches/load/run-mqtt.sh              # 100,000 messages
 #   COUNT=300000 benches/load/run-mqtt.sh
-#   SESSIONS=8 benches/load/run-mqtt.sh   # the trigger's `sessions:` (default 8; 1 = one session)
+#   SESSIONS=8 benches/load/run-mqtt.sh   # the trigger's `sessions:` (default 4, the fastest on 2 cores; 1 = one session)
 #
 # Needs an agent with the mqtt trigger wired in (workflow benches/load/workflows/rule-mqtt.yaml).
 set -euo pipefail
@@ -20,7 +20,7 @@ port=${PORT:-18081}
 
 work=$(mktemp -d)
 mkdir "$work/workflows"
-sessions=${SESSIONS:-8}
+sessions=${SESSIONS:-4}
 # The trigger's parallel broker sessions (shared subscription; docs/triggers.md).
 sed "s|qos: 1, broker:|qos: 1, sessions: $sessions, broker:|" "$here/workflows/rule-mqtt.yaml" \
   >"$work/workflows/rule-mqtt.yaml"

@@ -873,34 +873,34 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
         ],
     );
     let wait = |id| tokio::time::timeout(Duration::from_secs(10), runtime.wait(id));
-    let a = accepted(runtime.submit("one", event(), json!({})).await);
-    // b queues behind a; its `Create` is held. a finishes meanwhile and frees the slot.
-    let submitting = submit_in_task(&runtime);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    gate.add_permits(1);
-    assert_eq!(
-        wait(a).await.unwrap().unwrap().status,
-        ExecutionStatus::Succeeded
-    );
-    release.send(true).await.unwrap();
-    let b = accepted(submitting.await.unwrap());
+    // One execution runs; the next queues behind it and its `Create` is held; the first
+    // finishes meanwhile and frees the slot; then the held write lands (`lands`) or fails.
+    let freed_while_queued_create_is_held = async |lands: bool| {
+        let first = accepted(runtime.submit("one", event(), json!({})).await);
+        let queued = submit_in_task(&runtime);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.add_permits(1);
+        assert_eq!(
+            wait(first).await.unwrap().unwrap().status,
+            ExecutionStatus::Succeeded
+        );
+        release.send(lands).await.unwrap();
+        queued.await.unwrap()
+    };
+
+    // b's `Create` lands after a freed the slot: b gets it.
+    let b = accepted(freed_while_queued_create_is_held(true).await);
     gate.add_permits(1);
     assert_eq!(
         wait(b).await.expect("b ran").unwrap().status,
         ExecutionStatus::Succeeded
     );
 
-    // c runs; d queues and its `Create` fails; c finishes; e must still get the slot.
-    let c = accepted(runtime.submit("one", event(), json!({})).await);
-    let failing = submit_in_task(&runtime);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    gate.add_permits(1);
-    assert_eq!(
-        wait(c).await.unwrap().unwrap().status,
-        ExecutionStatus::Succeeded
+    // d's `Create` fails after c freed the slot: e must still get it.
+    assert!(
+        freed_while_queued_create_is_held(false).await.is_err(),
+        "d's Create failed"
     );
-    release.send(false).await.unwrap();
-    assert!(failing.await.unwrap().is_err(), "d's Create failed");
     let e = accepted(runtime.submit("one", event(), json!({})).await);
     gate.add_permits(1);
     assert_eq!(

@@ -80,13 +80,9 @@ impl Runtime {
         })
     }
 
-    /// Frees the slot of a finished execution and starts the next queued one of its key.
-    pub(super) fn release_slot(&self, record: &ExecutionRecord, key: String) {
-        self.release(&record.workflow, key, record.id);
-    }
-
-    /// Frees `id`'s slot of (`workflow`, `key`) and gives it to the next queued execution,
-    /// started here once its `Create` is durable (else by its submitter).
+    /// Frees `id`'s slot of (`workflow`, `key`) (it finished, or never started) and gives it
+    /// to the next queued execution, started here once its `Create` is durable (else by its
+    /// submitter).
     pub(super) fn release(&self, workflow: &str, key: String, id: ExecutionId) {
         let next = {
             let mut slots = lock(&self.inner.slots);
@@ -148,22 +144,15 @@ impl Runtime {
     fn start_queued(&self, id: ExecutionId) {
         let runtime = self.clone();
         self.inner.tasks.spawn(async move {
-            let loaded = async {
-                let record = runtime.inner.store.execution(id).await?;
-                let journal = runtime.inner.store.journal(id).await?;
-                Ok::<_, StoreError>((record, journal))
+            let started = match runtime.inner.store.execution(id).await {
+                Ok(Some(record)) => runtime.resume_stored(record).await,
+                Ok(None) => Err(StoreError::Corrupt(format!(
+                    "queued execution {id} vanished"
+                ))),
+                Err(error) => Err(error),
             };
-            match loaded.await {
-                Ok((Some(record), journal)) => match runtime.workflow(&record.workflow, Some(record.version)) {
-                    Some(wf) => {
-                        if let Err(error) = runtime.resume(wf, record, journal).await {
-                            tracing::error!(execution = %id, %error, "starting a queued execution failed");
-                        }
-                    }
-                    None => tracing::error!(execution = %id, "queued execution's workflow version is gone"),
-                },
-                Ok((None, _)) => tracing::error!(execution = %id, "queued execution vanished"),
-                Err(error) => tracing::error!(execution = %id, %error, "loading a queued execution failed"),
+            if let Err(error) = started {
+                tracing::error!(execution = %id, %error, "starting a queued execution failed");
             }
         });
     }

@@ -477,7 +477,7 @@ impl Runtime {
             });
         }
         if let Some(key) = &record.concurrency_key {
-            self.release_slot(&record, key.clone());
+            self.release(&record.workflow, key.clone(), record.id);
         }
         let mut subscribers = subscribers.into_iter().peekable();
         while let Some(subscriber) = subscribers.next() {

@@ -88,6 +88,19 @@ impl Runtime {
             })
     }
 
+    /// Resumes the stored, unfinished execution `record` from its journal in its workflow
+    /// version (a queued execution whose turn came; one whose submitter left).
+    pub(super) async fn resume_stored(&self, record: ExecutionRecord) -> Result<(), StoreError> {
+        let journal = self.inner.store.journal(record.id).await?;
+        let Some(wf) = self.workflow(&record.workflow, Some(record.version)) else {
+            return Err(StoreError::Corrupt(format!(
+                "the workflow version of execution {} is gone",
+                record.id
+            )));
+        };
+        self.resume(wf, record, journal).await
+    }
+
     pub(super) async fn resume(
         &self,
         wf: Arc<Workflow>,

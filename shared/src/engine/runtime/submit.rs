@@ -206,16 +206,7 @@ impl Runtime {
                     self.finished(record);
                     return;
                 }
-                let resumed = async {
-                    let journal = self.inner.store.journal(id).await?;
-                    match self.workflow(&record.workflow, Some(record.version)) {
-                        Some(wf) => self.resume(wf, record, journal).await,
-                        None => Err(crate::store::StoreError::Corrupt(format!(
-                            "the workflow version of execution {id} is gone"
-                        ))),
-                    }
-                };
-                if let Err(error) = resumed.await {
+                if let Err(error) = self.resume_stored(record).await {
                     tracing::error!(execution = %id, %error, "resuming an execution its submitter left failed");
                 }
                 return;

@@ -46,12 +46,16 @@ threads() {
 }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 cpu_before=$(cpu); broker_before=$(broker_cpu); threads >"$work/threads-before"
-"$load" "$count" 127.0.0.1 1883 "$window"
+# The load generator's own CPU (user + system seconds), from bash's `time`.
+TIMEFORMAT='%U %S'
+{ time "$load" "$count" 127.0.0.1 1883 "$window" 2>&1; } 2>"$work/load-time"
 cpu_after=$(cpu); broker_after=$(broker_cpu); threads >"$work/threads-after"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 ticks=$(getconf CLK_TCK)
-awk -v c=$((cpu_after - cpu_before)) -v b=$((broker_after - broker_before)) -v t="$ticks" -v n="$count" \
-  'BEGIN { printf "CPU per message: agent %.1f us, mosquitto %.1f us (agent %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, c / t, b / t }'
+load_cpu=$(awk 'NF == 2 { print $1 + $2 }' "$work/load-time" | tail -1)
+awk -v c=$((cpu_after - cpu_before)) -v b=$((broker_after - broker_before)) -v l="$load_cpu" -v t="$ticks" -v n="$count" \
+  'BEGIN { printf "CPU per message: agent %.1f us, mosquitto %.1f us, load generator %.1f us (agent %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, l / n * 1e6, c / t, b / t
+           printf "  all three: %.1f us per message, so 2 cores top out near %.0f msg/s\n", (c / t + b / t + l) / n * 1e6, 2 * n / (c / t + b / t + l) }'
 echo "agent CPU by thread (us per message):"
 join -a 2 "$work/threads-before" "$work/threads-after" | awk -v t="$ticks" -v n="$count" \
   'NF == 3 { d = $3 - $2 } NF == 2 { d = $2 } d > 0 { printf "  %-18s %.1f\n", $1, d / t / n * 1e6 }'

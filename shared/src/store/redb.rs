@@ -40,6 +40,7 @@ mod codec;
 mod crash_tests;
 #[cfg(test)]
 mod fault;
+mod reads;
 mod row;
 mod tables;
 #[cfg(test)]
@@ -291,27 +292,27 @@ impl Store for RedbStore {
     }
 
     async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
-        self.run(tables::unfinished).await
+        self.run(reads::unfinished).await
     }
 
     async fn execution(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
-        self.run(move |db| tables::execution(db, id)).await
+        self.run(move |db| reads::execution(db, id)).await
     }
 
     async fn journal(&self, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
-        self.run(move |db| tables::journal(db, id)).await
+        self.run(move |db| reads::journal(db, id)).await
     }
 
     async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<ExecutionRecord>, StoreError> {
         let query = query.clone();
-        self.run(move |db| tables::executions(db, &query)).await
+        self.run(move |db| reads::executions(db, &query)).await
     }
 
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_string();
         // A peek: a keyed submission's mark lookup does not wait for the commit of a group
         // its own write cannot be part of (its key's earlier holder was acknowledged).
-        self.peek(move |db| tables::meta(db, &key)).await
+        self.peek(move |db| reads::meta(db, &key)).await
     }
 
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {

@@ -1,19 +1,23 @@
 //! Record rows that carry the head of their execution's journal ([`FORMAT_INLINE`]).
 //!
-//! An execution that is created finished (every pure workflow, a sync `http` reply) is
-//! written once and never appended to again. Storing its facts inside its record row saves a
-//! B-tree insert per fact (and the journal tree's pages in every commit) on the store thread,
-//! and at pruning a journal range delete.
+//! Every execution is created as one such row: its start fact and the facts its first batch
+//! appends go inside the record row instead of taking a journal row (a B-tree insert, and
+//! the journal tree's pages in the commit) each. An execution created finished (every pure
+//! workflow, a sync `http` reply) is never written again. One that is not is finished by an
+//! `Update`, which rewrites the row anyway: the facts appended in the same batch right
+//! before it fold into the row too (up to a cap, see `tables.rs`), so a typical execution
+//! with one side effect is two row writes and no journal rows.
 //!
 //! Layout after the format byte: `uvar` fact count, then each fact as a little-endian `u32`
 //! length and its [`codec::fact`] bytes, then the record's [`codec::record`] bytes to the end
 //! of the value. The record comes last so that an update can keep the facts' bytes as they
 //! are and replace only the tail.
 //!
-//! The journal of such an execution is the inline facts (seq 0, 1, …) followed by any rows of
-//! the `journal` table, which continue at the next seq: a later `Append` (rare: nothing
-//! appends to a finished execution in the engine) goes to the table as for any execution.
-//! Rows of formats 1 and 2 (no inline facts) are still read and written as before.
+//! The journal of an execution is its inline facts (seq 0, 1, …) followed by its rows of the
+//! `journal` table, which continue at the next seq. Facts fold into the row only while the
+//! execution has no journal rows, so the inline facts are always a prefix of the journal.
+//! Rows of formats 1 and 2 (no inline facts, written by older versions) are still read and
+//! updated as before.
 
 use super::codec::{self, Malformed};
 use crate::engine::{ExecutionRecord, Fact};
@@ -41,6 +45,8 @@ pub(super) fn inline(record: &ExecutionRecord, facts: &[&Fact]) -> Vec<u8> {
 pub(super) struct Inline<'a> {
     /// Each fact's [`codec::fact`] bytes, in journal order.
     pub facts: Vec<&'a [u8]>,
+    /// Where the first fact's length starts in the value given to [`split`].
+    pub facts_at: usize,
     /// Where the record's bytes start in the value given to [`split`].
     pub record_at: usize,
     /// The record's [`codec::record`] bytes.
@@ -55,6 +61,7 @@ pub(super) fn split(bytes: &[u8]) -> Result<Inline<'_>, Malformed> {
     if count > bytes.len() {
         return Err(Malformed("count beyond the value"));
     }
+    let facts_at = at;
     let mut facts = Vec::with_capacity(count);
     for _ in 0..count {
         let len: [u8; 4] = bytes
@@ -72,9 +79,38 @@ pub(super) fn split(bytes: &[u8]) -> Result<Inline<'_>, Malformed> {
     }
     Ok(Inline {
         facts,
+        facts_at,
         record_at: at,
         record: &bytes[at..],
     })
+}
+
+/// How many facts an inline row (without its format byte) holds.
+pub(super) fn count(bytes: &[u8]) -> Result<u32, Malformed> {
+    let (count, _) = codec::read_uvar(bytes)?;
+    u32::try_from(count).map_err(|_| Malformed("count out of range"))
+}
+
+/// The row `bytes` (split as `inline`; without its format byte) with `more` facts after its
+/// own and `record` (format-2 record bytes without their format byte) as its record.
+pub(super) fn rewrite<'a>(
+    bytes: &[u8],
+    inline: &Inline<'_>,
+    more: impl ExactSizeIterator<Item = &'a [u8]>,
+    record: &[u8],
+) -> Vec<u8> {
+    let added: usize = 4 * more.len();
+    let mut row = Vec::with_capacity(1 + bytes.len() + added + record.len());
+    row.push(FORMAT_INLINE);
+    codec::uvar(&mut row, (inline.facts.len() + more.len()) as u64);
+    row.extend_from_slice(&bytes[inline.facts_at..inline.record_at]);
+    for fact in more {
+        let len = u32::try_from(fact.len()).unwrap_or(u32::MAX);
+        row.extend_from_slice(&len.to_le_bytes());
+        row.extend_from_slice(fact);
+    }
+    row.extend_from_slice(record);
+    row
 }
 
 /// The inline facts of a row, decoded.

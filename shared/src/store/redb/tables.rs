@@ -2,10 +2,9 @@
 //! thread calls these.
 //!
 //! Tables (ids are the 16 big-endian bytes of the ULID, so key order is time order):
-//! - `executions`: id → record (for an execution created finished, with the head of its
-//!   journal inline: see `row.rs`)
-//! - `journal`: (id, seq) → fact; seqs of one id are contiguous, from 0 or from the end of
-//!   the facts inline in its record row
+//! - `executions`: id → record, with the head of its journal inline (see `row.rs`)
+//! - `journal`: (id, seq) → fact; seqs of one id are contiguous, from the end of the facts
+//!   inline in its record row (from 0 for rows of older formats)
 //! - `unfinished`: id → () for every running or queued execution
 //! - `finished`: (finished time ms, id) → () for every finished execution: retention order
 //! - `by_workflow`: (workflow, id) → () for every execution
@@ -23,11 +22,8 @@
 //! and the bytes written per commit became a visible share of the store's time; see
 //! `codec.rs` for the layout.
 
-use std::ops::Bound;
-
 use ::redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 
@@ -35,16 +31,17 @@ use super::codec;
 use super::row::{self, FORMAT_INLINE};
 use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timestamp};
 use crate::store::batch::{beyond_retention, finished_time, validate};
-use crate::store::{ExecutionQuery, Retention, StoreError, StoreWrite};
+use crate::store::{Retention, StoreError, StoreWrite};
 
-type IdBytes = [u8; 16];
+pub(super) type IdBytes = [u8; 16];
 
-const EXECUTIONS: TableDefinition<&IdBytes, &[u8]> = TableDefinition::new("executions");
-const JOURNAL: TableDefinition<(&IdBytes, u32), &[u8]> = TableDefinition::new("journal");
-const UNFINISHED: TableDefinition<&IdBytes, ()> = TableDefinition::new("unfinished");
+pub(super) const EXECUTIONS: TableDefinition<&IdBytes, &[u8]> = TableDefinition::new("executions");
+pub(super) const JOURNAL: TableDefinition<(&IdBytes, u32), &[u8]> = TableDefinition::new("journal");
+pub(super) const UNFINISHED: TableDefinition<&IdBytes, ()> = TableDefinition::new("unfinished");
 const FINISHED: TableDefinition<(i64, &IdBytes), ()> = TableDefinition::new("finished");
-const BY_WORKFLOW: TableDefinition<(&str, &IdBytes), ()> = TableDefinition::new("by_workflow");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(super) const BY_WORKFLOW: TableDefinition<(&str, &IdBytes), ()> =
+    TableDefinition::new("by_workflow");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// The format byte of records and facts written as JSON (before [`codec::FORMAT_V2`]); still
 /// read.
@@ -54,7 +51,12 @@ pub(super) const FORMAT_V1: u8 = 1;
 /// transaction.
 pub(super) const PRUNE_CHUNK: usize = 256;
 
-fn key(id: ExecutionId) -> IdBytes {
+/// Facts a record row holds inline at most when facts are folded into it by an `Update`
+/// (a `Create` inlines what its batch holds): beyond, they take journal rows, so a long
+/// execution's updates do not copy an ever longer row.
+pub(super) const INLINE_FACTS: u32 = 64;
+
+pub(super) fn key(id: ExecutionId) -> IdBytes {
     id.0.to_bytes()
 }
 
@@ -66,7 +68,7 @@ pub(super) fn redb_error(context: &str, err: impl Into<::redb::Error>) -> StoreE
     }
 }
 
-trait Context<T> {
+pub(super) trait Context<T> {
     fn context(self, context: &str) -> Result<T, StoreError>;
 }
 
@@ -125,12 +127,12 @@ fn decode_row<T: DeserializeOwned>(
     }
 }
 
-fn decode_record(bytes: &[u8], id: ExecutionId) -> Result<ExecutionRecord, StoreError> {
+pub(super) fn decode_record(bytes: &[u8], id: ExecutionId) -> Result<ExecutionRecord, StoreError> {
     decode_row(bytes, codec::read_record, id)
 }
 
 /// The inline facts of a record row ([`row`]); none for rows of the older formats.
-fn inline_facts(bytes: &[u8], id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
+pub(super) fn inline_facts(bytes: &[u8], id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
     match bytes.split_first() {
         Some((&FORMAT_INLINE, rest)) => row::split(rest)
             .and_then(|inline| row::facts(&inline))
@@ -141,7 +143,7 @@ fn inline_facts(bytes: &[u8], id: ExecutionId) -> Result<Vec<Fact>, StoreError> 
     }
 }
 
-fn decode_fact(bytes: &[u8], id: ExecutionId, seq: u32) -> Result<Fact, StoreError> {
+pub(super) fn decode_fact(bytes: &[u8], id: ExecutionId, seq: u32) -> Result<Fact, StoreError> {
     decode(bytes, codec::read_fact, &|| {
         format!("fact {seq} of execution {id}")
     })
@@ -186,16 +188,22 @@ pub(super) fn commit_group(
     {
         let mut tables = Tables::open(&txn)?;
         for batch in batches {
+            // Executions whose whole journal validation found inline in the record row.
+            let mut inline_only = Vec::new();
             let checked = validate(
                 &batch.writes,
-                |id| tables.next_seq(id),
+                |id| {
+                    let end = tables.journal_end(id)?;
+                    if let Some((_, JournalEnd::Inline)) = end {
+                        inline_only.push(id);
+                    }
+                    Ok(end.map(|(next, _)| next))
+                },
                 |id| tables.exists(id),
             );
             match checked {
                 Ok(()) => {
-                    for (write, payload) in batch.writes.iter().zip(&batch.payloads) {
-                        tables.apply(write, payload)?;
-                    }
+                    tables.apply_batch(batch, inline_only)?;
                     outcomes.push(Ok(()));
                 }
                 Err(err) => outcomes.push(Err(err)),
@@ -220,12 +228,15 @@ pub(super) struct Encoded {
 
 /// The stored value(s) of one write.
 enum Payload {
-    /// The record row, and the start fact's journal row unless the row holds it inline.
-    Create {
-        record: Vec<u8>,
-        started: Option<Vec<u8>>,
+    /// The record row, with the start fact and the `Append`s that follow it inline.
+    Create(Vec<u8>),
+    /// A fact; with `fold`, the write right after this run of `Append`s is an `Update` of the
+    /// same execution, which may take the fact into its record row instead (see
+    /// [`Tables::apply_batch`]).
+    Append {
+        bytes: Vec<u8>,
+        fold: bool,
     },
-    Append(Vec<u8>),
     /// An `Append` whose fact is inline in its `Create`'s record row: nothing to apply.
     Inlined,
     Update(Vec<u8>),
@@ -233,9 +244,10 @@ enum Payload {
 }
 
 impl Encoded {
-    /// Encodes each write. A `Create` of a finished execution becomes one inline record row
-    /// ([`row`]) holding its start fact and the `Append`s of the same execution that follow
-    /// it in order (meta writes in between are fine); anything else ends the run.
+    /// Encodes each write. A `Create` becomes one inline record row ([`row`]) holding its
+    /// start fact and the `Append`s of the same execution that follow it in order (meta
+    /// writes in between are fine); anything else ends the run. The `Append`s right before
+    /// an `Update` of their execution are marked to fold into its row.
     pub(super) fn new(writes: Vec<StoreWrite>) -> Encoded {
         let mut payloads = Vec::with_capacity(writes.len());
         // `Append`s before this index (and after an inlining `Create`) went inline.
@@ -243,7 +255,7 @@ impl Encoded {
         for (index, write) in writes.iter().enumerate() {
             let payload = match write {
                 StoreWrite::Append { .. } if index < inlined_before => Payload::Inlined,
-                StoreWrite::Create { record, started } if record.status.is_finished() => {
+                StoreWrite::Create { record, started } => {
                     let mut facts = vec![started];
                     for (later, next) in writes.iter().enumerate().skip(index + 1) {
                         match next {
@@ -258,16 +270,12 @@ impl Encoded {
                             _ => break,
                         }
                     }
-                    Payload::Create {
-                        record: row::inline(record, &facts),
-                        started: None,
-                    }
+                    Payload::Create(row::inline(record, &facts))
                 }
-                StoreWrite::Create { record, started } => Payload::Create {
-                    record: encode_record(record),
-                    started: Some(encode_fact(started)),
+                StoreWrite::Append { id, fact, .. } => Payload::Append {
+                    bytes: encode_fact(fact),
+                    fold: folds_into_update(&writes[index + 1..], *id),
                 },
-                StoreWrite::Append { fact, .. } => Payload::Append(encode_fact(fact)),
                 StoreWrite::Update(record) => Payload::Update(encode_record(record)),
                 StoreWrite::PutMeta { .. } => Payload::Meta,
             };
@@ -280,6 +288,19 @@ impl Encoded {
     pub(super) fn into_writes(self) -> Vec<StoreWrite> {
         self.writes
     }
+}
+
+/// Whether the writes after an `Append` of `id` are more `Append`s of `id` and then an
+/// `Update` of it.
+fn folds_into_update(after: &[StoreWrite], id: ExecutionId) -> bool {
+    for write in after {
+        match write {
+            StoreWrite::Append { id: next, .. } if *next == id => {}
+            StoreWrite::Update(record) => return record.id == id,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// One bounded step of pruning: remove at most `max` finished executions beyond `retention`
@@ -331,9 +352,66 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    /// The next seq of a stored execution's journal; `None` when it does not exist.
-    fn next_seq(&self, id: ExecutionId) -> Result<Option<u32>, StoreError> {
-        next_seq(&self.journal, &self.executions, id)
+    /// The next seq of a stored execution's journal and where its journal ends; `None`
+    /// when it does not exist.
+    fn journal_end(&self, id: ExecutionId) -> Result<Option<(u32, JournalEnd)>, StoreError> {
+        journal_end(&self.journal, &self.executions, id)
+    }
+
+    /// Applies a validated batch. `inline_only` names the executions whose journal
+    /// validation found wholly inline in their record rows.
+    ///
+    /// An `Update` rewrites its execution's record row anyway, so the facts appended just
+    /// before it join the row's inline facts instead of taking journal rows of their own —
+    /// when the journal is still wholly inline (the inline facts must stay a prefix of the
+    /// journal) and short of [`INLINE_FACTS`]. A typical execution with a side effect is
+    /// then two row writes (create, finish) and no journal rows at all.
+    fn apply_batch(
+        &mut self,
+        batch: &Encoded,
+        mut inline_only: Vec<ExecutionId>,
+    ) -> Result<(), StoreError> {
+        let mut folded: Vec<(u32, &[u8])> = Vec::new();
+        for (write, payload) in batch.writes.iter().zip(&batch.payloads) {
+            match (write, payload) {
+                (StoreWrite::Create { record, .. }, Payload::Create(bytes)) => {
+                    self.put_record(record, bytes, None)?;
+                }
+                (StoreWrite::Append { id, seq, .. }, Payload::Append { bytes, fold }) => {
+                    if *fold && *seq < INLINE_FACTS && inline_only.contains(id) {
+                        // Inline facts are stored without the format byte of a fact row.
+                        folded.push((*seq, &bytes[1..]));
+                        continue;
+                    }
+                    // Once a fact of `id` is in the journal table, later ones must follow it.
+                    inline_only.retain(|other| other != id);
+                    self.journal
+                        .insert((&key(*id), *seq), bytes.as_slice())
+                        .context("insert fact")?;
+                }
+                (StoreWrite::Append { .. }, Payload::Inlined) => {}
+                (StoreWrite::Update(record), Payload::Update(bytes)) => {
+                    self.update(record, bytes, &folded)?;
+                    folded.clear();
+                }
+                (StoreWrite::PutMeta { key, value }, Payload::Meta) => match value {
+                    Some(value) => {
+                        self.meta
+                            .insert(key.as_str(), value.as_slice())
+                            .context("put meta")?;
+                    }
+                    None => {
+                        self.meta.remove(key.as_str()).context("delete meta")?;
+                    }
+                },
+                _ => {
+                    return Err(StoreError::InvalidWrite(
+                        "a write and its encoded value do not match".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether execution `id` is stored: one point lookup of its record (its record and its
@@ -346,131 +424,111 @@ impl<'txn> Tables<'txn> {
             .is_some())
     }
 
-    fn apply(&mut self, write: &StoreWrite, payload: &Payload) -> Result<(), StoreError> {
-        match (write, payload) {
-            (
-                StoreWrite::Create { record, .. },
-                Payload::Create {
-                    record: bytes,
-                    started,
-                },
-            ) => {
-                if let Some(started) = started {
-                    self.journal
-                        .insert((&key(record.id), 0), started.as_slice())
-                        .context("insert fact")?;
-                }
-                self.put_record(record, bytes, None)?;
-            }
-            (StoreWrite::Append { id, seq, .. }, Payload::Append(bytes)) => {
-                self.journal
-                    .insert((&key(*id), *seq), bytes.as_slice())
-                    .context("insert fact")?;
-            }
-            (StoreWrite::Append { .. }, Payload::Inlined) => {}
-            (StoreWrite::Update(record), Payload::Update(bytes)) => {
-                let (old, facts) = match self
-                    .executions
-                    .get(&key(record.id))
-                    .context("read record")?
-                {
-                    None => (None, None),
-                    Some(value) => {
-                        let value = value.value();
-                        let facts = match value.split_first() {
-                            // The inline facts stay; only the record at the end is replaced.
-                            Some((&FORMAT_INLINE, rest)) => row::split(rest)
-                                .map(|inline| value[..1 + inline.record_at].to_vec())
-                                .map_err(|codec::Malformed(why)| {
-                                    StoreError::Corrupt(format!(
-                                        "record of execution {}: {why}",
-                                        record.id
-                                    ))
-                                })
-                                .map(Some)?,
-                            _ => None,
-                        };
-                        (Some(indexed(value, record.id)?), facts)
-                    }
-                };
-                match facts {
-                    Some(mut row) => {
+    /// Replaces the record of an `Update`, keeping the row's inline facts and adding
+    /// `folded` (the facts appended right before it, `(seq, bytes)`) to them.
+    fn update(
+        &mut self,
+        record: &ExecutionRecord,
+        bytes: &[u8],
+        folded: &[(u32, &[u8])],
+    ) -> Result<(), StoreError> {
+        let corrupt =
+            |why: &str| StoreError::Corrupt(format!("record of execution {}: {why}", record.id));
+        let (old, row) = match self
+            .executions
+            .get(&key(record.id))
+            .context("read record")?
+        {
+            None => (None, None),
+            Some(value) => {
+                let value = value.value();
+                let row = match value.split_first() {
+                    Some((&FORMAT_INLINE, rest)) => {
+                        let inline =
+                            row::split(rest).map_err(|codec::Malformed(why)| corrupt(why))?;
+                        let first = u32::try_from(inline.facts.len()).ok();
+                        if let Some((seq, _)) = folded.first()
+                            && first != Some(*seq)
+                        {
+                            return Err(corrupt("folded facts do not follow the inline ones"));
+                        }
                         // `bytes` is a format-2 record: its format byte gives way to the row's.
-                        row.extend_from_slice(&bytes[1..]);
-                        self.put_record(record, &row, old.as_ref())?;
+                        Some(row::rewrite(
+                            rest,
+                            &inline,
+                            folded.iter().map(|(_, f)| *f),
+                            &bytes[1..],
+                        ))
                     }
-                    None => self.put_record(record, bytes, old.as_ref())?,
-                }
+                    _ => None,
+                };
+                (Some(indexed(value, record.id)?), row)
             }
-            (StoreWrite::PutMeta { key, value }, Payload::Meta) => match value {
-                Some(value) => {
-                    self.meta
-                        .insert(key.as_str(), value.as_slice())
-                        .context("put meta")?;
-                }
-                None => {
-                    self.meta.remove(key.as_str()).context("delete meta")?;
-                }
-            },
-            _ => {
-                return Err(StoreError::InvalidWrite(
-                    "a write and its encoded value do not match".into(),
-                ));
-            }
+        };
+        match row {
+            Some(row) => self.put_record(record, &row, old.as_ref()),
+            None if folded.is_empty() => self.put_record(record, bytes, old.as_ref()),
+            None => Err(corrupt("facts to fold into a row without inline facts")),
         }
-        Ok(())
     }
 
-    /// Stores `record` and moves its index entries from `old`'s.
+    /// Stores `record` and moves its index entries from `old`'s (only those that change: a
+    /// finishing execution keeps its `by_workflow` entry).
     fn put_record(
         &mut self,
         record: &ExecutionRecord,
         bytes: &[u8],
         old: Option<&Indexed>,
     ) -> Result<(), StoreError> {
-        if let Some(old) = old {
-            self.unindex(record.id, old)?;
-        }
         let k = key(record.id);
+        let finished = record.status.is_finished().then(|| finished_time(record).0);
+        let (same_workflow, same_status) = match old {
+            Some(old) => {
+                let old_finished = old.status.is_finished().then(|| old.finished_time().0);
+                (old.workflow == record.workflow, old_finished == finished)
+            }
+            None => (false, false),
+        };
+        if let Some(old) = old {
+            if !same_workflow {
+                self.by_workflow
+                    .remove((old.workflow.as_str(), &k))
+                    .context("unindex workflow")?;
+            }
+            if !same_status {
+                self.unindex_status(&k, old)?;
+            }
+        }
         self.executions.insert(&k, bytes).context("insert record")?;
-        self.by_workflow
-            .insert((record.workflow.as_str(), &k), ())
-            .context("index workflow")?;
-        if record.status.is_finished() {
-            self.finished
-                .insert((finished_time(record).0, &k), ())
-                .context("index finished")?;
-        } else {
-            self.unfinished.insert(&k, ()).context("index unfinished")?;
+        if !same_workflow {
+            self.by_workflow
+                .insert((record.workflow.as_str(), &k), ())
+                .context("index workflow")?;
+        }
+        if !same_status {
+            match finished {
+                Some(time) => {
+                    self.finished
+                        .insert((time, &k), ())
+                        .context("index finished")?;
+                }
+                None => {
+                    self.unfinished.insert(&k, ()).context("index unfinished")?;
+                }
+            }
         }
         Ok(())
     }
 
-    fn unindex(&mut self, id: ExecutionId, record: &Indexed) -> Result<(), StoreError> {
-        let k = key(id);
-        self.by_workflow
-            .remove((record.workflow.as_str(), &k))
-            .context("unindex workflow")?;
+    /// Removes `record`'s entry of `finished` or `unfinished`.
+    fn unindex_status(&mut self, k: &IdBytes, record: &Indexed) -> Result<(), StoreError> {
         if record.status.is_finished() {
             self.finished
-                .remove((record.finished_time().0, &k))
+                .remove((record.finished_time().0, k))
                 .context("unindex finished")?;
         } else {
-            self.unfinished.remove(&k).context("unindex unfinished")?;
+            self.unfinished.remove(k).context("unindex unfinished")?;
         }
-        Ok(())
-    }
-
-    /// Removes an execution, its journal and its index entries.
-    fn delete(&mut self, id: ExecutionId) -> Result<(), StoreError> {
-        if let Some(record) = get_indexed(&self.executions, id)? {
-            self.unindex(id, &record)?;
-        }
-        let k = key(id);
-        self.executions.remove(&k).context("delete record")?;
-        self.journal
-            .retain_in((&k, 0)..=(&k, u32::MAX), |_, _| false)
-            .context("delete journal")?;
         Ok(())
     }
 
@@ -489,22 +547,50 @@ impl<'txn> Tables<'txn> {
             {
                 break;
             }
-            victims.push(id_of(id));
+            victims.push((time, *id));
         }
-        for id in &victims {
-            self.delete(*id)?;
+        let Some(&(last_time, last)) = victims.last() else {
+            return Ok(0);
+        };
+        // Their `finished` entries go in one range removal, the rest per execution.
+        self.finished
+            .retain_in(..=(last_time, &last), |_, _| false)
+            .context("unindex finished")?;
+        for (_, k) in &victims {
+            let id = id_of(k);
+            let workflow = match self.executions.remove(k).context("delete record")? {
+                Some(value) => Some(indexed(value.value(), id)?.workflow),
+                None => None,
+            };
+            if let Some(workflow) = workflow {
+                self.by_workflow
+                    .remove((workflow.as_str(), k))
+                    .context("unindex workflow")?;
+            }
+            self.journal
+                .retain_in((k, 0)..=(k, u32::MAX), |_, _| false)
+                .context("delete journal")?;
         }
         Ok(victims.len())
     }
 }
 
+/// Where an execution's journal ends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum JournalEnd {
+    /// In its record row: it has no rows in the `journal` table.
+    Inline,
+    /// In the `journal` table.
+    Table,
+}
+
 /// The next seq of `id`'s journal: after its last row in `journal`, or after the facts
 /// inline in its record row when it has no rows there (see [`row`]).
-fn next_seq(
+fn journal_end(
     journal: &impl ReadableTable<(&'static IdBytes, u32), &'static [u8]>,
     executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
     id: ExecutionId,
-) -> Result<Option<u32>, StoreError> {
+) -> Result<Option<(u32, JournalEnd)>, StoreError> {
     let k = key(id);
     let last = journal
         .range((&k, 0)..=(&k, u32::MAX))
@@ -515,41 +601,29 @@ fn next_seq(
     match last {
         None => match executions.get(&k).context("read record")? {
             Some(value) if value.value().first() == Some(&FORMAT_INLINE) => {
-                let inline = row::split(&value.value()[1..]).map_err(|codec::Malformed(why)| {
+                let count = row::count(&value.value()[1..]).map_err(|codec::Malformed(why)| {
                     StoreError::Corrupt(format!("record of execution {id}: {why}"))
                 })?;
-                Ok(Some(u32::try_from(inline.facts.len()).map_err(|_| {
-                    StoreError::Corrupt(format!("journal of {id} is full"))
-                })?))
+                Ok(Some((count, JournalEnd::Inline)))
             }
             _ => Ok(None),
         },
         Some((entry, _)) => {
             let seq = entry.value().1;
             seq.checked_add(1)
-                .map(Some)
+                .map(|next| Some((next, JournalEnd::Table)))
                 .ok_or_else(|| StoreError::Corrupt(format!("journal of {id} is full")))
         }
     }
 }
 
-fn get_record(
+pub(super) fn get_record(
     executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
     id: ExecutionId,
 ) -> Result<Option<ExecutionRecord>, StoreError> {
     match executions.get(&key(id)).context("read record")? {
         None => Ok(None),
         Some(value) => decode_record(value.value(), id).map(Some),
-    }
-}
-
-fn get_indexed(
-    executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
-    id: ExecutionId,
-) -> Result<Option<Indexed>, StoreError> {
-    match executions.get(&key(id)).context("read record")? {
-        None => Ok(None),
-        Some(value) => indexed(value.value(), id).map(Some),
     }
 }
 
@@ -566,7 +640,7 @@ fn indexed(bytes: &[u8], id: ExecutionId) -> Result<Indexed, StoreError> {
     decode_row(bytes, head, id)
 }
 
-fn id_of(bytes: &IdBytes) -> ExecutionId {
+pub(super) fn id_of(bytes: &IdBytes) -> ExecutionId {
     ExecutionId(ulid::Ulid::from_bytes(*bytes))
 }
 
@@ -581,139 +655,6 @@ pub(super) fn prune(db: &Database, slice: PruneSlice) -> Result<usize, StoreErro
         txn.commit().context("commit prune")?;
     }
     Ok(removed)
-}
-
-// ---- reads: each in its own read transaction (a consistent snapshot) ---------------------------
-
-pub(super) fn execution(
-    db: &Database,
-    id: ExecutionId,
-) -> Result<Option<ExecutionRecord>, StoreError> {
-    let txn = db.begin_read().context("begin read")?;
-    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
-    get_record(&executions, id)
-}
-
-pub(super) fn journal(db: &Database, id: ExecutionId) -> Result<Vec<Fact>, StoreError> {
-    let txn = db.begin_read().context("begin read")?;
-    let table = txn.open_table(JOURNAL).context("open journal")?;
-    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
-    read_journal(&table, &executions, id)
-}
-
-/// The facts inline in `id`'s record row (see [`row`]), then its rows of `table`.
-fn read_journal(
-    table: &impl ReadableTable<(&'static IdBytes, u32), &'static [u8]>,
-    executions: &impl ReadableTable<&'static IdBytes, &'static [u8]>,
-    id: ExecutionId,
-) -> Result<Vec<Fact>, StoreError> {
-    let k = key(id);
-    let mut facts = match executions.get(&k).context("read record")? {
-        Some(value) => inline_facts(value.value(), id)?,
-        None => Vec::new(),
-    };
-    for entry in table
-        .range((&k, 0)..=(&k, u32::MAX))
-        .context("read journal")?
-    {
-        let (entry_key, value) = entry.context("read journal")?;
-        let seq = entry_key.value().1;
-        if usize::try_from(seq).ok() != Some(facts.len()) {
-            return Err(StoreError::Corrupt(format!(
-                "journal of {id} has a gap before seq {seq}"
-            )));
-        }
-        facts.push(decode_fact(value.value(), id, seq)?);
-    }
-    Ok(facts)
-}
-
-pub(super) fn unfinished(db: &Database) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {
-    let txn = db.begin_read().context("begin read")?;
-    let index = txn.open_table(UNFINISHED).context("open unfinished")?;
-    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
-    let journal = txn.open_table(JOURNAL).context("open journal")?;
-    let mut out = Vec::new();
-    for entry in index.iter().context("scan unfinished")? {
-        let (entry, _) = entry.context("scan unfinished")?;
-        let id = id_of(entry.value());
-        let record = get_record(&executions, id)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("unfinished index names missing execution {id}"))
-        })?;
-        let facts = read_journal(&journal, &executions, id)?;
-        out.push((record, facts));
-    }
-    Ok(out)
-}
-
-pub(super) fn executions(
-    db: &Database,
-    query: &ExecutionQuery,
-) -> Result<Vec<ExecutionRecord>, StoreError> {
-    let txn = db.begin_read().context("begin read")?;
-    let executions = txn.open_table(EXECUTIONS).context("open executions")?;
-    let limit = if query.limit == 0 {
-        usize::MAX
-    } else {
-        query.limit
-    };
-    let upper = query.before.map(key);
-    let mut out = Vec::new();
-    let mut take = |record: ExecutionRecord| {
-        if query.status.is_none_or(|status| status == record.status) {
-            out.push(record);
-        }
-        out.len() < limit
-    };
-    if let Some(workflow) = &query.workflow {
-        let index = txn.open_table(BY_WORKFLOW).context("open by_workflow")?;
-        let lowest = [0u8; 16];
-        let highest = [0xffu8; 16];
-        let end = match &upper {
-            Some(before) => Bound::Excluded((workflow.as_str(), before)),
-            None => Bound::Included((workflow.as_str(), &highest)),
-        };
-        let range = index
-            .range((Bound::Included((workflow.as_str(), &lowest)), end))
-            .context("scan by_workflow")?;
-        for entry in range.rev() {
-            let (entry, _) = entry.context("scan by_workflow")?;
-            let id = id_of(entry.value().1);
-            let record = get_record(&executions, id)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("workflow index names missing execution {id}"))
-            })?;
-            if !take(record) {
-                break;
-            }
-        }
-    } else {
-        let end = match &upper {
-            Some(before) => Bound::Excluded(before),
-            None => Bound::Unbounded,
-        };
-        for entry in executions
-            .range::<&IdBytes>((Bound::Unbounded, end))
-            .context("scan executions")?
-            .rev()
-        {
-            let (entry, value) = entry.context("scan executions")?;
-            let id = id_of(entry.value());
-            let record = decode_record(value.value(), id)?;
-            if !take(record) {
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
-pub(super) fn meta(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let txn = db.begin_read().context("begin read")?;
-    let table = txn.open_table(META).context("open meta")?;
-    Ok(table
-        .get(key)
-        .context("read meta")?
-        .map(|value| value.value().to_vec()))
 }
 
 /// Stores raw bytes as the record of `id` (and indexes it as unfinished): tests use it to
@@ -750,4 +691,23 @@ pub(super) fn put_raw_execution(
         tables.journal.insert((&k, 0), fact).context("plant")?;
     }
     txn.commit().context("commit plant")
+}
+
+/// How many journal-table rows each execution has, in id order, as (last byte of the id,
+/// rows): tests check where facts went.
+#[cfg(test)]
+pub(super) fn journal_rows(db: &Database) -> Result<Vec<(u8, usize)>, StoreError> {
+    use ::redb::ReadableDatabase;
+    let txn = db.begin_read().context("begin read")?;
+    let journal = txn.open_table(JOURNAL).context("open journal")?;
+    let mut rows: Vec<(u8, usize)> = Vec::new();
+    for entry in journal.iter().context("scan journal")? {
+        let (entry, _) = entry.context("scan journal")?;
+        let last = entry.value().0[15];
+        match rows.last_mut() {
+            Some((id, count)) if *id == last => *count += 1,
+            _ => rows.push((last, 1)),
+        }
+    }
+    Ok(rows)
 }

@@ -299,6 +299,119 @@ async fn executions_created_finished_keep_their_journal_inline() {
     store.close().await.expect("close");
 }
 
+/// A running execution is created as an inline row too; the facts appended right before
+/// the `Update` that finishes it fold into that row while its journal is wholly inline, and
+/// take journal rows otherwise (earlier rows, or past the cap). Every journal reads back
+/// whole and in order, before and after a reopen, and pruning leaves no journal rows.
+#[tokio::test]
+async fn facts_fold_into_the_row_only_while_the_journal_is_inline() {
+    use crate::engine::{ExecutionStatus, Timestamp};
+    use crate::store::conformance::{append, create, id, record, started, step_fact};
+    use crate::store::{ExecutionQuery, Retention, Store, StoreWrite};
+
+    let mut harness = RedbHarness::new();
+    let store = harness.fresh().await;
+    let finished = |n: u64| {
+        let mut done = record(id(n), "fold", ExecutionStatus::Succeeded);
+        done.finished_at = Some(Timestamp(2));
+        done
+    };
+    let journal = |facts: u32| {
+        let mut all = vec![started("fold")];
+        all.extend((1..facts).map(step_fact));
+        all
+    };
+    for n in 1..=4 {
+        store
+            .write(vec![create(record(
+                id(n),
+                "fold",
+                ExecutionStatus::Running,
+            ))])
+            .await
+            .expect("create");
+    }
+    // 1: created with its first fact inline, then two facts and the finish in one batch.
+    store
+        .write(vec![
+            append(id(1), 1),
+            append(id(1), 2),
+            StoreWrite::Update(finished(1)),
+        ])
+        .await
+        .expect("fold");
+    // 2: a fact on its own first (a journal row), so the later ones must follow it there.
+    store.write(vec![append(id(2), 1)]).await.expect("append");
+    store
+        .write(vec![append(id(2), 2), StoreWrite::Update(finished(2))])
+        .await
+        .expect("no fold");
+    // 3: more facts than a row holds: the first ones fold, the rest take journal rows.
+    let mut long: Vec<StoreWrite> = (1..100).map(|seq| append(id(3), seq)).collect();
+    long.push(StoreWrite::Update(finished(3)));
+    store.write(long).await.expect("long");
+    // 4: a fact between the appends and the update is not a run: nothing folds.
+    store
+        .write(vec![
+            append(id(4), 1),
+            StoreWrite::PutMeta {
+                key: "m".into(),
+                value: None,
+            },
+            StoreWrite::Update(finished(4)),
+        ])
+        .await
+        .expect("interrupted run");
+    let check = async |store: &RedbStore| {
+        for (n, facts) in [(1, 3), (2, 3), (3, 100), (4, 2)] {
+            assert_eq!(
+                store.journal(id(n)).await.expect("journal"),
+                journal(facts),
+                "execution {n}"
+            );
+            assert_eq!(
+                store.execution(id(n)).await.expect("read"),
+                Some(finished(n))
+            );
+        }
+        assert!(store.unfinished().await.expect("unfinished").is_empty());
+        let listed = store
+            .executions(&ExecutionQuery {
+                workflow: Some("fold".into()),
+                ..ExecutionQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 4);
+    };
+    check(&store).await;
+    let store = harness.reopen(store).await.expect("reopen");
+    check(&store).await;
+    // Journal rows: none for 1, two for 2, the facts past the cap for 3, one for 4.
+    let path = harness.current.clone().expect("path");
+    store.close().await.expect("close");
+    drop(store);
+    let rows = || {
+        let db = ::redb::Database::open(&path).expect("open");
+        super::tables::journal_rows(&db).expect("rows")
+    };
+    let cap = super::tables::INLINE_FACTS as usize;
+    let last = |n| id(n).0.to_bytes()[15];
+    assert_eq!(rows(), [(last(2), 2), (last(3), 100 - cap), (last(4), 1)]);
+    let store = RedbStore::open(&path, RedbOptions::default()).expect("reopen");
+    let retention = Retention {
+        keep: 0,
+        max_age: None,
+    };
+    assert_eq!(
+        store.prune(retention, Timestamp(3)).await.expect("prune"),
+        4
+    );
+    store.close().await.expect("close");
+    drop(store);
+    assert!(rows().is_empty());
+}
+
 /// A file written before inline journals (every execution's facts in the journal table,
 /// format-2 records) opens and keeps working: read, append, finish, list, prune.
 #[tokio::test]

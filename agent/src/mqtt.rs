@@ -1,6 +1,6 @@
 //! MQTT in the agent: the wiring of `reactor_core::mqtt` into the daemon.
 //!
-//! - One [`RumqttPublisher`] per agent, over the brokers of `[mqtt]` (see
+//! - One [`BrokerPublisher`] per agent, over the brokers of `[mqtt]` (see
 //!   [`crate::config`]). It serves the `mqtt.publish` action and `emit` steps with a `topic`
 //!   (through [`MqttForward`], the event router's forward hook). It connects lazily, on the
 //!   first message to a broker.
@@ -22,16 +22,16 @@ use reactor_core::action::mqtt_publish::{
     MqttMessage, MqttPublishAction, MqttPublisher, PublishError, Qos,
 };
 use reactor_core::engine::{Event, EventBus};
-use reactor_core::mqtt::{MqttBrokers, RumqttPublisher};
+use reactor_core::mqtt::{BrokerPublisher, MqttBrokers};
 use serde_json::json;
 
 /// The agent's one publisher, shared by the action, the event forward and shutdown.
 #[derive(Debug, Clone)]
-pub struct SharedPublisher(Arc<RumqttPublisher>);
+pub struct SharedPublisher(Arc<BrokerPublisher>);
 
 impl SharedPublisher {
     pub fn new(brokers: MqttBrokers) -> SharedPublisher {
-        SharedPublisher(Arc::new(RumqttPublisher::new(brokers)))
+        SharedPublisher(Arc::new(BrokerPublisher::new(brokers)))
     }
 
     /// The `mqtt.publish` action over this publisher.

@@ -1,5 +1,5 @@
-//! What the trigger and the publisher share about a broker connection: rumqttc options from
-//! [`MqttSettings`], reconnect backoff with jitter, and rate-limited warnings for a link that
+//! What the trigger and the publisher share about a broker connection: the TLS client
+//! configuration, reconnect backoff with jitter, and rate-limited warnings for a link that
 //! flaps.
 
 use std::collections::hash_map::RandomState;
@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::QoS;
 use tokio::time::Instant;
 
 use super::settings::{MqttSettings, Tls};
@@ -22,29 +22,13 @@ pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// A repeating warning is logged at most once per this window (with a count of the rest).
 pub const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// rumqttc options for one client of `settings`.
-pub fn options(
-    settings: &MqttSettings,
-    client_id: &str,
-    clean_session: bool,
-) -> Result<MqttOptions, String> {
-    let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
-    options
-        .set_keep_alive(settings.keep_alive)
-        .set_clean_session(clean_session)
-        .set_inflight(settings.inflight.max(1))
-        .set_max_packet_size(settings.max_packet_size, settings.max_packet_size);
-    if let (Some(username), Some(password)) = (&settings.username, &settings.password) {
-        options.set_credentials(username.clone(), password.expose().to_string());
-    } else if let Some(username) = &settings.username {
-        options.set_credentials(username.clone(), String::new());
+/// Whether `settings`' TLS configuration can work at all (its `ca_file` reads as
+/// certificates); plain TCP always can.
+pub(super) fn check_tls(settings: &MqttSettings) -> Result<(), String> {
+    match &settings.tls {
+        Tls::None => Ok(()),
+        Tls::Rustls { ca_file } => tls_config(ca_file.as_deref()).map(|_| ()),
     }
-    if let Tls::Rustls { ca_file } = &settings.tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(ca_file.as_deref())?),
-        )));
-    }
-    Ok(options)
 }
 
 /// A rustls client config with the ring provider (never the process default, which may not
@@ -217,9 +201,9 @@ mod tests {
     }
 
     #[test]
-    fn tls_options_build_without_a_process_provider() {
+    fn tls_config_builds_without_a_process_provider() {
         let settings = MqttSettings::from_url("mqtts://localhost", "t").unwrap();
         // The system roots may be absent in a container; either way it must not panic.
-        let _ = options(&settings, "t-1", false);
+        let _ = check_tls(&settings);
     }
 }

@@ -1,4 +1,5 @@
-//! The `mqtt` trigger's broker connection, driven by hand over rumqttc's MQTT 3.1.1 codec.
+//! A broker connection driven by hand over rumqttc's MQTT 3.1.1 codec: the `mqtt` trigger's
+//! (served here) and the `mqtt.publish` publisher's (served in `publisher.rs`).
 //!
 //! Why not rumqttc's `EventLoop`: it writes at most one queued request (a manual PUBACK) per
 //! turn and picks that turn at random against a read of up to ten incoming packets. Under a
@@ -172,14 +173,40 @@ impl Connection {
         }
     }
 
-    fn encode(&mut self, packet: &Packet) -> Result<(), LinkError> {
+    /// Queues `packet` for the next [`Connection::flush`]. A packet that does not encode
+    /// (too large, say) leaves nothing queued.
+    pub(super) fn encode(&mut self, packet: &Packet) -> Result<(), LinkError> {
+        let before = self.write.len();
         packet
             .write(&mut self.write, self.max_packet)
             .map(|_| ())
-            .map_err(|e| LinkError::Protocol(e.to_string()))
+            .map_err(|e| {
+                self.write.truncate(before);
+                LinkError::Protocol(e.to_string())
+            })
     }
 
-    async fn flush(&mut self) -> Result<(), LinkError> {
+    /// Whether packets are queued for the next flush.
+    pub(super) fn has_queued(&self) -> bool {
+        !self.write.is_empty()
+    }
+
+    /// The keep-alive agreed in CONNECT: a PINGREQ goes out at least this often.
+    pub(super) fn keep_alive(&self) -> Duration {
+        self.keep_alive
+    }
+
+    /// Reads what the socket has into the read buffer; a closed socket is an error.
+    /// Cancel safe: it either reads into the buffer or reads nothing.
+    pub(super) async fn read_some(&mut self) -> Result<(), LinkError> {
+        if self.stream.read_buf(&mut self.read).await? == 0 {
+            return Err(LinkError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued, in one write.
+    pub(super) async fn flush(&mut self) -> Result<(), LinkError> {
         if !self.write.is_empty() {
             self.stream.write_all(&self.write).await?;
             self.stream.flush().await?;
@@ -189,7 +216,7 @@ impl Connection {
     }
 
     /// The next complete packet already read, if any.
-    fn decode(&mut self) -> Result<Option<Packet>, LinkError> {
+    pub(super) fn decode(&mut self) -> Result<Option<Packet>, LinkError> {
         match Packet::read(&mut self.read, self.max_packet) {
             Ok(packet) => Ok(Some(packet)),
             Err(CodecError::InsufficientBytes(_)) => Ok(None),
@@ -202,9 +229,7 @@ impl Connection {
             if let Some(packet) = self.decode()? {
                 return Ok(packet);
             }
-            if self.stream.read_buf(&mut self.read).await? == 0 {
-                return Err(LinkError::Closed);
-            }
+            self.read_some().await?;
         }
     }
 

@@ -8,7 +8,7 @@
 //!   durably recorded (at least once), bounded concurrent submissions. Its connection
 //!   (`link`) is driven by hand over rumqttc's codec so acknowledgements are never starved by
 //!   deliveries (see `link` for the message loss this fixed).
-//! - [`publisher`]: [`RumqttPublisher`] — one lazily connected client per broker; QoS ≥ 1
+//! - [`publisher`]: [`BrokerPublisher`] — one lazily connected client per broker; QoS ≥ 1
 //!   publishes return after the broker's PUBACK / PUBCOMP.
 //! - `factory`: [`MqttTriggers`] — the light triggers plus `mqtt`, a
 //!   [`crate::trigger::TriggerFactory`] for [`crate::deploy::ActiveWorkflows`].
@@ -30,7 +30,7 @@ mod tests;
 
 pub use connection::{BACKOFF_INITIAL, BACKOFF_MAX, Backoff};
 pub use factory::MqttTriggers;
-pub use publisher::RumqttPublisher;
+pub use publisher::BrokerPublisher;
 pub use settings::{
     BrokerLookupError, MqttBrokers, MqttConfig, MqttConnectionConfig, MqttSettings,
     MqttSettingsError, Secret,

@@ -1,4 +1,4 @@
-//! [`RumqttPublisher`]: the runtime's [`MqttPublisher`] over one shared client per broker.
+//! [`BrokerPublisher`]: the runtime's [`MqttPublisher`] over one connection per broker.
 //!
 //! - Lazy: a broker's connection starts with its first message and then stays up, reconnecting
 //!   with backoff (warnings rate-limited).
@@ -6,29 +6,35 @@
 //!   `publish` waits for room (backpressure on the steps). When a message is neither queued
 //!   nor confirmed within the publish timeout, `publish` answers
 //!   [`PublishError::Unavailable`] (retryable). While disconnected, messages wait in the queue
-//!   (until their timeout).
+//!   (until their timeout). At most the connection's `inflight` messages are unconfirmed at
+//!   once.
 //! - Confirmed: QoS 0 returns once the message is written to the socket; QoS 1 once the broker's
 //!   PUBACK arrived, QoS 2 once its PUBCOMP arrived — so a step succeeds only when the broker has
-//!   the message. Packet ids are learnt from rumqttc's outgoing notifications, which come in
-//!   the order requests were handed to it.
+//!   the message.
+//! - Batched: one task owns the socket (the same hand-driven [`Connection`] as the trigger's)
+//!   and writes every message queued meanwhile in one write, so a burst of steps costs a
+//!   syscall per turn, not per message; packet ids are its own.
 //! - Clean session: if the link breaks before the ack, every waiting message fails as
-//!   `Unavailable` and rumqttc forgets it (nothing is retransmitted behind the step's back); the
+//!   `Unavailable` and is forgotten (nothing is retransmitted behind the step's back); the
 //!   step's retry sends it again, so a subscriber may see it twice (QoS 1 is at least once).
 //! - Rejected (permanent): unknown broker, a topic that is empty, has wildcards or NUL, a
-//!   message larger than the connection's `max_packet_size`, a `broker` URL that does not parse.
+//!   message larger than the connection's `max_packet_size`, a `broker` URL that does not
+//!   parse, a TLS setting that cannot work (an unreadable `ca_file`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Outgoing, Packet};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, PubRel, Publish};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::connection::{self, Backoff, CONNECT_TIMEOUT_SECS, Throttle, WARN_EVERY};
+use super::connection::{self, Backoff, Throttle, WARN_EVERY};
+use super::link::{Connection, LinkError};
 use super::settings::{MqttBrokers, MqttSettings};
 use crate::action::mqtt_publish::{MqttMessage, MqttPublisher, PublishError, Qos};
 
@@ -36,12 +42,10 @@ use crate::action::mqtt_publish::{MqttMessage, MqttPublisher, PublishError, Qos}
 pub const PUBLISH_QUEUE: usize = 64;
 /// Default time a `publish` waits for the broker's confirmation.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events between rumqttc's loop and the dispatcher.
-const EVENTS_CAPACITY: usize = 64;
 
 /// Publishes through one rumqttc client per broker; see the module docs.
 #[derive(Debug)]
-pub struct RumqttPublisher {
+pub struct BrokerPublisher {
     brokers: MqttBrokers,
     timeout: Duration,
     connections: Mutex<HashMap<String, mpsc::Sender<Request>>>,
@@ -55,9 +59,9 @@ struct Request {
     reply: oneshot::Sender<Result<(), PublishError>>,
 }
 
-impl RumqttPublisher {
-    pub fn new(brokers: MqttBrokers) -> RumqttPublisher {
-        RumqttPublisher {
+impl BrokerPublisher {
+    pub fn new(brokers: MqttBrokers) -> BrokerPublisher {
+        BrokerPublisher {
             brokers,
             timeout: DEFAULT_PUBLISH_TIMEOUT,
             connections: Mutex::default(),
@@ -66,7 +70,7 @@ impl RumqttPublisher {
         }
     }
 
-    pub fn with_timeout(mut self, timeout: Duration) -> RumqttPublisher {
+    pub fn with_timeout(mut self, timeout: Duration) -> BrokerPublisher {
         self.timeout = timeout;
         self
     }
@@ -106,14 +110,14 @@ impl RumqttPublisher {
     }
 }
 
-impl Drop for RumqttPublisher {
+impl Drop for BrokerPublisher {
     fn drop(&mut self) {
         self.stop.cancel();
     }
 }
 
 #[async_trait]
-impl MqttPublisher for RumqttPublisher {
+impl MqttPublisher for BrokerPublisher {
     async fn publish(&self, message: MqttMessage) -> Result<(), PublishError> {
         let settings = self
             .brokers
@@ -175,53 +179,60 @@ fn check(message: &MqttMessage, settings: &MqttSettings) -> Result<(), PublishEr
     Ok(())
 }
 
-/// What rumqttc's loop tells the dispatcher.
-#[derive(Debug)]
-enum Note {
-    Connected,
-    Lost,
-    /// A publish was written with this packet id (0 for QoS 0).
-    Sent(u16),
-    /// A publish collided with an unacknowledged packet id and waits for it.
-    Collided(u16),
-    Acked(u16),
-}
-
+/// Keeps one broker connection up (reconnecting with backoff) and serves the queue on it.
 async fn run_connection(
     settings: Arc<MqttSettings>,
     client_id: String,
-    requests: mpsc::Receiver<Request>,
+    mut requests: mpsc::Receiver<Request>,
     stop: CancellationToken,
 ) {
-    let options = match connection::options(&settings, &client_id, true) {
-        Ok(options) => options,
-        Err(error) => {
-            warn!(error = %error, "MQTT publisher cannot connect");
-            fail_all(requests, &error).await;
-            return;
+    let mut backoff = Backoff::default();
+    let mut failures = Throttle::new(WARN_EVERY);
+    if let Err(error) = connection::check_tls(&settings) {
+        warn!(error = %error, "MQTT publisher cannot connect");
+        fail_all(requests, &error).await;
+        return;
+    }
+    let mut waiting = Waiting::new(settings.inflight);
+    loop {
+        let connected = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            connected = Connection::connect(&settings, &client_id, true) => connected,
+        };
+        let error = match connected {
+            Ok((mut link, _)) => {
+                backoff.reset();
+                failures.reset();
+                info!("MQTT publisher connected");
+                let served = serve(&mut link, &mut requests, &mut waiting, &stop).await;
+                waiting.fail_all(
+                    "the MQTT connection was lost before the broker confirmed the message \
+                     (it may have been delivered)",
+                );
+                match served {
+                    Ok(()) => return,
+                    Err(error) => error,
+                }
+            }
+            Err(error) => error,
+        };
+        let delay = backoff.next_delay();
+        if let Some(suppressed) = failures.allow() {
+            warn!(error = %error, retry_in = ?delay, suppressed,
+                "MQTT publisher connection failed; reconnecting");
         }
-    };
-    let (client, mut eventloop) = AsyncClient::new(options, PUBLISH_QUEUE);
-    let mut network = eventloop.network_options();
-    network.set_connection_timeout(CONNECT_TIMEOUT_SECS);
-    eventloop.set_network_options(network);
-    let (notes_tx, notes_rx) = mpsc::channel(EVENTS_CAPACITY);
-    let link_stop = CancellationToken::new();
-    let dispatcher = Dispatcher {
-        client,
-        requests,
-        notes: notes_rx,
-        connected: false,
-        unsent: VecDeque::new(),
-        unacked: HashMap::new(),
-        collided: None,
-    };
-    tokio::join!(link(eventloop, notes_tx, link_stop.clone()), async {
-        dispatcher.run(stop).await;
-        link_stop.cancel();
-    });
+        // Meanwhile requests wait in the queue, each until its own timeout.
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
 }
 
+/// Refuses every request, now and until the publisher stops (a broker that can never be
+/// reached as configured).
 async fn fail_all(mut requests: mpsc::Receiver<Request>, why: &str) {
     requests.close();
     while let Some(request) = requests.recv().await {
@@ -231,97 +242,101 @@ async fn fail_all(mut requests: mpsc::Receiver<Request>, why: &str) {
     }
 }
 
-/// Polls rumqttc's event loop (never cancelled mid-poll except at shutdown) and reconnects.
-async fn link(mut eventloop: EventLoop, notes: mpsc::Sender<Note>, stop: CancellationToken) {
-    let mut backoff = Backoff::default();
-    let mut failures = Throttle::new(WARN_EVERY);
-    let mut connected = false;
+/// Serves one connection: every turn writes all queued messages the in-flight limit allows
+/// (and the PUBRELs and pings due) in one write, then answers the callers the broker has
+/// confirmed. Returns `Ok` once stopped (after a DISCONNECT) and the link's error when it
+/// fails.
+async fn serve(
+    link: &mut Connection,
+    requests: &mut mpsc::Receiver<Request>,
+    waiting: &mut Waiting,
+    stop: &CancellationToken,
+) -> Result<(), LinkError> {
+    let keep_alive = link.keep_alive();
+    let mut ping_due = Instant::now() + keep_alive;
+    let mut ping_outstanding = false;
     loop {
-        let polled = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            // Cancel safety: dropped only at shutdown, with the connection.
-            polled = eventloop.poll() => polled,
-        };
-        let note = match polled {
-            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                failures.reset();
-                connected = true;
-                info!("MQTT publisher connected");
-                Note::Connected
+        while waiting.has_room() {
+            let Ok(request) = requests.try_recv() else {
+                break;
+            };
+            waiting.queue(link, request);
+        }
+        link.flush().await?;
+        waiting.written();
+        while let Some(packet) = link.decode()? {
+            match packet {
+                Packet::PubAck(PubAck { pkid }) | Packet::PubComp(PubComp { pkid }) => {
+                    waiting.confirm(pkid);
+                }
+                Packet::PubRec(PubRec { pkid }) => {
+                    link.encode(&Packet::PubRel(PubRel::new(pkid)))?
+                }
+                Packet::PingResp => ping_outstanding = false,
+                Packet::Disconnect => return Err(LinkError::Closed),
+                _ => {}
             }
-            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => Note::Sent(pkid),
-            Ok(MqttEvent::Outgoing(Outgoing::AwaitAck(pkid))) => Note::Collided(pkid),
-            Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => Note::Acked(ack.pkid),
-            Ok(MqttEvent::Incoming(Packet::PubComp(comp))) => Note::Acked(comp.pkid),
-            Ok(_) => continue,
-            Err(error) => {
-                let delay = backoff.next_delay();
-                if let Some(suppressed) = failures.allow() {
-                    warn!(error = %error, retry_in = ?delay, suppressed,
-                        "MQTT publisher connection failed; reconnecting");
-                }
-                if std::mem::take(&mut connected) && notes.send(Note::Lost).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                continue;
-            }
-        };
+        }
+        if link.has_queued() {
+            continue; // PUBRELs to write
+        }
         tokio::select! {
             biased;
-            () = stop.cancelled() => return,
-            // Cancel safety: a note is lost only at shutdown.
-            sent = notes.send(note) => if sent.is_err() { return },
+            () = stop.cancelled() => {
+                link.encode(&Packet::Disconnect)?;
+                return link.flush().await;
+            }
+            // Cancel safety: `recv` loses nothing when dropped.
+            request = requests.recv(), if waiting.has_room() => match request {
+                Some(request) => waiting.queue(link, request),
+                None => {
+                    link.encode(&Packet::Disconnect)?;
+                    return link.flush().await;
+                }
+            },
+            read = link.read_some() => read?,
+            () = tokio::time::sleep_until(ping_due) => {
+                if ping_outstanding {
+                    return Err(LinkError::PingTimeout);
+                }
+                link.encode(&Packet::PingReq)?;
+                ping_outstanding = true;
+                ping_due = Instant::now() + keep_alive;
+            }
         }
     }
 }
 
 type Reply = oneshot::Sender<Result<(), PublishError>>;
 
-/// Hands requests to rumqttc and answers them when their packet ids are confirmed.
-struct Dispatcher {
-    client: AsyncClient,
-    requests: mpsc::Receiver<Request>,
-    notes: mpsc::Receiver<Note>,
-    connected: bool,
-    /// Handed to rumqttc, packet id not known yet; in hand-over order.
-    unsent: VecDeque<(Qos, Reply)>,
-    /// Written, waiting for PUBACK (QoS 1) or PUBCOMP (QoS 2).
-    unacked: HashMap<u16, Reply>,
-    /// A publish rumqttc holds back until `pkid` is acknowledged.
-    collided: Option<(u16, Reply)>,
+/// The messages of one connection between being queued on the link and being confirmed.
+struct Waiting {
+    /// QoS ≥ 1, written or queued, by packet id: answered at PUBACK (QoS 1) or PUBCOMP (2).
+    unconfirmed: HashMap<u16, Reply>,
+    /// QoS 0, queued: answered once written.
+    unwritten: Vec<Reply>,
+    /// Most unconfirmed messages at once (the connection's `inflight`).
+    limit: usize,
+    last_pkid: u16,
 }
 
-impl Dispatcher {
-    async fn run(mut self, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                // Cancel safety: `recv` loses nothing when dropped.
-                note = self.notes.recv() => match note {
-                    Some(note) => self.on_note(note),
-                    None => break,
-                },
-                // Cancel safety: as above. Only while connected, and only as many as rumqttc's
-                // request channel holds, so `try_publish` never meets a full channel.
-                request = self.requests.recv(), if self.connected && self.unsent.len() < PUBLISH_QUEUE => {
-                    let Some(request) = request else { break };
-                    self.hand_over(request);
-                }
-            }
+impl Waiting {
+    fn new(limit: u16) -> Waiting {
+        Waiting {
+            unconfirmed: HashMap::new(),
+            unwritten: Vec::new(),
+            limit: usize::from(limit.max(1)),
+            last_pkid: 0,
         }
-        self.fail_waiting("the MQTT publisher stopped");
-        let _ = self.client.try_disconnect();
     }
 
-    fn hand_over(&mut self, request: Request) {
+    fn has_room(&self) -> bool {
+        self.unconfirmed.len() < self.limit
+    }
+
+    /// Encodes `request`'s message on `link` for the next flush. One that does not encode
+    /// is refused on its own; the connection goes on.
+    fn queue(&mut self, link: &mut Connection, request: Request) {
         if request.reply.is_closed() {
             return; // the caller gave up (timeout, cancellation)
         }
@@ -332,69 +347,54 @@ impl Dispatcher {
             retain,
             ..
         } = request.message;
-        match self
-            .client
-            .try_publish(topic, connection::to_rumqttc(qos), retain, payload)
-        {
-            Ok(()) => self.unsent.push_back((qos, request.reply)),
-            Err(error) => {
-                let _ = request
-                    .reply
-                    .send(Err(PublishError::Unavailable(error.to_string())));
+        let mut publish = Publish::new(topic, connection::to_rumqttc(qos), payload);
+        publish.retain = retain;
+        if qos != Qos::AtMostOnce {
+            publish.pkid = self.next_pkid();
+        }
+        if let Err(error) = link.encode(&Packet::Publish(publish.clone())) {
+            let _ = request
+                .reply
+                .send(Err(PublishError::Rejected(error.to_string())));
+            return;
+        }
+        match qos {
+            Qos::AtMostOnce => self.unwritten.push(request.reply),
+            _ => {
+                self.unconfirmed.insert(publish.pkid, request.reply);
             }
         }
     }
 
-    fn on_note(&mut self, note: Note) {
-        match note {
-            Note::Connected => self.connected = true,
-            Note::Lost => {
-                self.connected = false;
-                self.fail_waiting(
-                    "the MQTT connection was lost before the broker confirmed the message \
-                     (it may have been delivered)",
-                );
-            }
-            Note::Sent(pkid) => {
-                // While a publish is held back rumqttc takes no new requests, so the next
-                // `Sent` with its packet id is that publish going out.
-                if let Some((held, reply)) = self.collided.take() {
-                    if held == pkid {
-                        self.unacked.insert(pkid, reply);
-                        return;
-                    }
-                    self.collided = Some((held, reply));
-                }
-                if let Some((qos, reply)) = self.unsent.pop_front() {
-                    if qos == Qos::AtMostOnce {
-                        let _ = reply.send(Ok(()));
-                    } else {
-                        self.unacked.insert(pkid, reply);
-                    }
-                }
-            }
-            Note::Collided(pkid) => {
-                if let Some((_, reply)) = self.unsent.pop_front() {
-                    self.collided = Some((pkid, reply));
-                }
-            }
-            Note::Acked(pkid) => {
-                if let Some(reply) = self.unacked.remove(&pkid) {
-                    let _ = reply.send(Ok(()));
-                }
+    /// A packet id no unconfirmed message holds (there are at most `limit` < 65,535).
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            if !self.unconfirmed.contains_key(&self.last_pkid) {
+                return self.last_pkid;
             }
         }
     }
 
-    fn fail_waiting(&mut self, why: &str) {
+    /// Everything queued was written: QoS 0 messages are done.
+    fn written(&mut self) {
+        for reply in self.unwritten.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn confirm(&mut self, pkid: u16) {
+        if let Some(reply) = self.unconfirmed.remove(&pkid) {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn fail_all(&mut self, why: &str) {
         let error = || Err(PublishError::Unavailable(why.to_string()));
-        for (_, reply) in self.unsent.drain(..) {
+        for reply in self.unwritten.drain(..) {
             let _ = reply.send(error());
         }
-        for (_, reply) in self.unacked.drain() {
-            let _ = reply.send(error());
-        }
-        if let Some((_, reply)) = self.collided.take() {
+        for (_, reply) in self.unconfirmed.drain() {
             let _ = reply.send(error());
         }
     }

@@ -136,7 +136,7 @@ async fn shared_sessions_lose_nothing_across_a_kill() {
         ids[0], client_id,
         "the first session keeps the single-session id"
     );
-    let probe = RumqttPublisher::new(brokers(MOSQUITTO));
+    let probe = BrokerPublisher::new(brokers(MOSQUITTO));
     wait_subscribed(&runtime, &probe, &format!("{p}/kill/probe")).await;
     probe.shutdown(Duration::from_secs(2)).await;
 
@@ -184,7 +184,7 @@ async fn lowering_sessions_retires_the_dropped_ones() {
     let filter = format!("{p}/retire/+");
     let key = format!("trigger/mqtt/{client_id}/sessions");
     let (running, _) = start_sessions(&runtime, &filter, &client_id, 3);
-    let probe = RumqttPublisher::new(brokers(MOSQUITTO));
+    let probe = BrokerPublisher::new(brokers(MOSQUITTO));
     wait_subscribed(&runtime, &probe, &format!("{p}/retire/probe")).await;
     running.stop().await;
     assert_eq!(

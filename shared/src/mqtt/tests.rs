@@ -131,7 +131,7 @@ fn start(runtime: &Runtime, url: &str, filter: &str, qos: u8, client_id: &str) -
     Running { cancel, task }
 }
 
-async fn publish(publisher: &RumqttPublisher, topic: &str, payload: &[u8], qos: Qos, retain: bool) {
+async fn publish(publisher: &BrokerPublisher, topic: &str, payload: &[u8], qos: Qos, retain: bool) {
     publisher
         .publish(MqttMessage {
             broker: None,
@@ -145,7 +145,7 @@ async fn publish(publisher: &RumqttPublisher, topic: &str, payload: &[u8], qos: 
 }
 
 /// Publishes QoS 0 probes on `topic` until the trigger has seen (and skipped) one.
-async fn wait_subscribed(runtime: &Runtime, publisher: &RumqttPublisher, topic: &str) {
+async fn wait_subscribed(runtime: &Runtime, publisher: &BrokerPublisher, topic: &str) {
     let before = runtime.stats().skipped.load(Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + WAIT;
     while runtime.stats().skipped.load(Ordering::SeqCst) == before {
@@ -183,7 +183,7 @@ async fn events(store: &dyn Store, count: usize) -> Vec<Event> {
 #[tokio::test]
 async fn fires_for_each_qos_and_wildcards() {
     let p = prefix();
-    let publisher = RumqttPublisher::new(brokers(MOSQUITTO));
+    let publisher = BrokerPublisher::new(brokers(MOSQUITTO));
     for qos in [0u8, 1, 2] {
         let store = Arc::new(MemoryStore::new());
         let runtime = runtime(store.clone());
@@ -252,7 +252,7 @@ async fn fires_for_each_qos_and_wildcards() {
 #[tokio::test]
 async fn persistent_session_delivers_what_was_published_while_away() {
     let p = prefix();
-    let publisher = RumqttPublisher::new(brokers(MOSQUITTO));
+    let publisher = BrokerPublisher::new(brokers(MOSQUITTO));
     let client_id = format!("rt-{}", ulid::Ulid::new());
     let filter = format!("{p}/s/+");
     let store = Arc::new(MemoryStore::new());
@@ -285,7 +285,7 @@ async fn persistent_session_delivers_what_was_published_while_away() {
 #[tokio::test]
 async fn a_message_is_acked_only_after_it_is_recorded() {
     let p = prefix();
-    let publisher = RumqttPublisher::new(brokers(MOSQUITTO));
+    let publisher = BrokerPublisher::new(brokers(MOSQUITTO));
     let store = Arc::new(FlakyStore::default());
     let runtime = runtime(store.clone());
     let running = start(
@@ -331,7 +331,7 @@ async fn publisher_publishes_and_a_subscriber_receives_it() {
             break;
         }
     }
-    let publisher = Arc::new(RumqttPublisher::new(brokers(MOSQUITTO)));
+    let publisher = Arc::new(BrokerPublisher::new(brokers(MOSQUITTO)));
     let action =
         crate::action::mqtt_publish::MqttPublishAction::new(ArcPublisher(publisher.clone()));
     let input =
@@ -372,7 +372,7 @@ async fn publisher_publishes_and_a_subscriber_receives_it() {
 #[tokio::test]
 async fn publisher_without_broker_is_unavailable() {
     let port = free_port();
-    let publisher = RumqttPublisher::new(brokers(&format!("mqtt://127.0.0.1:{port}")))
+    let publisher = BrokerPublisher::new(brokers(&format!("mqtt://127.0.0.1:{port}")))
         .with_timeout(Duration::from_millis(500));
     let err = publisher
         .publish(MqttMessage {
@@ -395,7 +395,7 @@ async fn publisher_without_broker_is_unavailable() {
 }
 
 #[derive(Debug)]
-struct ArcPublisher(Arc<RumqttPublisher>);
+struct ArcPublisher(Arc<BrokerPublisher>);
 
 #[async_trait]
 impl MqttPublisher for ArcPublisher {
@@ -462,7 +462,7 @@ async fn trigger_connects_once_the_broker_comes_up() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!running.task.is_finished());
     start_rumqttd(port);
-    let publisher = RumqttPublisher::new(brokers(&url));
+    let publisher = BrokerPublisher::new(brokers(&url));
     wait_subscribed(&runtime, &publisher, "up/probe").await;
     publish(
         &publisher,
@@ -518,7 +518,7 @@ async fn a_fast_qos1_stream_arrives_whole() {
         1,
         &format!("rt-{}", ulid::Ulid::new()),
     );
-    let probe = RumqttPublisher::new(brokers(MOSQUITTO));
+    let probe = BrokerPublisher::new(brokers(MOSQUITTO));
     wait_subscribed(&runtime, &probe, &format!("{p}/stream/probe")).await;
     probe.shutdown(Duration::from_secs(2)).await;
 
@@ -606,7 +606,7 @@ fn ranges(numbers: &[usize]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_burst_beyond_the_queue_waits_for_room() {
     let p = prefix();
-    let publisher = Arc::new(RumqttPublisher::new(brokers(MOSQUITTO)));
+    let publisher = Arc::new(BrokerPublisher::new(brokers(MOSQUITTO)));
     let burst = 400;
     assert!(burst > super::publisher::PUBLISH_QUEUE * 4);
     let mut tasks = Vec::new();
@@ -637,5 +637,112 @@ async fn publisher_burst_beyond_the_queue_waits_for_room() {
         failed.len(),
         &failed[..failed.len().min(3)]
     );
+    publisher.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A TCP proxy in front of Mosquitto that can stop passing the broker's bytes (`mute`) and
+/// cut every connection through it (`cut`).
+struct Proxy {
+    port: u16,
+    mute: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let muted = mute.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let broker = tokio::net::TcpStream::connect("127.0.0.1:1883")
+                    .await
+                    .unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut broker_read, mut broker_write) = broker.into_split();
+                let (mut up_cut, mut down_cut) = (cuts.clone(), cuts.clone());
+                up_cut.mark_unchanged();
+                down_cut.mark_unchanged();
+                let muted = muted.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut client_read, &mut broker_write) => {}
+                        _ = up_cut.changed() => {}
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        let read = tokio::select! {
+                            read = broker_read.read(&mut buffer) => read,
+                            _ = down_cut.changed() => return,
+                        };
+                        let Ok(read @ 1..) = read else { return };
+                        if !muted.load(Ordering::SeqCst)
+                            && client_write.write_all(&buffer[..read]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { port, mute, cut }
+    }
+}
+
+/// A link that breaks while messages wait for the broker's ack fails them as `Unavailable`
+/// (they may have been delivered), and the next message goes out on a new connection.
+#[tokio::test]
+async fn publisher_fails_what_a_broken_link_left_unconfirmed_and_reconnects() {
+    let p = prefix();
+    let proxy = Proxy::start().await;
+    let publisher = Arc::new(
+        BrokerPublisher::new(brokers(&format!("mqtt://127.0.0.1:{}", proxy.port)))
+            .with_timeout(WAIT),
+    );
+    let message = |n: usize| MqttMessage {
+        broker: None,
+        topic: format!("{p}/broken/{n}"),
+        payload: b"x".to_vec(),
+        qos: Qos::AtLeastOnce,
+        retain: false,
+    };
+    publisher
+        .publish(message(0))
+        .await
+        .expect("through the proxy");
+    proxy.mute.store(true, Ordering::SeqCst);
+    let waiting: Vec<_> = (1..=3)
+        .map(|n| {
+            let publisher = publisher.clone();
+            let message = message(n);
+            tokio::spawn(async move { publisher.publish(message).await })
+        })
+        .collect();
+    // Written, and no ack can come back; then the connection breaks.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.mute.store(false, Ordering::SeqCst);
+    proxy.cut.send_modify(|generation| *generation += 1);
+    for task in waiting {
+        let error = task
+            .await
+            .unwrap()
+            .expect_err("unconfirmed when the link broke");
+        assert!(
+            matches!(
+                &error,
+                crate::action::mqtt_publish::PublishError::Unavailable(why) if why.contains("lost")
+            ),
+            "{error:?}"
+        );
+    }
+    publisher
+        .publish(message(4))
+        .await
+        .expect("published on a new connection");
     publisher.shutdown(Duration::from_secs(2)).await;
 }

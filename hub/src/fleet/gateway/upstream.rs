@@ -44,6 +44,8 @@ const REQUEST_QUEUE: usize = 1_024;
 const KEEP_ALIVE_SECS: u16 = 60;
 /// Packets written to the broker per write call at most.
 const WRITE_BATCH: usize = 64;
+/// PUBACKs the reader may have queued for the writer.
+const CONTROL_QUEUE: usize = 1_024;
 
 /// A message for a session.
 #[derive(Debug)]
@@ -362,7 +364,10 @@ impl Link {
     ) -> Refusal {
         let (read, write) = stream.into_split();
         let inflight = Inflight::default();
-        let (control_tx, control_rx) = mpsc::unbounded_channel::<Packet>();
+        // The reader's PUBACKs for the writer. The broker's in-flight window bounds them
+        // already; the channel's bound makes the reader wait (and stop reading) if the
+        // writer ever falls that far behind.
+        let (control_tx, control_rx) = mpsc::channel::<Packet>(CONTROL_QUEUE);
         tokio::select! {
             error = self.writer(write, requests, control_rx, &inflight) => error,
             error = self.reader(read, buffer, control_tx, &inflight) => error,
@@ -374,7 +379,7 @@ impl Link {
         &self,
         mut write: OwnedWriteHalf,
         requests: &mut mpsc::Receiver<Forward>,
-        mut control: mpsc::UnboundedReceiver<Packet>,
+        mut control: mpsc::Receiver<Packet>,
         inflight: &Inflight,
     ) -> Refusal {
         let mut next_pkid: u16 = 1;
@@ -454,7 +459,7 @@ impl Link {
         &self,
         mut read: OwnedReadHalf,
         mut buffer: BytesMut,
-        control: mpsc::UnboundedSender<Packet>,
+        control: mpsc::Sender<Packet>,
         inflight: &Inflight,
     ) -> Refusal {
         loop {
@@ -474,6 +479,7 @@ impl Link {
                     if publish.qos != QoS::AtMostOnce
                         && control
                             .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                            .await
                             .is_err()
                     {
                         return Refusal::Io(std::io::ErrorKind::BrokenPipe.into());

@@ -33,6 +33,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// MQTT workload, the shipped build peaked at 29–40 MiB with 256 and at 24 MiB with 128, for
 /// ~10 % less throughput (docs/performance.md, "Session 7").
 pub const DEFAULT_MAX_RUNNING: usize = 128;
+/// Upper bound of `limits.workers`.
+const WORKERS_LIMIT: u64 = 256;
 /// Upper bound of `limits.max_running` (each running execution is a task with an inbox).
 const MAX_RUNNING_LIMIT: usize = 65_536;
 /// Upper bound of `limits.max_body` (the whole request is held in memory).
@@ -78,7 +80,9 @@ Configuration (agent.toml; layers: defaults < file < REACTOR_* environment < fla
              health_window = \"5m\" (executions counted in the reported health)
   [log]      format = \"human\" | \"json\"
   [limits]   max_running = 128 (executions at once; beyond it, submits wait and http
-             triggers answer 503), max_body = 1048576 (largest API request body, bytes)
+             triggers answer 503), max_body = 1048576 (largest API request body, bytes),
+             workers (async worker threads; default: one per core but one, at least 1 —
+             the journal's writer thread has the remaining core)
   [mqtt]     url = \"mqtt://127.0.0.1:1883\" (or mqtts://), the default broker of mqtt
              triggers, mqtt.publish and emit with `topic`; username, password_secret =
              \"MQTT_PASSWORD\" (read from REACTOR_SECRET_MQTT_PASSWORD), client_id (prefix of
@@ -160,6 +164,7 @@ pub struct RawLog {
 pub struct RawLimits {
     pub max_running: Option<u64>,
     pub max_body: Option<u64>,
+    pub workers: Option<u64>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -177,6 +182,8 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     pub max_running: usize,
     pub max_body: usize,
+    /// Async worker threads (`limits.workers`; see [`default_workers`]).
+    pub workers: usize,
     /// The validated `[mqtt]` brokers (empty when the section is absent: inline `broker:`
     /// URLs still work). Client ids are prefixed with the device id unless set.
     pub mqtt: MqttBrokers,
@@ -244,6 +251,7 @@ struct Merged {
     log_format: Option<Layered<LogFormat>>,
     max_running: Option<Layered<u64>>,
     max_body: Option<Layered<u64>>,
+    workers: Option<Layered<u64>>,
     /// The `[mqtt]` section merged key by key over the layers, and the layers that set any.
     mqtt: MqttConfig,
     mqtt_origins: Vec<Origin>,
@@ -273,6 +281,7 @@ impl Merged {
         let limits = raw.limits.unwrap_or_default();
         pick(&mut self.max_running, limits.max_running, origin);
         pick(&mut self.max_body, limits.max_body, origin);
+        pick(&mut self.workers, limits.workers, origin);
         if let Some(mqtt) = raw.mqtt {
             merge_mqtt(&mut self.mqtt, mqtt);
             if !self.mqtt_origins.contains(origin) {
@@ -502,6 +511,16 @@ fn validate(
         }
         usize::try_from(m.value).unwrap_or(1)
     });
+    let workers = merged.workers.map_or_else(default_workers, |w| {
+        if w.value == 0 || w.value > WORKERS_LIMIT {
+            bad(
+                "limits.workers",
+                &w.origin,
+                format!("must be between 1 and {WORKERS_LIMIT}, got {}", w.value),
+            );
+        }
+        usize::try_from(w.value).unwrap_or(1)
+    });
     let max_body = merged.max_body.map_or(1024 * 1024, |m| {
         if m.value == 0 || m.value > MAX_BODY_LIMIT {
             bad(
@@ -554,6 +573,7 @@ fn validate(
         log_format: merged.log_format.map(|l| l.value).unwrap_or_default(),
         max_running,
         max_body,
+        workers,
         mqtt: mqtt?,
         mqtt_default,
         file,
@@ -569,6 +589,17 @@ fn valid_device_id(id: &str) -> bool {
 }
 
 /// The host name when it makes a valid id, else `reactor-agent`.
+/// The default of `limits.workers`: one async worker per core but one, and at least one.
+/// The journal's writer is a thread of its own and busy under load; on the 2-core test
+/// machine one worker beside it ran the MQTT workload 10–20 % and the HTTP workload 3–5 %
+/// faster than two, at less CPU per event (docs/performance.md, "Session 8").
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .saturating_sub(1)
+        .max(1)
+}
+
 fn default_device_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -601,6 +632,9 @@ mod tests {
         let config = AgentConfig::load(&flags(Some("/tmp/d")), Vec::new()).unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.max_running, DEFAULT_MAX_RUNNING);
+        assert_eq!(config.workers, default_workers());
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(config.workers, cores.saturating_sub(1).max(1));
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.exec_allow.is_empty());
     }
@@ -615,7 +649,7 @@ mod tests {
     fn layers_file_then_env_then_flags() {
         let (_dir, path) = file(
             "data = \"/from/file\"\nlisten = \"0.0.0.0:9000\"\n[device]\nid = \"file-id\"\n\
-             labels = { room = \"kitchen\" }\n[limits]\nmax_running = 8\n",
+             labels = { room = \"kitchen\" }\n[limits]\nmax_running = 8\nworkers = 3\n",
         );
         let mut f = flags(None);
         f.config = Some(path);
@@ -624,6 +658,7 @@ mod tests {
             ("REACTOR_DEVICE__ID".to_string(), "env-id".to_string()),
             ("REACTOR_EXEC__ALLOW".to_string(), "[\"echo\"]".to_string()),
             ("REACTOR_SECRET_X__Y".to_string(), "ignored".to_string()),
+            ("REACTOR_LIMITS__WORKERS".to_string(), "2".to_string()),
         ];
         let config = AgentConfig::load(&f, vars).unwrap();
         assert_eq!(config.data, PathBuf::from("/from/file"));
@@ -632,6 +667,7 @@ mod tests {
         assert_eq!(config.device.labels["room"], "kitchen");
         assert_eq!(config.exec_allow, vec!["echo".to_string()]);
         assert_eq!(config.max_running, 8);
+        assert_eq!(config.workers, 2);
     }
 
     #[test]
@@ -682,15 +718,16 @@ mod tests {
     #[test]
     fn bad_values_are_all_reported() {
         let (_dir, path) = file(
-            "data = \"/d\"\nlisten = \"nowhere\"\n[limits]\nmax_running = 0\n\
+            "data = \"/d\"\nlisten = \"nowhere\"\n[limits]\nmax_running = 0\nworkers = 0\n\
              [retention]\nmax_age = \"soon\"\n",
         );
         let mut f = flags(None);
         f.config = Some(path.clone());
         let error = AgentConfig::load(&f, Vec::new()).unwrap_err();
-        assert_eq!(error.problems.len(), 3, "{error}");
+        assert_eq!(error.problems.len(), 4, "{error}");
         let text = error.to_string();
         assert!(text.contains("limits.max_running"), "{text}");
+        assert!(text.contains("limits.workers"), "{text}");
         assert!(text.contains("listen"), "{text}");
         assert!(text.contains("retention.max_age"), "{text}");
         assert!(text.contains(&path.display().to_string()), "{text}");

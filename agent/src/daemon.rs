@@ -100,7 +100,7 @@ pub fn run(flags: &RunFlags) -> ExitCode {
         }
     };
     reactor_core::process::init_logging(config.log_format, "info");
-    reactor_core::process::run_daemon("reactor-agent", serve(config))
+    reactor_core::process::run_daemon("reactor-agent", Some(config.workers), serve(config))
 }
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {

@@ -31,17 +31,20 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     };
 }
 
-/// Runs a daemon (`reactor-agent run`, `reactor-hub serve`) on a multi-thread runtime: exit
-/// 0 after a clean stop, 1 when the runtime cannot start or `serve` ends with an error (logged
-/// as `{program} stopped`, with its causes).
+/// Runs a daemon (`reactor-agent run`, `reactor-hub serve`) on a multi-thread runtime with
+/// `workers` worker threads (tokio's default, one per core, when `None`): exit 0 after a
+/// clean stop, 1 when the runtime cannot start or `serve` ends with an error (logged as
+/// `{program} stopped`, with its causes).
 pub fn run_daemon<E: Display>(
     program: &str,
+    workers: Option<usize>,
     serve: impl Future<Output = Result<(), E>>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");

@@ -60,7 +60,7 @@ pub fn run(flags: &ServeFlags) -> ExitCode {
     };
     reactor_core::process::init_logging(config.log_format, "info");
     crate::fleet::raise_open_files_limit();
-    reactor_core::process::run_daemon("reactor-hub", serve(config))
+    reactor_core::process::run_daemon("reactor-hub", None, serve(config))
 }
 
 async fn serve(config: HubConfig) -> anyhow::Result<()> {

@@ -28,10 +28,21 @@ grep -q "sessions: $sessions" "$work/workflows/rule-mqtt.yaml" || { echo "could 
 echo "trigger sessions: $sessions"
 # A new device id per run: the trigger's persistent session (client id from the device id)
 # would otherwise receive what an earlier run left queued at the broker.
-REACTOR_DEVICE__ID=bench-$$ RUST_LOG=${RUST_LOG:-warn} "$agent" run --workflows "$work/workflows" --data "$work/data" \
+# The trigger logs its client ids at info; after the run they are cleared at the broker
+# (`mqtt_load clear`), so runs do not leave persistent sessions behind.
+REACTOR_DEVICE__ID=bench-$$ RUST_LOG=${RUST_LOG:-warn,reactor_core::mqtt::trigger=info} "$agent" run --workflows "$work/workflows" --data "$work/data" \
   --listen "127.0.0.1:$port" 2>"$work/agent.log" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+finish() {
+  kill $pid 2>/dev/null
+  wait $pid 2>/dev/null
+  mapfile -t ids < <(grep -o 'client_id=[^ ]*' "$work/agent.log" | cut -d= -f2 | tr -d '"' | sort -u)
+  if [ ${#ids[@]} -gt 0 ]; then
+    "$load" clear 127.0.0.1 1883 "${ids[@]}" || echo "could not clear the trigger's sessions: ${ids[*]}" >&2
+  fi
+  rm -rf "$work"
+}
+trap finish EXIT
 until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
   kill -0 $pid 2>/dev/null || { cat "$work/agent.log"; exit 1; }
   sleep 0.05
@@ -64,4 +75,4 @@ echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(aw
 # File-backed RSS is mostly the binary's own code: ~6 MiB for the shipped static release-small
 # agent, ~12 MiB for a --release build (the budgets are the shipped agent's).
 echo "  of which heap and stacks (RssAnon) $(awk '/RssAnon/ {print $2, $3}' /proc/$pid/status), binary and files (RssFile) $(awk '/RssFile/ {print $2, $3}' /proc/$pid/status)"
-if [ -s "$work/agent.log" ]; then echo "--- agent log:"; tail -5 "$work/agent.log"; fi
+if grep -qv ' INFO ' "$work/agent.log" 2>/dev/null; then echo "--- agent log:"; grep -v ' INFO ' "$work/agent.log" | tail -5; fi

@@ -3,6 +3,9 @@
 //! agent's replies on `bench/reactor/out` (workflow `benches/load/workflows/rule-mqtt.yaml`).
 //!
 //! Usage: `mqtt_load [COUNT] [HOST] [PORT] [WINDOW]` (defaults 100000, 127.0.0.1, 1883, 500).
+//! `mqtt_load clear HOST PORT CLIENT_ID…` ends the persistent sessions of those clients (a
+//! clean-session connect and a disconnect each): `run-mqtt.sh` clears the agent's trigger
+//! sessions with it after a run, so runs do not pile sessions up on the broker.
 //!
 //! At most WINDOW messages are outstanding (published, reply not yet seen): Mosquitto queues
 //! at most `max_queued_messages` (default 1000) QoS 1 messages for a subscriber that falls
@@ -33,9 +36,44 @@ fn options(id: &str, host: &str, port: u16) -> MqttOptions {
     options
 }
 
+/// Connects as `id` with a clean session (the broker drops what it kept for `id`) and leaves.
+async fn clear_session(id: &str, host: &str, port: u16) -> Result<(), Box<dyn std::error::Error>> {
+    let (client, mut events) = AsyncClient::new(options(id, host, port), 16);
+    let connected = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    })
+    .await;
+    match connected {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(format!("clearing session {id}: {error}").into()),
+        Err(_) => return Err(format!("clearing session {id}: no CONNACK").into()),
+    }
+    client.disconnect().await?;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("clear") {
+        let host = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1".into());
+        let port: u16 = args.get(3).map_or(Ok(1883), |a| a.parse())?;
+        for id in args.iter().skip(4) {
+            clear_session(id, &host, port).await?;
+        }
+        return Ok(());
+    }
     let count: usize = args.get(1).map_or(Ok(100_000), |a| a.parse())?;
     let host = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1".into());
     let port: u16 = args.get(3).map_or(Ok(1883), |a| a.parse())?;

@@ -6,18 +6,13 @@ use std::time::Duration;
 use reactor_core::engine::{Event, ExecutionStatus, Submission};
 use reactor_core::store::{ExecutionQuery, MemoryStore, Store};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::stores::HeldCreate;
-use crate::support::{Probe, accepted, event, runtime, submit_in_task};
+use crate::support::{Probe, accepted, end_status, event, gated_probe, runtime, submit_in_task};
 
 #[tokio::test]
 async fn concurrency_drop_and_queue() {
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        ..Probe::default()
-    });
+    let (gate, probe) = gated_probe();
     let yaml = |name: &str, overflow: &str| {
         format!(
             "reactor: 1\nname: {name}\nconcurrency: {{ limit: 1, overflow: {overflow} }}\nsteps:\n  - action: probe\n"
@@ -59,24 +54,19 @@ async fn concurrency_drop_and_queue() {
     let queued = runtime.store().execution(b).await.unwrap().unwrap();
     assert_eq!(queued.status, ExecutionStatus::Queued);
     gate.add_permits(10);
-    let wait = |id| tokio::time::timeout(Duration::from_secs(10), runtime.wait(id));
     assert_eq!(
-        wait(a).await.unwrap().unwrap().status,
+        end_status(&runtime, a, Duration::from_secs(10)).await,
         ExecutionStatus::Succeeded
     );
     assert_eq!(
-        wait(b).await.unwrap().unwrap().status,
+        end_status(&runtime, b, Duration::from_secs(10)).await,
         ExecutionStatus::Succeeded
     );
 }
 
 #[tokio::test]
 async fn concurrency_replace_cancels_the_oldest_with_the_same_key() {
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        ..Probe::default()
-    });
+    let (gate, probe) = gated_probe();
     let yaml = r#"
 reactor: 1
 name: latest-wins
@@ -102,29 +92,24 @@ steps:
     let Submission::Accepted(new) = submit("a").await.unwrap() else {
         panic!()
     };
-    let wait = |id| tokio::time::timeout(Duration::from_secs(5), runtime.wait(id));
     assert_eq!(
-        wait(old).await.unwrap().unwrap().status,
+        end_status(&runtime, old, Duration::from_secs(5)).await,
         ExecutionStatus::Cancelled
     );
     gate.add_permits(10);
     assert_eq!(
-        wait(new).await.unwrap().unwrap().status,
+        end_status(&runtime, new, Duration::from_secs(5)).await,
         ExecutionStatus::Succeeded
     );
     assert_eq!(
-        wait(other).await.unwrap().unwrap().status,
+        end_status(&runtime, other, Duration::from_secs(5)).await,
         ExecutionStatus::Succeeded
     );
 }
 
 #[tokio::test]
 async fn cancelling_a_queued_execution_records_it_cancelled() {
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        ..Probe::default()
-    });
+    let (gate, probe) = gated_probe();
     let yaml =
         "reactor: 1\nname: one-at-a-time\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n";
     let runtime = runtime(Arc::new(MemoryStore::new()), probe, &[yaml]);
@@ -158,11 +143,7 @@ async fn cancelling_a_queued_execution_records_it_cancelled() {
 /// lost with it); a queued execution whose `Create` fails gives its turn to the next one.
 #[tokio::test]
 async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        ..Probe::default()
-    });
+    let (gate, probe) = gated_probe();
     let (store, release) = HeldCreate::new(ExecutionStatus::Queued);
     let runtime = runtime(
         Arc::new(store),
@@ -171,7 +152,6 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
             "reactor: 1\nname: one\nconcurrency: { limit: 1, overflow: queue }\nsteps:\n  - action: probe\n",
         ],
     );
-    let wait = |id| tokio::time::timeout(Duration::from_secs(10), runtime.wait(id));
     // One execution runs; the next queues behind it and its `Create` is held; the first
     // finishes meanwhile and frees the slot; then the held write lands (`lands`) or fails.
     let freed_while_queued_create_is_held = async |lands: bool| {
@@ -180,7 +160,7 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         gate.add_permits(1);
         assert_eq!(
-            wait(first).await.unwrap().unwrap().status,
+            end_status(&runtime, first, Duration::from_secs(10)).await,
             ExecutionStatus::Succeeded
         );
         release.send(lands).await.unwrap();
@@ -191,7 +171,7 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
     let b = accepted(freed_while_queued_create_is_held(true).await);
     gate.add_permits(1);
     assert_eq!(
-        wait(b).await.expect("b ran").unwrap().status,
+        end_status(&runtime, b, Duration::from_secs(10)).await,
         ExecutionStatus::Succeeded
     );
 
@@ -203,7 +183,7 @@ async fn a_slot_freed_while_the_queued_create_is_written_is_not_lost() {
     let e = accepted(runtime.submit("one", event(), json!({})).await);
     gate.add_permits(1);
     assert_eq!(
-        wait(e).await.expect("e ran").unwrap().status,
+        end_status(&runtime, e, Duration::from_secs(10)).await,
         ExecutionStatus::Succeeded
     );
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::stores::StaleUnfinished;
-use crate::support::{Probe, THREE_STEPS, event, run, runtime};
+use crate::support::{Probe, THREE_STEPS, event, gated_probe, run, runtime};
 
 #[tokio::test]
 async fn side_effects_are_journaled_before_and_after() {
@@ -150,11 +150,7 @@ steps:
 
 #[tokio::test]
 async fn recovering_again_skips_running_queued_and_just_finished_executions() {
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        ..Probe::default()
-    });
+    let (gate, probe) = gated_probe();
     let yaml =
         "reactor: 1\nname: one-at-a-time\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n";
     let store = Arc::new(StaleUnfinished {
@@ -206,11 +202,7 @@ async fn recovering_again_skips_running_queued_and_just_finished_executions() {
 async fn a_queued_execution_whose_slot_is_free_starts_on_recovery() {
     // A process died after the running execution of a key finished but before the queued
     // one took the slot: the journal holds only the queued one.
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        ..Probe::default()
-    });
+    let (_gate, probe) = gated_probe();
     let yaml =
         "reactor: 1\nname: one-at-a-time\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n";
     let store = Arc::new(MemoryStore::new());

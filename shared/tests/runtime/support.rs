@@ -9,7 +9,9 @@ use reactor_core::action::{
     builtin_specs,
 };
 use reactor_core::dsl::Parser;
-use reactor_core::engine::{Environment, Event, ExecutionId, Runtime, RuntimeConfig, Submission};
+use reactor_core::engine::{
+    Environment, Event, ExecutionId, ExecutionStatus, Runtime, RuntimeConfig, Submission,
+};
 use reactor_core::store::Store;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -143,4 +145,27 @@ pub(crate) fn accepted(
         Ok(Submission::Accepted(id)) => id,
         other => panic!("not accepted: {other:?}"),
     }
+}
+
+/// A probe whose calls wait for permits of the returned gate (it starts with none).
+pub(crate) fn gated_probe() -> (Arc<Semaphore>, Arc<Probe>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Arc::new(Probe {
+        gate: Some(gate.clone()),
+        ..Probe::default()
+    });
+    (gate, probe)
+}
+
+/// The status execution `id` ends with; panics if it has not ended within `within`.
+pub(crate) async fn end_status(
+    runtime: &Runtime,
+    id: ExecutionId,
+    within: Duration,
+) -> ExecutionStatus {
+    tokio::time::timeout(within, runtime.wait(id))
+        .await
+        .unwrap_or_else(|_| panic!("execution {id} still running after {within:?}"))
+        .expect("wait")
+        .status
 }

@@ -191,9 +191,15 @@ impl Connection {
         !self.write.is_empty()
     }
 
-    /// The keep-alive agreed in CONNECT: a PINGREQ goes out at least this often.
-    pub(super) fn keep_alive(&self) -> Duration {
-        self.keep_alive
+    /// Whether a PINGREQ is due: the keep-alive agreed in CONNECT, zero meaning none (MQTT
+    /// 3.1.1 §3.1.2.10: the broker then never times the client out).
+    pub(super) fn pings(&self) -> bool {
+        !self.keep_alive.is_zero()
+    }
+
+    /// When the next PINGREQ is due: a keep-alive from now.
+    pub(super) fn next_ping(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.keep_alive
     }
 
     /// Reads what the socket has into the read buffer; a closed socket is an error.
@@ -271,7 +277,8 @@ impl Connection {
         outbound: &mut mpsc::Receiver<Outbound>,
         inbound: &mpsc::Sender<Inbound>,
     ) -> Result<Ended, LinkError> {
-        let mut ping_due = tokio::time::Instant::now() + self.keep_alive;
+        let pings = self.pings();
+        let mut ping_due = self.next_ping();
         let mut ping_outstanding = false;
         // A packet read but not yet handed over (the channel was full).
         let mut held: Option<Inbound> = None;
@@ -334,7 +341,7 @@ impl Connection {
                         return Err(LinkError::Closed);
                     }
                 }
-                () = tokio::time::sleep_until(ping_due) => {
+                () = tokio::time::sleep_until(ping_due), if pings => {
                     // An unanswered ping fails the link only if we were reading: while the
                     // trigger is busy the answer may sit unread in the socket.
                     if ping_outstanding && reading {
@@ -342,7 +349,7 @@ impl Connection {
                     }
                     self.encode(&Packet::PingReq)?;
                     ping_outstanding = true;
-                    ping_due = tokio::time::Instant::now() + self.keep_alive;
+                    ping_due = self.next_ping();
                 }
             }
         }

@@ -28,7 +28,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, PubRel, Publish};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -252,8 +251,8 @@ async fn serve(
     waiting: &mut Waiting,
     stop: &CancellationToken,
 ) -> Result<(), LinkError> {
-    let keep_alive = link.keep_alive();
-    let mut ping_due = Instant::now() + keep_alive;
+    let pings = link.pings();
+    let mut ping_due = link.next_ping();
     let mut ping_outstanding = false;
     loop {
         while waiting.has_room() {
@@ -295,13 +294,13 @@ async fn serve(
                 }
             },
             read = link.read_some() => read?,
-            () = tokio::time::sleep_until(ping_due) => {
+            () = tokio::time::sleep_until(ping_due), if pings => {
                 if ping_outstanding {
                     return Err(LinkError::PingTimeout);
                 }
                 link.encode(&Packet::PingReq)?;
                 ping_outstanding = true;
-                ping_due = Instant::now() + keep_alive;
+                ping_due = link.next_ping();
             }
         }
     }
@@ -423,5 +422,34 @@ mod tests {
             check(&message("a", settings.max_packet_size), &settings),
             Err(PublishError::Rejected(_))
         ));
+    }
+
+    /// `keep_alive = "0s"` turns pings off (MQTT 3.1.1 §3.1.2.10), for the publisher's
+    /// connection and the trigger's: each is served quietly instead of failing at once for
+    /// a ping "due" every instant.
+    #[tokio::test]
+    async fn no_keep_alive_means_no_pings() {
+        let prefix = format!("ka{}", &ulid::Ulid::new().to_string()[18..]);
+        let mut settings = MqttSettings::from_url("mqtt://127.0.0.1:1883", &prefix).unwrap();
+        settings.keep_alive = Duration::ZERO;
+        let quiet = Duration::from_millis(500);
+
+        let (mut link, _) = Connection::connect(&settings, &settings.client_id("p"), true)
+            .await
+            .expect("connect");
+        let (_requests_tx, mut requests) = mpsc::channel(1);
+        let mut waiting = Waiting::new(1);
+        let stop = CancellationToken::new();
+        let served =
+            tokio::time::timeout(quiet, serve(&mut link, &mut requests, &mut waiting, &stop)).await;
+        assert!(served.is_err(), "the publisher's link ended: {served:?}");
+
+        let (link, _) = Connection::connect(&settings, &settings.client_id("t"), true)
+            .await
+            .expect("connect");
+        let (_outbound_tx, mut outbound) = mpsc::channel(1);
+        let (inbound, _inbound_rx) = mpsc::channel(1);
+        let served = tokio::time::timeout(quiet, link.serve(&mut outbound, &inbound)).await;
+        assert!(served.is_err(), "the trigger's link ended: {served:?}");
     }
 }

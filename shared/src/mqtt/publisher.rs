@@ -351,7 +351,8 @@ impl Waiting {
         if qos != Qos::AtMostOnce {
             publish.pkid = self.next_pkid();
         }
-        if let Err(error) = link.encode(&Packet::Publish(publish.clone())) {
+        let pkid = publish.pkid;
+        if let Err(error) = link.encode(&Packet::Publish(publish)) {
             let _ = request
                 .reply
                 .send(Err(PublishError::Rejected(error.to_string())));
@@ -360,7 +361,7 @@ impl Waiting {
         match qos {
             Qos::AtMostOnce => self.unwritten.push(request.reply),
             _ => {
-                self.unconfirmed.insert(publish.pkid, request.reply);
+                self.unconfirmed.insert(pkid, request.reply);
             }
         }
     }

@@ -272,15 +272,16 @@ impl Encoded {
                     }
                     Payload::Create(row::inline(record, &facts))
                 }
-                StoreWrite::Append { id, fact, .. } => Payload::Append {
+                StoreWrite::Append { fact, .. } => Payload::Append {
                     bytes: encode_fact(fact),
-                    fold: folds_into_update(&writes[index + 1..], *id),
+                    fold: false,
                 },
                 StoreWrite::Update(record) => Payload::Update(encode_record(record)),
                 StoreWrite::PutMeta { .. } => Payload::Meta,
             };
             payloads.push(payload);
         }
+        mark_folds(&writes, &mut payloads);
         Encoded { writes, payloads }
     }
 
@@ -290,17 +291,22 @@ impl Encoded {
     }
 }
 
-/// Whether the writes after an `Append` of `id` are more `Append`s of `id` and then an
-/// `Update` of it.
-fn folds_into_update(after: &[StoreWrite], id: ExecutionId) -> bool {
-    for write in after {
-        match write {
-            StoreWrite::Append { id: next, .. } if *next == id => {}
-            StoreWrite::Update(record) => return record.id == id,
-            _ => return false,
-        }
+/// Marks the `Append`s that fold into an `Update`: the run of `Append`s of one execution
+/// right before an `Update` of it. One pass from the end.
+fn mark_folds(writes: &[StoreWrite], payloads: &mut [Payload]) {
+    let mut updating = None;
+    for (write, payload) in writes.iter().zip(payloads.iter_mut()).rev() {
+        updating = match (write, payload) {
+            (StoreWrite::Update(record), _) => Some(record.id),
+            (StoreWrite::Append { id, .. }, Payload::Append { fold, .. })
+                if updating == Some(*id) =>
+            {
+                *fold = true;
+                updating
+            }
+            _ => None,
+        };
     }
-    false
 }
 
 /// One bounded step of pruning: remove at most `max` finished executions beyond `retention`

@@ -37,20 +37,8 @@ async fn concurrency_drop_and_queue() {
         Submission::Dropped
     );
 
-    let Submission::Accepted(a) = runtime
-        .submit("queueing", event(), json!({}))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let Submission::Accepted(b) = runtime
-        .submit("queueing", event(), json!({}))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let a = accepted(runtime.submit("queueing", event(), json!({})).await);
+    let b = accepted(runtime.submit("queueing", event(), json!({})).await);
     let queued = runtime.store().execution(b).await.unwrap().unwrap();
     assert_eq!(queued.status, ExecutionStatus::Queued);
     gate.add_permits(10);
@@ -83,15 +71,9 @@ steps:
             json!({}),
         )
     };
-    let Submission::Accepted(old) = submit("a").await.unwrap() else {
-        panic!()
-    };
-    let Submission::Accepted(other) = submit("b").await.unwrap() else {
-        panic!()
-    };
-    let Submission::Accepted(new) = submit("a").await.unwrap() else {
-        panic!()
-    };
+    let old = accepted(submit("a").await);
+    let other = accepted(submit("b").await);
+    let new = accepted(submit("a").await);
     assert_eq!(
         end_status(&runtime, old, Duration::from_secs(5)).await,
         ExecutionStatus::Cancelled
@@ -113,20 +95,8 @@ async fn cancelling_a_queued_execution_records_it_cancelled() {
     let yaml =
         "reactor: 1\nname: one-at-a-time\nconcurrency: { limit: 1 }\nsteps:\n  - action: probe\n";
     let runtime = runtime(Arc::new(MemoryStore::new()), probe, &[yaml]);
-    let Submission::Accepted(running) = runtime
-        .submit("one-at-a-time", event(), json!({}))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let Submission::Accepted(queued) = runtime
-        .submit("one-at-a-time", event(), json!({}))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let running = accepted(runtime.submit("one-at-a-time", event(), json!({})).await);
+    let queued = accepted(runtime.submit("one-at-a-time", event(), json!({})).await);
     assert!(runtime.cancel(queued, "not needed").await);
     let record = runtime.wait(queued).await.unwrap();
     assert_eq!(record.status, ExecutionStatus::Cancelled);

@@ -8,7 +8,7 @@ use reactor_core::store::{MemoryStore, Store};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::support::{Probe, THREE_STEPS, event, run, runtime};
+use crate::support::{Probe, THREE_STEPS, accepted, event, run, runtime};
 
 #[tokio::test]
 async fn call_runs_the_child_and_returns_its_output() {
@@ -59,13 +59,7 @@ steps:
         Arc::new(Probe::default()),
         &[yaml],
     );
-    let Submission::Accepted(id) = runtime
-        .submit("approval", event(), json!({}))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = accepted(runtime.submit("approval", event(), json!({})).await);
     tokio::time::sleep(Duration::from_millis(20)).await;
     runtime
         .deliver(&Event::new("other.thing", "test", json!(1)))
@@ -93,10 +87,7 @@ async fn cancel_stops_a_running_execution() {
         ..Probe::default()
     });
     let runtime = runtime(Arc::new(MemoryStore::new()), probe, &[THREE_STEPS]);
-    let Submission::Accepted(id) = runtime.submit("three", event(), json!({})).await.unwrap()
-    else {
-        panic!()
-    };
+    let id = accepted(runtime.submit("three", event(), json!({})).await);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(runtime.cancel(id, "test").await);
     let record = tokio::time::timeout(Duration::from_secs(5), runtime.wait(id))

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::stores::StaleUnfinished;
-use crate::support::{Probe, THREE_STEPS, event, gated_probe, run, runtime};
+use crate::support::{Probe, THREE_STEPS, accepted, event, gated_probe, run, runtime};
 
 #[tokio::test]
 async fn side_effects_are_journaled_before_and_after() {
@@ -94,11 +94,7 @@ async fn recovery_reruns_only_the_step_in_flight_with_the_same_key() {
         });
         gate.add_permits(1);
         let runtime = runtime(store.clone(), probe.clone(), &[THREE_STEPS]);
-        let Submission::Accepted(accepted) =
-            runtime.submit("three", event(), json!({})).await.unwrap()
-        else {
-            panic!()
-        };
+        let accepted = accepted(runtime.submit("three", event(), json!({})).await);
         id = accepted;
         for _ in 0..200 {
             if probe.steps().len() == 2 {
@@ -160,13 +156,7 @@ async fn recovering_again_skips_running_queued_and_just_finished_executions() {
     let runtime = runtime(store.clone(), probe.clone(), &[yaml]);
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let Submission::Accepted(id) = runtime
-            .submit("one-at-a-time", event(), json!({}))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
+        let id = accepted(runtime.submit("one-at-a-time", event(), json!({})).await);
         ids.push(id);
     }
     let queued = runtime.store().execution(ids[1]).await.unwrap().unwrap();
@@ -209,13 +199,7 @@ async fn a_queued_execution_whose_slot_is_free_starts_on_recovery() {
     let first = runtime(store.clone(), probe.clone(), &[yaml]);
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let Submission::Accepted(id) = first
-            .submit("one-at-a-time", event(), json!({}))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
+        let id = accepted(first.submit("one-at-a-time", event(), json!({})).await);
         ids.push(id);
     }
     first.shutdown().await;

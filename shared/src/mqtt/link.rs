@@ -335,12 +335,8 @@ impl Connection {
                     }
                     Err(_) => return Ok(Ended::Abandoned),
                 },
-                // Cancel safety: `read_buf` either reads into the buffer or reads nothing.
-                read = self.stream.read_buf(&mut self.read), if reading => {
-                    if read? == 0 {
-                        return Err(LinkError::Closed);
-                    }
-                }
+                // Cancel safety: see `read_some`.
+                read = self.read_some(), if reading => read?,
                 () = tokio::time::sleep_until(ping_due), if pings => {
                     // An unanswered ping fails the link only if we were reading: while the
                     // trigger is busy the answer may sit unread in the socket.

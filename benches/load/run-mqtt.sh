@@ -6,6 +6,8 @@
 #   benches/load/run-mqtt.sh              # 100,000 messages
 #   COUNT=300000 benches/load/run-mqtt.sh
 #   SESSIONS=8 benches/load/run-mqtt.sh   # the trigger's `sessions:` (default 4, the fastest on 2 cores; 1 = one session)
+#   SUBJECT=echo benches/load/run-mqtt.sh # the reference: a bare relay (`mqtt_load echo`) in the agent's place
+#   BROKER_PORT=1884 benches/load/run-mqtt.sh # another broker on 127.0.0.1 (its CPU is whichever process listens there)
 #
 # Needs an agent with the mqtt trigger wired in (workflow benches/load/workflows/rule-mqtt.yaml).
 set -euo pipefail
@@ -17,15 +19,33 @@ load=${LOAD:-$target/release/mqtt_load}
 count=${COUNT:-100000}
 window=${WINDOW:-500}
 port=${PORT:-18081}
+# The broker: the machine's Mosquitto by default; BROKER_PORT points the run at another one.
+broker_port=${BROKER_PORT:-1883}
 
 work=$(mktemp -d)
 mkdir "$work/workflows"
 sessions=${SESSIONS:-4}
 # The trigger's parallel broker sessions (shared subscription; docs/triggers.md).
-sed "s|qos: 1, broker:|qos: 1, sessions: $sessions, broker:|" "$here/workflows/rule-mqtt.yaml" \
+sed -e "s|qos: 1, broker:|qos: 1, sessions: $sessions, broker:|" \
+  -e "s|mqtt://127.0.0.1:1883|mqtt://127.0.0.1:$broker_port|" "$here/workflows/rule-mqtt.yaml" \
   >"$work/workflows/rule-mqtt.yaml"
 grep -q "sessions: $sessions" "$work/workflows/rule-mqtt.yaml" || { echo "could not set sessions" >&2; exit 1; }
-echo "trigger sessions: $sessions"
+echo "${SUBJECT:-agent}, trigger sessions: $sessions"
+subject=${SUBJECT:-agent}
+if [ "$subject" = echo ]; then
+  # The reference: the same rule and reply from a bare relay (no engine, no journal), on the
+  # same broker and cores (`mqtt_load echo`).
+  "$load" echo 127.0.0.1 "$broker_port" "$sessions" 2>"$work/agent.log" &
+  pid=$!
+  finish() {
+    kill $pid 2>/dev/null
+    wait $pid 2>/dev/null
+    rm -rf "$work"
+  }
+  trap finish EXIT
+  sleep 0.5 # its subscriptions
+  kill -0 $pid 2>/dev/null || { cat "$work/agent.log"; exit 1; }
+else
 # A new device id per run: the trigger's persistent session (client id from the device id)
 # would otherwise receive what an earlier run left queued at the broker.
 # The trigger logs its client ids at info; after the run they are cleared at the broker
@@ -38,7 +58,7 @@ finish() {
   wait $pid 2>/dev/null
   mapfile -t ids < <(grep -o 'client_id=[^ ]*' "$work/agent.log" | cut -d= -f2 | tr -d '"' | sort -u)
   if [ ${#ids[@]} -gt 0 ]; then
-    "$load" clear 127.0.0.1 1883 "${ids[@]}" || echo "could not clear the trigger's sessions: ${ids[*]}" >&2
+    "$load" clear 127.0.0.1 "$broker_port" "${ids[@]}" || echo "could not clear the trigger's sessions: ${ids[*]}" >&2
   fi
   rm -rf "$work"
 }
@@ -47,8 +67,11 @@ until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
   kill -0 $pid 2>/dev/null || { cat "$work/agent.log"; exit 1; }
   sleep 0.05
 done
+fi
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-broker_cpu() { awk '{print $14 + $15}' "/proc/$(pgrep -o -x mosquitto)/stat" 2>/dev/null || echo 0; }
+# The broker's process: whichever listens on the broker port.
+broker_pid=$(ss -ltnpH "sport = :$broker_port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+broker_cpu() { awk '{print $14 + $15}' "/proc/$broker_pid/stat" 2>/dev/null || echo 0; }
 # CPU ticks per thread name (tokio workers, reactor-store, …) summed over threads of a name.
 threads() {
   for t in /proc/$pid/task/*; do
@@ -59,17 +82,18 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 cpu_before=$(cpu); broker_before=$(broker_cpu); threads >"$work/threads-before"
 # The load generator's own CPU (user + system seconds), from bash's `time`.
 TIMEFORMAT='%U %S'
-{ time "$load" "$count" 127.0.0.1 1883 "$window" 2>&1; } 2>"$work/load-time"
+{ time "$load" "$count" 127.0.0.1 "$broker_port" "$window" 2>&1; } 2>"$work/load-time"
 cpu_after=$(cpu); broker_after=$(broker_cpu); threads >"$work/threads-after"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 ticks=$(getconf CLK_TCK)
 load_cpu=$(awk 'NF == 2 { print $1 + $2 }' "$work/load-time" | tail -1)
 awk -v c=$((cpu_after - cpu_before)) -v b=$((broker_after - broker_before)) -v l="$load_cpu" -v t="$ticks" -v n="$count" \
-  'BEGIN { printf "CPU per message: agent %.1f us, mosquitto %.1f us, load generator %.1f us (agent %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, l / n * 1e6, c / t, b / t
+  'BEGIN { printf "CPU per message: '"$subject"' %.1f us, mosquitto %.1f us, load generator %.1f us (agent %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, l / n * 1e6, c / t, b / t
            printf "  all three: %.1f us per message, so 2 cores top out near %.0f msg/s\n", (c / t + b / t + l) / n * 1e6, 2 * n / (c / t + b / t + l) }'
 echo "agent CPU by thread (us per message):"
 join -a 2 "$work/threads-before" "$work/threads-after" | awk -v t="$ticks" -v n="$count" \
   'NF == 3 { d = $3 - $2 } NF == 2 { d = $2 } d > 0 { printf "  %-18s %.1f\n", $1, d / t / n * 1e6 }'
+[ "$subject" = echo ] && exit 0
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^reactor_(executions_total|trigger_events_total|trigger_errors_total|store_commits_total|store_batches_total)' || true
 echo "agent RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 # File-backed RSS is mostly the binary's own code: ~6 MiB for the shipped static release-small

@@ -6,6 +6,11 @@
 //! `mqtt_load clear HOST PORT CLIENT_ID…` ends the persistent sessions of those clients (a
 //! clean-session connect and a disconnect each): `run-mqtt.sh` clears the agent's trigger
 //! sessions with it after a run, so runs do not pile sessions up on the broker.
+//! `mqtt_load echo HOST PORT SESSIONS` is the reference the agent is measured beside: a relay
+//! that does the workflow's work with no engine and no journal (shared subscription over
+//! SESSIONS sessions, the same rule, the same QoS 1 reply) until it is stopped. `run-mqtt.sh`
+//! runs it in the agent's place with `SUBJECT=echo`: the ceiling of broker, load generator
+//! and the thinnest possible client on the same cores.
 //!
 //! At most WINDOW messages are outstanding (published, reply not yet seen): Mosquitto queues
 //! at most `max_queued_messages` (default 1000) QoS 1 messages for a subscriber that falls
@@ -63,6 +68,60 @@ async fn clear_session(id: &str, host: &str, port: u16) -> Result<(), Box<dyn st
     Ok(())
 }
 
+/// The reply the workflow sends for one reading: its `seq` and whether the rule matched.
+fn reply(payload: &[u8]) -> Option<Vec<u8>> {
+    let reading: Value = serde_json::from_slice(payload).ok()?;
+    let alert = reading["temp"].as_f64().is_some_and(|t| t > 30.0) && reading["zone"] == "A";
+    serde_json::to_vec(&json!({ "seq": reading["seq"], "alert": alert })).ok()
+}
+
+/// The relay: answers every reading on `bench/reactor/in/+` until the process is stopped.
+async fn echo(host: &str, port: u16, sessions: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let filter = format!("$share/reactor-echo/{IN_TOPIC}/+");
+    let mut relays = Vec::new();
+    for index in 0..sessions.max(1) {
+        let (client, mut events) =
+            AsyncClient::new(options(&format!("reactor-echo-{index}"), host, port), 4096);
+        client.subscribe(&filter, QoS::AtLeastOnce).await?;
+        // The event loop must keep polling while replies queue up, so replies go out
+        // from their own task.
+        let (replies, mut outgoing) = tokio::sync::mpsc::channel::<Vec<u8>>(4096);
+        relays.push(tokio::spawn(async move {
+            while let Some(payload) = outgoing.recv().await {
+                if client
+                    .publish(OUT_TOPIC, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+        relays.push(tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if let Some(payload) = reply(&publish.payload)
+                            && replies.send(payload).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        eprintln!("echo connection: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for relay in relays {
+        relay.await?;
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -73,6 +132,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             clear_session(id, &host, port).await?;
         }
         return Ok(());
+    }
+    if args.get(1).map(String::as_str) == Some("echo") {
+        let host = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1".into());
+        let port: u16 = args.get(3).map_or(Ok(1883), |a| a.parse())?;
+        let sessions: usize = args.get(4).map_or(Ok(4), |a| a.parse())?;
+        return echo(&host, port, sessions).await;
     }
     let count: usize = args.get(1).map_or(Ok(100_000), |a| a.parse())?;
     let host = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1".into());

@@ -18,6 +18,8 @@
 //! (`$`, `MKSTREAM`) when missing. Event: type `redis`, source `reactor:redis/{stream}`,
 //! `data` = the entry's fields (values as text), `meta` = `{stream, group, consumer, id}`.
 //! `lag` (trigger stats) is the group's pending count plus its lag where Redis reports it.
+//! While one batch of new entries is being recorded the next is already read (without
+//! blocking), so Redis round trips overlap the journal's commits.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,6 +37,13 @@ use tracing::{info, warn};
 use crate::connections::{Connections, Resolved};
 use crate::payload::decode_payload;
 use crate::retry::{self, Backoff, Failure, handled};
+
+/// The entries of an `XREADGROUP` reply.
+fn ids(reply: Option<StreamReadReply>) -> Vec<StreamId> {
+    reply
+        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+        .unwrap_or_default()
+}
 
 /// Entries read (and submitted concurrently) per round trip.
 const BATCH: usize = 512;
@@ -265,6 +274,8 @@ impl StreamReader<'_> {
         let mut backlog = true;
         let mut next_claim = Instant::now();
         let mut next_lag = Instant::now();
+        // A batch read while the previous one was recorded.
+        let mut ahead: Option<Vec<StreamId>> = None;
         loop {
             if self.context.cancel.is_cancelled() {
                 return Ok(());
@@ -285,6 +296,8 @@ impl StreamReader<'_> {
                     continue;
                 }
                 reply
+            } else if let Some(entries) = ahead.take() {
+                entries
             } else {
                 let read = self.read(&mut conn, ">", Some(BLOCK));
                 tokio::select! {
@@ -295,19 +308,38 @@ impl StreamReader<'_> {
                     reply = read => reply?,
                 }
             };
-            if !self.process(&mut conn, entries).await? {
-                // Not everything was recorded: read our pending entries again.
+            if entries.is_empty() {
+                continue;
+            }
+            // New entries: the next batch is read while this one is recorded, so Redis, the
+            // trigger and the journal work side by side. Not blocking: a blocked read would
+            // hold this connection's XACK back until it returned. (Not in the backlog:
+            // reading from "0" again would return the same entries.)
+            let complete = if backlog {
+                self.process(&mut conn, entries).await?
+            } else {
+                let mut reader = conn.clone();
+                let read = self.read_command(">", None);
+                let next = async move {
+                    read.query_async::<Option<StreamReadReply>>(&mut reader)
+                        .await
+                        .map(ids)
+                };
+                let (complete, next) = tokio::join!(self.process(&mut conn, entries), next);
+                let complete = complete?;
+                ahead = Some(next?).filter(|next| !next.is_empty());
+                complete
+            };
+            if !complete {
+                // Not everything was recorded: read our pending entries again (those read
+                // ahead included: they are pending too).
                 backlog = true;
+                ahead = None;
             }
         }
     }
 
-    async fn read(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        from: &str,
-        block: Option<Duration>,
-    ) -> Result<Vec<StreamId>, RedisError> {
+    fn read_command(&self, from: &str, block: Option<Duration>) -> redis::Cmd {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(self.group)
@@ -318,10 +350,18 @@ impl StreamReader<'_> {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS").arg(self.stream).arg(from);
-        let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default())
+        cmd
+    }
+
+    async fn read(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<StreamId>, RedisError> {
+        let reply: Option<StreamReadReply> =
+            self.read_command(from, block).query_async(conn).await?;
+        Ok(ids(reply))
     }
 
     /// Takes over entries idle at other (dead) consumers.

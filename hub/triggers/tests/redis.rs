@@ -148,6 +148,70 @@ async fn stream_entries_start_executions_and_are_acknowledged() {
     cleanup(&mut conn, &stream).await;
 }
 
+/// A backlog several batches long: each batch is recorded while the next is read ahead;
+/// every entry starts exactly one execution and all are acknowledged.
+#[tokio::test]
+async fn a_backlog_of_several_batches_runs_each_entry_once() {
+    const ENTRIES: usize = 1_300; // two full batches of 512 and a partial one
+    let stream = unique("reactor_test_backlog");
+    let yaml = workflow(
+        "orders",
+        &format!("redis: {{ stream: {stream}, group: hub, url: \"{URL}\" }}"),
+    );
+    let runtime = runtime(&yaml);
+    let mut conn = client().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("hub")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for n in 0..ENTRIES {
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    let running = Running::start(
+        &runtime,
+        "orders",
+        Box::new(stream_trigger(&runtime, "orders", "hub-a")),
+    );
+    assert!(
+        eventually(|| {
+            let mut c = conn.clone();
+            let s = stream.clone();
+            let r = runtime.clone();
+            async move {
+                pending(&mut c, &s, "hub").await == 0
+                    && executions(&r, "orders").await.len() >= ENTRIES
+            }
+        })
+        .await,
+        "every entry recorded and acknowledged"
+    );
+    running.stop().await.unwrap();
+    let mut seen: Vec<usize> = events(&runtime, "orders")
+        .await
+        .iter()
+        .map(|e| e.data["n"].as_str().unwrap().parse().unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..ENTRIES).collect::<Vec<_>>(),
+        "each entry exactly once"
+    );
+    cleanup(&mut conn, &stream).await;
+}
+
 #[tokio::test]
 async fn killed_between_record_and_ack_no_second_execution() {
     let stream = unique("reactor_test_crash");

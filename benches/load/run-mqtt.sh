@@ -8,6 +8,7 @@
 #   SESSIONS=8 benches/load/run-mqtt.sh   # the trigger's `sessions:` (default 4, the fastest on 2 cores; 1 = one session)
 #   SUBJECT=echo benches/load/run-mqtt.sh # the reference: a bare relay (`mqtt_load echo`) in the agent's place
 #   BROKER_PORT=1884 benches/load/run-mqtt.sh # another broker on 127.0.0.1 (its CPU is whichever process listens there)
+#   BROKER=tuned benches/load/run-mqtt.sh # a private Mosquitto with a wider in-flight window (BROKER_INFLIGHT, default 100)
 #
 # Needs an agent with the mqtt trigger wired in (workflow benches/load/workflows/rule-mqtt.yaml).
 set -euo pipefail
@@ -20,9 +21,29 @@ count=${COUNT:-100000}
 window=${WINDOW:-500}
 port=${PORT:-18081}
 # The broker: the machine's Mosquitto by default; BROKER_PORT points the run at another one.
-broker_port=${BROKER_PORT:-1883}
+# BROKER=tuned starts a private Mosquitto for the run (port BROKER_PORT, default 1884) with
+# deploy/mosquitto/reactor.conf's window: max_inflight_messages BROKER_INFLIGHT (default 100,
+# 0 = no limit) instead of the default 20.
+broker=${BROKER:-machine}
+if [ "$broker" = tuned ]; then broker_port=${BROKER_PORT:-1884}; else broker_port=${BROKER_PORT:-1883}; fi
 
 work=$(mktemp -d)
+broker_pid_started=
+if [ "$broker" = tuned ]; then
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages %s\nmax_queued_messages 10000\n' \
+    "$broker_port" "${BROKER_INFLIGHT:-100}" >"$work/mosquitto.conf"
+  mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+  broker_pid_started=$!
+  until ss -ltnH "sport = :$broker_port" | grep -q LISTEN; do
+    kill -0 $broker_pid_started 2>/dev/null || { cat "$work/mosquitto.log"; exit 1; }
+    sleep 0.05
+  done
+  echo "private Mosquitto on $broker_port, max_inflight_messages ${BROKER_INFLIGHT:-100}"
+fi
+stop_broker() {
+  if [ -n "$broker_pid_started" ]; then kill $broker_pid_started 2>/dev/null; wait $broker_pid_started 2>/dev/null || true; fi
+  return 0
+}
 mkdir "$work/workflows"
 sessions=${SESSIONS:-4}
 # The trigger's parallel broker sessions (shared subscription; docs/triggers.md).
@@ -39,7 +60,8 @@ if [ "$subject" = echo ]; then
   pid=$!
   finish() {
     kill $pid 2>/dev/null
-    wait $pid 2>/dev/null
+    wait $pid 2>/dev/null || true # killed: not an error
+    stop_broker
     rm -rf "$work"
   }
   trap finish EXIT
@@ -55,11 +77,12 @@ REACTOR_DEVICE__ID=bench-$$ RUST_LOG=${RUST_LOG:-warn,reactor_core::mqtt::trigge
 pid=$!
 finish() {
   kill $pid 2>/dev/null
-  wait $pid 2>/dev/null
+  wait $pid 2>/dev/null || true
   mapfile -t ids < <(grep -o 'client_id=[^ ]*' "$work/agent.log" | cut -d= -f2 | tr -d '"' | sort -u)
   if [ ${#ids[@]} -gt 0 ]; then
     "$load" clear 127.0.0.1 "$broker_port" "${ids[@]}" || echo "could not clear the trigger's sessions: ${ids[*]}" >&2
   fi
+  stop_broker
   rm -rf "$work"
 }
 trap finish EXIT
@@ -88,7 +111,7 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 ticks=$(getconf CLK_TCK)
 load_cpu=$(awk 'NF == 2 { print $1 + $2 }' "$work/load-time" | tail -1)
 awk -v c=$((cpu_after - cpu_before)) -v b=$((broker_after - broker_before)) -v l="$load_cpu" -v t="$ticks" -v n="$count" \
-  'BEGIN { printf "CPU per message: '"$subject"' %.1f us, mosquitto %.1f us, load generator %.1f us (agent %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, l / n * 1e6, c / t, b / t
+  'BEGIN { printf "CPU per message: '"$subject"' %.1f us, mosquitto %.1f us, load generator %.1f us ('"$subject"' %.2f s, broker %.2f s, incl. the quiet wait)\n", c / t / n * 1e6, b / t / n * 1e6, l / n * 1e6, c / t, b / t
            printf "  all three: %.1f us per message, so 2 cores top out near %.0f msg/s\n", (c / t + b / t + l) / n * 1e6, 2 * n / (c / t + b / t + l) }'
 echo "agent CPU by thread (us per message):"
 join -a 2 "$work/threads-before" "$work/threads-after" | awk -v t="$ticks" -v n="$count" \

@@ -51,6 +51,20 @@ async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str, gro
     }
 }
 
+/// Creates the group `hub` at the end of `stream` (created too): only entries added after
+/// this are new to it.
+async fn create_group(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("hub")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
     let _: () = redis::cmd("DEL")
         .arg(stream)
@@ -160,15 +174,7 @@ async fn a_backlog_of_several_batches_runs_each_entry_once() {
     );
     let runtime = runtime(&yaml);
     let mut conn = client().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("hub")
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    create_group(&mut conn, &stream).await;
     let mut pipe = redis::pipe();
     for n in 0..ENTRIES {
         pipe.cmd("XADD")
@@ -221,15 +227,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
     );
     let runtime = runtime(&yaml);
     let mut conn = client().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("hub")
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    create_group(&mut conn, &stream).await;
     for n in 0..5 {
         xadd(&mut conn, &stream, n).await;
     }

@@ -144,9 +144,15 @@ impl Gateway {
             router,
         });
         loop {
+            // Devices wait in the listen backlog until the hub → device channels are
+            // subscribed (at start, and while connection 0 reconnects): a device that got
+            // its SUBACK before that would miss what is sent to it meanwhile.
             let accepted = tokio::select! {
                 () = stop.cancelled() => return,
-                accepted = listener.accept() => accepted,
+                () = gateway.pool.downlink_ready() => tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                },
             };
             let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,

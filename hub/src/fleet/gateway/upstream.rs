@@ -9,7 +9,9 @@
 //! - Connection 0 also subscribes to the hub → device channels of every device
 //!   (`reactor/v1/d/+/ack|bundle|cmd`); each message goes to the session of its device
 //!   through that session's bounded queue. No session here: dropped (counted); a full queue:
-//!   the session is dropped (counted) — one slow device never holds up the others.
+//!   the session is dropped (counted) — one slow device never holds up the others. Device
+//!   connections are accepted only while that subscription stands (its SUBACK came), so a
+//!   device's SUBACK always means the hub's messages for it reach it.
 //! - A pool connection that fails ends the sessions hashed to it (their unacknowledged
 //!   publishes could never be acknowledged); it reconnects with a backoff.
 
@@ -30,7 +32,7 @@ use rumqttc::mqttbytes::v4::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{GatewayStats, Refusal, read_packet};
@@ -183,6 +185,9 @@ struct Slot {
 #[derive(Debug)]
 pub struct Pool {
     slots: Vec<Slot>,
+    /// Whether connection 0's subscription to the hub → device channels is in place (its
+    /// SUBACK came and the connection still stands).
+    downlink: watch::Sender<bool>,
 }
 
 impl Pool {
@@ -207,7 +212,10 @@ impl Pool {
             });
             receivers.push(rx);
         }
-        let pool = Arc::new(Pool { slots });
+        let pool = Arc::new(Pool {
+            slots,
+            downlink: watch::Sender::new(false),
+        });
         let run = ulid::Ulid::new().to_string();
         for (index, requests) in receivers.into_iter().enumerate() {
             let link = Link {
@@ -223,6 +231,15 @@ impl Pool {
             tokio::spawn(link.run(requests, stop.clone()));
         }
         pool
+    }
+
+    /// Returns once the hub → device channels are subscribed at the broker. A device must
+    /// not be told it is subscribed before: what the broker carried for it meanwhile would
+    /// reach nobody.
+    pub async fn downlink_ready(&self) {
+        let mut ready = self.downlink.subscribe();
+        // Only fails when the pool is gone, and then nothing waits on it.
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 
     /// The pool connection of `device`.
@@ -303,6 +320,9 @@ impl Link {
                         () = stop.cancelled() => return,
                         error = self.serve(stream, buffer, &mut requests) => error,
                     };
+                    if self.subscriber {
+                        self.pool.downlink.send_replace(false);
+                    }
                     self.stats.upstream_lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(link = self.index, %error, "gateway lost its broker connection: its device sessions end");
                     self.pool.next_generation(self.index);
@@ -492,6 +512,9 @@ impl Link {
                     }) =>
                 {
                     return Refusal::Connect("the broker refused the gateway's subscription");
+                }
+                Packet::SubAck(_) if self.subscriber => {
+                    self.pool.downlink.send_replace(true);
                 }
                 _ => {}
             }

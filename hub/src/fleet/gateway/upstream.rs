@@ -544,3 +544,7 @@ fn encode(packet: &Packet, out: &mut BytesMut) -> Result<(), Refusal> {
         .map(|_| ())
         .map_err(|e| Refusal::Malformed(e.to_string()))
 }
+
+#[cfg(test)]
+#[path = "upstream_tests.rs"]
+mod tests;

@@ -42,7 +42,7 @@ pub const PUBLISH_QUEUE: usize = 64;
 /// Default time a `publish` waits for the broker's confirmation.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Publishes through one rumqttc client per broker; see the module docs.
+/// Publishes over one hand-driven connection per broker; see the module docs.
 #[derive(Debug)]
 pub struct BrokerPublisher {
     brokers: MqttBrokers,

@@ -144,15 +144,9 @@ impl Gateway {
             router,
         });
         loop {
-            // Devices wait in the listen backlog until the hub → device channels are
-            // subscribed (at start, and while connection 0 reconnects): a device that got
-            // its SUBACK before that would miss what is sent to it meanwhile.
             let accepted = tokio::select! {
                 () = stop.cancelled() => return,
-                () = gateway.pool.downlink_ready() => tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                },
+                accepted = listener.accept() => accepted,
             };
             let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -232,6 +226,10 @@ impl Running {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // A device's session starts only while the hub → device channels are subscribed
+        // (at start, and while connection 0 reconnects): a device that got its SUBACK before
+        // that would miss what is sent to it meanwhile.
+        self.pool.downlink_ready().await;
         let gateway = &self.gateway;
         let mut buffer = BytesMut::new();
         let first =

@@ -9,9 +9,9 @@
 //! - Connection 0 also subscribes to the hub → device channels of every device
 //!   (`reactor/v1/d/+/ack|bundle|cmd`); each message goes to the session of its device
 //!   through that session's bounded queue. No session here: dropped (counted); a full queue:
-//!   the session is dropped (counted) — one slow device never holds up the others. Device
-//!   connections are accepted only while that subscription stands (its SUBACK came), so a
-//!   device's SUBACK always means the hub's messages for it reach it.
+//!   the session is dropped (counted) — one slow device never holds up the others. A device's
+//!   session starts only while that subscription stands (its SUBACK came), so a device's
+//!   SUBACK means the hub's messages for it reach it.
 //! - A pool connection that fails ends the sessions hashed to it (their unacknowledged
 //!   publishes could never be acknowledged); it reconnects with a backoff.
 

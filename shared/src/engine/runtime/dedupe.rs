@@ -147,8 +147,7 @@ impl Runtime {
             key: mark_key,
             value: Some(value),
         };
-        self.start(wf, id, event, inputs, None, key, Some(put))
-            .await
+        Box::pin(self.start(wf, id, event, inputs, None, key, Some(put))).await
     }
 
     /// The de-duplication mark of `key` for `workflow`, if one is recorded.

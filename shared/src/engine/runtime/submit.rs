@@ -38,7 +38,7 @@ impl Runtime {
         }
         let id = ExecutionId::new();
         let key = concurrency_key(&wf, &event, &inputs, &lent)?;
-        self.start(wf, id, event, inputs, None, key, None).await
+        Box::pin(self.start(wf, id, event, inputs, None, key, None)).await
     }
 
     /// Like [`Runtime::submit`], and also returns a [`Watch`] on the execution's end, set up
@@ -65,7 +65,7 @@ impl Runtime {
             .entry(id)
             .or_default()
             .push(tx);
-        let submitted = self.start(wf, id, event, inputs, None, key, None).await;
+        let submitted = Box::pin(self.start(wf, id, event, inputs, None, key, None)).await;
         match submitted {
             Ok(Submission::Accepted(id)) => Ok((Submission::Accepted(id), Some(Watch(rx)))),
             other => {
@@ -75,6 +75,12 @@ impl Runtime {
         }
     }
 
+    /// Callers box this future (`Box::pin(self.start(…))`): its state is ~8 KiB (the event,
+    /// the start fact, the record and the driver's first settle and flush live in it), and
+    /// unboxed it was copied by value into every future that awaits it and again into each
+    /// `join_all` / `FuturesUnordered` slot of a trigger's batch — `memmove` was 14 % of the
+    /// engine thread. Boxed, a submission's future is 0.7–1.2 KiB and the state is written
+    /// once (docs/performance.md, "Session 10").
     #[allow(
         clippy::too_many_arguments,
         reason = "private; every caller passes each part explicitly"
@@ -129,10 +135,10 @@ impl Runtime {
                 }
                 Claim::Queue => record.status = ExecutionStatus::Queued,
                 Claim::Replace(old) => {
-                    self.cancel(
+                    Box::pin(self.cancel(
                         old,
                         "replaced by a newer execution (concurrency overflow: replace)",
-                    )
+                    ))
                     .await;
                 }
             }
@@ -375,5 +381,38 @@ fn event_globals(
         steps: Value::Object(Map::new()),
         execution: serde_json::json!({ "workflow": wf.name.as_str(), "version": wf.version }),
         environment: environment.for_event(event),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::DedupeMark;
+    use super::*;
+    use crate::trigger::testing;
+
+    /// Triggers hold hundreds of submissions at once and every combinator moves them by
+    /// value: a submission's future must stay small (the execution's state is boxed inside).
+    #[tokio::test]
+    async fn a_submissions_future_stays_small() {
+        let runtime = testing::runtime(
+            testing::memory(),
+            &[
+                "reactor: 1\nname: w\ntriggers:\n  - interval: { every: 1h }\nsteps:\n  - action: transform\n    with: { value: 1 }\n",
+            ],
+        );
+        let event = || Event::new("t", "s", json!({}));
+        let plain = runtime.submit("w", event(), json!({}));
+        let watched = runtime.submit_watched("w", event(), json!({}));
+        let keyed = runtime.submit_once("w", event(), json!({}), DedupeMark::new("k", json!(1)));
+        for (what, size) in [
+            ("submit", std::mem::size_of_val(&plain)),
+            ("submit_watched", std::mem::size_of_val(&watched)),
+            ("submit_once", std::mem::size_of_val(&keyed)),
+        ] {
+            assert!(size <= 2048, "{what}'s future is {size} bytes");
+        }
+        assert!(matches!(plain.await, Ok(Submission::Accepted(_))));
     }
 }

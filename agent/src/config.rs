@@ -87,7 +87,7 @@ Configuration (agent.toml; layers: defaults < file < REACTOR_* environment < fla
              triggers, mqtt.publish and emit with `topic`; username, password_secret =
              \"MQTT_PASSWORD\" (read from REACTOR_SECRET_MQTT_PASSWORD), client_id (prefix of
              client ids; default: device.id), keep_alive = \"30s\", clean_session = false
-             (persistent sessions), inflight = 32, max_packet_size = 262144, ca_file (PEM)
+             (persistent sessions), inflight = 100, max_packet_size = 262144, ca_file (PEM)
   [mqtt.connections.NAME]  the same keys, for `connection: NAME` in a trigger
 
 Environment: every key also as REACTOR_<SECTION>__<KEY>, e.g. REACTOR_DEVICE__ID=pi-1,

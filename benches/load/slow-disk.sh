@@ -6,8 +6,8 @@
 #   SLOW_AGENT=$CARGO_TARGET_DIR/release/reactor-agent AGENT=benches/load/slow-disk.sh \
 #     SESSIONS=1 COUNT=10000 benches/load/run-mqtt.sh
 #
-# CPU figures of the run are strace's, not the agent's (it is strace's pid the script sees);
-# the messages per second are what this is for. Needs strace (apt-get install strace).
+# The CPU and RSS figures the load scripts print are then this wrapper's (its pid is the one
+# they see), not the agent's; the messages per second are what this is for. Needs strace (apt-get install strace).
 set -euo pipefail
 command -v strace >/dev/null || { echo "slow-disk.sh needs strace (apt-get install strace)" >&2; exit 2; }
 agent=${SLOW_AGENT:-${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target}/release/reactor-agent}

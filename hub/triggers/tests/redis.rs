@@ -51,6 +51,15 @@ async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str, gro
     }
 }
 
+/// Whether group `hub` of `stream` gets to no pending entries (within `eventually`'s wait).
+async fn nothing_pending(conn: &redis::aio::MultiplexedConnection, stream: &str) -> bool {
+    eventually(|| {
+        let mut conn = conn.clone();
+        async move { pending(&mut conn, stream, "hub").await == 0 }
+    })
+    .await
+}
+
 /// Creates the group `hub` at the end of `stream` (created too): only entries added after
 /// this are new to it.
 async fn create_group(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
@@ -140,12 +149,7 @@ async fn stream_entries_start_executions_and_are_acknowledged() {
     assert_eq!(first.meta["group"], json!("hub"));
     assert_eq!(first.meta["id"], json!(ids[0]));
     assert!(
-        eventually(|| {
-            let mut c = conn.clone();
-            let s = stream.clone();
-            async move { pending(&mut c, &s, "hub").await == 0 }
-        })
-        .await,
+        nothing_pending(&conn, &stream).await,
         "every recorded entry is acknowledged"
     );
     // Acknowledged entries leave no de-duplication mark behind.
@@ -252,14 +256,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
         "orders",
         Box::new(stream_trigger(&runtime, "orders", "hub-a")),
     );
-    assert!(
-        eventually(|| {
-            let mut c = conn.clone();
-            let s = stream.clone();
-            async move { pending(&mut c, &s, "hub").await == 0 }
-        })
-        .await
-    );
+    assert!(nothing_pending(&conn, &stream).await);
     assert_eq!(
         executions(&runtime, "orders").await.len(),
         5,
@@ -299,12 +296,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
         .with_claim(Duration::from_millis(100), Duration::from_millis(200));
     let claimer = Running::start(&runtime, "orders", Box::new(claimer));
     assert!(
-        eventually(|| {
-            let mut c = conn.clone();
-            let s = stream.clone();
-            async move { pending(&mut c, &s, "hub").await == 0 }
-        })
-        .await,
+        nothing_pending(&conn, &stream).await,
         "the dead consumer's entries are claimed and acknowledged"
     );
     assert_eq!(

@@ -51,6 +51,14 @@ async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str, gro
     }
 }
 
+/// A runtime with workflow `orders`, triggered by `stream` in group `hub`.
+fn orders_on(stream: &str) -> reactor_core::engine::Runtime {
+    runtime(&workflow(
+        "orders",
+        &format!("redis: {{ stream: {stream}, group: hub, url: \"{URL}\" }}"),
+    ))
+}
+
 /// Whether group `hub` of `stream` gets to no pending entries (within `eventually`'s wait).
 async fn nothing_pending(conn: &redis::aio::MultiplexedConnection, stream: &str) -> bool {
     eventually(|| {
@@ -102,11 +110,7 @@ use reactor_core::flow;
 #[tokio::test]
 async fn stream_entries_start_executions_and_are_acknowledged() {
     let stream = unique("reactor_test_stream");
-    let yaml = workflow(
-        "orders",
-        &format!("redis: {{ stream: {stream}, group: hub, url: \"{URL}\" }}"),
-    );
-    let runtime = runtime(&yaml);
+    let runtime = orders_on(&stream);
     let running = Running::start(
         &runtime,
         "orders",
@@ -172,11 +176,7 @@ async fn stream_entries_start_executions_and_are_acknowledged() {
 async fn a_backlog_of_several_batches_runs_each_entry_once() {
     const ENTRIES: usize = 1_300; // two full batches of 512 and a partial one
     let stream = unique("reactor_test_backlog");
-    let yaml = workflow(
-        "orders",
-        &format!("redis: {{ stream: {stream}, group: hub, url: \"{URL}\" }}"),
-    );
-    let runtime = runtime(&yaml);
+    let runtime = orders_on(&stream);
     let mut conn = client().await;
     create_group(&mut conn, &stream).await;
     let mut pipe = redis::pipe();
@@ -225,11 +225,7 @@ async fn a_backlog_of_several_batches_runs_each_entry_once() {
 #[tokio::test]
 async fn killed_between_record_and_ack_no_second_execution() {
     let stream = unique("reactor_test_crash");
-    let yaml = workflow(
-        "orders",
-        &format!("redis: {{ stream: {stream}, group: hub, url: \"{URL}\" }}"),
-    );
-    let runtime = runtime(&yaml);
+    let runtime = orders_on(&stream);
     let mut conn = client().await;
     create_group(&mut conn, &stream).await;
     for n in 0..5 {

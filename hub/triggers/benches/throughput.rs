@@ -61,7 +61,8 @@ fn runtime(dir: &tempfile::TempDir, trigger: &str) -> Runtime {
     runtime
 }
 
-/// Runs the workflow's trigger until `count` executions started; returns events/s.
+/// Runs the workflow's trigger until `count` source events are recorded (in as many
+/// executions, or fewer with `batch:`); returns events/s.
 async fn drive(runtime: &Runtime, count: usize) -> f64 {
     let spec = runtime.workflow("bench", None).unwrap().triggers[0].clone();
     let trigger: Box<dyn Trigger> = reactor_hub_triggers::build(&spec, &Connections::default())
@@ -69,16 +70,17 @@ async fn drive(runtime: &Runtime, count: usize) -> f64 {
         .unwrap();
     let context = TriggerContext::new("bench", runtime.clone(), CancellationToken::new());
     let task = tokio::spawn(trigger.run(context.clone()));
+    let recorded = || context.stats.events.load(Ordering::Relaxed);
     // Timed from the first recorded execution: connecting and joining groups are not
     // throughput.
     let deadline = Instant::now() + Duration::from_secs(600);
-    while runtime.stats().started.load(Ordering::Relaxed) == 0 {
+    while recorded() == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(Instant::now() < deadline, "nothing recorded");
     }
     let started = Instant::now();
-    let first = runtime.stats().started.load(Ordering::Relaxed);
-    while runtime.stats().started.load(Ordering::Relaxed) < count as u64 {
+    let first = recorded();
+    while recorded() < count as u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(Instant::now() < deadline, "too slow");
     }
@@ -206,18 +208,35 @@ async fn redis_bench(count: usize) {
     let stream = name("bench_rt");
     fill(stream.clone(), conn.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime(
+    let plain = runtime(
         &dir,
         &format!("redis: {{ stream: {stream}, group: hub, url: \"redis://127.0.0.1:6379\" }}"),
     );
-    let reactor = drive(&runtime, count).await;
+    let reactor = drive(&plain, count).await;
+    report("redis stream", count, raw, reactor);
+    // Reactor with `batch:` (500 entries per execution).
+    let batched_stream = name("bench_batch");
+    fill(batched_stream.clone(), conn.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let batching = runtime(
+        &dir,
+        &format!(
+            "redis: {{ stream: {batched_stream}, group: hub, batch: {{ size: {BATCH_SIZE}, wait: 50ms }}, url: \"redis://127.0.0.1:6379\" }}"
+        ),
+    );
+    let batched = drive(&batching, count).await;
+    report(&format!("  batch {BATCH_SIZE}"), count, raw, batched);
     let _: () = redis::cmd("DEL")
         .arg(&stream)
+        .arg(&batched_stream)
         .query_async(&mut conn)
         .await
         .unwrap();
-    report("redis stream", count, raw, reactor);
 }
+
+/// Messages per execution in the `batch:` runs (gathered for 50 ms at most: only the
+/// stream's tail waits).
+const BATCH_SIZE: usize = 500;
 
 async fn kafka_bench(count: usize) {
     let cluster = MockCluster::new(1).unwrap();
@@ -278,12 +297,25 @@ async fn kafka_bench(count: usize) {
     cluster.create_topic(&topic, 4, 1).unwrap();
     fill(topic.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime(
+    let plain = runtime(
         &dir,
         &format!("kafka: {{ topic: {topic}, group: rt, from: earliest, brokers: \"{brokers}\" }}"),
     );
-    let reactor = drive(&runtime, count).await;
+    let reactor = drive(&plain, count).await;
     report("kafka (mock)", count, raw, reactor);
+    // Reactor with `batch:` (500 messages per execution at most, per partition).
+    let topic = name("bench_batch");
+    cluster.create_topic(&topic, 4, 1).unwrap();
+    fill(topic.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let batching = runtime(
+        &dir,
+        &format!(
+            "kafka: {{ topic: {topic}, group: rt, from: earliest, batch: {{ size: {BATCH_SIZE}, wait: 50ms }}, brokers: \"{brokers}\" }}"
+        ),
+    );
+    let batched = drive(&batching, count).await;
+    report(&format!("  batch {BATCH_SIZE}"), count, raw, batched);
 }
 
 async fn postgres_bench(count: usize) {

@@ -10,6 +10,15 @@
 //! partition next, and starts nothing new. When a message cannot be recorded, the prefix
 //! before it is committed and the consumer is rebuilt, which resumes at the committed offset.
 //!
+//! With `batch: { size, wait }` one execution takes up to `size` messages of one partition
+//! (`crate::batch`), gathered for at most `wait`; its single mark, keyed like its first
+//! message's, holds the offset range (`{topic, partition, offset, last}`). A partition is
+//! consumed by one group member at a time and resumes at its committed offset, the end of a
+//! recorded batch: a redelivered run starts with a recorded batch's first message, whose
+//! mark says how far the batch reached, and everything up to there is skipped and committed.
+//! Batch event: `data` = the messages' `{data, meta}`, `meta` = `{topic, partition,
+//! first_offset, last_offset, count}`.
+//!
 //! `from: earliest|latest` applies when the group has no committed offset for a partition.
 //! Event: type `kafka`, source `reactor:kafka/{topic}`, `data` = the value parsed as JSON when
 //! it parses, else text, else base64 (`null` for a tombstone); `meta` = `{topic, partition,
@@ -34,12 +43,14 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use reactor_core::engine::SubmitError;
 use reactor_core::engine::{DedupeMark, Event, Submission};
-use reactor_core::flow::{self, KafkaStart};
+use reactor_core::flow::{self, Batch, KafkaStart};
 use reactor_core::trigger::{Trigger, TriggerContext, TriggerError, TriggerStats};
 use serde_json::{Map, Value, json};
 use tracing::{debug, info, warn};
 
+use crate::batch;
 use crate::connections::{Connections, Resolved};
 use crate::payload::decode_payload;
 use crate::retry::{self, Backoff, Failure, handled};
@@ -74,6 +85,7 @@ pub struct KafkaTrigger {
     topics: Vec<String>,
     group: Option<String>,
     from: KafkaStart,
+    batch: Option<Batch>,
     connection: Resolved,
     stop_before_ack: Option<u64>,
 }
@@ -105,6 +117,7 @@ impl KafkaTrigger {
             topics: spec.topics.clone(),
             group: spec.group.clone(),
             from: spec.from,
+            batch: spec.batch,
             connection,
             stop_before_ack: None,
         })
@@ -176,6 +189,7 @@ impl Trigger for KafkaTrigger {
                         consumer: Arc::new(consumer),
                         recorded: &mut recorded,
                         next_offsets: HashMap::new(),
+                        covered: HashMap::new(),
                         next_lag: Instant::now() + LAG_EVERY,
                     };
                     let result = session.run(&mut backoff).await;
@@ -212,7 +226,21 @@ struct Session<'a> {
     recorded: &'a mut u64,
     /// (topic, partition) → the offset after the last message seen, for `lag`.
     next_offsets: HashMap<(String, i32), i64>,
+    /// (topic, partition) → the last offset a recorded batch covers, learnt from its mark
+    /// (`batch:` only): messages up to it are skipped.
+    covered: HashMap<(String, i32), i64>,
     next_lag: Instant,
+}
+
+/// What became of a message, or of a batch of one partition's messages.
+struct Outcome {
+    partition: (String, i32),
+    /// The offset after the last message it covers.
+    next: i64,
+    /// Its de-duplication key.
+    key: String,
+    messages: u64,
+    result: Result<Submission, SubmitError>,
 }
 
 impl Session<'_> {
@@ -239,15 +267,29 @@ impl Session<'_> {
             };
             backoff.reset();
             self.context.stats.record_success();
+            let (size, wait) = match self.trigger.batch {
+                Some(batch) => (batch.size, batch.wait),
+                None => (BATCH, GATHER),
+            };
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + GATHER;
-            while batch.len() < BATCH {
+            let deadline = tokio::time::Instant::now() + wait;
+            while batch.len() < size {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(Ok(message)) => batch.push(message.detach()),
                     Ok(Err(_)) | Err(_) => break,
                 }
             }
-            self.process(batch).await?;
+            for message in &batch {
+                self.next_offsets.insert(
+                    (message.topic().to_string(), message.partition()),
+                    message.offset() + 1,
+                );
+            }
+            let outcomes = match self.trigger.batch {
+                Some(_) => self.submit_batches(batch).await?,
+                None => self.submit_each(&batch).await,
+            };
+            self.acknowledge(outcomes).await?;
             if Instant::now() >= self.next_lag {
                 self.next_lag = Instant::now() + LAG_EVERY;
                 self.update_lag().await;
@@ -255,37 +297,137 @@ impl Session<'_> {
         }
     }
 
-    async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<(), Failure> {
+    /// One execution per message.
+    async fn submit_each(&self, batch: &[OwnedMessage]) -> Vec<Outcome> {
         let context = self.context;
         let submissions = batch.iter().map(|message| {
-            let key = format!("kafka/{}/{}/{}", message.topic(), message.partition(), message.offset());
+            let key = message_key(message);
             let mark = DedupeMark::new(
                 key.clone(),
                 json!({"topic": message.topic(), "partition": message.partition(), "offset": message.offset()}),
             );
             let event = event_for(message);
-            async move { (key, context.submit_once(event, mark).await) }
+            async move {
+                Outcome {
+                    partition: (message.topic().to_string(), message.partition()),
+                    next: message.offset() + 1,
+                    key,
+                    messages: 1,
+                    result: context.submit_once(event, mark).await,
+                }
+            }
         });
-        let results = futures::future::join_all(submissions).await;
-        // Per partition: commit up to the first message that was not recorded.
+        futures::future::join_all(submissions).await
+    }
+
+    /// `batch:` — one execution per partition's run of messages, after skipping what
+    /// recorded batches cover (see the module docs).
+    async fn submit_batches(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<Outcome>, Failure> {
+        let mut runs: Vec<((String, i32), Vec<OwnedMessage>)> = Vec::new();
+        for message in batch {
+            let partition = (message.topic().to_string(), message.partition());
+            match runs.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, run)) => run.push(message),
+                None => runs.push((partition, vec![message])),
+            }
+        }
+        let mut outcomes = Vec::new();
+        let mut fresh = Vec::new();
+        for (partition, mut run) in runs {
+            loop {
+                if let Some(&covered) = self.covered.get(&partition) {
+                    run.retain(|message| message.offset() > covered);
+                }
+                let Some(first) = run.first() else { break };
+                let key = message_key(first);
+                let mark = self
+                    .context
+                    .runtime
+                    .mark(&self.context.workflow, &key)
+                    .await
+                    .map_err(|e| Failure::Retry(format!("kafka: reading a batch mark: {e}")))?;
+                let Some(mark) = mark else { break };
+                let last = mark.position["last"].as_i64().unwrap_or(first.offset());
+                let skipped = run.iter().take_while(|m| m.offset() <= last).count();
+                self.covered.insert(partition.clone(), last);
+                outcomes.push(Outcome {
+                    partition: partition.clone(),
+                    next: last + 1,
+                    key,
+                    messages: skipped as u64,
+                    result: Ok(Submission::Accepted(mark.execution)),
+                });
+            }
+            if !run.is_empty() {
+                fresh.push((partition, run));
+            }
+        }
+        let submissions = fresh
+            .into_iter()
+            .map(|(partition, run)| self.submit_run(partition, run));
+        outcomes.extend(futures::future::join_all(submissions).await);
+        Ok(outcomes)
+    }
+
+    fn submit_run(
+        &self,
+        partition: (String, i32),
+        run: Vec<OwnedMessage>,
+    ) -> impl Future<Output = Outcome> + use<'_> {
+        let (first, last) = (run[0].offset(), run[run.len() - 1].offset());
+        let key = message_key(&run[0]);
+        let (topic, number) = (&partition.0, partition.1);
+        let mark = DedupeMark::new(
+            key.clone(),
+            json!({"topic": topic, "partition": number, "offset": first, "last": last}),
+        );
+        let meta = json!({
+            "topic": topic,
+            "partition": number,
+            "first_offset": first,
+            "last_offset": last,
+            "count": run.len(),
+        });
+        let messages = run.len();
+        let items = run
+            .iter()
+            .map(|message| {
+                let (data, meta) = parts(message);
+                batch::item(data, meta)
+            })
+            .collect();
+        let event = batch::event("kafka", &format!("reactor:kafka/{topic}"), items, meta);
+        let context = self.context;
+        async move {
+            Outcome {
+                partition,
+                next: last + 1,
+                key,
+                messages: messages as u64,
+                result: context.submit_batch(event, vec![mark], messages).await,
+            }
+        }
+    }
+
+    /// Commits, per partition, the offset after the last outcome recorded in an unbroken
+    /// run; then forgets the committed marks.
+    async fn acknowledge(&mut self, outcomes: Vec<Outcome>) -> Result<(), Failure> {
+        let context = self.context;
         let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut broken: BTreeMap<(String, i32), ()> = BTreeMap::new();
-        let mut keys = Vec::with_capacity(batch.len());
-        for (message, (key, result)) in batch.iter().zip(results) {
-            let partition = (message.topic().to_string(), message.partition());
-            self.next_offsets
-                .insert(partition.clone(), message.offset() + 1);
-            if broken.contains_key(&partition) {
+        let mut keys = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            if broken.contains_key(&outcome.partition) {
                 continue;
             }
-            if handled(&context.workflow, &key, &result) {
-                if matches!(result, Ok(Submission::Accepted(_))) {
-                    *self.recorded += 1;
+            if handled(&context.workflow, &outcome.key, &outcome.result) {
+                if matches!(outcome.result, Ok(Submission::Accepted(_))) {
+                    *self.recorded += outcome.messages;
                 }
-                commit.insert(partition, message.offset() + 1);
-                keys.push(key);
+                commit.insert(outcome.partition, outcome.next);
+                keys.push(outcome.key);
             } else {
-                broken.insert(partition, ());
+                broken.insert(outcome.partition, ());
             }
         }
         if let Some(limit) = self.trigger.stop_before_ack
@@ -352,13 +494,30 @@ impl Session<'_> {
     }
 }
 
+/// A message's de-duplication key.
+fn message_key(message: &OwnedMessage) -> String {
+    format!(
+        "kafka/{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    )
+}
+
 /// The event for one message (see the module docs for the shape).
 pub fn event_for(message: &OwnedMessage) -> Event {
+    let (data, meta) = parts(message);
+    let mut event = Event::new("kafka", &format!("reactor:kafka/{}", message.topic()), data);
+    event.meta = meta;
+    event
+}
+
+/// A message's `data` and `meta`.
+fn parts(message: &OwnedMessage) -> (Value, Value) {
     let (data, encoding) = match message.payload() {
         Some(payload) => decode_payload(payload),
         None => (Value::Null, "null"),
     };
-    let mut event = Event::new("kafka", &format!("reactor:kafka/{}", message.topic()), data);
     let mut headers = Map::new();
     if let Some(list) = message.headers() {
         for header in list.iter() {
@@ -368,7 +527,7 @@ pub fn event_for(message: &OwnedMessage) -> Event {
             );
         }
     }
-    event.meta = json!({
+    let meta = json!({
         "topic": message.topic(),
         "partition": message.partition(),
         "offset": message.offset(),
@@ -377,7 +536,7 @@ pub fn event_for(message: &OwnedMessage) -> Event {
         "timestamp": message.timestamp().to_millis(),
         "encoding": encoding,
     });
-    event
+    (data, meta)
 }
 
 /// Bytes as text, or base64 when they are not UTF-8.

@@ -38,6 +38,8 @@ use std::sync::Arc;
 use reactor_core::flow::{TriggerKind, TriggerSpec};
 use reactor_core::trigger::{LightTriggers, Trigger, TriggerError, TriggerFactory};
 
+#[cfg(any(feature = "kafka", feature = "redis"))]
+mod batch;
 pub mod connections;
 mod payload;
 mod retry;

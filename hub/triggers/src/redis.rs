@@ -18,6 +18,14 @@
 //! (`$`, `MKSTREAM`) when missing. Event: type `redis`, source `reactor:redis/{stream}`,
 //! `data` = the entry's fields (values as text), `meta` = `{stream, group, consumer, id}`.
 //! `lag` (trigger stats) is the group's pending count plus its lag where Redis reports it.
+//! With `batch: { size, wait }` (streams) one execution takes up to `size` entries, read
+//! for at most `wait` after the first (`crate::batch`); each entry still gets its own mark
+//! (written with the execution), so an entry redelivered in any split — its consumer's
+//! pending list re-read, or a dead consumer's entries claimed a few at a time — is found
+//! and acknowledged, never batched again. Re-read and claimed entries are looked up one by
+//! one before batching; new entries need no lookup. Batch event: `data` = the entries'
+//! `{data, meta}`, `meta` = `{stream, group, consumer, first_id, last_id, count}`.
+//!
 //! While one batch of new entries is being recorded the next is already read (without
 //! blocking), so Redis round trips overlap the journal's commits.
 
@@ -26,14 +34,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use reactor_core::engine::{DedupeMark, Event, Submission};
-use reactor_core::flow::{self, RedisSource};
+use reactor_core::engine::{DedupeMark, Event, Submission, SubmitError};
+use reactor_core::flow::{self, Batch, RedisSource};
 use reactor_core::trigger::{Trigger, TriggerContext, TriggerError};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value as RedisValue};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::batch;
 use crate::connections::{Connections, Resolved};
 use crate::payload::decode_payload;
 use crate::retry::{self, Backoff, Failure, handled};
@@ -59,6 +68,7 @@ pub struct RedisTrigger {
     consumer: String,
     claim_idle: Duration,
     claim_every: Duration,
+    batch: Option<Batch>,
     stop_before_ack: Option<u64>,
 }
 
@@ -94,6 +104,7 @@ impl RedisTrigger {
             consumer,
             claim_idle: Duration::from_secs(60),
             claim_every: Duration::from_secs(30),
+            batch: spec.batch,
             stop_before_ack: None,
         })
     }
@@ -115,6 +126,11 @@ impl RedisTrigger {
 
     pub fn consumer(&self) -> &str {
         &self.consumer
+    }
+
+    /// Entries per read: a batch, or what one round trip carries.
+    fn count(&self) -> usize {
+        self.batch.map_or(BATCH, |batch| batch.size)
     }
 
     async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, RedisError> {
@@ -316,8 +332,9 @@ impl StreamReader<'_> {
             // hold this connection's XACK back until it returned. (Not in the backlog:
             // reading from "0" again would return the same entries.)
             let complete = if backlog {
-                self.process(&mut conn, entries).await?
+                self.process(&mut conn, entries, false).await?
             } else {
+                let entries = self.gather(&mut conn, entries).await?;
                 let mut reader = conn.clone();
                 let read = self.read_command(">", None);
                 let next = async move {
@@ -325,7 +342,7 @@ impl StreamReader<'_> {
                         .await
                         .map(ids)
                 };
-                let (complete, next) = tokio::join!(self.process(&mut conn, entries), next);
+                let (complete, next) = tokio::join!(self.process(&mut conn, entries, true), next);
                 let complete = complete?;
                 ahead = Some(next?).filter(|next| !next.is_empty());
                 complete
@@ -340,12 +357,16 @@ impl StreamReader<'_> {
     }
 
     fn read_command(&self, from: &str, block: Option<Duration>) -> redis::Cmd {
+        self.read_command_sized(from, block, self.trigger.count())
+    }
+
+    fn read_command_sized(&self, from: &str, block: Option<Duration>, count: usize) -> redis::Cmd {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(self.group)
             .arg(&self.trigger.consumer)
             .arg("COUNT")
-            .arg(BATCH);
+            .arg(count);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
@@ -376,7 +397,7 @@ impl StreamReader<'_> {
                 .arg(self.trigger.claim_idle.as_millis() as u64)
                 .arg(&start)
                 .arg("COUNT")
-                .arg(BATCH)
+                .arg(self.trigger.count())
                 .query_async(conn)
                 .await?;
             if !reply.deleted_ids.is_empty() {
@@ -386,7 +407,7 @@ impl StreamReader<'_> {
             if !reply.claimed.is_empty() {
                 info!(workflow = %self.context.workflow, stream = self.stream,
                     claimed = reply.claimed.len(), "redis entries claimed from idle consumers");
-                self.process(conn, reply.claimed).await?;
+                self.process(conn, reply.claimed, false).await?;
             }
             if reply.next_stream_id == "0-0" || self.context.cancel.is_cancelled() {
                 break;
@@ -396,31 +417,65 @@ impl StreamReader<'_> {
         Ok(())
     }
 
-    /// Submits `entries` concurrently, then acknowledges what is recorded. False when some
-    /// entry was not recorded (it stays pending).
+    /// `batch:` — new entries fewer than a batch: read more until the batch is full or its
+    /// `wait` is over.
+    async fn gather(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        mut entries: Vec<StreamId>,
+    ) -> Result<Vec<StreamId>, Failure> {
+        let Some(batch) = self.trigger.batch else {
+            return Ok(entries);
+        };
+        let deadline = Instant::now() + batch.wait;
+        while entries.len() < batch.size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // BLOCK 0 would wait for ever: the last stretch is one read that does not block.
+            let block = (left >= Duration::from_millis(1)).then_some(left);
+            // Only what the batch still has room for.
+            let read = self.read_command_sized(">", block, batch.size - entries.len());
+            let reply: Option<StreamReadReply> = tokio::select! {
+                biased;
+                () = self.context.cancel.cancelled() => return Ok(entries),
+                reply = read.query_async(conn) => reply?,
+            };
+            let more = ids(reply);
+            if more.is_empty() {
+                break;
+            }
+            entries.extend(more);
+        }
+        Ok(entries)
+    }
+
+    /// Submits `entries`, then acknowledges what is recorded. False when some entry was not
+    /// recorded (it stays pending). `fresh`: delivered for the first time (`>`), so none can
+    /// have been recorded before.
     async fn process(
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
         entries: Vec<StreamId>,
+        fresh: bool,
     ) -> Result<bool, Failure> {
-        let this = &*self;
-        let submissions = entries.iter().map(|entry| {
-            let key = format!("redis/{}/{}/{}", this.stream, this.group, entry.id);
-            let mark = DedupeMark::new(key.clone(), json!({"stream": this.stream, "id": entry.id}));
-            let event = this.event_for(entry);
-            async move { (key, this.context.submit_once(event, mark).await) }
-        });
-        let results = futures::future::join_all(submissions).await;
-        let mut acks = Vec::with_capacity(entries.len());
-        let mut keys = Vec::with_capacity(entries.len());
+        let (recorded, mut acks, mut keys) = match self.trigger.batch {
+            Some(batch) if fresh => {
+                let runs = entries
+                    .chunks(batch.size)
+                    .map(<[StreamId]>::to_vec)
+                    .collect();
+                (self.submit_runs(runs).await, Vec::new(), Vec::new())
+            }
+            Some(batch) => self.recover_runs(entries, batch.size).await?,
+            None => (self.submit_each(&entries).await, Vec::new(), Vec::new()),
+        };
         let mut complete = true;
-        for (entry, (key, result)) in entries.iter().zip(results) {
-            if handled(&self.context.workflow, &entry.id, &result) {
+        for (ids, key, result) in recorded {
+            if handled(&self.context.workflow, &ids[0], &result) {
                 if matches!(result, Ok(Submission::Accepted(_))) {
-                    *self.recorded += 1;
+                    *self.recorded += ids.len() as u64;
                 }
-                acks.push(entry.id.clone());
-                keys.push(key);
+                acks.extend(ids);
+                keys.extend(key);
             } else {
                 complete = false;
             }
@@ -440,6 +495,99 @@ impl StreamReader<'_> {
             retry::pause(&self.context.cancel, Duration::from_millis(500)).await;
         }
         Ok(complete)
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("redis/{}/{}/{id}", self.stream, self.group)
+    }
+
+    fn mark(&self, id: &str) -> DedupeMark {
+        DedupeMark::new(self.key(id), json!({"stream": self.stream, "id": id}))
+    }
+
+    /// One execution per entry: (its id, its mark keys, the outcome) each.
+    async fn submit_each(&self, entries: &[StreamId]) -> Vec<Submitted> {
+        let submissions = entries.iter().map(|entry| {
+            let mark = self.mark(&entry.id);
+            let key = mark.key.clone();
+            let event = self.event_for(entry);
+            async move {
+                let result = self.context.submit_once(event, mark).await;
+                (vec![entry.id.clone()], vec![key], result)
+            }
+        });
+        futures::future::join_all(submissions).await
+    }
+
+    /// One execution per run of entries, a mark per entry.
+    async fn submit_runs(&self, runs: Vec<Vec<StreamId>>) -> Vec<Submitted> {
+        let submissions = runs.into_iter().map(|run| {
+            let ids: Vec<String> = run.iter().map(|entry| entry.id.clone()).collect();
+            let marks: Vec<DedupeMark> = ids.iter().map(|id| self.mark(id)).collect();
+            let keys = marks.iter().map(|mark| mark.key.clone()).collect();
+            let meta = json!({
+                "stream": self.stream,
+                "group": self.group,
+                "consumer": self.trigger.consumer,
+                "first_id": ids[0],
+                "last_id": ids[ids.len() - 1],
+                "count": ids.len(),
+            });
+            let items = run
+                .into_iter()
+                .map(|entry| {
+                    let (data, meta) = self.parts(&entry);
+                    batch::item(data, meta)
+                })
+                .collect();
+            let event = batch::event(
+                "redis",
+                &format!("reactor:redis/{}", self.stream),
+                items,
+                meta,
+            );
+            async move {
+                let messages = ids.len();
+                let result = self.context.submit_batch(event, marks, messages).await;
+                (ids, keys, result)
+            }
+        });
+        futures::future::join_all(submissions).await
+    }
+
+    /// Re-read or claimed entries under `batch:`: each is looked up first; a recorded one
+    /// is acknowledged (returned in the acks and its mark in the keys), the others are
+    /// batched in order. A lookup that fails ends the round: nothing is acknowledged and
+    /// the session starts again.
+    async fn recover_runs(
+        &self,
+        entries: Vec<StreamId>,
+        size: usize,
+    ) -> Result<(Vec<Submitted>, Vec<String>, Vec<String>), Failure> {
+        let mut acks = Vec::new();
+        let mut keys = Vec::new();
+        let mut runs: Vec<Vec<StreamId>> = vec![Vec::new()];
+        for entry in entries {
+            let key = self.key(&entry.id);
+            let mark = self
+                .context
+                .runtime
+                .mark(&self.context.workflow, &key)
+                .await
+                .map_err(|e| Failure::Retry(format!("redis: reading a mark: {e}")))?;
+            if mark.is_some() {
+                acks.push(entry.id);
+                keys.push(key);
+                continue;
+            }
+            let run = runs.last_mut().expect("never empty");
+            run.push(entry);
+            if run.len() == size {
+                runs.push(Vec::new());
+            }
+        }
+        runs.retain(|run| !run.is_empty());
+        Ok((self.submit_runs(runs).await, acks, keys))
     }
 
     async fn ack(
@@ -486,25 +634,32 @@ impl StreamReader<'_> {
     }
 
     fn event_for(&self, entry: &StreamId) -> Event {
+        let (data, meta) = self.parts(entry);
+        let mut event = Event::new("redis", &format!("reactor:redis/{}", self.stream), data);
+        event.meta = meta;
+        event
+    }
+
+    /// An entry's `data` and `meta`.
+    fn parts(&self, entry: &StreamId) -> (Value, Value) {
         let data: serde_json::Map<String, Value> = entry
             .map
             .iter()
             .map(|(field, value)| (field.clone(), field_value(value)))
             .collect();
-        let mut event = Event::new(
-            "redis",
-            &format!("reactor:redis/{}", self.stream),
-            Value::Object(data),
-        );
-        event.meta = json!({
+        let meta = json!({
             "stream": self.stream,
             "group": self.group,
             "consumer": self.trigger.consumer,
             "id": entry.id,
         });
-        event
+        (Value::Object(data), meta)
     }
 }
+
+/// Entries (their ids), the marks to forget once they are acknowledged, and the outcome of
+/// the execution that holds them.
+type Submitted = (Vec<String>, Vec<String>, Result<Submission, SubmitError>);
 
 /// A field's value as text (base64 when it is not UTF-8).
 fn field_value(value: &RedisValue) -> Value {

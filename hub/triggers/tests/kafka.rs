@@ -87,6 +87,27 @@ fn yaml(topic: &str, group: &str, brokers: &str) -> String {
     )
 }
 
+fn batched_yaml(topic: &str, group: &str, brokers: &str, size: usize) -> String {
+    workflow(
+        "orders",
+        &format!(
+            "kafka: {{ topic: {topic}, group: {group}, from: earliest, batch: {{ size: {size}, wait: 300ms }}, brokers: \"{brokers}\" }}"
+        ),
+    )
+}
+
+/// The `n` of every message in the batch events recorded so far, sorted.
+async fn batched_ns(runtime: &Runtime) -> Vec<i64> {
+    let mut ns: Vec<i64> = events(runtime, "orders")
+        .await
+        .iter()
+        .flat_map(|e| e.data.as_array().unwrap().clone())
+        .map(|item| item["data"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort_unstable();
+    ns
+}
+
 /// Brokers as a named connection with librdkafka options: a short session timeout, so
 /// that a member that vanished without leaving frees its partitions quickly.
 fn trigger(runtime: &Runtime, brokers: &str) -> KafkaTrigger {
@@ -215,6 +236,113 @@ async fn killed_between_record_and_commit_no_second_execution() {
     );
     produce(&producer, &topic, 0, 6).await;
     assert_eq!(wait_events(&runtime, "orders", 7).await.len(), 7);
+    again.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holds_one_partitions_messages_in_order() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("batched");
+    cluster.create_topic(&topic, 2, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    for n in 0..10 {
+        produce(&producer, &topic, (n % 2) as i32, n).await;
+    }
+    let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 100));
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    assert!(
+        eventually(|| {
+            let r = runtime.clone();
+            async move { batched_ns(&r).await.len() >= 10 }
+        })
+        .await
+    );
+    assert_eq!(batched_ns(&runtime).await, (0..10).collect::<Vec<_>>());
+    for event in events(&runtime, "orders").await {
+        assert_eq!(event.event_type, "kafka");
+        assert_eq!(event.source, format!("reactor:kafka/{topic}"));
+        let items = event.data.as_array().unwrap();
+        let partition = event.meta["partition"].as_i64().unwrap();
+        assert_eq!(event.meta["topic"], json!(topic));
+        assert_eq!(event.meta["count"], json!(items.len()));
+        assert_eq!(event.meta["first_offset"], items[0]["meta"]["offset"]);
+        assert_eq!(
+            event.meta["last_offset"],
+            items[items.len() - 1]["meta"]["offset"]
+        );
+        let offsets: Vec<i64> = items
+            .iter()
+            .map(|item| {
+                assert_eq!(item["meta"]["partition"], json!(partition), "one partition");
+                assert_eq!(item["data"]["n"].as_i64().unwrap() % 2, partition);
+                item["meta"]["offset"].as_i64().unwrap()
+            })
+            .collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    }
+    assert!(
+        eventually(|| {
+            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+            async move { committed(&b, &g, &t, 2).await == vec![5, 5] }
+        })
+        .await
+    );
+    running.stop().await.unwrap();
+}
+
+/// A batch recorded but not committed is found by its first message's mark when the
+/// partition is consumed again — in a different split — and nothing in it runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_killed_before_commit_is_not_batched_again() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("batch_crash");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    for n in 0..10 {
+        produce(&producer, &topic, 0, n).await;
+    }
+    let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 4));
+    let first = Running::start(
+        &runtime,
+        "orders",
+        Box::new(trigger(&runtime, &brokers).stop_before_ack(4)),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(60), first.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
+    let recorded = batched_ns(&runtime).await.len() as i64;
+    let committed_then = committed(&brokers, &group, &topic, 1).await[0].max(0);
+    assert!(
+        committed_then < recorded,
+        "a recorded batch was left uncommitted ({committed_then} < {recorded})"
+    );
+
+    // Consumed again in batches of 3: the recorded batch's range is skipped and committed.
+    let rerun = batched_yaml(&topic, &group, &brokers, 3);
+    runtime.load(reactor_core::dsl::parse_workflow("orders.yaml", &rerun).unwrap());
+    let again = Running::start(&runtime, "orders", Box::new(trigger(&runtime, &brokers)));
+    assert!(
+        eventually(|| {
+            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+            async move { committed(&b, &g, &t, 1).await == vec![10] }
+        })
+        .await
+    );
+    assert_eq!(
+        batched_ns(&runtime).await,
+        (0..10).collect::<Vec<_>>(),
+        "every message in exactly one execution"
+    );
     again.stop().await.unwrap();
 }
 

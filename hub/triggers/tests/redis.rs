@@ -107,6 +107,179 @@ fn stream_trigger(
 
 use reactor_core::flow;
 
+/// A stream trigger of consumer `consumer` gathering `size` entries per execution.
+fn batched_trigger(
+    runtime: &reactor_core::engine::Runtime,
+    consumer: &str,
+    size: usize,
+) -> RedisTrigger {
+    let flow::TriggerKind::Redis(mut settings) = spec(runtime, "orders").kind else {
+        panic!("not a redis trigger");
+    };
+    if let flow::RedisSource::Stream { consumer: c, .. } = &mut settings.source {
+        *c = Some(consumer.to_string());
+    }
+    settings.batch = Some(flow::Batch {
+        size,
+        wait: Duration::from_millis(300),
+    });
+    RedisTrigger::new(&settings, &Connections::default()).unwrap()
+}
+
+/// The `n` of every entry in the batch events recorded so far, sorted.
+async fn batched_ns(runtime: &reactor_core::engine::Runtime) -> Vec<usize> {
+    let mut ns: Vec<usize> = events(runtime, "orders")
+        .await
+        .iter()
+        .flat_map(|e| e.data.as_array().unwrap().clone())
+        .map(|item| item["data"]["n"].as_str().unwrap().parse().unwrap())
+        .collect();
+    ns.sort_unstable();
+    ns
+}
+
+async fn add_entries(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    ns: std::ops::Range<usize>,
+) {
+    let mut pipe = redis::pipe();
+    for n in ns {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .ignore();
+    }
+    let _: () = pipe.query_async(conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn batched_entries_run_a_batch_per_execution() {
+    const ENTRIES: usize = 1_234;
+    let stream = unique("reactor_test_batched");
+    let runtime = runtime(&workflow(
+        "orders",
+        &format!(
+            "redis: {{ stream: {stream}, group: hub, batch: {{ size: 500, wait: 300ms }}, url: \"{URL}\" }}"
+        ),
+    ));
+    let mut conn = client().await;
+    create_group(&mut conn, &stream).await;
+    add_entries(&mut conn, &stream, 0..ENTRIES).await;
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    assert!(
+        eventually(|| {
+            let r = runtime.clone();
+            async move { batched_ns(&r).await.len() >= ENTRIES }
+        })
+        .await
+    );
+    assert!(nothing_pending(&conn, &stream).await);
+    running.stop().await.unwrap();
+    assert_eq!(batched_ns(&runtime).await, (0..ENTRIES).collect::<Vec<_>>());
+    let events = events(&runtime, "orders").await;
+    let mut sizes: Vec<usize> = events
+        .iter()
+        .map(|e| e.data.as_array().unwrap().len())
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(
+        sizes,
+        vec![234, 500, 500],
+        "full batches, then the tail after its wait"
+    );
+    for event in &events {
+        let items = event.data.as_array().unwrap();
+        assert_eq!(event.event_type, "redis");
+        assert_eq!(event.source, format!("reactor:redis/{stream}"));
+        assert_eq!(event.meta["stream"], json!(stream));
+        assert_eq!(event.meta["count"], json!(items.len()));
+        assert_eq!(event.meta["first_id"], items[0]["meta"]["id"]);
+        assert_eq!(event.meta["last_id"], items[items.len() - 1]["meta"]["id"]);
+        assert_eq!(items[0]["meta"]["group"], json!("hub"));
+    }
+    // Acknowledged entries leave no de-duplication marks behind.
+    let first_id = events[0].data[0]["meta"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("redis/{stream}/hub/{first_id}");
+    assert!(
+        eventually(|| {
+            let (r, k) = (runtime.clone(), key.clone());
+            async move { r.mark("orders", &k).await.unwrap().is_none() }
+        })
+        .await
+    );
+    cleanup(&mut conn, &stream).await;
+}
+
+/// Batches recorded but not acknowledged come back in other splits — re-read by their
+/// consumer in smaller batches, claimed from a dead consumer two at a time — and no entry
+/// runs twice.
+#[tokio::test]
+async fn batched_entries_killed_before_ack_are_not_batched_again() {
+    let stream = unique("reactor_test_batch_crash");
+    let runtime = orders_on(&stream);
+    let mut conn = client().await;
+    create_group(&mut conn, &stream).await;
+    add_entries(&mut conn, &stream, 0..10).await;
+    // Records a batch of 4 (and reads the next 4 ahead), then dies before acknowledging.
+    let dying = batched_trigger(&runtime, "hub-a", 4).stop_before_ack(4);
+    let first = Running::start(&runtime, "orders", Box::new(dying));
+    let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
+    assert_eq!(batched_ns(&runtime).await, vec![0, 1, 2, 3]);
+    assert!(
+        pending(&mut conn, &stream, "hub").await >= 4,
+        "nothing acknowledged"
+    );
+
+    // Back in batches of 3: the recorded four are acknowledged, the rest run once.
+    let again = Running::start(
+        &runtime,
+        "orders",
+        Box::new(batched_trigger(&runtime, "hub-a", 3)),
+    );
+    assert!(nothing_pending(&conn, &stream).await);
+    again.stop().await.unwrap();
+    assert_eq!(batched_ns(&runtime).await, (0..10).collect::<Vec<_>>());
+
+    // A consumer that dies for good after recording a batch of 4; another one claims its
+    // entries two at a time (its batch size is also its claim count).
+    add_entries(&mut conn, &stream, 10..14).await;
+    let dying = batched_trigger(&runtime, "hub-b", 4).stop_before_ack(4);
+    let second = Running::start(&runtime, "orders", Box::new(dying));
+    let _ = tokio::time::timeout(Duration::from_secs(30), second.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending(&mut conn, &stream, "hub").await, 4);
+    let claimer = batched_trigger(&runtime, "hub-c", 2)
+        .with_claim(Duration::from_millis(100), Duration::from_millis(200));
+    let claimer = Running::start(&runtime, "orders", Box::new(claimer));
+    assert!(
+        nothing_pending(&conn, &stream).await,
+        "the dead consumer's entries are claimed and acknowledged"
+    );
+    claimer.stop().await.unwrap();
+    assert_eq!(
+        batched_ns(&runtime).await,
+        (0..14).collect::<Vec<_>>(),
+        "every entry in exactly one execution"
+    );
+    cleanup(&mut conn, &stream).await;
+}
+
 #[tokio::test]
 async fn stream_entries_start_executions_and_are_acknowledged() {
     let stream = unique("reactor_test_stream");

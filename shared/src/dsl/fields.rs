@@ -536,6 +536,34 @@ pub const KAFKA: Table = Table {
             Ty::Enum(&["latest", "earliest"]),
             "where a new group starts (default latest)",
         ),
+        BATCH_FIELD,
+    ],
+};
+
+const BATCH_FIELD: Field = f(
+    "batch",
+    Ty::Obj("batch"),
+    "one execution per batch of messages: { size, wait }",
+);
+
+pub const BATCH: Table = Table {
+    name: "batch",
+    what: "batch",
+    description: "Source messages gathered into one execution.",
+    fields: &[
+        req(
+            "size",
+            Ty::Int {
+                min: 1,
+                max: 10_000,
+            },
+            "messages per execution at most",
+        ),
+        f(
+            "wait",
+            Ty::Duration,
+            "how long a batch gathers after its first message (default 1s)",
+        ),
     ],
 };
 
@@ -562,6 +590,7 @@ pub const REDIS: Table = Table {
         f("stream", Ty::Str, "stream key"),
         f("group", Ty::Str, "consumer group (with stream)"),
         f("consumer", Ty::Str, "consumer name (with stream)"),
+        BATCH_FIELD,
         URL,
         CONNECTION,
     ],
@@ -665,6 +694,7 @@ pub const TABLES: &[&Table] = &[
     &KAFKA,
     &NATS,
     &REDIS,
+    &BATCH,
     &POLL,
     &POSTGRES,
     &MYSQL,

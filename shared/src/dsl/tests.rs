@@ -185,6 +185,18 @@ fn invalid_snippets() {
             "4:12: the redis trigger needs \"channel\" (pub/sub) or \"stream\" + \"group\"",
         ),
         (
+            "reactor: 1\nname: t\ntriggers:\n  - kafka: { topic: x, batch: { size: 0 } }\nsteps: []\n",
+            "4:39: size must be an integer from 1 to 10000, found 0",
+        ),
+        (
+            "reactor: 1\nname: t\ntriggers:\n  - kafka: { topic: x, batch: { wait: 1s } }\nsteps: []\n",
+            "4:31: missing required key \"size\" in batch (messages per execution at most)",
+        ),
+        (
+            "reactor: 1\nname: t\ntriggers:\n  - redis: { channel: c, batch: { size: 5 } }\nsteps: []\n",
+            "4:26: batch applies to stream, not channel",
+        ),
+        (
             "reactor: 1\nname: t\ntriggers:\n  - postgres: { table: t, mode: poll }\nsteps: []\n",
             "4:27: mode poll needs \"poll\" with column and every",
         ),
@@ -354,6 +366,44 @@ steps: []
         panic!()
     };
     assert_eq!(settings, &serde_json::json!({"register": 40001}));
+}
+
+#[test]
+fn batch_settings_of_kafka_and_redis_streams() {
+    let triggers = "triggers:
+  - kafka: { topic: a, batch: { size: 500, wait: 250ms } }
+  - redis: { stream: s, group: g, batch: { size: 20 } }
+  - kafka: { topic: b }
+steps: []
+";
+    let w = match parse_workflow("w.yaml", &format!("{HEAD}{triggers}")) {
+        Ok(w) => w,
+        Err(d) => panic!("{d:#?}"),
+    };
+    let TriggerKind::Kafka(kafka) = &w.triggers[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        kafka.batch,
+        Some(crate::flow::Batch {
+            size: 500,
+            wait: std::time::Duration::from_millis(250)
+        })
+    );
+    let TriggerKind::Redis(redis) = &w.triggers[1].kind else {
+        panic!()
+    };
+    assert_eq!(
+        redis.batch,
+        Some(crate::flow::Batch {
+            size: 20,
+            wait: crate::flow::Batch::DEFAULT_WAIT
+        })
+    );
+    let TriggerKind::Kafka(plain) = &w.triggers[2].kind else {
+        panic!()
+    };
+    assert_eq!(plain.batch, None);
 }
 
 #[test]

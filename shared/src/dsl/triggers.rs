@@ -4,14 +4,14 @@ use std::str::FromStr;
 
 use crate::Value;
 use crate::flow::{
-    CaptureMode, Connection, CronTrigger, FileEventKind, FileTrigger, HttpAuth, HttpResponseMode,
-    HttpTrigger, KafkaStart, KafkaTrigger, MAX_MQTT_SESSIONS, MqttTrigger, NatsTrigger,
-    PollSettings, RedisSource, RedisTrigger, RowOperation, SqlTrigger, TriggerKind, TriggerSpec,
-    WebhookVerify,
+    Batch, CaptureMode, Connection, CronTrigger, FileEventKind, FileTrigger, HttpAuth,
+    HttpResponseMode, HttpTrigger, KafkaStart, KafkaTrigger, MAX_MQTT_SESSIONS, MqttTrigger,
+    NatsTrigger, PollSettings, RedisSource, RedisTrigger, RowOperation, SqlTrigger, TriggerKind,
+    TriggerSpec, WebhookVerify,
 };
 
 use super::decode::{Decoder, Fields, Scope};
-use super::fields::{POLL, TRIGGERS, Table, suggest};
+use super::fields::{BATCH, POLL, TRIGGERS, Table, suggest};
 use super::yaml::{Node, NodeKind};
 
 impl Decoder<'_> {
@@ -161,11 +161,13 @@ impl Decoder<'_> {
                     },
                     None => KafkaStart::Latest,
                 };
+                let batch = self.batch(f);
                 TriggerKind::Kafka(KafkaTrigger {
                     topics,
                     group: self.opt_string(f, "group"),
                     connection: self.connection(f, "brokers")?,
                     from,
+                    batch: batch?,
                 })
             }
             "nats" => {
@@ -395,7 +397,7 @@ impl Decoder<'_> {
                 return None;
             }
             (Some(channel), None) => {
-                for extra in ["group", "consumer"] {
+                for extra in ["group", "consumer", "batch"] {
                     if f.has(extra) {
                         self.error(
                             f.key_location(extra),
@@ -427,10 +429,29 @@ impl Decoder<'_> {
                 return None;
             }
         };
+        let batch = self.batch(f);
         Some(RedisTrigger {
             source,
             connection: self.connection(f, "url")?,
+            batch: batch?,
         })
+    }
+
+    /// `batch: { size, wait }`: `Some(None)` when absent, `None` when it does not decode.
+    fn batch(&mut self, f: Fields<'_>) -> Option<Option<Batch>> {
+        let Some(node) = f.get("batch") else {
+            return Some(None);
+        };
+        let b = self.fields(node, &BATCH)?;
+        let size = self.int(b.get("size")?, "size", 1, Batch::MAX_SIZE as i64);
+        let wait = match b.get("wait") {
+            Some(n) => self.duration(n, "wait")?,
+            None => Batch::DEFAULT_WAIT,
+        };
+        Some(Some(Batch {
+            size: usize::try_from(size?).ok()?,
+            wait,
+        }))
     }
 
     fn sql(&mut self, f: Fields<'_>) -> Option<SqlTrigger> {

@@ -284,6 +284,23 @@ pub struct KafkaTrigger {
     pub group: Option<String>,
     pub connection: Connection,
     pub from: KafkaStart,
+    /// One execution per batch of messages instead of one per message.
+    pub batch: Option<Batch>,
+}
+
+/// `batch:` of the `kafka` and `redis` (stream) triggers: up to `size` source messages per
+/// execution, gathered for at most `wait` after the first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub size: usize,
+    pub wait: Duration,
+}
+
+impl Batch {
+    /// The largest accepted `size`.
+    pub const MAX_SIZE: usize = 10_000;
+    /// `wait` when not given.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -310,6 +327,8 @@ pub enum RedisSource {
 pub struct RedisTrigger {
     pub source: RedisSource,
     pub connection: Connection,
+    /// Streams only: one execution per batch of entries instead of one per entry.
+    pub batch: Option<Batch>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -110,6 +110,34 @@ impl TriggerContext {
         result
     }
 
+    /// One execution for `messages` source messages gathered by a trigger's `batch:`, at most
+    /// once per the first of `marks` (see [`Runtime::submit_once_batch`]; one mark covering
+    /// them all, or one per message). Counts `messages` events.
+    pub async fn submit_batch(
+        &self,
+        event: Event,
+        marks: Vec<DedupeMark>,
+        messages: usize,
+    ) -> Result<Submission, SubmitError> {
+        let result = self
+            .runtime
+            .submit_once_batch(
+                &self.workflow,
+                event,
+                Value::Object(Default::default()),
+                marks,
+            )
+            .await;
+        match &result {
+            Ok(_) => {
+                self.stats.count_events(messages as u64);
+                self.stats.record_success();
+            }
+            Err(error) => self.stats.record_error(&error.to_string()),
+        }
+        result
+    }
+
     /// Whether a new execution would have to wait for a slot (the *shed* policy's test).
     pub fn saturated(&self) -> bool {
         self.runtime.saturated()

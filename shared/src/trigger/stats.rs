@@ -59,7 +59,10 @@ impl TriggerStatsSnapshot {
 
 impl TriggerStats {
     pub fn count_event(&self) {
-        self.events.fetch_add(1, Ordering::Relaxed);
+        self.count_events(1);
+    }
+    pub fn count_events(&self, n: u64) {
+        self.events.fetch_add(n, Ordering::Relaxed);
     }
     pub fn count_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);

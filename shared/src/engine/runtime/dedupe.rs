@@ -111,18 +111,55 @@ impl Runtime {
         inputs: Value,
         mark: DedupeMark,
     ) -> Result<Submission, SubmitError> {
+        self.submit_keyed(workflow, event, inputs, vec![mark]).await
+    }
+
+    /// Like [`Runtime::submit_once`] for an event that carries several source messages (a
+    /// trigger's `batch:`): one execution, and a mark for every message, all in the same
+    /// atomic batch as its `Create` — a message redelivered alone or in another batch after
+    /// a crash is recognised by its own key ([`Runtime::mark`]).
+    ///
+    /// Serialised and checked on the first mark only: the caller submits a message in one
+    /// batch at a time and leaves out messages whose marks it found (the `redis` trigger
+    /// looks every redelivered entry up before batching it). `marks` must not be empty.
+    pub async fn submit_once_batch(
+        &self,
+        workflow: &str,
+        event: Event,
+        inputs: Value,
+        marks: Vec<DedupeMark>,
+    ) -> Result<Submission, SubmitError> {
+        self.submit_keyed(workflow, event, inputs, marks).await
+    }
+
+    async fn submit_keyed(
+        &self,
+        workflow: &str,
+        event: Event,
+        inputs: Value,
+        marks: Vec<DedupeMark>,
+    ) -> Result<Submission, SubmitError> {
         let wf = self
             .workflow(workflow, None)
             .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
-        if mark.key.is_empty() || mark.key.len() > MAX_MARK_KEY {
+        let Some(first) = marks.first() else {
+            return Err(SubmitError::Store(StoreError::InvalidWrite(
+                "a keyed submission needs a de-duplication key".into(),
+            )));
+        };
+        if let Some(mark) = marks
+            .iter()
+            .find(|mark| mark.key.is_empty() || mark.key.len() > MAX_MARK_KEY)
+        {
             return Err(SubmitError::Store(StoreError::InvalidWrite(format!(
                 "a de-duplication key must have 1 to {MAX_MARK_KEY} bytes, not {}",
                 mark.key.len()
             ))));
         }
-        let mark_key = mark_key(&wf.name.to_string(), &mark.key);
-        let _serialised = MarkingGuard::lock(self, &mark_key).await;
-        if let Some(existing) = self.mark_at(&mark_key).await? {
+        let name = wf.name.to_string();
+        let first_key = mark_key(&name, &first.key);
+        let _serialised = MarkingGuard::lock(self, &first_key).await;
+        if let Some(existing) = self.mark_at(&first_key).await? {
             self.inner
                 .stats
                 .deduplicated
@@ -136,18 +173,26 @@ impl Runtime {
         }
         let id = ExecutionId::new();
         let key = concurrency_key(&wf, &event, &inputs, &lent)?;
-        let record = MarkRecord {
-            execution: id,
-            at: Timestamp::now(),
-            position: mark.position,
-        };
-        let value = serde_json::to_vec(&record)
-            .map_err(|e| StoreError::InvalidWrite(format!("de-duplication mark: {e}")))?;
-        let put = StoreWrite::PutMeta {
-            key: mark_key,
-            value: Some(value),
-        };
-        Box::pin(self.start(wf, id, event, inputs, None, key, Some(put))).await
+        let at = Timestamp::now();
+        let mut puts = Vec::with_capacity(marks.len());
+        for (n, mark) in marks.into_iter().enumerate() {
+            let record = MarkRecord {
+                execution: id,
+                at,
+                position: mark.position,
+            };
+            let value = serde_json::to_vec(&record)
+                .map_err(|e| StoreError::InvalidWrite(format!("de-duplication mark: {e}")))?;
+            puts.push(StoreWrite::PutMeta {
+                key: if n == 0 {
+                    first_key.clone()
+                } else {
+                    mark_key(&name, &mark.key)
+                },
+                value: Some(value),
+            });
+        }
+        Box::pin(self.start(wf, id, event, inputs, None, key, puts)).await
     }
 
     /// The de-duplication mark of `key` for `workflow`, if one is recorded.

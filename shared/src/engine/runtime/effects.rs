@@ -110,7 +110,7 @@ pub(super) async fn run_child(
             key: key.clone(),
         };
         let started =
-            Box::pin(runtime.start(wf, child, event, input, Some(link), None, None)).await;
+            Box::pin(runtime.start(wf, child, event, input, Some(link), None, Vec::new())).await;
         if let Err(error) = started {
             return failed(key, format!("starting {workflow:?}: {error}"));
         }

@@ -1,5 +1,5 @@
 //! Admission and the first durable write: `if`/`unless`, the concurrency key and slot, the
-//! `Create` batch (with a de-duplication mark when keyed), then the driver's first settle.
+//! `Create` batch (with the de-duplication marks when keyed), then the driver's first settle.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ impl Runtime {
         }
         let id = ExecutionId::new();
         let key = concurrency_key(&wf, &event, &inputs, &lent)?;
-        Box::pin(self.start(wf, id, event, inputs, None, key, None)).await
+        Box::pin(self.start(wf, id, event, inputs, None, key, Vec::new())).await
     }
 
     /// Like [`Runtime::submit`], and also returns a [`Watch`] on the execution's end, set up
@@ -65,7 +65,7 @@ impl Runtime {
             .entry(id)
             .or_default()
             .push(tx);
-        let submitted = Box::pin(self.start(wf, id, event, inputs, None, key, None)).await;
+        let submitted = Box::pin(self.start(wf, id, event, inputs, None, key, Vec::new())).await;
         match submitted {
             Ok(Submission::Accepted(id)) => Ok((Submission::Accepted(id), Some(Watch(rx)))),
             other => {
@@ -93,7 +93,7 @@ impl Runtime {
         inputs: Value,
         parent: Option<ParentLink>,
         key: Option<String>,
-        mark: Option<StoreWrite>,
+        marks: Vec<StoreWrite>,
     ) -> Result<Submission, SubmitError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
@@ -146,7 +146,7 @@ impl Runtime {
                 let observed = self.inner.observer.as_ref().map(|_| record.clone());
                 let key = record.concurrency_key.clone().unwrap_or_default();
                 let mut batch = vec![StoreWrite::Create { record, started }];
-                batch.extend(mark);
+                batch.extend(marks);
                 // On a task of its own: the queue's bookkeeping must follow the write even if
                 // the submitter stops waiting (an HTTP client that hangs up).
                 let runtime = self.clone();
@@ -184,7 +184,7 @@ impl Runtime {
             armed: true,
         };
         let begun = self
-            .begin_execution(wf, started, record, mark, event_time)
+            .begin_execution(wf, started, record, marks, event_time)
             .await;
         guard.armed = false;
         let slot = guard.slot.take();
@@ -232,7 +232,7 @@ impl Runtime {
         wf: Arc<Workflow>,
         started: Fact,
         record: ExecutionRecord,
-        mark: Option<StoreWrite>,
+        marks: Vec<StoreWrite>,
         event_time: Option<Timestamp>,
     ) -> Result<(), SubmitError> {
         let id = record.id;
@@ -250,13 +250,12 @@ impl Runtime {
                 event_time,
             });
         }
-        let batch = mark.into_iter().collect();
         let driver = Driver::new(
             self.clone(),
             machine,
             record,
             0,
-            batch,
+            marks,
             VecDeque::new(),
             permit,
         )

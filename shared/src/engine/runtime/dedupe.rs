@@ -357,6 +357,45 @@ steps:
     }
 
     #[tokio::test]
+    async fn a_batch_writes_a_mark_per_message_with_its_execution() {
+        let runtime = testing::runtime(testing::memory(), &[FLOW]);
+        let marks = || {
+            (41..44)
+                .map(|offset| DedupeMark::new(format!("redis/s/g/{offset}"), json!(offset)))
+                .collect::<Vec<_>>()
+        };
+        let batch = Event::new("redis", "reactor:redis/s", json!([{"n": 1}, {"n": 2}, {"n": 3}]));
+        let Ok(Submission::Accepted(id)) = runtime
+            .submit_once_batch("orders", batch.clone(), json!({}), marks())
+            .await
+        else {
+            panic!("not accepted");
+        };
+        for offset in 41..44 {
+            let mark = runtime
+                .mark("orders", &format!("redis/s/g/{offset}"))
+                .await
+                .unwrap()
+                .expect("every message is marked");
+            assert_eq!((mark.execution, mark.position), (id, json!(offset)));
+        }
+        // The same batch again (its first message recorded): nothing new starts.
+        assert_eq!(
+            runtime
+                .submit_once_batch("orders", batch, json!({}), marks())
+                .await
+                .unwrap(),
+            Submission::Accepted(id)
+        );
+        assert_eq!(count(&runtime).await, 1);
+        let none = runtime
+            .submit_once_batch("orders", event(1), json!({}), Vec::new())
+            .await
+            .unwrap_err();
+        assert!(none.to_string().contains("de-duplication key"), "{none}");
+    }
+
+    #[tokio::test]
     async fn keys_are_bounded() {
         let runtime = testing::runtime(testing::memory(), &[FLOW]);
         let long = DedupeMark::new("k".repeat(MAX_MARK_KEY + 1), json!(null));

@@ -404,7 +404,9 @@ impl Session<'_> {
                 next: last + 1,
                 key,
                 messages: messages as u64,
-                result: context.submit_batch(event, vec![mark], messages).await,
+                result: context
+                    .submit_batch(event, mark, Vec::new(), messages)
+                    .await,
             }
         }
     }

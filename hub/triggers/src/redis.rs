@@ -519,24 +519,32 @@ impl StreamReader<'_> {
         futures::future::join_all(submissions).await
     }
 
-    /// One execution per run of entries, a mark per entry.
+    /// One execution per run of entries, a mark per entry: the batch's, under each entry's
+    /// key.
     async fn submit_runs(&self, runs: Vec<Vec<StreamId>>) -> Vec<Submitted> {
         let submissions = runs.into_iter().map(|run| {
             let ids: Vec<String> = run.iter().map(|entry| entry.id.clone()).collect();
-            let marks: Vec<DedupeMark> = ids.iter().map(|id| self.mark(id)).collect();
-            let keys = marks.iter().map(|mark| mark.key.clone()).collect();
+            let (first, last) = (&ids[0], &ids[ids.len() - 1]);
+            let mark = DedupeMark::new(
+                self.key(first),
+                json!({"stream": self.stream, "id": first, "last": last, "count": ids.len()}),
+            );
+            let others: Vec<String> = ids[1..].iter().map(|id| self.key(id)).collect();
+            let mut keys = Vec::with_capacity(ids.len());
+            keys.push(mark.key.clone());
+            keys.extend(others.iter().cloned());
             let meta = json!({
                 "stream": self.stream,
                 "group": self.group,
                 "consumer": self.trigger.consumer,
-                "first_id": ids[0],
-                "last_id": ids[ids.len() - 1],
+                "first_id": first,
+                "last_id": last,
                 "count": ids.len(),
             });
             let items = run
                 .into_iter()
                 .map(|entry| {
-                    let (data, meta) = self.parts(&entry);
+                    let (data, meta) = self.into_parts(entry);
                     batch::item(data, meta)
                 })
                 .collect();
@@ -548,7 +556,10 @@ impl StreamReader<'_> {
             );
             async move {
                 let messages = ids.len();
-                let result = self.context.submit_batch(event, marks, messages).await;
+                let result = self
+                    .context
+                    .submit_batch(event, mark, others, messages)
+                    .await;
                 (ids, keys, result)
             }
         });
@@ -647,13 +658,36 @@ impl StreamReader<'_> {
             .iter()
             .map(|(field, value)| (field.clone(), field_value(value)))
             .collect();
-        let meta = json!({
+        (Value::Object(data), self.meta(&entry.id))
+    }
+
+    /// Like [`StreamReader::parts`], taking the entry: field names and text values move.
+    fn into_parts(&self, entry: StreamId) -> (Value, Value) {
+        let meta = self.meta(&entry.id);
+        let data: serde_json::Map<String, Value> = entry
+            .map
+            .into_iter()
+            .map(|(field, value)| {
+                let value = match value {
+                    RedisValue::BulkString(bytes) => match String::from_utf8(bytes) {
+                        Ok(text) => Value::String(text),
+                        Err(error) => decode_payload(error.as_bytes()).0,
+                    },
+                    other => field_value(&other),
+                };
+                (field, value)
+            })
+            .collect();
+        (Value::Object(data), meta)
+    }
+
+    fn meta(&self, id: &str) -> Value {
+        json!({
             "stream": self.stream,
             "group": self.group,
             "consumer": self.trigger.consumer,
-            "id": entry.id,
-        });
-        (Value::Object(data), meta)
+            "id": id,
+        })
     }
 }
 

@@ -68,6 +68,25 @@ async fn nothing_pending(conn: &redis::aio::MultiplexedConnection, stream: &str)
     .await
 }
 
+/// Whether the connection of a stopped `consumer` is gone: until then its blocked read
+/// still takes new entries.
+async fn connection_gone(conn: &redis::aio::MultiplexedConnection, consumer: &str) -> bool {
+    let name = format!("name=reactor-{consumer} ");
+    eventually(|| {
+        let mut c = conn.clone();
+        let name = name.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            !list.contains(&name)
+        }
+    })
+    .await
+}
+
 /// Creates the group `hub` at the end of `stream` (created too): only entries added after
 /// this are new to it.
 async fn create_group(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
@@ -253,6 +272,7 @@ async fn batched_entries_killed_before_ack_are_not_batched_again() {
     assert!(nothing_pending(&conn, &stream).await);
     again.stop().await.unwrap();
     assert_eq!(batched_ns(&runtime).await, (0..10).collect::<Vec<_>>());
+    assert!(connection_gone(&conn, "hub-a").await);
 
     // A consumer that dies for good after recording a batch of 4; another one claims its
     // entries two at a time (its batch size is also its claim count).
@@ -432,22 +452,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
         "no second execution"
     );
     again.stop().await.unwrap();
-    // A blocked read of the stopped consumer would still take new entries until its
-    // connection is gone: wait for that.
-    assert!(
-        eventually(|| {
-            let mut c = conn.clone();
-            async move {
-                let list: String = redis::cmd("CLIENT")
-                    .arg("LIST")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
-                !list.contains("name=reactor-hub-a ")
-            }
-        })
-        .await
-    );
+    assert!(connection_gone(&conn, "hub-a").await);
 
     // A consumer that dies for good: another one claims its entries (XAUTOCLAIM).
     for n in 5..8 {

@@ -111,12 +111,13 @@ impl TriggerContext {
     }
 
     /// One execution for `messages` source messages gathered by a trigger's `batch:`, at most
-    /// once per the first of `marks` (see [`Runtime::submit_once_batch`]; one mark covering
-    /// them all, or one per message). Counts `messages` events.
+    /// once per `mark`, also written under `others` (see [`Runtime::submit_once_batch`]).
+    /// Counts `messages` events.
     pub async fn submit_batch(
         &self,
         event: Event,
-        marks: Vec<DedupeMark>,
+        mark: DedupeMark,
+        others: Vec<String>,
         messages: usize,
     ) -> Result<Submission, SubmitError> {
         let result = self
@@ -125,7 +126,8 @@ impl TriggerContext {
                 &self.workflow,
                 event,
                 Value::Object(Default::default()),
-                marks,
+                mark,
+                others,
             )
             .await;
         match &result {

@@ -111,25 +111,30 @@ impl Runtime {
         inputs: Value,
         mark: DedupeMark,
     ) -> Result<Submission, SubmitError> {
-        self.submit_keyed(workflow, event, inputs, vec![mark]).await
+        self.submit_keyed(workflow, event, inputs, mark, Vec::new())
+            .await
     }
 
     /// Like [`Runtime::submit_once`] for an event that carries several source messages (a
-    /// trigger's `batch:`): one execution, and a mark for every message, all in the same
-    /// atomic batch as its `Create` — a message redelivered alone or in another batch after
-    /// a crash is recognised by its own key ([`Runtime::mark`]).
+    /// trigger's `batch:`): one execution whose `mark` is written under its own key and
+    /// under each of `others` (the other messages' keys), all in the same atomic batch as
+    /// its `Create` — a message redelivered alone or in another batch after a crash is
+    /// recognised by its own key ([`Runtime::mark`]). `others` may be empty when the mark's
+    /// position says what the batch covers (Kafka's offset range).
     ///
-    /// Serialised and checked on the first mark only: the caller submits a message in one
-    /// batch at a time and leaves out messages whose marks it found (the `redis` trigger
-    /// looks every redelivered entry up before batching it). `marks` must not be empty.
+    /// Serialised and checked on `mark.key` only: the caller submits a message in one batch
+    /// at a time and leaves out messages whose marks it found (the `redis` trigger looks
+    /// every redelivered entry up before batching it).
     pub async fn submit_once_batch(
         &self,
         workflow: &str,
         event: Event,
         inputs: Value,
-        marks: Vec<DedupeMark>,
+        mark: DedupeMark,
+        others: Vec<String>,
     ) -> Result<Submission, SubmitError> {
-        self.submit_keyed(workflow, event, inputs, marks).await
+        self.submit_keyed(workflow, event, inputs, mark, others)
+            .await
     }
 
     async fn submit_keyed(
@@ -137,27 +142,23 @@ impl Runtime {
         workflow: &str,
         event: Event,
         inputs: Value,
-        marks: Vec<DedupeMark>,
+        mark: DedupeMark,
+        others: Vec<String>,
     ) -> Result<Submission, SubmitError> {
         let wf = self
             .workflow(workflow, None)
             .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
-        let Some(first) = marks.first() else {
-            return Err(SubmitError::Store(StoreError::InvalidWrite(
-                "a keyed submission needs a de-duplication key".into(),
-            )));
-        };
-        if let Some(mark) = marks
-            .iter()
-            .find(|mark| mark.key.is_empty() || mark.key.len() > MAX_MARK_KEY)
+        if let Some(key) = std::iter::once(&mark.key)
+            .chain(&others)
+            .find(|key| key.is_empty() || key.len() > MAX_MARK_KEY)
         {
             return Err(SubmitError::Store(StoreError::InvalidWrite(format!(
                 "a de-duplication key must have 1 to {MAX_MARK_KEY} bytes, not {}",
-                mark.key.len()
+                key.len()
             ))));
         }
         let name = wf.name.to_string();
-        let first_key = mark_key(&name, &first.key);
+        let first_key = mark_key(&name, &mark.key);
         let _serialised = MarkingGuard::lock(self, &first_key).await;
         if let Some(existing) = self.mark_at(&first_key).await? {
             self.inner
@@ -173,25 +174,24 @@ impl Runtime {
         }
         let id = ExecutionId::new();
         let key = concurrency_key(&wf, &event, &inputs, &lent)?;
-        let at = Timestamp::now();
-        let mut puts = Vec::with_capacity(marks.len());
-        for (n, mark) in marks.into_iter().enumerate() {
-            let record = MarkRecord {
-                execution: id,
-                at,
-                position: mark.position,
-            };
-            let value = serde_json::to_vec(&record)
-                .map_err(|e| StoreError::InvalidWrite(format!("de-duplication mark: {e}")))?;
+        let record = MarkRecord {
+            execution: id,
+            at: Timestamp::now(),
+            position: mark.position,
+        };
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::InvalidWrite(format!("de-duplication mark: {e}")))?;
+        let mut puts = Vec::with_capacity(1 + others.len());
+        for other in &others {
             puts.push(StoreWrite::PutMeta {
-                key: if n == 0 {
-                    first_key.clone()
-                } else {
-                    mark_key(&name, &mark.key)
-                },
-                value: Some(value),
+                key: mark_key(&name, other),
+                value: Some(value.clone()),
             });
         }
+        puts.push(StoreWrite::PutMeta {
+            key: first_key,
+            value: Some(value),
+        });
         Box::pin(self.start(wf, id, event, inputs, None, key, puts)).await
     }
 
@@ -359,14 +359,15 @@ steps:
     #[tokio::test]
     async fn a_batch_writes_a_mark_per_message_with_its_execution() {
         let runtime = testing::runtime(testing::memory(), &[FLOW]);
-        let marks = || {
-            (41..44)
-                .map(|offset| DedupeMark::new(format!("redis/s/g/{offset}"), json!(offset)))
-                .collect::<Vec<_>>()
-        };
-        let batch = Event::new("redis", "reactor:redis/s", json!([{"n": 1}, {"n": 2}, {"n": 3}]));
+        let mark = || DedupeMark::new("redis/s/g/41", json!({"id": 41, "count": 3}));
+        let others = || vec!["redis/s/g/42".to_string(), "redis/s/g/43".to_string()];
+        let batch = Event::new(
+            "redis",
+            "reactor:redis/s",
+            json!([{"n": 1}, {"n": 2}, {"n": 3}]),
+        );
         let Ok(Submission::Accepted(id)) = runtime
-            .submit_once_batch("orders", batch.clone(), json!({}), marks())
+            .submit_once_batch("orders", batch.clone(), json!({}), mark(), others())
             .await
         else {
             panic!("not accepted");
@@ -377,22 +378,25 @@ steps:
                 .await
                 .unwrap()
                 .expect("every message is marked");
-            assert_eq!((mark.execution, mark.position), (id, json!(offset)));
+            assert_eq!(
+                (mark.execution, mark.position),
+                (id, json!({"id": 41, "count": 3}))
+            );
         }
         // The same batch again (its first message recorded): nothing new starts.
         assert_eq!(
             runtime
-                .submit_once_batch("orders", batch, json!({}), marks())
+                .submit_once_batch("orders", batch, json!({}), mark(), others())
                 .await
                 .unwrap(),
             Submission::Accepted(id)
         );
         assert_eq!(count(&runtime).await, 1);
-        let none = runtime
-            .submit_once_batch("orders", event(1), json!({}), Vec::new())
+        let empty = runtime
+            .submit_once_batch("orders", event(1), json!({}), mark(), vec![String::new()])
             .await
             .unwrap_err();
-        assert!(none.to_string().contains("de-duplication key"), "{none}");
+        assert!(empty.to_string().contains("de-duplication key"), "{empty}");
     }
 
     #[tokio::test]

@@ -286,7 +286,7 @@ async fn kafka_bench(count: usize) {
         last = consumer.recv().await.unwrap().detach();
         seen += 1;
         if seen % 256 == 0 {
-            consumer.commit_consumer_state(CommitMode::Sync).ok();
+            consumer.commit_consumer_state(CommitMode::Async).ok();
         }
     }
     let _ = last.offset();

@@ -544,7 +544,7 @@ impl StreamReader<'_> {
             let items = run
                 .into_iter()
                 .map(|entry| {
-                    let (data, meta) = self.into_parts(entry);
+                    let (data, meta) = self.take_parts(entry);
                     batch::item(data, meta)
                 })
                 .collect();
@@ -662,7 +662,7 @@ impl StreamReader<'_> {
     }
 
     /// Like [`StreamReader::parts`], taking the entry: field names and text values move.
-    fn into_parts(&self, entry: StreamId) -> (Value, Value) {
+    fn take_parts(&self, entry: StreamId) -> (Value, Value) {
         let meta = self.meta(&entry.id);
         let data: serde_json::Map<String, Value> = entry
             .map

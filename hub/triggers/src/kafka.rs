@@ -3,10 +3,8 @@
 //! The group (`group:`, default `reactor-{workflow}`) spreads partitions over the hubs
 //! consuming with it. Offsets are never committed automatically: after a batch of messages
 //! is submitted, the offset after the last message recorded in an unbroken run from the
-//! start of the batch is committed per partition, so a commit never covers a message that
-//! is not durably recorded. The commit (synchronous, on a blocking thread) runs while the
-//! next batch is gathered and recorded; it is awaited before the next commit, so commits
-//! stay in order, and before the session ends. Each message is submitted with the de-duplication
+//! start of the batch is committed per partition (synchronously), so a commit never covers a
+//! message that is not durably recorded. Each message is submitted with the de-duplication
 //! key `kafka/{topic}/{partition}/{offset}`: a message recorded but not committed when the hub
 //! died (or when a rebalance moved its partition) is consumed again by whoever owns the
 //! partition next, and starts nothing new. When a message cannot be recorded, the prefix
@@ -192,7 +190,6 @@ impl Trigger for KafkaTrigger {
                         recorded: &mut recorded,
                         next_offsets: HashMap::new(),
                         covered: HashMap::new(),
-                        committing: None,
                         next_lag: Instant::now() + LAG_EVERY,
                     };
                     let result = session.run(&mut backoff).await;
@@ -232,9 +229,6 @@ struct Session<'a> {
     /// (topic, partition) → the last offset a recorded batch covers, learnt from its mark
     /// (`batch:` only): messages up to it are skipped.
     covered: HashMap<(String, i32), i64>,
-    /// The commit in flight: it runs while the next batch is gathered and recorded, and is
-    /// awaited before the next commit (commits stay in order) and before the session ends.
-    committing: Option<tokio::task::JoinHandle<Result<(), String>>>,
     next_lag: Instant,
 }
 
@@ -251,12 +245,6 @@ struct Outcome {
 
 impl Session<'_> {
     async fn run(&mut self, backoff: &mut Backoff) -> Result<(), Failure> {
-        let consumed = self.consume(backoff).await;
-        let committed = self.committed().await;
-        consumed.and(committed)
-    }
-
-    async fn consume(&mut self, backoff: &mut Backoff) -> Result<(), Failure> {
         loop {
             let first = tokio::select! {
                 biased;
@@ -458,46 +446,30 @@ impl Session<'_> {
                 list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                     .map_err(|e| Failure::Retry(format!("kafka commit: {e}")))?;
             }
-            self.committed().await?;
             let consumer = self.consumer.clone();
-            let context = context.clone();
-            self.committing = Some(tokio::spawn(async move {
-                let committed =
-                    tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                match committed {
-                    Ok(()) => {
-                        // Committed offsets are never consumed again by the group: marks can
-                        // go.
-                        retry::forget_soon(&context, keys);
-                        Ok(())
-                    }
+            let committed =
+                tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+                    .await
+                    .map_err(|e| Failure::Retry(format!("kafka commit: {e}")))?;
+            match committed {
+                Ok(()) => {
+                    // Committed offsets are never consumed again by the group: marks can go.
+                    retry::forget_soon(context, keys);
+                }
+                Err(error) => {
                     // E.g. the partition moved in a rebalance: its next owner consumes from
                     // the last commit, and the marks de-duplicate what this hub recorded.
-                    Err(error) => Err(error.to_string()),
+                    warn!(workflow = %context.workflow, %error, "Kafka commit failed");
+                    return Err(Failure::Retry(format!("kafka commit: {error}")));
                 }
-            }));
+            }
         }
         if !broken.is_empty() {
-            self.committed().await?;
             return Err(Failure::Retry(
                 "kafka: a message was not recorded; resuming from the last commit".into(),
             ));
         }
         Ok(())
-    }
-
-    /// Waits for the commit in flight, if any.
-    async fn committed(&mut self) -> Result<(), Failure> {
-        let Some(task) = self.committing.take() else {
-            return Ok(());
-        };
-        let committed = task.await.map_err(|e| e.to_string()).and_then(|r| r);
-        committed.map_err(|error| {
-            warn!(workflow = %self.context.workflow, %error, "Kafka commit failed");
-            Failure::Retry(format!("kafka commit: {error}"))
-        })
     }
 
     async fn update_lag(&self) {

@@ -111,7 +111,7 @@ impl Runtime {
         inputs: Value,
         mark: DedupeMark,
     ) -> Result<Submission, SubmitError> {
-        self.submit_keyed(workflow, event, inputs, mark, Vec::new())
+        self.submit_once_batch(workflow, event, inputs, mark, Vec::new())
             .await
     }
 
@@ -126,18 +126,6 @@ impl Runtime {
     /// at a time and leaves out messages whose marks it found (the `redis` trigger looks
     /// every redelivered entry up before batching it).
     pub async fn submit_once_batch(
-        &self,
-        workflow: &str,
-        event: Event,
-        inputs: Value,
-        mark: DedupeMark,
-        others: Vec<String>,
-    ) -> Result<Submission, SubmitError> {
-        self.submit_keyed(workflow, event, inputs, mark, others)
-            .await
-    }
-
-    async fn submit_keyed(
         &self,
         workflow: &str,
         event: Event,

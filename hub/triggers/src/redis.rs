@@ -459,10 +459,12 @@ impl StreamReader<'_> {
     ) -> Result<bool, Failure> {
         let (recorded, mut acks, mut keys) = match self.trigger.batch {
             Some(batch) if fresh => {
-                let runs = entries
-                    .chunks(batch.size)
-                    .map(<[StreamId]>::to_vec)
-                    .collect();
+                // Moved, not copied: the entries' fields move into the batch event.
+                let mut entries = entries.into_iter().peekable();
+                let mut runs = Vec::new();
+                while entries.peek().is_some() {
+                    runs.push(entries.by_ref().take(batch.size).collect());
+                }
                 (self.submit_runs(runs).await, Vec::new(), Vec::new())
             }
             Some(batch) => self.recover_runs(entries, batch.size).await?,

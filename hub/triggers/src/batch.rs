@@ -3,6 +3,9 @@
 //! trigger beside its realtime one). For sinks that write in bulk, and for sources faster
 //! than one durable execution per message.
 //!
+//! A batch also closes at [`Batch::MAX_BYTES`](reactor_core::flow::Batch::MAX_BYTES) of
+//! messages, whatever `size` says.
+//!
 //! The event of a batch has the trigger's type and source; `data` is the list of the
 //! messages, each `{data, meta}` — exactly what an unbatched event of that message holds in
 //! `event.data` and `event.meta` — in source order; `meta` says where the batch sits (per
@@ -31,4 +34,47 @@ pub(crate) fn event(event_type: &str, source: &str, items: Vec<Value>, meta: Val
     let mut event = Event::new(event_type, source, Value::Array(items));
     event.meta = meta;
     event
+}
+
+/// Splits `items` (in source order) into batches of at most `size` items and `max_bytes`
+/// bytes (`bytes` of each; an item larger than that alone is a batch of its own).
+pub(crate) fn split<T>(
+    items: impl IntoIterator<Item = T>,
+    size: usize,
+    max_bytes: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = 0;
+    for item in items {
+        let n = bytes(&item);
+        if !current.is_empty() && (current.len() >= size || current_bytes + n > max_bytes) {
+            batches.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes += n;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_close_at_their_size_or_their_bytes() {
+        let sizes = [3, 3, 3, 3, 3, 3, 3];
+        let by_count = split(sizes, 3, 100, |n| *n);
+        assert_eq!(by_count, vec![vec![3, 3, 3], vec![3, 3, 3], vec![3]]);
+        let by_bytes = split(sizes, 5, 7, |n| *n);
+        assert_eq!(by_bytes, vec![vec![3, 3], vec![3, 3], vec![3, 3], vec![3]]);
+        let oversized = split([1, 50, 1, 1], 10, 10, |n| *n);
+        assert_eq!(oversized, vec![vec![1], vec![50], vec![1, 1]]);
+        assert!(split(Vec::<usize>::new(), 3, 10, |n| *n).is_empty());
+    }
 }

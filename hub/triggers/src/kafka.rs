@@ -86,6 +86,8 @@ pub struct KafkaTrigger {
     group: Option<String>,
     from: KafkaStart,
     batch: Option<Batch>,
+    /// [`Batch::MAX_BYTES`]; lower in tests.
+    batch_bytes: usize,
     connection: Resolved,
     stop_before_ack: Option<u64>,
 }
@@ -118,6 +120,7 @@ impl KafkaTrigger {
             group: spec.group.clone(),
             from: spec.from,
             batch: spec.batch,
+            batch_bytes: Batch::MAX_BYTES,
             connection,
             stop_before_ack: None,
         })
@@ -127,6 +130,12 @@ impl KafkaTrigger {
     /// committing — what a hub killed between record and commit leaves behind.
     pub fn stop_before_ack(mut self, recorded: u64) -> KafkaTrigger {
         self.stop_before_ack = Some(recorded);
+        self
+    }
+
+    /// Tests: a batch closes at `bytes` instead of [`Batch::MAX_BYTES`].
+    pub fn with_batch_bytes(mut self, bytes: usize) -> KafkaTrigger {
+        self.batch_bytes = bytes;
         self
     }
 
@@ -271,11 +280,22 @@ impl Session<'_> {
                 Some(batch) => (batch.size, batch.wait),
                 None => (BATCH, GATHER),
             };
+            // With `batch:` a gather also ends at the byte cap, so that one partition's run
+            // (an execution) stays under it.
+            let max_bytes = match self.trigger.batch {
+                Some(_) => self.trigger.batch_bytes,
+                None => usize::MAX,
+            };
+            let mut bytes = message_bytes(&first);
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + wait;
-            while batch.len() < size {
+            while batch.len() < size && bytes < max_bytes {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(message)) => batch.push(message.detach()),
+                    Ok(Ok(message)) => {
+                        let message = message.detach();
+                        bytes += message_bytes(&message);
+                        batch.push(message);
+                    }
                     Ok(Err(_)) | Err(_) => break,
                 }
             }
@@ -494,6 +514,11 @@ impl Session<'_> {
         .unwrap_or(0);
         self.context.stats.set_lag(lag);
     }
+}
+
+/// What a message weighs in a batch: payload and key.
+fn message_bytes(message: &OwnedMessage) -> usize {
+    message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len)
 }
 
 /// A message's de-duplication key.

@@ -69,6 +69,8 @@ pub struct RedisTrigger {
     claim_idle: Duration,
     claim_every: Duration,
     batch: Option<Batch>,
+    /// [`Batch::MAX_BYTES`]; lower in tests.
+    batch_bytes: usize,
     stop_before_ack: Option<u64>,
 }
 
@@ -105,6 +107,7 @@ impl RedisTrigger {
             claim_idle: Duration::from_secs(60),
             claim_every: Duration::from_secs(30),
             batch: spec.batch,
+            batch_bytes: Batch::MAX_BYTES,
             stop_before_ack: None,
         })
     }
@@ -121,6 +124,12 @@ impl RedisTrigger {
     /// acknowledging them — what a hub killed between record and ack leaves behind.
     pub fn stop_before_ack(mut self, recorded: u64) -> RedisTrigger {
         self.stop_before_ack = Some(recorded);
+        self
+    }
+
+    /// Tests: a batch closes at `bytes` instead of [`Batch::MAX_BYTES`].
+    pub fn with_batch_bytes(mut self, bytes: usize) -> RedisTrigger {
+        self.batch_bytes = bytes;
         self
     }
 
@@ -428,7 +437,11 @@ impl StreamReader<'_> {
             return Ok(entries);
         };
         let deadline = Instant::now() + batch.wait;
-        while entries.len() < batch.size {
+        let full = |entries: &[StreamId]| {
+            entries.len() >= batch.size
+                || entries.iter().map(entry_bytes).sum::<usize>() >= self.trigger.batch_bytes
+        };
+        while !full(&entries) {
             let left = deadline.saturating_duration_since(Instant::now());
             // BLOCK 0 would wait for ever: the last stretch is one read that does not block.
             let block = (left >= Duration::from_millis(1)).then_some(left);
@@ -460,11 +473,7 @@ impl StreamReader<'_> {
         let (recorded, mut acks, mut keys) = match self.trigger.batch {
             Some(batch) if fresh => {
                 // Moved, not copied: the entries' fields move into the batch event.
-                let mut entries = entries.into_iter().peekable();
-                let mut runs = Vec::new();
-                while entries.peek().is_some() {
-                    runs.push(entries.by_ref().take(batch.size).collect());
-                }
+                let runs = batch::split(entries, batch.size, self.trigger.batch_bytes, entry_bytes);
                 (self.submit_runs(runs).await, Vec::new(), Vec::new())
             }
             Some(batch) => self.recover_runs(entries, batch.size).await?,
@@ -579,7 +588,7 @@ impl StreamReader<'_> {
     ) -> Result<(Vec<Submitted>, Vec<String>, Vec<String>), Failure> {
         let mut acks = Vec::new();
         let mut keys = Vec::new();
-        let mut runs: Vec<Vec<StreamId>> = vec![Vec::new()];
+        let mut unrecorded = Vec::new();
         for entry in entries {
             let key = self.key(&entry.id);
             let mark = self
@@ -593,13 +602,9 @@ impl StreamReader<'_> {
                 keys.push(key);
                 continue;
             }
-            let run = runs.last_mut().expect("never empty");
-            run.push(entry);
-            if run.len() == size {
-                runs.push(Vec::new());
-            }
+            unrecorded.push(entry);
         }
-        runs.retain(|run| !run.is_empty());
+        let runs = batch::split(unrecorded, size, self.trigger.batch_bytes, entry_bytes);
         Ok((self.submit_runs(runs).await, acks, keys))
     }
 
@@ -696,6 +701,22 @@ impl StreamReader<'_> {
 /// Entries (their ids), the marks to forget once they are acknowledged, and the outcome of
 /// the execution that holds them.
 type Submitted = (Vec<String>, Vec<String>, Result<Submission, SubmitError>);
+
+/// What an entry weighs in a batch: its field names and values.
+fn entry_bytes(entry: &StreamId) -> usize {
+    entry
+        .map
+        .iter()
+        .map(|(field, value)| {
+            field.len()
+                + match value {
+                    RedisValue::BulkString(bytes) => bytes.len(),
+                    RedisValue::SimpleString(text) => text.len(),
+                    _ => 8,
+                }
+        })
+        .sum()
+}
 
 /// A field's value as text (base64 when it is not UTF-8).
 fn field_value(value: &RedisValue) -> Value {

@@ -296,6 +296,37 @@ async fn a_batch_holds_one_partitions_messages_in_order() {
     running.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_closes_at_its_byte_cap() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("batch_bytes");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    for n in 0..10 {
+        produce(&producer, &topic, 0, n).await;
+    }
+    // Each message weighs 16 bytes (payload `{"n": N}`, key `device-N`): at a 30-byte cap a
+    // batch closes after its second message although `size` is 100.
+    let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 100));
+    let trigger = trigger(&runtime, &brokers).with_batch_bytes(30);
+    let running = Running::start(&runtime, "orders", Box::new(trigger));
+    assert!(
+        eventually(|| {
+            let r = runtime.clone();
+            async move { batched_ns(&r).await.len() >= 10 }
+        })
+        .await
+    );
+    running.stop().await.unwrap();
+    assert_eq!(batched_ns(&runtime).await, (0..10).collect::<Vec<_>>());
+    for event in events(&runtime, "orders").await {
+        let count = event.data.as_array().unwrap().len();
+        assert!((1..=2).contains(&count), "a batch of {count}");
+    }
+}
+
 /// A batch recorded but not committed is found by its first message's mark when the
 /// partition is consumed again — in a different split — and nothing in it runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

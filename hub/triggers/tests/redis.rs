@@ -239,6 +239,34 @@ async fn batched_entries_run_a_batch_per_execution() {
     cleanup(&mut conn, &stream).await;
 }
 
+#[tokio::test]
+async fn a_batch_closes_at_its_byte_cap() {
+    let stream = unique("reactor_test_batch_bytes");
+    let runtime = orders_on(&stream);
+    let mut conn = client().await;
+    create_group(&mut conn, &stream).await;
+    add_entries(&mut conn, &stream, 0..20).await;
+    // An entry weighs its field name and value: 2 bytes (`n` + one digit) or 3: at a 5-byte
+    // cap a batch holds two entries although `size` is 100.
+    let trigger = batched_trigger(&runtime, "hub-a", 100).with_batch_bytes(5);
+    let running = Running::start(&runtime, "orders", Box::new(trigger));
+    assert!(
+        eventually(|| {
+            let r = runtime.clone();
+            async move { batched_ns(&r).await.len() >= 20 }
+        })
+        .await
+    );
+    assert!(nothing_pending(&conn, &stream).await);
+    running.stop().await.unwrap();
+    assert_eq!(batched_ns(&runtime).await, (0..20).collect::<Vec<_>>());
+    for event in events(&runtime, "orders").await {
+        let count = event.data.as_array().unwrap().len();
+        assert!((1..=2).contains(&count), "a batch of {count}");
+    }
+    cleanup(&mut conn, &stream).await;
+}
+
 /// Batches recorded but not acknowledged come back in other splits — re-read by their
 /// consumer in smaller batches, claimed from a dead consumer two at a time — and no entry
 /// runs twice.

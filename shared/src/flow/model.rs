@@ -301,6 +301,10 @@ impl Batch {
     pub const MAX_SIZE: usize = 10_000;
     /// `wait` when not given.
     pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+    /// A batch also closes once its messages reach this many bytes (payloads, keys and
+    /// field names; a single larger message still makes a batch of its own): `size` times a
+    /// source's largest message must not decide the hub's memory.
+    pub const MAX_BYTES: usize = 16 * 1024 * 1024;
 }
 
 #[derive(Clone, Debug, PartialEq)]

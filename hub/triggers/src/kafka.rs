@@ -17,7 +17,9 @@
 //! recorded batch: a redelivered run starts with a recorded batch's first message, whose
 //! mark says how far the batch reached, and everything up to there is skipped and committed.
 //! Batch event: `data` = the messages' `{data, meta}`, `meta` = `{topic, partition,
-//! first_offset, last_offset, count}`.
+//! first_offset, last_offset, count}`. Without `batch:` the first message a session gets
+//! from each partition is looked up the same way, so a workflow switched back from batches
+//! to one execution per message resumes after a recorded batch, not inside it.
 //!
 //! `from: earliest|latest` applies when the group has no committed offset for a partition.
 //! Event: type `kafka`, source `reactor:kafka/{topic}`, `data` = the value parsed as JSON when
@@ -31,7 +33,7 @@
 //! from the connection's `options` (librdkafka property names) and `username`/`password`
 //! (`sasl.username`/`sasl.password`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -199,6 +201,7 @@ impl Trigger for KafkaTrigger {
                         recorded: &mut recorded,
                         next_offsets: HashMap::new(),
                         covered: HashMap::new(),
+                        checked: HashSet::new(),
                         next_lag: Instant::now() + LAG_EVERY,
                     };
                     let result = session.run(&mut backoff).await;
@@ -238,6 +241,9 @@ struct Session<'a> {
     /// (topic, partition) → the last offset a recorded batch covers, learnt from its mark
     /// (`batch:` only): messages up to it are skipped.
     covered: HashMap<(String, i32), i64>,
+    /// Partitions whose first message this session has looked up (one execution per
+    /// message: see `submit_each`).
+    checked: HashSet<(String, i32)>,
     next_lag: Instant,
 }
 
@@ -307,7 +313,7 @@ impl Session<'_> {
             }
             let outcomes = match self.trigger.batch {
                 Some(_) => self.submit_batches(batch).await?,
-                None => self.submit_each(&batch).await,
+                None => self.submit_each(batch).await?,
             };
             self.acknowledge(outcomes).await?;
             if Instant::now() >= self.next_lag {
@@ -317,10 +323,20 @@ impl Session<'_> {
         }
     }
 
-    /// One execution per message.
-    async fn submit_each(&self, batch: &[OwnedMessage]) -> Vec<Outcome> {
+    /// One execution per message. The first time this session sees a partition, it looks
+    /// up the batches recorded there first (see `skip_recorded`): a workflow switched from
+    /// `batch:` back to one execution per message resumes after them, not inside them.
+    async fn submit_each(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<Outcome>, Failure> {
+        let mut outcomes = Vec::new();
+        let mut fresh = Vec::new();
+        for (partition, mut run) in by_partition(batch) {
+            let lookup = self.checked.insert(partition.clone());
+            self.skip_recorded(&partition, &mut run, &mut outcomes, lookup)
+                .await?;
+            fresh.extend(run);
+        }
         let context = self.context;
-        let submissions = batch.iter().map(|message| {
+        let submissions = fresh.iter().map(|message| {
             let key = message_key(message);
             let mark = DedupeMark::new(
                 key.clone(),
@@ -337,47 +353,18 @@ impl Session<'_> {
                 }
             }
         });
-        futures::future::join_all(submissions).await
+        outcomes.extend(futures::future::join_all(submissions).await);
+        Ok(outcomes)
     }
 
     /// `batch:` — one execution per partition's run of messages, after skipping what
     /// recorded batches cover (see the module docs).
     async fn submit_batches(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<Outcome>, Failure> {
-        let mut runs: Vec<((String, i32), Vec<OwnedMessage>)> = Vec::new();
-        for message in batch {
-            let partition = (message.topic().to_string(), message.partition());
-            match runs.iter_mut().find(|(p, _)| *p == partition) {
-                Some((_, run)) => run.push(message),
-                None => runs.push((partition, vec![message])),
-            }
-        }
         let mut outcomes = Vec::new();
         let mut fresh = Vec::new();
-        for (partition, mut run) in runs {
-            loop {
-                if let Some(&covered) = self.covered.get(&partition) {
-                    run.retain(|message| message.offset() > covered);
-                }
-                let Some(first) = run.first() else { break };
-                let key = message_key(first);
-                let mark = self
-                    .context
-                    .runtime
-                    .mark(&self.context.workflow, &key)
-                    .await
-                    .map_err(|e| Failure::Retry(format!("kafka: reading a batch mark: {e}")))?;
-                let Some(mark) = mark else { break };
-                let last = mark.position["last"].as_i64().unwrap_or(first.offset());
-                let skipped = run.iter().take_while(|m| m.offset() <= last).count();
-                self.covered.insert(partition.clone(), last);
-                outcomes.push(Outcome {
-                    partition: partition.clone(),
-                    next: last + 1,
-                    key,
-                    messages: skipped as u64,
-                    result: Ok(Submission::Accepted(mark.execution)),
-                });
-            }
+        for (partition, mut run) in by_partition(batch) {
+            self.skip_recorded(&partition, &mut run, &mut outcomes, true)
+                .await?;
             if !run.is_empty() {
                 fresh.push((partition, run));
             }
@@ -387,6 +374,45 @@ impl Session<'_> {
             .map(|(partition, run)| self.submit_run(partition, run));
         outcomes.extend(futures::future::join_all(submissions).await);
         Ok(outcomes)
+    }
+
+    /// Drops from a partition's `run` what recorded batches cover: first what this session
+    /// learnt, then — with `lookup` — while the run starts with a message whose mark is
+    /// recorded, up to the `last` offset the mark names (a single message's mark covers just
+    /// itself). Each skipped range becomes an outcome, so its offset is committed.
+    async fn skip_recorded(
+        &mut self,
+        partition: &(String, i32),
+        run: &mut Vec<OwnedMessage>,
+        outcomes: &mut Vec<Outcome>,
+        lookup: bool,
+    ) -> Result<(), Failure> {
+        loop {
+            if let Some(&covered) = self.covered.get(partition) {
+                run.retain(|message| message.offset() > covered);
+            }
+            let Some(first) = run.first().filter(|_| lookup) else {
+                return Ok(());
+            };
+            let key = message_key(first);
+            let mark = self
+                .context
+                .runtime
+                .mark(&self.context.workflow, &key)
+                .await
+                .map_err(|e| Failure::Retry(format!("kafka: reading a batch mark: {e}")))?;
+            let Some(mark) = mark else { return Ok(()) };
+            let last = mark.position["last"].as_i64().unwrap_or(first.offset());
+            let skipped = run.iter().take_while(|m| m.offset() <= last).count();
+            self.covered.insert(partition.clone(), last);
+            outcomes.push(Outcome {
+                partition: partition.clone(),
+                next: last + 1,
+                key,
+                messages: skipped as u64,
+                result: Ok(Submission::Accepted(mark.execution)),
+            });
+        }
     }
 
     fn submit_run(
@@ -514,6 +540,19 @@ impl Session<'_> {
         .unwrap_or(0);
         self.context.stats.set_lag(lag);
     }
+}
+
+/// A gather's messages by partition, each partition's in arrival (= offset) order.
+fn by_partition(batch: Vec<OwnedMessage>) -> Vec<((String, i32), Vec<OwnedMessage>)> {
+    let mut runs: Vec<((String, i32), Vec<OwnedMessage>)> = Vec::new();
+    for message in batch {
+        let partition = (message.topic().to_string(), message.partition());
+        match runs.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, run)) => run.push(message),
+            None => runs.push((partition, vec![message])),
+        }
+    }
+    runs
 }
 
 /// What a message weighs in a batch: payload and key.

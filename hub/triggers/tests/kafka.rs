@@ -322,93 +322,94 @@ async fn a_batch_closes_at_its_byte_cap() {
     }
 }
 
+/// Ten messages on one partition, of which a consumer batching 4 at a time recorded at
+/// least one batch and died before committing it.
+struct LeftUncommitted {
+    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: String,
+    topic: String,
+    group: String,
+    runtime: Runtime,
+}
+
+impl LeftUncommitted {
+    async fn new(prefix: &str) -> LeftUncommitted {
+        let cluster = MockCluster::new(1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let topic = unique(prefix);
+        cluster.create_topic(&topic, 1, 1).unwrap();
+        let group = unique("hub");
+        let producer = producer(&brokers);
+        for n in 0..10 {
+            produce(&producer, &topic, 0, n).await;
+        }
+        let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 4));
+        let first = Running::start(
+            &runtime,
+            "orders",
+            Box::new(trigger(&runtime, &brokers).stop_before_ack(4)),
+        );
+        let result = tokio::time::timeout(Duration::from_secs(60), first.handle)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
+        let recorded = batched_ns(&runtime).await.len() as i64;
+        let committed_then = committed(&brokers, &group, &topic, 1).await[0].max(0);
+        assert!(
+            committed_then < recorded,
+            "a recorded batch was left uncommitted ({committed_then} < {recorded})"
+        );
+        LeftUncommitted {
+            _cluster: cluster,
+            brokers,
+            topic,
+            group,
+            runtime,
+        }
+    }
+
+    /// Consumes the partition again with the workflow `yaml` until all ten are committed.
+    async fn resume(&self, yaml: &str) {
+        let workflow = reactor_core::dsl::parse_workflow("orders.yaml", yaml).unwrap();
+        self.runtime.load(workflow);
+        let trigger = trigger(&self.runtime, &self.brokers);
+        let again = Running::start(&self.runtime, "orders", Box::new(trigger));
+        assert!(
+            eventually(|| {
+                let (b, g, t) = (self.brokers.clone(), self.group.clone(), self.topic.clone());
+                async move { committed(&b, &g, &t, 1).await == vec![10] }
+            })
+            .await
+        );
+        again.stop().await.unwrap();
+    }
+}
+
 /// A batch recorded but not committed is found by its first message's mark when the
 /// partition is consumed again — in a different split — and nothing in it runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_killed_before_commit_is_not_batched_again() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let topic = unique("batch_crash");
-    cluster.create_topic(&topic, 1, 1).unwrap();
-    let group = unique("hub");
-    let producer = producer(&brokers);
-    for n in 0..10 {
-        produce(&producer, &topic, 0, n).await;
-    }
-    let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 4));
-    let first = Running::start(
-        &runtime,
-        "orders",
-        Box::new(trigger(&runtime, &brokers).stop_before_ack(4)),
-    );
-    let result = tokio::time::timeout(Duration::from_secs(60), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
-    let recorded = batched_ns(&runtime).await.len() as i64;
-    let committed_then = committed(&brokers, &group, &topic, 1).await[0].max(0);
-    assert!(
-        committed_then < recorded,
-        "a recorded batch was left uncommitted ({committed_then} < {recorded})"
-    );
-
+    let left = LeftUncommitted::new("batch_crash").await;
     // Consumed again in batches of 3: the recorded batch's range is skipped and committed.
-    let rerun = batched_yaml(&topic, &group, &brokers, 3);
-    runtime.load(reactor_core::dsl::parse_workflow("orders.yaml", &rerun).unwrap());
-    let again = Running::start(&runtime, "orders", Box::new(trigger(&runtime, &brokers)));
-    assert!(
-        eventually(|| {
-            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
-            async move { committed(&b, &g, &t, 1).await == vec![10] }
-        })
-        .await
-    );
+    left.resume(&batched_yaml(&left.topic, &left.group, &left.brokers, 3))
+        .await;
     assert_eq!(
-        batched_ns(&runtime).await,
+        batched_ns(&left.runtime).await,
         (0..10).collect::<Vec<_>>(),
         "every message in exactly one execution"
     );
-    again.stop().await.unwrap();
 }
 
 /// A workflow switched from `batch:` back to one execution per message while a batch was
 /// recorded and not committed resumes after the batch, not inside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_back_from_batches_runs_nothing_twice() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let topic = unique("batch_switch");
-    cluster.create_topic(&topic, 1, 1).unwrap();
-    let group = unique("hub");
-    let producer = producer(&brokers);
-    for n in 0..10 {
-        produce(&producer, &topic, 0, n).await;
-    }
-    let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 4));
-    let first = Running::start(
-        &runtime,
-        "orders",
-        Box::new(trigger(&runtime, &brokers).stop_before_ack(4)),
-    );
-    let result = tokio::time::timeout(Duration::from_secs(60), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
-    let per_message = yaml(&topic, &group, &brokers);
-    runtime.load(reactor_core::dsl::parse_workflow("orders.yaml", &per_message).unwrap());
-    let again = Running::start(&runtime, "orders", Box::new(trigger(&runtime, &brokers)));
-    assert!(
-        eventually(|| {
-            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
-            async move { committed(&b, &g, &t, 1).await == vec![10] }
-        })
-        .await
-    );
-    again.stop().await.unwrap();
+    let left = LeftUncommitted::new("batch_switch").await;
+    left.resume(&yaml(&left.topic, &left.group, &left.brokers))
+        .await;
     // Batch events carry a list, the others one message.
-    let mut ns: Vec<i64> = events(&runtime, "orders")
+    let mut ns: Vec<i64> = events(&left.runtime, "orders")
         .await
         .iter()
         .flat_map(|e| match e.data.as_array() {

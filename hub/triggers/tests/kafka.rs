@@ -108,6 +108,15 @@ async fn batched_ns(runtime: &Runtime) -> Vec<i64> {
     ns
 }
 
+/// Whether `count` messages get into recorded batch events (within `eventually`'s wait).
+async fn all_batched(runtime: &Runtime, count: usize) -> bool {
+    eventually(|| {
+        let runtime = runtime.clone();
+        async move { batched_ns(&runtime).await.len() >= count }
+    })
+    .await
+}
+
 /// Brokers as a named connection with librdkafka options: a short session timeout, so
 /// that a member that vanished without leaving frees its partitions quickly.
 fn trigger(runtime: &Runtime, brokers: &str) -> KafkaTrigger {
@@ -251,13 +260,7 @@ async fn a_batch_holds_one_partitions_messages_in_order() {
         "orders",
         build(&runtime, "orders", &Connections::default()),
     );
-    assert!(
-        eventually(|| {
-            let r = runtime.clone();
-            async move { batched_ns(&r).await.len() >= 10 }
-        })
-        .await
-    );
+    assert!(all_batched(&runtime, 10).await);
     assert_eq!(batched_ns(&runtime).await, (0..10).collect::<Vec<_>>());
     for event in events(&runtime, "orders").await {
         assert_eq!(event.event_type, "kafka");
@@ -307,13 +310,7 @@ async fn a_batch_closes_at_its_byte_cap() {
     let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 100));
     let trigger = trigger(&runtime, &brokers).with_batch_bytes(30);
     let running = Running::start(&runtime, "orders", Box::new(trigger));
-    assert!(
-        eventually(|| {
-            let r = runtime.clone();
-            async move { batched_ns(&r).await.len() >= 10 }
-        })
-        .await
-    );
+    assert!(all_batched(&runtime, 10).await);
     running.stop().await.unwrap();
     assert_eq!(batched_ns(&runtime).await, (0..10).collect::<Vec<_>>());
     for event in events(&runtime, "orders").await {

@@ -157,6 +157,15 @@ async fn batched_ns(runtime: &reactor_core::engine::Runtime) -> Vec<usize> {
     ns
 }
 
+/// Whether `count` messages get into recorded batch events (within `eventually`'s wait).
+async fn all_batched(runtime: &reactor_core::engine::Runtime, count: usize) -> bool {
+    eventually(|| {
+        let runtime = runtime.clone();
+        async move { batched_ns(&runtime).await.len() >= count }
+    })
+    .await
+}
+
 async fn add_entries(
     conn: &mut redis::aio::MultiplexedConnection,
     stream: &str,
@@ -192,13 +201,7 @@ async fn batched_entries_run_a_batch_per_execution() {
         "orders",
         build(&runtime, "orders", &Connections::default()),
     );
-    assert!(
-        eventually(|| {
-            let r = runtime.clone();
-            async move { batched_ns(&r).await.len() >= ENTRIES }
-        })
-        .await
-    );
+    assert!(all_batched(&runtime, ENTRIES).await);
     assert!(nothing_pending(&conn, &stream).await);
     running.stop().await.unwrap();
     assert_eq!(batched_ns(&runtime).await, (0..ENTRIES).collect::<Vec<_>>());
@@ -250,13 +253,7 @@ async fn a_batch_closes_at_its_byte_cap() {
     // cap a batch holds two entries although `size` is 100.
     let trigger = batched_trigger(&runtime, "hub-a", 100).with_batch_bytes(5);
     let running = Running::start(&runtime, "orders", Box::new(trigger));
-    assert!(
-        eventually(|| {
-            let r = runtime.clone();
-            async move { batched_ns(&r).await.len() >= 20 }
-        })
-        .await
-    );
+    assert!(all_batched(&runtime, 20).await);
     assert!(nothing_pending(&conn, &stream).await);
     running.stop().await.unwrap();
     assert_eq!(batched_ns(&runtime).await, (0..20).collect::<Vec<_>>());

@@ -555,7 +555,7 @@ pub const BATCH: Table = Table {
             "size",
             Ty::Int {
                 min: 1,
-                max: 10_000,
+                max: crate::flow::Batch::MAX_SIZE as i64,
             },
             "messages per execution at most",
         ),

@@ -91,23 +91,7 @@ impl TriggerContext {
         event: Event,
         mark: DedupeMark,
     ) -> Result<Submission, SubmitError> {
-        let result = self
-            .runtime
-            .submit_once(
-                &self.workflow,
-                event,
-                Value::Object(Default::default()),
-                mark,
-            )
-            .await;
-        match &result {
-            Ok(_) => {
-                self.stats.count_event();
-                self.stats.record_success();
-            }
-            Err(error) => self.stats.record_error(&error.to_string()),
-        }
-        result
+        self.submit_batch(event, mark, Vec::new(), 1).await
     }
 
     /// One execution for `messages` source messages gathered by a trigger's `batch:`, at most

@@ -477,7 +477,7 @@ impl StreamReader<'_> {
                 (self.submit_runs(runs).await, Vec::new(), Vec::new())
             }
             Some(batch) => self.recover_runs(entries, batch.size).await?,
-            None => (self.submit_each(&entries).await, Vec::new(), Vec::new()),
+            None => (self.submit_each(entries).await, Vec::new(), Vec::new()),
         };
         let mut complete = true;
         for (ids, key, result) in recorded {
@@ -517,14 +517,15 @@ impl StreamReader<'_> {
     }
 
     /// One execution per entry: (its id, its mark keys, the outcome) each.
-    async fn submit_each(&self, entries: &[StreamId]) -> Vec<Submitted> {
-        let submissions = entries.iter().map(|entry| {
+    async fn submit_each(&self, entries: Vec<StreamId>) -> Vec<Submitted> {
+        let submissions = entries.into_iter().map(|entry| {
             let mark = self.mark(&entry.id);
             let key = mark.key.clone();
+            let id = entry.id.clone();
             let event = self.event_for(entry);
             async move {
                 let result = self.context.submit_once(event, mark).await;
-                (vec![entry.id.clone()], vec![key], result)
+                (vec![id], vec![key], result)
             }
         });
         futures::future::join_all(submissions).await
@@ -651,39 +652,20 @@ impl StreamReader<'_> {
         }
     }
 
-    fn event_for(&self, entry: &StreamId) -> Event {
-        let (data, meta) = self.parts(entry);
+    fn event_for(&self, entry: StreamId) -> Event {
+        let (data, meta) = self.take_parts(entry);
         let mut event = Event::new("redis", &format!("reactor:redis/{}", self.stream), data);
         event.meta = meta;
         event
     }
 
-    /// An entry's `data` and `meta`.
-    fn parts(&self, entry: &StreamId) -> (Value, Value) {
-        let data: serde_json::Map<String, Value> = entry
-            .map
-            .iter()
-            .map(|(field, value)| (field.clone(), field_value(value)))
-            .collect();
-        (Value::Object(data), self.meta(&entry.id))
-    }
-
-    /// Like [`StreamReader::parts`], taking the entry: field names and text values move.
+    /// An entry's `data` and `meta`, taking the entry: field names and text values move.
     fn take_parts(&self, entry: StreamId) -> (Value, Value) {
         let meta = self.meta(&entry.id);
         let data: serde_json::Map<String, Value> = entry
             .map
             .into_iter()
-            .map(|(field, value)| {
-                let value = match value {
-                    RedisValue::BulkString(bytes) => match String::from_utf8(bytes) {
-                        Ok(text) => Value::String(text),
-                        Err(error) => decode_payload(error.as_bytes()).0,
-                    },
-                    other => field_value(&other),
-                };
-                (field, value)
-            })
+            .map(|(field, value)| (field, field_value(value)))
             .collect();
         (Value::Object(data), meta)
     }
@@ -719,13 +701,13 @@ fn entry_bytes(entry: &StreamId) -> usize {
 }
 
 /// A field's value as text (base64 when it is not UTF-8).
-fn field_value(value: &RedisValue) -> Value {
+fn field_value(value: RedisValue) -> Value {
     match value {
-        RedisValue::BulkString(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => Value::String(text.to_string()),
-            Err(_) => decode_payload(bytes).0,
+        RedisValue::BulkString(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => Value::String(text),
+            Err(error) => decode_payload(error.as_bytes()).0,
         },
-        RedisValue::SimpleString(text) => Value::String(text.clone()),
+        RedisValue::SimpleString(text) => Value::String(text),
         RedisValue::Int(n) => json!(n),
         RedisValue::Nil => Value::Null,
         other => Value::String(format!("{other:?}")),

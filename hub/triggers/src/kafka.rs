@@ -450,9 +450,7 @@ impl Session<'_> {
                 next: last + 1,
                 key,
                 messages: messages as u64,
-                result: context
-                    .submit_batch(event, mark, Vec::new(), messages)
-                    .await,
+                result: context.submit_batch(event, mark, messages).await,
             }
         }
     }

@@ -166,6 +166,17 @@ async fn all_batched(runtime: &reactor_core::engine::Runtime, count: usize) -> b
     .await
 }
 
+/// Whether every de-duplication mark of the stream's `hub` group goes (acknowledged entries
+/// leave none behind).
+async fn no_marks_left(runtime: &reactor_core::engine::Runtime, stream: &str) -> bool {
+    let prefix = format!("redis/{stream}/hub/");
+    eventually(|| {
+        let (runtime, prefix) = (runtime.clone(), prefix.clone());
+        async move { runtime.marks("orders", &prefix).await.unwrap().is_empty() }
+    })
+    .await
+}
+
 async fn add_entries(
     conn: &mut redis::aio::MultiplexedConnection,
     stream: &str,
@@ -226,19 +237,7 @@ async fn batched_entries_run_a_batch_per_execution() {
         assert_eq!(event.meta["last_id"], items[items.len() - 1]["meta"]["id"]);
         assert_eq!(items[0]["meta"]["group"], json!("hub"));
     }
-    // Acknowledged entries leave no de-duplication marks behind.
-    let first_id = events[0].data[0]["meta"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let key = format!("redis/{stream}/hub/{first_id}");
-    assert!(
-        eventually(|| {
-            let (r, k) = (runtime.clone(), key.clone());
-            async move { r.mark("orders", &k).await.unwrap().is_none() }
-        })
-        .await
-    );
+    assert!(no_marks_left(&runtime, &stream).await);
     cleanup(&mut conn, &stream).await;
 }
 
@@ -322,6 +321,51 @@ async fn batched_entries_killed_before_ack_are_not_batched_again() {
         (0..14).collect::<Vec<_>>(),
         "every entry in exactly one execution"
     );
+    assert!(
+        no_marks_left(&runtime, &stream).await,
+        "a batch's mark goes once all its entries are acknowledged"
+    );
+    cleanup(&mut conn, &stream).await;
+}
+
+/// A batch recorded and not acknowledged, redelivered to the same consumer without
+/// `batch:`: its entries are found in the batch's mark, only the others run (one each).
+#[tokio::test]
+async fn switching_off_batches_runs_nothing_twice() {
+    let stream = unique("reactor_test_batch_switch");
+    let runtime = orders_on(&stream);
+    let mut conn = client().await;
+    create_group(&mut conn, &stream).await;
+    add_entries(&mut conn, &stream, 0..6).await;
+    let dying = batched_trigger(&runtime, "hub-a", 4).stop_before_ack(4);
+    let first = Running::start(&runtime, "orders", Box::new(dying));
+    let _ = tokio::time::timeout(Duration::from_secs(30), first.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batched_ns(&runtime).await, vec![0, 1, 2, 3]);
+
+    let single = stream_trigger(&runtime, "orders", "hub-a");
+    let again = Running::start(&runtime, "orders", Box::new(single));
+    assert!(nothing_pending(&conn, &stream).await);
+    again.stop().await.unwrap();
+    let mut ns: Vec<usize> = events(&runtime, "orders")
+        .await
+        .iter()
+        .flat_map(|event| match event.data.as_array() {
+            Some(items) => items.iter().map(|item| item["data"].clone()).collect(),
+            None => vec![event.data.clone()],
+        })
+        .map(|data| data["n"].as_str().unwrap().parse().unwrap())
+        .collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..6).collect::<Vec<_>>(), "every entry exactly once");
+    assert_eq!(
+        executions(&runtime, "orders").await.len(),
+        3,
+        "a batch and two"
+    );
+    assert!(no_marks_left(&runtime, &stream).await);
     cleanup(&mut conn, &stream).await;
 }
 
@@ -510,6 +554,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
             .load(std::sync::atomic::Ordering::Relaxed),
         8
     );
+    assert!(no_marks_left(&runtime, &stream).await);
     claimer.stop().await.unwrap();
     cleanup(&mut conn, &stream).await;
 }

@@ -234,6 +234,9 @@ impl Store for CountingStore {
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.meta(key).await
     }
+    async fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.meta_prefix(prefix).await
+    }
     async fn prune(
         &self,
         retention: crate::store::Retention,

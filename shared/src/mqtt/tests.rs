@@ -68,6 +68,9 @@ impl Store for FlakyStore {
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.meta(key).await
     }
+    async fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.meta_prefix(prefix).await
+    }
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
         self.inner.prune(retention, now).await
     }

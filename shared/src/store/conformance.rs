@@ -55,7 +55,7 @@ macro_rules! store_conformance_tests {
     ($make:expr) => {
         $crate::store_conformance_tests!(@cases $make;
             create_append_read, batch_atomicity, unfinished_lists_running_and_queued,
-            finishing_leaves_unfinished, query_executions, meta_put_get_delete,
+            finishing_leaves_unfinished, query_executions, meta_put_get_delete, meta_by_prefix,
             prune_by_count, prune_by_age, concurrent_writers, reopen_sees_everything);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -77,6 +77,7 @@ pub async fn run_all<H: Harness>(harness: &mut H) {
     finishing_leaves_unfinished(harness).await;
     query_executions(harness).await;
     meta_put_get_delete(harness).await;
+    meta_by_prefix(harness).await;
     prune_by_count(harness).await;
     prune_by_age(harness).await;
     concurrent_writers(harness).await;
@@ -422,6 +423,66 @@ pub async fn meta_put_get_delete<H: Harness>(harness: &mut H) {
         .write(vec![put("never", None)])
         .await
         .expect("deleting a missing key is fine");
+}
+
+pub async fn meta_by_prefix<H: Harness>(harness: &mut H) {
+    let store = harness.fresh().await;
+    let keys = [
+        "dedupe/w/redis/s/g/1-0",
+        "dedupe/w/redis/s/g/1-1",
+        "dedupe/w/redis/s/g/1-1/x",
+        "dedupe/w/redis/s/g",
+        "dedupe/w/redis/s/g0",
+        "dedupe/w/redis/s/h/1-0",
+        "dedupe/w/redis/s/gü/1-0",
+        "dedupe/v/redis/s/g/1-0",
+    ];
+    store
+        .write(
+            keys.iter()
+                .enumerate()
+                .map(|(n, key)| StoreWrite::PutMeta {
+                    key: key.to_string(),
+                    value: Some(vec![n as u8]),
+                })
+                .collect(),
+        )
+        .await
+        .expect("put");
+    let found = store
+        .meta_prefix("dedupe/w/redis/s/g/")
+        .await
+        .expect("scan");
+    assert_eq!(
+        found,
+        vec![
+            ("dedupe/w/redis/s/g/1-0".to_string(), vec![0]),
+            ("dedupe/w/redis/s/g/1-1".to_string(), vec![1]),
+            ("dedupe/w/redis/s/g/1-1/x".to_string(), vec![2]),
+        ]
+    );
+    let found = store.meta_prefix("dedupe/w/redis/s/g").await.expect("scan");
+    let found: Vec<&str> = found.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(
+        found,
+        [
+            "dedupe/w/redis/s/g",
+            "dedupe/w/redis/s/g/1-0",
+            "dedupe/w/redis/s/g/1-1",
+            "dedupe/w/redis/s/g/1-1/x",
+            "dedupe/w/redis/s/g0",
+            "dedupe/w/redis/s/gü/1-0",
+        ],
+        "byte order, the prefix's own key included"
+    );
+    assert!(
+        store
+            .meta_prefix("nothing/")
+            .await
+            .expect("scan")
+            .is_empty()
+    );
+    assert_eq!(store.meta_prefix("").await.expect("scan").len(), keys.len());
 }
 
 pub async fn prune_by_count<H: Harness>(harness: &mut H) {

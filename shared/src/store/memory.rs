@@ -142,6 +142,19 @@ impl Store for MemoryStore {
         Ok(self.lock().meta.get(key).cloned())
     }
 
+    async fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .lock()
+            .meta
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
         let mut inner = self.lock();
         let mut finished: Vec<(Timestamp, ExecutionId)> = inner

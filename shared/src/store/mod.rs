@@ -155,9 +155,44 @@ pub trait Store: Send + Sync + 'static {
 
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Every meta value whose key starts with `prefix`, in byte order of the keys. For small
+    /// key spaces read on rare paths (a trigger's recovery looks up the de-duplication marks
+    /// of one source with it); it reads them all at once.
+    async fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
     /// Removes finished executions (and their journals) beyond `retention`; returns how many.
     ///
     /// Finished executions are ordered by (`finished_at`, id); the oldest beyond `keep` and
     /// those older than `max_age` at `now` are removed. Never running or queued ones.
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError>;
+}
+
+/// The first key after every key that starts with `prefix`, in byte order (`None`: no such
+/// key, the range is open-ended): the prefix with its last character raised by one, after
+/// dropping trailing characters that cannot be raised. For range scans by prefix.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut end: Vec<char> = prefix.chars().collect();
+    while let Some(last) = end.pop() {
+        // The next scalar value; the surrogate gap is skipped.
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            end.push(next);
+            return Some(end.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_at_its_last_character_raised() {
+        assert_eq!(prefix_end("dedupe/").as_deref(), Some("dedupe0"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end(""), None);
+    }
 }

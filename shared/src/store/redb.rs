@@ -315,6 +315,11 @@ impl Store for RedbStore {
         self.peek(move |db| reads::meta(db, &key)).await
     }
 
+    async fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = prefix.to_string();
+        self.run(move |db| reads::meta_prefix(db, &prefix)).await
+    }
+
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Prune {

@@ -91,27 +91,25 @@ impl TriggerContext {
         event: Event,
         mark: DedupeMark,
     ) -> Result<Submission, SubmitError> {
-        self.submit_batch(event, mark, Vec::new(), 1).await
+        self.submit_batch(event, mark, 1).await
     }
 
     /// One execution for `messages` source messages gathered by a trigger's `batch:`, at most
-    /// once per `mark`, also written under `others` (see [`Runtime::submit_once_batch`]).
-    /// Counts `messages` events.
+    /// once per `mark` (the batch's: its position says which messages it holds). Counts
+    /// `messages` events.
     pub async fn submit_batch(
         &self,
         event: Event,
         mark: DedupeMark,
-        others: Vec<String>,
         messages: usize,
     ) -> Result<Submission, SubmitError> {
         let result = self
             .runtime
-            .submit_once_batch(
+            .submit_once(
                 &self.workflow,
                 event,
                 Value::Object(Default::default()),
                 mark,
-                others,
             )
             .await;
         match &result {

@@ -343,6 +343,13 @@ impl Store for SqlStore {
         }
     }
 
+    async fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match &self.shared.db {
+            Database::Sqlite(pool) => sqlite::meta_prefix(pool, prefix).await,
+            Database::Postgres(pool) => postgres::meta_prefix(pool, prefix).await,
+        }
+    }
+
     /// Removes finished executions beyond `retention` (returns how many), then the
     /// de-duplication marks older than [`marks::MARK_MAX_AGE`].
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
-use reactor_core::store::{Retention, StoreError, StoreWrite};
+use reactor_core::store::{Retention, StoreError, StoreWrite, prefix_end};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row as _};
 
@@ -305,6 +305,29 @@ pub(super) async fn meta(pool: &PgPool, key: &str) -> Result<Option<Vec<u8>>, St
         .fetch_optional(pool)
         .await
         .map_err(|err| io("read meta", &err))
+}
+
+/// Meta rows by key prefix; `COLLATE "C"` compares bytes whatever the database's locale.
+pub(super) async fn meta_prefix(
+    pool: &PgPool,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let query = match prefix_end(prefix) {
+        Some(end) => sqlx::query_as(
+            "SELECT key, value FROM meta WHERE key COLLATE \"C\" >= $1 \
+             AND key COLLATE \"C\" < $2 ORDER BY key COLLATE \"C\"",
+        )
+        .bind(prefix)
+        .bind(end),
+        None => sqlx::query_as(
+            "SELECT key, value FROM meta WHERE key COLLATE \"C\" >= $1 ORDER BY key COLLATE \"C\"",
+        )
+        .bind(prefix),
+    };
+    query
+        .fetch_all(pool)
+        .await
+        .map_err(|err| io("scan meta", &err))
 }
 
 pub(super) async fn list(

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
-use reactor_core::store::{Retention, StoreError, StoreWrite};
+use reactor_core::store::{Retention, StoreError, StoreWrite, prefix_end};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row as _, Sqlite, SqliteConnection, Transaction};
 
@@ -264,6 +264,27 @@ pub(super) async fn meta(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>
         .fetch_optional(pool)
         .await
         .map_err(|err| io("read meta", &err))
+}
+
+/// Meta rows by key prefix (SQLite compares text bytewise: the range is exact).
+pub(super) async fn meta_prefix(
+    pool: &SqlitePool,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let query = match prefix_end(prefix) {
+        Some(end) => {
+            sqlx::query_as("SELECT key, value FROM meta WHERE key >= ?1 AND key < ?2 ORDER BY key")
+                .bind(prefix)
+                .bind(end)
+        }
+        None => {
+            sqlx::query_as("SELECT key, value FROM meta WHERE key >= ?1 ORDER BY key").bind(prefix)
+        }
+    };
+    query
+        .fetch_all(pool)
+        .await
+        .map_err(|err| io("scan meta", &err))
 }
 
 pub(super) async fn list(

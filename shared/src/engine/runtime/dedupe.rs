@@ -111,44 +111,18 @@ impl Runtime {
         inputs: Value,
         mark: DedupeMark,
     ) -> Result<Submission, SubmitError> {
-        self.submit_once_batch(workflow, event, inputs, mark, Vec::new())
-            .await
-    }
-
-    /// Like [`Runtime::submit_once`] for an event that carries several source messages (a
-    /// trigger's `batch:`): one execution whose `mark` is written under its own key and
-    /// under each of `others` (the other messages' keys), all in the same atomic batch as
-    /// its `Create` — a message redelivered alone or in another batch after a crash is
-    /// recognised by its own key ([`Runtime::mark`]). `others` may be empty when the mark's
-    /// position says what the batch covers (Kafka's offset range).
-    ///
-    /// Serialised and checked on `mark.key` only: the caller submits a message in one batch
-    /// at a time and leaves out messages whose marks it found (the `redis` trigger looks
-    /// every redelivered entry up before batching it).
-    pub async fn submit_once_batch(
-        &self,
-        workflow: &str,
-        event: Event,
-        inputs: Value,
-        mark: DedupeMark,
-        others: Vec<String>,
-    ) -> Result<Submission, SubmitError> {
         let wf = self
             .workflow(workflow, None)
             .ok_or_else(|| SubmitError::UnknownWorkflow(workflow.to_string()))?;
-        if let Some(key) = std::iter::once(&mark.key)
-            .chain(&others)
-            .find(|key| key.is_empty() || key.len() > MAX_MARK_KEY)
-        {
+        if mark.key.is_empty() || mark.key.len() > MAX_MARK_KEY {
             return Err(SubmitError::Store(StoreError::InvalidWrite(format!(
                 "a de-duplication key must have 1 to {MAX_MARK_KEY} bytes, not {}",
-                key.len()
+                mark.key.len()
             ))));
         }
-        let name = wf.name.to_string();
-        let first_key = mark_key(&name, &mark.key);
-        let _serialised = MarkingGuard::lock(self, &first_key).await;
-        if let Some(existing) = self.mark_at(&first_key).await? {
+        let stored_key = mark_key(&wf.name.to_string(), &mark.key);
+        let _serialised = MarkingGuard::lock(self, &stored_key).await;
+        if let Some(existing) = self.mark_at(&stored_key).await? {
             self.inner
                 .stats
                 .deduplicated
@@ -169,23 +143,40 @@ impl Runtime {
         };
         let value = serde_json::to_vec(&record)
             .map_err(|e| StoreError::InvalidWrite(format!("de-duplication mark: {e}")))?;
-        let mut puts = Vec::with_capacity(1 + others.len());
-        for other in &others {
-            puts.push(StoreWrite::PutMeta {
-                key: mark_key(&name, other),
-                value: Some(value.clone()),
-            });
-        }
-        puts.push(StoreWrite::PutMeta {
-            key: first_key,
+        let puts = vec![StoreWrite::PutMeta {
+            key: stored_key,
             value: Some(value),
-        });
+        }];
         Box::pin(self.start(wf, id, event, inputs, None, key, puts)).await
     }
 
     /// The de-duplication mark of `key` for `workflow`, if one is recorded.
     pub async fn mark(&self, workflow: &str, key: &str) -> Result<Option<MarkRecord>, StoreError> {
         self.mark_at(&mark_key(workflow, key)).await
+    }
+
+    /// Every de-duplication mark of `workflow` whose key starts with `prefix`, by key (as
+    /// given to [`Runtime::submit_once`]), in key order. For recovery paths: it reads them
+    /// all (a source's marks live from its record to its acknowledgement, so few are left).
+    pub async fn marks(
+        &self,
+        workflow: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, MarkRecord)>, StoreError> {
+        let base = mark_key(workflow, "");
+        let rows = self
+            .inner
+            .store
+            .meta_prefix(&mark_key(workflow, prefix))
+            .await?;
+        rows.into_iter()
+            .map(|(key, bytes)| {
+                let record = serde_json::from_slice(&bytes).map_err(|e| {
+                    StoreError::Corrupt(format!("de-duplication mark {key:?}: {e}"))
+                })?;
+                Ok((key[base.len()..].to_string(), record))
+            })
+            .collect()
     }
 
     async fn mark_at(&self, mark_key: &str) -> Result<Option<MarkRecord>, StoreError> {
@@ -345,46 +336,40 @@ steps:
     }
 
     #[tokio::test]
-    async fn a_batch_writes_a_mark_per_message_with_its_execution() {
+    async fn marks_are_listed_by_key_prefix() {
         let runtime = testing::runtime(testing::memory(), &[FLOW]);
-        let mark = || DedupeMark::new("redis/s/g/41", json!({"id": 41, "count": 3}));
-        let others = || vec!["redis/s/g/42".to_string(), "redis/s/g/43".to_string()];
-        let batch = Event::new(
-            "redis",
-            "reactor:redis/s",
-            json!([{"n": 1}, {"n": 2}, {"n": 3}]),
-        );
-        let Ok(Submission::Accepted(id)) = runtime
-            .submit_once_batch("orders", batch.clone(), json!({}), mark(), others())
-            .await
-        else {
-            panic!("not accepted");
-        };
-        for offset in 41..44 {
-            let mark = runtime
-                .mark("orders", &format!("redis/s/g/{offset}"))
+        let mut ids = Vec::new();
+        for (n, key) in ["redis/s/g/1-2", "redis/s/g/1-1", "redis/s/h/1-0"]
+            .into_iter()
+            .enumerate()
+        {
+            let mark = DedupeMark::new(key, json!({ "n": n }));
+            let Ok(Submission::Accepted(id)) = runtime
+                .submit_once("orders", event(n as u32), json!({}), mark)
                 .await
-                .unwrap()
-                .expect("every message is marked");
-            assert_eq!(
-                (mark.execution, mark.position),
-                (id, json!({"id": 41, "count": 3}))
-            );
+            else {
+                panic!("not accepted");
+            };
+            ids.push(id);
         }
-        // The same batch again (its first message recorded): nothing new starts.
+        let marks = runtime.marks("orders", "redis/s/g/").await.unwrap();
+        let found: Vec<_> = marks
+            .iter()
+            .map(|(key, mark)| (key.as_str(), mark.execution, mark.position.clone()))
+            .collect();
         assert_eq!(
-            runtime
-                .submit_once_batch("orders", batch, json!({}), mark(), others())
-                .await
-                .unwrap(),
-            Submission::Accepted(id)
+            found,
+            [
+                ("redis/s/g/1-1", ids[1], json!({"n": 1})),
+                ("redis/s/g/1-2", ids[0], json!({"n": 0})),
+            ]
         );
-        assert_eq!(count(&runtime).await, 1);
-        let empty = runtime
-            .submit_once_batch("orders", event(1), json!({}), mark(), vec![String::new()])
+        assert!(runtime.marks("other", "redis/").await.unwrap().is_empty());
+        runtime
+            .forget_marks("orders", &["redis/s/g/1-1".to_string()])
             .await
-            .unwrap_err();
-        assert!(empty.to_string().contains("de-duplication key"), "{empty}");
+            .unwrap();
+        assert_eq!(runtime.marks("orders", "redis/").await.unwrap().len(), 2);
     }
 
     #[tokio::test]

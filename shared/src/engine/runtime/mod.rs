@@ -135,7 +135,8 @@ pub struct Stats {
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
     pub cancelled: AtomicU64,
-    /// Keyed submissions ([`Runtime::submit_once`]) whose key was already recorded.
+    /// Keyed submissions ([`Runtime::submit_once`]) whose key was already recorded, and
+    /// redelivered messages a trigger found recorded in the marks ([`Runtime::marks`]).
     pub deduplicated: AtomicU64,
 }
 

@@ -134,6 +134,23 @@ pub(super) fn executions(
     Ok(out)
 }
 
+pub(super) fn meta_prefix(
+    db: &Database,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let txn = db.begin_read().context("begin read")?;
+    let table = txn.open_table(META).context("open meta")?;
+    let mut out = Vec::new();
+    for row in table.range(prefix..).context("scan meta")? {
+        let (key, value) = row.context("scan meta")?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        out.push((key.value().to_string(), value.value().to_vec()));
+    }
+    Ok(out)
+}
+
 pub(super) fn meta(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
     let txn = db.begin_read().context("begin read")?;
     let table = txn.open_table(META).context("open meta")?;

@@ -1,49 +1,20 @@
-//! The `redis` trigger: pub/sub channels and patterns, or a stream read by a consumer group.
-//!
-//! **Pub/sub** (`channel:`; a name holding `*`, `?` or `[` is a pattern, `PSUBSCRIBE`):
-//! at most once — Redis keeps nothing for a subscriber that is away or slow (a subscriber
-//! that falls behind its output buffer limit is disconnected by the server). Event: type
-//! `redis`, source `reactor:redis/{channel}`, `data` = the message parsed as JSON when it
-//! parses, else text, else base64; `meta` = `{channel, pattern, encoding}`.
-//!
-//! **Streams** (`stream:` + `group:` + optional `consumer:`, default the hub's instance
-//! name): `XREADGROUP`, and `XACK` only after the execution is durably recorded. Exactly
-//! once across a crash: each entry is submitted with the de-duplication key
-//! `redis/{stream}/{group}/{id}`, so an entry recorded but not acknowledged when the hub died
-//! — read again from this consumer's pending list on restart, or claimed by another
-//! consumer — starts nothing new. On every (re)connection the consumer first re-reads its
-//! own pending entries (`XREADGROUP … 0`), and every `claim_every` it takes over entries left
-//! pending by other consumers for longer than `claim_idle` (`XAUTOCLAIM`): a consumer that
-//! died for good does not strand its entries. The group is created at the end of the stream
-//! (`$`, `MKSTREAM`) when missing. Event: type `redis`, source `reactor:redis/{stream}`,
-//! `data` = the entry's fields (values as text), `meta` = `{stream, group, consumer, id}`.
-//! `lag` (trigger stats) is the group's pending count plus its lag where Redis reports it.
-//! With `batch: { size, wait }` (streams) one execution takes up to `size` entries, read
-//! for at most `wait` after the first (`crate::batch`); each entry still gets its own mark
-//! (written with the execution), so an entry redelivered in any split — its consumer's
-//! pending list re-read, or a dead consumer's entries claimed a few at a time — is found
-//! and acknowledged, never batched again. Re-read and claimed entries are looked up one by
-//! one before batching; new entries need no lookup. Batch event: `data` = the entries'
-//! `{data, meta}`, `meta` = `{stream, group, consumer, first_id, last_id, count}`.
-//!
-//! While one batch of new entries is being recorded the next is already read (without
-//! blocking), so Redis round trips overlap the journal's commits.
+//! A stream read through a consumer group: new entries, this consumer's pending ones after
+//! a (re)connection, and entries claimed from dead consumers (module docs of `redis`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use futures::StreamExt;
 use reactor_core::engine::{DedupeMark, Event, Submission, SubmitError};
-use reactor_core::flow::{self, Batch, RedisSource};
-use reactor_core::trigger::{Trigger, TriggerContext, TriggerError};
+use reactor_core::trigger::{TriggerContext, TriggerError};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, RedisError, Value as RedisValue};
+use redis::{RedisError, Value as RedisValue};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::info;
 
+use super::recovery::Recorded;
+use super::{BLOCK, RedisTrigger};
 use crate::batch;
-use crate::connections::{Connections, Resolved};
 use crate::payload::decode_payload;
 use crate::retry::{self, Backoff, Failure, handled};
 
@@ -54,220 +25,19 @@ fn ids(reply: Option<StreamReadReply>) -> Vec<StreamId> {
         .unwrap_or_default()
 }
 
-/// Entries read (and submitted concurrently) per round trip.
-const BATCH: usize = 512;
-/// How long one blocking read waits for new entries.
-const BLOCK: Duration = Duration::from_secs(1);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A running `redis` trigger.
-#[derive(Debug)]
-pub struct RedisTrigger {
-    source: RedisSource,
-    connection: Resolved,
-    consumer: String,
-    claim_idle: Duration,
-    claim_every: Duration,
-    batch: Option<Batch>,
-    /// [`Batch::MAX_BYTES`]; lower in tests.
-    batch_bytes: usize,
-    stop_before_ack: Option<u64>,
-}
-
-impl RedisTrigger {
-    pub fn new(
-        spec: &flow::RedisTrigger,
-        connections: &Connections,
-    ) -> Result<RedisTrigger, TriggerError> {
-        let connection = connections.resolve(&spec.connection, "redis", &["redis", "rediss"])?;
-        Client::open(connection.address.as_str()).map_err(|e| {
-            TriggerError::Settings(format!("redis url {}: {e}", connection.display))
-        })?;
-        let consumer = match &spec.source {
-            RedisSource::Stream {
-                consumer: Some(consumer),
-                ..
-            } => consumer.clone(),
-            _ => connections.instance().to_string(),
-        };
-        if let RedisSource::Channel(channel)
-        | RedisSource::Stream {
-            stream: channel, ..
-        } = &spec.source
-            && channel.is_empty()
-        {
-            return Err(TriggerError::Settings(
-                "the redis channel or stream name is empty".into(),
-            ));
-        }
-        Ok(RedisTrigger {
-            source: spec.source.clone(),
-            connection,
-            consumer,
-            claim_idle: Duration::from_secs(60),
-            claim_every: Duration::from_secs(30),
-            batch: spec.batch,
-            batch_bytes: Batch::MAX_BYTES,
-            stop_before_ack: None,
-        })
-    }
-
-    /// Entries pending at a dead consumer for longer than `idle` are claimed, checked every
-    /// `every` (defaults: 60 s and 30 s).
-    pub fn with_claim(mut self, idle: Duration, every: Duration) -> RedisTrigger {
-        self.claim_idle = idle;
-        self.claim_every = every;
-        self
-    }
-
-    /// Crash tests: once `recorded` entries are recorded, stop with an error instead of
-    /// acknowledging them — what a hub killed between record and ack leaves behind.
-    pub fn stop_before_ack(mut self, recorded: u64) -> RedisTrigger {
-        self.stop_before_ack = Some(recorded);
-        self
-    }
-
-    /// Tests: a batch closes at `bytes` instead of [`Batch::MAX_BYTES`].
-    pub fn with_batch_bytes(mut self, bytes: usize) -> RedisTrigger {
-        self.batch_bytes = bytes;
-        self
-    }
-
-    pub fn consumer(&self) -> &str {
-        &self.consumer
-    }
-
-    /// Entries per read: a batch, or what one round trip carries.
-    fn count(&self) -> usize {
-        self.batch.map_or(BATCH, |batch| batch.size)
-    }
-
-    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, RedisError> {
-        let client = Client::open(self.connection.address.as_str())?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            // Blocking reads wait longer than any default response timeout.
-            .set_response_timeout(None);
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        // A recognisable name (CLIENT LIST), per consumer.
-        let name: String = format!("reactor-{}", self.consumer)
-            .chars()
-            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-            .collect();
-        redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(name)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(conn)
-    }
-}
-
-#[async_trait]
-impl Trigger for RedisTrigger {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    async fn run(self: Box<Self>, context: TriggerContext) -> Result<(), TriggerError> {
-        let mut backoff = Backoff::default();
-        let mut recorded = 0u64;
-        loop {
-            let session = match &self.source {
-                RedisSource::Channel(channel) => self.pubsub(&context, channel, &mut backoff).await,
-                RedisSource::Stream { stream, group, .. } => {
-                    let mut reader = StreamReader {
-                        trigger: &self,
-                        context: &context,
-                        stream,
-                        group,
-                        recorded: &mut recorded,
-                        backoff: &mut backoff,
-                    };
-                    reader.run().await
-                }
-            };
-            match session {
-                Ok(()) => return Ok(()),
-                Err(Failure::Fatal(error)) => return Err(error),
-                Err(Failure::Retry(message)) => {
-                    if !retry::failed(&context, &mut backoff, "redis", &message).await {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl From<RedisError> for Failure {
-    fn from(error: RedisError) -> Self {
-        Failure::Retry(format!("redis: {error}"))
-    }
-}
-
-impl RedisTrigger {
-    async fn pubsub(
-        &self,
-        context: &TriggerContext,
-        channel: &str,
-        backoff: &mut Backoff,
-    ) -> Result<(), Failure> {
-        let client = Client::open(self.connection.address.as_str())?;
-        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-            .await
-            .map_err(|_| Failure::Retry("redis: connect timed out".into()))??;
-        let pattern = channel.contains(['*', '?', '[']);
-        if pattern {
-            pubsub.psubscribe(channel).await?;
-        } else {
-            pubsub.subscribe(channel).await?;
-        }
-        info!(workflow = %context.workflow, redis = %self.connection.display, channel, pattern,
-            "redis subscribed");
-        backoff.reset();
-        context.stats.record_success();
-        let mut messages = pubsub.on_message();
-        loop {
-            let message = tokio::select! {
-                biased;
-                () = context.cancel.cancelled() => return Ok(()),
-                message = messages.next() => message,
-            };
-            let Some(message) = message else {
-                return Err(Failure::Retry(
-                    "redis: the subscription connection closed".into(),
-                ));
-            };
-            let (data, encoding) = decode_payload(message.get_payload_bytes());
-            let name = message.get_channel_name().to_string();
-            let mut event = Event::new("redis", &format!("reactor:redis/{name}"), data);
-            event.meta = json!({
-                "channel": name,
-                "pattern": if pattern { Value::String(channel.to_string()) } else { Value::Null },
-                "encoding": encoding,
-            });
-            if let Err(error) = context.submit(event).await {
-                warn!(workflow = %context.workflow, channel = %name, %error,
-                    "redis message not recorded (pub/sub is at most once)");
-            }
-        }
-    }
-}
-
-struct StreamReader<'a> {
-    trigger: &'a RedisTrigger,
-    context: &'a TriggerContext,
-    stream: &'a str,
-    group: &'a str,
-    recorded: &'a mut u64,
-    backoff: &'a mut Backoff,
+/// One session of a stream consumer (a connection); the counters outlive it.
+pub(super) struct StreamReader<'a> {
+    pub(super) trigger: &'a RedisTrigger,
+    pub(super) context: &'a TriggerContext,
+    pub(super) stream: &'a str,
+    pub(super) group: &'a str,
+    /// Entries recorded (crash tests stop after so many).
+    pub(super) recorded: &'a mut u64,
+    pub(super) backoff: &'a mut Backoff,
 }
 
 impl StreamReader<'_> {
-    async fn run(&mut self) -> Result<(), Failure> {
+    pub(super) async fn run(&mut self) -> Result<(), Failure> {
         let mut conn = tokio::select! {
             biased;
             () = self.context.cancel.cancelled() => return Ok(()),
@@ -463,30 +233,44 @@ impl StreamReader<'_> {
 
     /// Submits `entries`, then acknowledges what is recorded. False when some entry was not
     /// recorded (it stays pending). `fresh`: delivered for the first time (`>`), so none can
-    /// have been recorded before.
+    /// have been recorded before; otherwise (re-read or claimed) the marks say which were,
+    /// and those are acknowledged without running again.
     async fn process(
         &mut self,
         conn: &mut redis::aio::MultiplexedConnection,
         entries: Vec<StreamId>,
         fresh: bool,
     ) -> Result<bool, Failure> {
-        let (recorded, mut acks, mut keys) = match self.trigger.batch {
-            Some(batch) if fresh => {
+        let (entries, recovered) = if fresh {
+            (entries, Default::default())
+        } else {
+            Recorded::load(self.context, &self.key(""))
+                .await?
+                .split(entries)
+        };
+        let submitted = match self.trigger.batch {
+            Some(batch) => {
                 // Moved, not copied: the entries' fields move into the batch event.
                 let runs = batch::split(entries, batch.size, self.trigger.batch_bytes, entry_bytes);
-                (self.submit_runs(runs).await, Vec::new(), Vec::new())
+                self.submit_runs(runs).await
             }
-            Some(batch) => self.recover_runs(entries, batch.size).await?,
-            None => (self.submit_each(entries).await, Vec::new(), Vec::new()),
+            None => self.submit_each(entries).await,
         };
+        let mut acks = recovered.entries().to_vec();
+        self.context
+            .runtime
+            .stats()
+            .deduplicated
+            .fetch_add(acks.len() as u64, Ordering::Relaxed);
+        let mut keys = Vec::with_capacity(submitted.len());
         let mut complete = true;
-        for (ids, key, result) in recorded {
+        for (ids, key, result) in submitted {
             if handled(&self.context.workflow, &ids[0], &result) {
                 if matches!(result, Ok(Submission::Accepted(_))) {
                     *self.recorded += ids.len() as u64;
                 }
                 acks.extend(ids);
-                keys.extend(key);
+                keys.push(key);
             } else {
                 complete = false;
             }
@@ -500,7 +284,9 @@ impl StreamReader<'_> {
             ))));
         }
         self.ack(conn, &acks).await?;
-        // Acknowledged entries are never delivered again: their marks can go.
+        // Acknowledged entries are never delivered again: their marks can go — a recovered
+        // batch's once none of its entries is pending anywhere in the group.
+        keys.extend(recovered.settled(conn, self.stream, self.group).await?);
         retry::forget_soon(self.context, keys);
         if !complete {
             retry::pause(&self.context.cancel, Duration::from_millis(500)).await;
@@ -508,43 +294,39 @@ impl StreamReader<'_> {
         Ok(complete)
     }
 
+    /// An entry's de-duplication key; `key("")` is the prefix of every mark of this stream
+    /// and group.
     fn key(&self, id: &str) -> String {
         format!("redis/{}/{}/{id}", self.stream, self.group)
     }
 
-    fn mark(&self, id: &str) -> DedupeMark {
-        DedupeMark::new(self.key(id), json!({"stream": self.stream, "id": id}))
-    }
-
-    /// One execution per entry: (its id, its mark keys, the outcome) each.
+    /// One execution per entry, each with its own mark.
     async fn submit_each(&self, entries: Vec<StreamId>) -> Vec<Submitted> {
         let submissions = entries.into_iter().map(|entry| {
-            let mark = self.mark(&entry.id);
-            let key = mark.key.clone();
+            let key = self.key(&entry.id);
+            let mark = DedupeMark::new(key.clone(), json!({"stream": self.stream, "id": entry.id}));
             let id = entry.id.clone();
             let event = self.event_for(entry);
             async move {
                 let result = self.context.submit_once(event, mark).await;
-                (vec![id], vec![key], result)
+                (vec![id], key, result)
             }
         });
         futures::future::join_all(submissions).await
     }
 
-    /// One execution per run of entries, a mark per entry: the batch's, under each entry's
-    /// key.
+    /// One execution per run of entries, with one mark keyed like its first entry whose
+    /// position lists every entry of the run (`ids`): what recovery looks entries up in.
     async fn submit_runs(&self, runs: Vec<Vec<StreamId>>) -> Vec<Submitted> {
         let submissions = runs.into_iter().map(|run| {
             let ids: Vec<String> = run.iter().map(|entry| entry.id.clone()).collect();
             let (first, last) = (&ids[0], &ids[ids.len() - 1]);
+            let key = self.key(first);
             let mark = DedupeMark::new(
-                self.key(first),
-                json!({"stream": self.stream, "id": first, "last": last, "count": ids.len()}),
+                key.clone(),
+                json!({"stream": self.stream, "id": first, "last": last, "count": ids.len(),
+                    "ids": ids}),
             );
-            let others: Vec<String> = ids[1..].iter().map(|id| self.key(id)).collect();
-            let mut keys = Vec::with_capacity(ids.len());
-            keys.push(mark.key.clone());
-            keys.extend(others.iter().cloned());
             let meta = json!({
                 "stream": self.stream,
                 "group": self.group,
@@ -568,45 +350,11 @@ impl StreamReader<'_> {
             );
             async move {
                 let messages = ids.len();
-                let result = self
-                    .context
-                    .submit_batch(event, mark, others, messages)
-                    .await;
-                (ids, keys, result)
+                let result = self.context.submit_batch(event, mark, messages).await;
+                (ids, key, result)
             }
         });
         futures::future::join_all(submissions).await
-    }
-
-    /// Re-read or claimed entries under `batch:`: each is looked up first; a recorded one
-    /// is acknowledged (returned in the acks and its mark in the keys), the others are
-    /// batched in order. A lookup that fails ends the round: nothing is acknowledged and
-    /// the session starts again.
-    async fn recover_runs(
-        &self,
-        entries: Vec<StreamId>,
-        size: usize,
-    ) -> Result<(Vec<Submitted>, Vec<String>, Vec<String>), Failure> {
-        let mut acks = Vec::new();
-        let mut keys = Vec::new();
-        let mut unrecorded = Vec::new();
-        for entry in entries {
-            let key = self.key(&entry.id);
-            let mark = self
-                .context
-                .runtime
-                .mark(&self.context.workflow, &key)
-                .await
-                .map_err(|e| Failure::Retry(format!("redis: reading a mark: {e}")))?;
-            if mark.is_some() {
-                acks.push(entry.id);
-                keys.push(key);
-                continue;
-            }
-            unrecorded.push(entry);
-        }
-        let runs = batch::split(unrecorded, size, self.trigger.batch_bytes, entry_bytes);
-        Ok((self.submit_runs(runs).await, acks, keys))
     }
 
     async fn ack(
@@ -680,9 +428,9 @@ impl StreamReader<'_> {
     }
 }
 
-/// Entries (their ids), the marks to forget once they are acknowledged, and the outcome of
-/// the execution that holds them.
-type Submitted = (Vec<String>, Vec<String>, Result<Submission, SubmitError>);
+/// Entries (their ids), the key of the mark to forget once they are acknowledged, and the
+/// outcome of the execution that holds them.
+type Submitted = (Vec<String>, String, Result<Submission, SubmitError>);
 
 /// What an entry weighs in a batch: its field names and values.
 fn entry_bytes(entry: &StreamId) -> usize {

@@ -263,29 +263,52 @@ async fn a_batch_closes_at_its_byte_cap() {
     cleanup(&mut conn, &stream).await;
 }
 
+/// A stream of `entries` entries whose consumer `hub-a` (batches of 4) recorded entries
+/// 0–3 and died before acknowledging them; it had read the next entries ahead, so they are
+/// pending too.
+struct LeftUnacknowledged {
+    stream: String,
+    runtime: reactor_core::engine::Runtime,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+impl LeftUnacknowledged {
+    async fn new(name: &str, entries: usize) -> LeftUnacknowledged {
+        let stream = unique(name);
+        let runtime = orders_on(&stream);
+        let mut conn = client().await;
+        create_group(&mut conn, &stream).await;
+        add_entries(&mut conn, &stream, 0..entries).await;
+        let dying = batched_trigger(&runtime, "hub-a", 4).stop_before_ack(4);
+        let first = Running::start(&runtime, "orders", Box::new(dying));
+        let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
+        assert_eq!(batched_ns(&runtime).await, vec![0, 1, 2, 3]);
+        assert!(
+            pending(&mut conn, &stream, "hub").await >= 4,
+            "nothing acknowledged"
+        );
+        LeftUnacknowledged {
+            stream,
+            runtime,
+            conn,
+        }
+    }
+}
+
 /// Batches recorded but not acknowledged come back in other splits — re-read by their
 /// consumer in smaller batches, claimed from a dead consumer two at a time — and no entry
 /// runs twice.
 #[tokio::test]
 async fn batched_entries_killed_before_ack_are_not_batched_again() {
-    let stream = unique("reactor_test_batch_crash");
-    let runtime = orders_on(&stream);
-    let mut conn = client().await;
-    create_group(&mut conn, &stream).await;
-    add_entries(&mut conn, &stream, 0..10).await;
-    // Records a batch of 4 (and reads the next 4 ahead), then dies before acknowledging.
-    let dying = batched_trigger(&runtime, "hub-a", 4).stop_before_ack(4);
-    let first = Running::start(&runtime, "orders", Box::new(dying));
-    let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
-    assert_eq!(batched_ns(&runtime).await, vec![0, 1, 2, 3]);
-    assert!(
-        pending(&mut conn, &stream, "hub").await >= 4,
-        "nothing acknowledged"
-    );
+    let LeftUnacknowledged {
+        stream,
+        runtime,
+        mut conn,
+    } = LeftUnacknowledged::new("reactor_test_batch_crash", 10).await;
 
     // Back in batches of 3: the recorded four are acknowledged, the rest run once.
     let again = Running::start(
@@ -332,18 +355,11 @@ async fn batched_entries_killed_before_ack_are_not_batched_again() {
 /// `batch:`: its entries are found in the batch's mark, only the others run (one each).
 #[tokio::test]
 async fn switching_off_batches_runs_nothing_twice() {
-    let stream = unique("reactor_test_batch_switch");
-    let runtime = orders_on(&stream);
-    let mut conn = client().await;
-    create_group(&mut conn, &stream).await;
-    add_entries(&mut conn, &stream, 0..6).await;
-    let dying = batched_trigger(&runtime, "hub-a", 4).stop_before_ack(4);
-    let first = Running::start(&runtime, "orders", Box::new(dying));
-    let _ = tokio::time::timeout(Duration::from_secs(30), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(batched_ns(&runtime).await, vec![0, 1, 2, 3]);
+    let LeftUnacknowledged {
+        stream,
+        runtime,
+        mut conn,
+    } = LeftUnacknowledged::new("reactor_test_batch_switch", 6).await;
 
     let single = stream_trigger(&runtime, "orders", "hub-a");
     let again = Running::start(&runtime, "orders", Box::new(single));

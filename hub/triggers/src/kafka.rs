@@ -19,7 +19,9 @@
 //! Batch event: `data` = the messages' `{data, meta}`, `meta` = `{topic, partition,
 //! first_offset, last_offset, count}`. Without `batch:` the first message a session gets
 //! from each partition is looked up the same way, so a workflow switched back from batches
-//! to one execution per message resumes after a recorded batch, not inside it.
+//! to one execution per message resumes after a recorded batch, not inside it — also when
+//! a rebalance hands a partition back within a session (another member may have recorded
+//! batches in it meanwhile): every partition a rebalance assigns is looked up again.
 //!
 //! `from: earliest|latest` applies when the group has no committed offset for a partition.
 //! Event: type `kafka`, source `reactor:kafka/{topic}`, `data` = the value parsed as JSON when
@@ -34,14 +36,16 @@
 //! (`sasl.username`/`sasl.password`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -66,9 +70,18 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 type KafkaConsumer = StreamConsumer<Reporter>;
 
 /// Counts librdkafka's client errors (brokers down, authentication …) as trigger errors:
-/// they arrive on librdkafka's error callback, not through `recv`.
+/// they arrive on librdkafka's error callback, not through `recv`. Notes the partitions
+/// rebalances assign, for the session to forget what it learnt about them.
 struct Reporter {
     stats: Arc<TriggerStats>,
+    assigned: Mutex<Vec<(String, i32)>>,
+}
+
+impl Reporter {
+    /// The partitions assigned since the last call.
+    fn take_assigned(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.assigned.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 impl ClientContext for Reporter {
@@ -79,7 +92,19 @@ impl ClientContext for Reporter {
     }
 }
 
-impl ConsumerContext for Reporter {}
+impl ConsumerContext for Reporter {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
+            assigned.extend(
+                partitions
+                    .elements()
+                    .iter()
+                    .map(|p| (p.topic().to_string(), p.partition())),
+            );
+        }
+    }
+}
 
 /// A running `kafka` trigger.
 #[derive(Debug)]
@@ -173,7 +198,10 @@ impl KafkaTrigger {
         if let Some(password) = &self.connection.password {
             config.set("sasl.password", password);
         }
-        let consumer: KafkaConsumer = config.create_with_context(Reporter { stats })?;
+        let consumer: KafkaConsumer = config.create_with_context(Reporter {
+            stats,
+            assigned: Mutex::default(),
+        })?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(consumer)
@@ -241,8 +269,8 @@ struct Session<'a> {
     /// (topic, partition) → the last offset a recorded batch covers, learnt from its mark
     /// (`batch:` only): messages up to it are skipped.
     covered: HashMap<(String, i32), i64>,
-    /// Partitions whose first message this session has looked up (one execution per
-    /// message: see `submit_each`).
+    /// Partitions whose first message this session has looked up since they were last
+    /// assigned (one execution per message: see `submit_each`).
     checked: HashSet<(String, i32)>,
     next_lag: Instant,
 }
@@ -329,6 +357,10 @@ impl Session<'_> {
     async fn submit_each(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<Outcome>, Failure> {
         let mut outcomes = Vec::new();
         let mut fresh = Vec::new();
+        // A partition assigned again may hold batches another member recorded meanwhile.
+        for partition in self.consumer.context().take_assigned() {
+            self.checked.remove(&partition);
+        }
         for (partition, mut run) in by_partition(batch) {
             let lookup = self.checked.insert(partition.clone());
             self.skip_recorded(&partition, &mut run, &mut outcomes, lookup)

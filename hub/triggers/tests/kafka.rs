@@ -101,7 +101,8 @@ async fn batched_ns(runtime: &Runtime) -> Vec<i64> {
     let mut ns: Vec<i64> = events(runtime, "orders")
         .await
         .iter()
-        .flat_map(|e| e.data.as_array().unwrap().clone())
+        .filter_map(|e| e.data.as_array().cloned())
+        .flatten()
         .map(|item| item["data"]["n"].as_i64().unwrap())
         .collect();
     ns.sort_unstable();
@@ -120,6 +121,12 @@ async fn all_batched(runtime: &Runtime, count: usize) -> bool {
 /// Brokers as a named connection with librdkafka options: a short session timeout, so
 /// that a member that vanished without leaving frees its partitions quickly.
 fn trigger(runtime: &Runtime, brokers: &str) -> KafkaTrigger {
+    trigger_as(runtime, brokers, None)
+}
+
+/// [`trigger`] as a static group member (`group.instance.id`): assignors order static
+/// members by it.
+fn trigger_as(runtime: &Runtime, brokers: &str, instance: Option<&str>) -> KafkaTrigger {
     let flow::TriggerKind::Kafka(mut settings) = spec(runtime, "orders").kind else {
         panic!("not kafka");
     };
@@ -129,10 +136,14 @@ fn trigger(runtime: &Runtime, brokers: &str) -> KafkaTrigger {
             "mock".to_string(),
             ConnectionConfig {
                 brokers: Some(brokers.to_string()),
-                options: std::collections::BTreeMap::from([
-                    ("session.timeout.ms".to_string(), "6000".to_string()),
-                    ("heartbeat.interval.ms".to_string(), "500".to_string()),
-                ]),
+                options: [
+                    ("session.timeout.ms", Some("6000")),
+                    ("heartbeat.interval.ms", Some("500")),
+                    ("group.instance.id", instance),
+                ]
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.to_string(), value?.to_string())))
+                .collect(),
                 ..ConnectionConfig::default()
             },
         )]),
@@ -405,8 +416,17 @@ async fn switching_back_from_batches_runs_nothing_twice() {
     let left = LeftUncommitted::new("batch_switch").await;
     left.resume(&yaml(&left.topic, &left.group, &left.brokers))
         .await;
+    assert_eq!(
+        all_ns(&left.runtime).await,
+        (0..10).collect::<Vec<_>>(),
+        "every message exactly once"
+    );
+}
+
+/// The `n` of every message recorded so far, in batches or alone, sorted.
+async fn all_ns(runtime: &Runtime) -> Vec<i64> {
     // Batch events carry a list, the others one message.
-    let mut ns: Vec<i64> = events(&left.runtime, "orders")
+    let mut ns: Vec<i64> = events(runtime, "orders")
         .await
         .iter()
         .flat_map(|e| match e.data.as_array() {
@@ -418,9 +438,85 @@ async fn switching_back_from_batches_runs_nothing_twice() {
         })
         .collect();
     ns.sort_unstable();
+    ns
+}
+
+/// Member A runs one execution per message; member B (batches) takes the partition over,
+/// records a batch and leaves before committing it; the partition goes back to A within
+/// A's session, and A resumes after B's batch instead of running its messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_handed_back_within_a_session_is_looked_up_again() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("handed_back");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    let runtime = runtime(&yaml(&topic, &group, &brokers));
+    let committed_to = |offset: i64| {
+        let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+        eventually(move || {
+            let (b, g, t) = (b.clone(), g.clone(), t.clone());
+            async move { committed(&b, &g, &t, 1).await == vec![offset] }
+        })
+    };
+    let a = trigger_as(&runtime, &brokers, Some("z-hub-a"));
+    let a = Running::start(&runtime, "orders", Box::new(a));
+    for n in 0..3 {
+        produce(&producer, &topic, 0, n).await;
+    }
+    assert!(committed_to(3).await, "A consumed the partition first");
+
+    // B joins with batches. The range assignor gives the only partition to the static
+    // member that sorts first, B ("a-…"); probes go out one at a time until one lands in a
+    // batch, i.e. B owns the partition.
+    let batched = reactor_core::dsl::parse_workflow(
+        "orders.yaml",
+        &batched_yaml(&topic, &group, &brokers, 4),
+    )
+    .unwrap();
+    runtime.load(batched);
+    let b = trigger_as(&runtime, &brokers, Some("a-hub-b"));
+    let b = Running::start(&runtime, "orders", Box::new(b));
+    let mut probe = 10;
+    loop {
+        produce(&producer, &topic, 0, probe).await;
+        assert!(
+            committed_to(probe as i64 - 6).await,
+            "probe {probe} consumed"
+        );
+        if batched_ns(&runtime).await.contains(&(probe as i64)) {
+            break;
+        }
+        assert!(probe < 40, "B never got the partition");
+        probe += 1;
+    }
+
+    // B comes back at once under the same instance id (a static member keeps its
+    // assignment, no rebalance), records the next messages and dies before committing
+    // them; its partition moves back to A when its session times out.
+    b.stop().await.unwrap();
+    let b = trigger_as(&runtime, &brokers, Some("a-hub-b")).stop_before_ack(4);
+    let b = Running::start(&runtime, "orders", Box::new(b));
+    for n in 100..104 {
+        produce(&producer, &topic, 0, n).await;
+    }
+    let left = tokio::time::timeout(Duration::from_secs(60), b.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(left, Err(TriggerError::Source(_))), "{left:?}");
+    assert!(batched_ns(&runtime).await.contains(&103));
+
+    // Back at A, which had looked the partition up already in this session.
+    let total = 3 + (probe - 10 + 1) + 4;
+    assert!(committed_to(total as i64).await, "A consumed the rest");
+    a.stop().await.unwrap();
+    let mut expected: Vec<i64> = (0..3).chain(10..=probe as i64).chain(100..104).collect();
+    expected.sort_unstable();
     assert_eq!(
-        ns,
-        (0..10).collect::<Vec<_>>(),
+        all_ns(&runtime).await,
+        expected,
         "every message exactly once"
     );
 }

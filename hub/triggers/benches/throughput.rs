@@ -1,5 +1,6 @@
 //! Events/s from a source into durably recorded executions of a 1-step workflow (redb journal
-//! in a temp dir, `Durability::Immediate`), beside a raw consumer of the same source doing the
+//! in a temp dir, `Durability::Immediate`; `REACTOR_BENCH_STORE=sqlite`: the hub's SQLite
+//! store), beside a raw consumer of the same source doing the
 //! same reads and acknowledgements without recording anything.
 //!
 //! Beside both, the engine's own ceiling for the same workflow and journal: `submit_once` of
@@ -27,8 +28,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reactor_core::action::builtin_registry;
 use reactor_core::engine::{DedupeMark, Environment, Event, Runtime, RuntimeConfig};
-use reactor_core::store::{RedbOptions, RedbStore};
+use reactor_core::store::{RedbOptions, RedbStore, Store};
 use reactor_core::trigger::{Trigger, TriggerContext};
+use reactor_hub::db::{Database, SqlStore};
 use reactor_hub_triggers::Connections;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -59,10 +61,28 @@ fn name(prefix: &str) -> String {
 }
 
 /// A runtime over a fresh redb journal, with a 1-step workflow whose trigger is `trigger`.
-fn runtime(dir: &tempfile::TempDir, trigger: &str) -> Runtime {
-    let store = RedbStore::open(dir.path().join("journal.redb"), RedbOptions::default()).unwrap();
+/// The journal executions are recorded in, by `REACTOR_BENCH_STORE`: `redb` (the default;
+/// a redb file, the agent's journal) or `sqlite` (the hub's default store: `SqlStore` on a
+/// SQLite file, WAL, `synchronous=FULL`), in `dir`.
+async fn journal(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    match std::env::var("REACTOR_BENCH_STORE").as_deref() {
+        Err(_) | Ok("redb") => Arc::new(
+            RedbStore::open(dir.path().join("journal.redb"), RedbOptions::default()).unwrap(),
+        ),
+        Ok("sqlite") => {
+            let db = Database::open_sqlite(&dir.path().join("hub.db"))
+                .await
+                .unwrap();
+            db.migrate().await.unwrap();
+            Arc::new(SqlStore::new(db, "bench"))
+        }
+        Ok(other) => panic!("REACTOR_BENCH_STORE is redb or sqlite, not {other:?}"),
+    }
+}
+
+async fn runtime(dir: &tempfile::TempDir, trigger: &str) -> Runtime {
     let runtime = Runtime::new(
-        Arc::new(store),
+        journal(dir).await,
         builtin_registry(Default::default()),
         Environment::empty(),
         RuntimeConfig::default(),
@@ -114,7 +134,7 @@ fn report(source: &str, count: usize, raw: f64, reactor: f64) {
 /// submit), each batch awaited before the next, into the same journal.
 async fn engine_bench(count: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let keyed = runtime(&dir, "event: { type: bench }");
+    let keyed = runtime(&dir, "event: { type: bench }").await;
     let started = Instant::now();
     let numbers: Vec<usize> = (0..count).collect();
     for chunk in numbers.chunks(512) {
@@ -134,7 +154,7 @@ async fn engine_bench(count: usize) {
     );
     // The same without de-duplication marks (no mark read, no mark write).
     let dir = tempfile::tempdir().unwrap();
-    let plain = runtime(&dir, "event: { type: bench }");
+    let plain = runtime(&dir, "event: { type: bench }").await;
     let started = Instant::now();
     for chunk in numbers.chunks(512) {
         let submissions = chunk.iter().map(|n| {
@@ -224,7 +244,8 @@ async fn redis_bench(count: usize) {
     let plain = runtime(
         &dir,
         &format!("redis: {{ stream: {stream}, group: hub, url: \"redis://127.0.0.1:6379\" }}"),
-    );
+    )
+    .await;
     let reactor = drive(&plain, count).await;
     report("redis stream", count, raw, reactor);
     // Reactor with `batch:` (500 entries per execution).
@@ -236,7 +257,7 @@ async fn redis_bench(count: usize) {
         &format!(
             "redis: {{ stream: {batched_stream}, group: hub, batch: {{ size: {BATCH_SIZE}, wait: 50ms }}, url: \"redis://127.0.0.1:6379\" }}"
         ),
-    );
+    ).await;
     let batched = drive(&batching, count).await;
     report(&format!("  batch {BATCH_SIZE}"), count, raw, batched);
     let _: () = redis::cmd("DEL")
@@ -313,7 +334,8 @@ async fn kafka_bench(count: usize) {
     let plain = runtime(
         &dir,
         &format!("kafka: {{ topic: {topic}, group: rt, from: earliest, brokers: \"{brokers}\" }}"),
-    );
+    )
+    .await;
     let reactor = drive(&plain, count).await;
     report("kafka (mock)", count, raw, reactor);
     // Reactor with `batch:` (500 messages per execution at most, per partition).
@@ -326,7 +348,7 @@ async fn kafka_bench(count: usize) {
         &format!(
             "kafka: {{ topic: {topic}, group: rt, from: earliest, batch: {{ size: {BATCH_SIZE}, wait: 50ms }}, brokers: \"{brokers}\" }}"
         ),
-    );
+    ).await;
     let batched = drive(&batching, count).await;
     report(&format!("  batch {BATCH_SIZE}"), count, raw, batched);
 }
@@ -398,7 +420,8 @@ async fn postgres_bench(count: usize) {
     let runtime = runtime(
         &dir,
         &format!("postgres: {{ table: {table}, operations: insert, url: \"{url}\" }}"),
-    );
+    )
+    .await;
     let reactor = drive(&runtime, count).await;
     // The trigger's connection may hold the slot a moment after it stopped.
     for _ in 0..50 {

@@ -94,7 +94,8 @@ pub async fn nats_bench(count: usize) {
         &format!(
             "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, url: \"{NATS}\" }}"
         ),
-    );
+    )
+    .await;
     let reactor = drive(&runtime, count).await;
     js.delete_stream(&stream).await.unwrap();
     report("nats jetstream", count, raw, reactor);
@@ -175,7 +176,8 @@ pub async fn mysql_bench(count: usize) {
     let runtime = runtime(
         &dir,
         &format!("mysql: {{ table: {table}, mode: cdc, operations: insert, url: \"{MYSQL}\" }}"),
-    );
+    )
+    .await;
     let spec = runtime.workflow("bench", None).unwrap().triggers[0].clone();
     let reactor_core::flow::TriggerKind::Mysql(settings) = spec.kind else {
         unreachable!("a mysql trigger");

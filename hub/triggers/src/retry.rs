@@ -78,20 +78,11 @@ pub(crate) async fn failed(
     pause(&context.cancel, delay).await
 }
 
-/// Deletes the de-duplication marks of `keys` without waiting: the delete rides in the
-/// store's next group commit with the executions of the following batch instead of costing
-/// the pipeline a commit of its own. A delete lost to a crash leaves a mark for pruning.
+/// Deletes the de-duplication marks of `keys` without waiting: the deletes ride in the
+/// store's next write of an execution instead of costing the pipeline a commit of their own
+/// ([`reactor_core::engine::Runtime::forget_marks_soon`]).
 pub(crate) fn forget_soon(context: &TriggerContext, keys: Vec<String>) {
-    if keys.is_empty() {
-        return;
-    }
-    let runtime = context.runtime.clone();
-    let workflow = context.workflow.clone();
-    tokio::spawn(async move {
-        if let Err(error) = runtime.forget_marks(&workflow, &keys).await {
-            tracing::debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-        }
-    });
+    context.runtime.forget_marks_soon(&context.workflow, &keys);
 }
 
 /// Whether this hub leads (multi-hub: change capture and pollers run on the leader only).

@@ -40,6 +40,17 @@ pub struct MarkRecord {
     pub position: Value,
 }
 
+/// How long [`Runtime::forget_marks_soon`] waits for an execution to carry its deletes.
+pub const FORGET_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Mark deletes waiting for a write to ride in.
+#[derive(Debug, Default)]
+pub(super) struct Forgetting {
+    keys: Vec<String>,
+    /// A lone write of them is scheduled.
+    scheduled: bool,
+}
+
 /// The longest accepted [`DedupeMark::key`], in bytes.
 pub const MAX_MARK_KEY: usize = 1024;
 
@@ -186,6 +197,52 @@ impl Runtime {
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("de-duplication mark {mark_key:?}: {e}"))),
         }
+    }
+
+    /// Deletes the de-duplication marks of `keys` for `workflow` without a commit of their
+    /// own: the deletes ride in the next execution's first write (any workflow's), or go
+    /// as a batch of their own after [`FORGET_LINGER`] when no execution starts meanwhile.
+    /// For triggers that forget what the source acknowledged while new messages keep
+    /// coming: a journal commit per acknowledgement would cost as much as the executions'
+    /// own (on the hub's SQLite store, one of two commits per batch). A delete lost to a
+    /// crash or a failed write leaves its mark for pruning; a mark of an acknowledged
+    /// message is never looked up again.
+    pub fn forget_marks_soon(&self, workflow: &str, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let schedule = {
+            let mut forgetting = lock(&self.inner.forgetting);
+            forgetting
+                .keys
+                .extend(keys.iter().map(|key| mark_key(workflow, key)));
+            !std::mem::replace(&mut forgetting.scheduled, true)
+        };
+        if schedule {
+            let runtime = self.clone();
+            self.inner.tasks.spawn(async move {
+                tokio::select! {
+                    () = runtime.inner.shutdown.cancelled() => {}
+                    () = tokio::time::sleep(FORGET_LINGER) => {}
+                }
+                let deletes = runtime.take_forgetting();
+                if !deletes.is_empty()
+                    && let Err(error) = runtime.inner.store.write(deletes).await
+                {
+                    tracing::debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
+                }
+            });
+        }
+    }
+
+    /// The deletes [`Runtime::forget_marks_soon`] queued, taken (a write carries them).
+    pub(super) fn take_forgetting(&self) -> Vec<StoreWrite> {
+        let mut forgetting = lock(&self.inner.forgetting);
+        forgetting.scheduled = false;
+        std::mem::take(&mut forgetting.keys)
+            .into_iter()
+            .map(|key| StoreWrite::PutMeta { key, value: None })
+            .collect()
     }
 
     /// Deletes the de-duplication marks of `keys` for `workflow` in one batch: call it once
@@ -370,6 +427,39 @@ steps:
             .await
             .unwrap();
         assert_eq!(runtime.marks("orders", "redis/").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn marks_forgotten_soon_ride_the_next_execution_or_go_alone() {
+        let runtime = testing::runtime(testing::memory(), &[FLOW]);
+        let submit = |n: u32| {
+            let runtime = runtime.clone();
+            async move {
+                let mark = DedupeMark::new(format!("kafka/orders/0/{n}"), json!({ "offset": n }));
+                runtime
+                    .submit_once("orders", event(n), json!({}), mark)
+                    .await
+                    .unwrap()
+            }
+        };
+        submit(1).await;
+        let first = vec!["kafka/orders/0/1".to_string()];
+        runtime.forget_marks_soon("orders", &first);
+        assert!(runtime.mark("orders", &first[0]).await.unwrap().is_some());
+        // The next execution's first write carries the delete.
+        submit(2).await;
+        assert!(runtime.mark("orders", &first[0]).await.unwrap().is_none());
+        // With no execution to carry it, the delete goes alone after the linger.
+        runtime.forget_marks_soon("orders", &["kafka/orders/0/2".to_string()]);
+        tokio::time::sleep(FORGET_LINGER * 4).await;
+        assert!(
+            runtime
+                .mark("orders", "kafka/orders/0/2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(count(&runtime).await, 2);
     }
 
     #[tokio::test]

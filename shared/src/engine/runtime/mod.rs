@@ -164,6 +164,8 @@ struct Inner {
     slots: Mutex<HashMap<(String, String), Slots>>,
     /// Keyed submissions in progress, one lock per mark key (see [`Runtime::submit_once`]).
     marking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Marks to delete with the next execution's first write ([`Runtime::forget_marks_soon`]).
+    forgetting: Mutex<dedupe::Forgetting>,
     stats: Stats,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -227,6 +229,7 @@ impl Runtime {
                 subscribers: Mutex::default(),
                 slots: Mutex::default(),
                 marking: Mutex::default(),
+                forgetting: Mutex::default(),
                 stats: Stats::default(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),

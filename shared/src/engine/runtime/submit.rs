@@ -146,6 +146,8 @@ impl Runtime {
                 let observed = self.inner.observer.as_ref().map(|_| record.clone());
                 let key = record.concurrency_key.clone().unwrap_or_default();
                 let mut batch = vec![StoreWrite::Create { record, started }];
+                // Deletes first: a mark written here is never undone by one of them.
+                batch.extend(self.take_forgetting());
                 batch.extend(marks);
                 // On a task of its own: the queue's bookkeeping must follow the write even if
                 // the submitter stops waiting (an HTTP client that hangs up).
@@ -183,8 +185,11 @@ impl Runtime {
             slot,
             armed: true,
         };
+        // Deletes first: a mark written here is never undone by one of them.
+        let mut writes = self.take_forgetting();
+        writes.extend(marks);
         let begun = self
-            .begin_execution(wf, started, record, marks, event_time)
+            .begin_execution(wf, started, record, writes, event_time)
             .await;
         guard.armed = false;
         let slot = guard.slot.take();

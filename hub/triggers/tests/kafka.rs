@@ -213,10 +213,7 @@ async fn killed_between_record_and_commit_no_second_execution() {
         "orders",
         Box::new(trigger(&runtime, &brokers).stop_before_ack(6)),
     );
-    let result = tokio::time::timeout(Duration::from_secs(60), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = first.ended().await;
     assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
     assert_eq!(executions(&runtime, "orders").await.len(), 6);
     assert_eq!(
@@ -357,10 +354,7 @@ impl LeftUncommitted {
             "orders",
             Box::new(trigger(&runtime, &brokers).stop_before_ack(4)),
         );
-        let result = tokio::time::timeout(Duration::from_secs(60), first.handle)
-            .await
-            .unwrap()
-            .unwrap();
+        let result = first.ended().await;
         assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
         let recorded = batched_ns(&runtime).await.len() as i64;
         let committed_then = committed(&brokers, &group, &topic, 1).await[0].max(0);
@@ -501,10 +495,7 @@ async fn a_partition_handed_back_within_a_session_is_looked_up_again() {
     for n in 100..104 {
         produce(&producer, &topic, 0, n).await;
     }
-    let left = tokio::time::timeout(Duration::from_secs(60), b.handle)
-        .await
-        .unwrap()
-        .unwrap();
+    let left = b.ended().await;
     assert!(matches!(left, Err(TriggerError::Source(_))), "{left:?}");
     assert!(batched_ns(&runtime).await.contains(&103));
 

@@ -122,10 +122,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
         .with_ack_wait(Duration::from_secs(1))
         .stop_before_ack(4);
     let first = Running::start(&runtime, "orders", Box::new(dying));
-    let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = first.ended().await;
     assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
     assert_eq!(executions(&runtime, "orders").await.len(), 4);
     assert_eq!(

@@ -161,10 +161,7 @@ async fn killed_between_record_and_slot_advance_no_second_execution() {
         .with_slot(&slot)
         .stop_before_ack(5);
     let first = Running::start(&runtime, "orders", Box::new(dying));
-    let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = first.ended().await;
     assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
     assert_eq!(executions(&runtime, "orders").await.len(), 5);
 

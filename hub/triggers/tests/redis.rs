@@ -281,10 +281,7 @@ impl LeftUnacknowledged {
         add_entries(&mut conn, &stream, 0..entries).await;
         let dying = batched_trigger(&runtime, "hub-a", 4).stop_before_ack(4);
         let first = Running::start(&runtime, "orders", Box::new(dying));
-        let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
-            .await
-            .unwrap()
-            .unwrap();
+        let result = first.ended().await;
         assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
         assert_eq!(batched_ns(&runtime).await, vec![0, 1, 2, 3]);
         assert!(
@@ -326,10 +323,7 @@ async fn batched_entries_killed_before_ack_are_not_batched_again() {
     add_entries(&mut conn, &stream, 10..14).await;
     let dying = batched_trigger(&runtime, "hub-b", 4).stop_before_ack(4);
     let second = Running::start(&runtime, "orders", Box::new(dying));
-    let _ = tokio::time::timeout(Duration::from_secs(30), second.handle)
-        .await
-        .unwrap()
-        .unwrap();
+    let _ = second.ended().await;
     assert_eq!(pending(&mut conn, &stream, "hub").await, 4);
     let claimer = batched_trigger(&runtime, "hub-c", 2)
         .with_claim(Duration::from_millis(100), Duration::from_millis(200));
@@ -512,10 +506,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
     // First consumer: records all five, then "dies" before acknowledging.
     let dying = stream_trigger(&runtime, "orders", "hub-a").stop_before_ack(5);
     let first = Running::start(&runtime, "orders", Box::new(dying));
-    let result = tokio::time::timeout(Duration::from_secs(30), first.handle)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = first.ended().await;
     assert!(matches!(result, Err(TriggerError::Source(_))), "{result:?}");
     assert_eq!(executions(&runtime, "orders").await.len(), 5);
     assert_eq!(
@@ -545,10 +536,7 @@ async fn killed_between_record_and_ack_no_second_execution() {
     }
     let dying = stream_trigger(&runtime, "orders", "hub-b").stop_before_ack(3);
     let second = Running::start(&runtime, "orders", Box::new(dying));
-    let _ = tokio::time::timeout(Duration::from_secs(30), second.handle)
-        .await
-        .unwrap()
-        .unwrap();
+    let _ = second.ended().await;
     assert_eq!(executions(&runtime, "orders").await.len(), 8);
     assert_eq!(pending(&mut conn, &stream, "hub").await, 3);
     let claimer = stream_trigger(&runtime, "orders", "hub-c")

@@ -93,6 +93,15 @@ impl Running {
         Running { context, handle }
     }
 
+    /// Waits (at most a minute) for the trigger to return on its own: a crash test's
+    /// trigger made to stop before acknowledging.
+    pub async fn ended(self) -> Result<(), TriggerError> {
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the trigger stops on its own")
+            .expect("the trigger task does not panic")
+    }
+
     /// Cancels and waits for the trigger to return.
     pub async fn stop(self) -> Result<(), TriggerError> {
         self.context.cancel.cancel();

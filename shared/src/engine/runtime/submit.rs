@@ -187,7 +187,11 @@ impl Runtime {
         };
         // Deletes first: a mark written here is never undone by one of them.
         let mut writes = self.take_forgetting();
-        writes.extend(marks);
+        if writes.is_empty() {
+            writes = marks;
+        } else {
+            writes.extend(marks);
+        }
         let begun = self
             .begin_execution(wf, started, record, writes, event_time)
             .await;

@@ -339,6 +339,11 @@ impl Session<'_> {
                     message.offset() + 1,
                 );
             }
+            // A partition assigned again may hold batches another member recorded meanwhile
+            // (drained in either mode, so the list never grows).
+            for partition in self.consumer.context().take_assigned() {
+                self.checked.remove(&partition);
+            }
             let outcomes = match self.trigger.batch {
                 Some(_) => self.submit_batches(batch).await?,
                 None => self.submit_each(batch).await?,
@@ -357,10 +362,6 @@ impl Session<'_> {
     async fn submit_each(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<Outcome>, Failure> {
         let mut outcomes = Vec::new();
         let mut fresh = Vec::new();
-        // A partition assigned again may hold batches another member recorded meanwhile.
-        for partition in self.consumer.context().take_assigned() {
-            self.checked.remove(&partition);
-        }
         for (partition, mut run) in by_partition(batch) {
             let lookup = self.checked.insert(partition.clone());
             self.skip_recorded(&partition, &mut run, &mut outcomes, lookup)

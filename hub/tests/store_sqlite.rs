@@ -164,3 +164,83 @@ async fn retention_keeps_the_file_bounded() {
         "database + WAL stay bounded: {after_third} B vs {full} B"
     );
 }
+
+/// Groups bigger than the largest statement shape (64 rows) take every multi-row path: new
+/// executions, stored ones that only got facts (their `next_seq` and owner by `json_each`),
+/// stored ones with a new summary (the upsert, which keeps `device`), meta puts and deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_groups_write_every_row() {
+    let dir = TempDir::new().expect("temp dir");
+    let (store, _instance) = open(dir.path()).await;
+    let n = 150u64;
+    let records: Vec<_> = (0..n)
+        .map(|i| record(id(i), "big", ExecutionStatus::Running))
+        .collect();
+    let mut batch: Vec<StoreWrite> = records.iter().cloned().map(create).collect();
+    batch.extend((0..n).map(|i| StoreWrite::PutMeta {
+        key: format!("big/{i:03}"),
+        value: Some(vec![u8::try_from(i).expect("small")]),
+    }));
+    store.write(batch).await.expect("creates");
+    // Facts for every execution; a new summary for the first 100 of them.
+    let mut batch: Vec<StoreWrite> = records.iter().map(|r| append(r.id, 1)).collect();
+    for r in records.iter().take(100) {
+        let mut finished = r.clone();
+        finished.status = ExecutionStatus::Succeeded;
+        finished.finished_at = Some(r.created_at);
+        batch.push(StoreWrite::Update(finished));
+    }
+    batch.extend((0..70).map(|i| StoreWrite::PutMeta {
+        key: format!("big/{i:03}"),
+        value: None,
+    }));
+    store.write(batch).await.expect("appends and updates");
+    // Every execution took its fact (the next one must be seq 2).
+    let next: Vec<StoreWrite> = records.iter().map(|r| append(r.id, 2)).collect();
+    store.write(next).await.expect("seq 2 follows");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(store.journal(r.id).await.expect("journal").len(), 3);
+        let stored = store.execution(r.id).await.expect("read").expect("stored");
+        let want = if i < 100 {
+            ExecutionStatus::Succeeded
+        } else {
+            ExecutionStatus::Running
+        };
+        assert_eq!(stored.status, want, "execution {i}");
+    }
+    let meta = store.meta_prefix("big/").await.expect("meta");
+    assert_eq!(meta.len(), 80);
+    assert_eq!(meta[0], ("big/070".to_string(), vec![70]));
+    let finished = store
+        .list(&reactor_hub::db::ExecutionFilter {
+            status: Some(ExecutionStatus::Succeeded),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(finished.len(), 100, "the status column follows the upsert");
+}
+
+/// The journal checkpoints the WAL into the database file on its own, long before
+/// SQLite's automatic checkpoint (64 MiB here) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_off_the_writer() {
+    let dir = TempDir::new().expect("temp dir");
+    let (store, _instance) = open(dir.path()).await;
+    let db_file = || {
+        std::fs::metadata(dir.path().join("hub.db"))
+            .expect("db file")
+            .len()
+    };
+    let before = db_file();
+    fill(&store, 0, 300).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db_file() < before + 500_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was checkpointed: the database file stayed at {} B",
+            db_file()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

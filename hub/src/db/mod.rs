@@ -171,6 +171,11 @@ impl Database {
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             // Truncate the WAL back to this size after checkpoints: the files stay bounded.
             .pragma("journal_size_limit", "67108864")
+            // The journal checkpoints the log off its writer's path; this is the backstop.
+            .pragma(
+                "wal_autocheckpoint",
+                journal::checkpoint::AUTOCHECKPOINT_PAGES.to_string(),
+            )
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(SQLITE_CONNECTIONS)

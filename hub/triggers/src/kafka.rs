@@ -333,6 +333,24 @@ impl Session<'_> {
                     Ok(Err(_)) | Err(_) => break,
                 }
             }
+            // With `batch:`, more batches when their messages are waiting already: they are
+            // recorded side by side (`batch::IN_FLIGHT`), each its own execution.
+            if let Some(batch_size) = self.trigger.batch.map(|b| b.size) {
+                let (most, most_bytes) = (
+                    crate::batch::ahead(batch_size),
+                    max_bytes.saturating_mul(crate::batch::IN_FLIGHT),
+                );
+                while batch.len() < most && bytes < most_bytes {
+                    match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                        Ok(Ok(message)) => {
+                            let message = message.detach();
+                            bytes += message_bytes(&message);
+                            batch.push(message);
+                        }
+                        Ok(Err(_)) | Err(_) => break,
+                    }
+                }
+            }
             for message in &batch {
                 self.next_offsets.insert(
                     (message.topic().to_string(), message.partition()),
@@ -398,8 +416,11 @@ impl Session<'_> {
         for (partition, mut run) in by_partition(batch) {
             self.skip_recorded(&partition, &mut run, &mut outcomes, true)
                 .await?;
-            if !run.is_empty() {
-                fresh.push((partition, run));
+            // Runs longer than a batch (several taken at once) go as several batches, in
+            // order, so a failed one stops the commit before the ones after it.
+            let size = self.trigger.batch.map_or(usize::MAX, |batch| batch.size);
+            for run in crate::batch::split(run, size, self.trigger.batch_bytes, message_bytes) {
+                fresh.push((partition.clone(), run));
             }
         }
         let submissions = fresh

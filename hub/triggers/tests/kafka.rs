@@ -302,6 +302,42 @@ async fn a_batch_holds_one_partitions_messages_in_order() {
     running.stop().await.unwrap();
 }
 
+/// Messages already waiting are taken several batches at once and recorded side by side:
+/// still never more than `size` in one execution, in offset order, committed to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_messages_go_as_several_batches_of_at_most_size() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("ahead");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let group = unique("hub");
+    let producer = producer(&brokers);
+    for n in 0..30 {
+        produce(&producer, &topic, 0, n).await;
+    }
+    let runtime = runtime(&batched_yaml(&topic, &group, &brokers, 10));
+    let running = Running::start(
+        &runtime,
+        "orders",
+        build(&runtime, "orders", &Connections::default()),
+    );
+    assert!(all_batched(&runtime, 30).await);
+    assert_eq!(batched_ns(&runtime).await, (0..30).collect::<Vec<_>>());
+    for event in events(&runtime, "orders").await {
+        let count = event.data.as_array().unwrap().len();
+        assert!((1..=10).contains(&count), "a batch of {count}");
+        assert_eq!(event.meta["count"], json!(count));
+    }
+    assert!(
+        eventually(|| {
+            let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+            async move { committed(&b, &g, &t, 1).await == vec![30] }
+        })
+        .await
+    );
+    running.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_closes_at_its_byte_cap() {
     let cluster = MockCluster::new(1).unwrap();

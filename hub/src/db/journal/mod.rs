@@ -22,6 +22,7 @@
 //! `FOR UPDATE SKIP LOCKED`; SQLite: one `BEGIN IMMEDIATE` transaction), so two hubs never
 //! both adopt one.
 
+pub(crate) mod checkpoint;
 pub(crate) mod marks;
 pub(crate) mod plan;
 mod postgres;
@@ -35,6 +36,7 @@ use reactor_core::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, 
 use reactor_core::store::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
 use tokio::sync::{mpsc, oneshot};
 
+use self::plan::Encoded;
 use super::Database;
 
 /// Most batches committed in one transaction.
@@ -95,10 +97,12 @@ struct Shared {
     batches: AtomicU64,
     /// Time the writer task spent committing, in nanoseconds.
     busy_nanos: AtomicU64,
+    /// SQLite: the WAL checkpoint task, told of every commit.
+    checkpoints: Option<checkpoint::Checkpoints>,
 }
 
 struct Request {
-    batch: Vec<StoreWrite>,
+    batch: Vec<Encoded>,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -107,12 +111,17 @@ impl SqlStore {
     /// [`HubInstance::register`](super::HubInstance::register)). Starts the writer task: call
     /// inside a tokio runtime. The database must be migrated.
     pub fn new(db: Database, instance: impl Into<String>) -> SqlStore {
+        let checkpoints = match &db {
+            Database::Sqlite(pool) => Some(checkpoint::Checkpoints::start(pool.clone())),
+            Database::Postgres(_) => None,
+        };
         let shared = Arc::new(Shared {
             db,
             instance: instance.into(),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             busy_nanos: AtomicU64::new(0),
+            checkpoints,
         });
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
@@ -187,6 +196,9 @@ async fn writer(shared: Arc<Shared>, receiver: Arc<tokio::sync::Mutex<mpsc::Rece
         let outcomes = commit_group(&shared, &group).await;
         let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         shared.busy_nanos.fetch_add(busy, Ordering::Relaxed);
+        if let Some(checkpoints) = &shared.checkpoints {
+            checkpoints.wrote();
+        }
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }
@@ -202,7 +214,7 @@ pub(crate) enum Failure {
     Commit(sqlx::Error),
 }
 
-async fn commit_group(shared: &Shared, group: &[Vec<StoreWrite>]) -> Vec<Result<(), StoreError>> {
+async fn commit_group(shared: &Shared, group: &[Vec<Encoded>]) -> Vec<Result<(), StoreError>> {
     let attempt = |group| commit_once(shared, group);
     let outcomes = match attempt(group).await {
         Ok(outcomes) => {
@@ -240,7 +252,7 @@ async fn commit_group(shared: &Shared, group: &[Vec<StoreWrite>]) -> Vec<Result<
 /// One transaction for `group`.
 async fn commit_once(
     shared: &Shared,
-    group: &[Vec<StoreWrite>],
+    group: &[Vec<Encoded>],
 ) -> Result<Vec<Result<(), StoreError>>, Failure> {
     let me = shared.instance.as_str();
     match &shared.db {
@@ -302,6 +314,7 @@ pub(crate) fn age_cut(retention: Retention, now: Timestamp) -> Option<i64> {
 #[async_trait]
 impl Store for SqlStore {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
+        let batch = plan::encode(batch)?;
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Request { batch, reply })

@@ -1,6 +1,8 @@
 //! Turns a group of write batches into the rows one transaction writes.
 //!
-//! The writer task loads the stored state of every execution the group names (its next seq,
+//! Each batch is [`encode`]d by its caller before it is queued (records and facts to JSON):
+//! callers encode side by side on their own tasks, so the single writer spends its time on
+//! the database only. The writer task loads the stored state of every execution the group names (its next seq,
 //! owner and whether it is finished), then [`plan`] checks each batch in turn against that
 //! state plus the effects of the batches before it, exactly as the agent's stores do: a batch
 //! that breaks a journal's order is refused whole and the others go on. Backend code then
@@ -73,16 +75,91 @@ impl Plan {
     }
 }
 
+/// A [`StoreWrite`] with its JSON encoded.
+#[derive(Clone, Debug)]
+pub(crate) enum Encoded {
+    /// The summary of the new record (its `device` from the start event) and the encoded
+    /// `Started` fact.
+    Create {
+        id: ExecutionId,
+        summary: Summary,
+        started: String,
+    },
+    Append {
+        id: ExecutionId,
+        seq: u32,
+        fact: String,
+    },
+    /// The new summary (`device` unset: it comes from the start event and stays).
+    Update {
+        id: ExecutionId,
+        summary: Summary,
+    },
+    PutMeta {
+        key: String,
+        value: Option<Vec<u8>>,
+    },
+}
+
+impl Encoded {
+    /// The execution written, if any.
+    fn execution(&self) -> Option<ExecutionId> {
+        match self {
+            Encoded::Create { id, .. }
+            | Encoded::Append { id, .. }
+            | Encoded::Update { id, .. } => Some(*id),
+            Encoded::PutMeta { .. } => None,
+        }
+    }
+}
+
+/// Encodes one batch for the writer. A batch that cannot be encoded is refused whole, as the
+/// writer would refuse it.
+pub(crate) fn encode(batch: Vec<StoreWrite>) -> Result<Vec<Encoded>, StoreError> {
+    batch
+        .into_iter()
+        .map(|write| {
+            Ok(match write {
+                StoreWrite::Create { record, started } => {
+                    let Fact::Started { event, .. } = &started else {
+                        return Err(StoreError::InvalidWrite(format!(
+                            "execution {}: the first fact must be Started",
+                            record.id
+                        )));
+                    };
+                    let mut summary = summarize(&record)?;
+                    summary.device = event
+                        .meta
+                        .get("device")
+                        .and_then(|device| device.as_str())
+                        .map(str::to_string);
+                    Encoded::Create {
+                        id: record.id,
+                        summary,
+                        started: to_json(&started)?,
+                    }
+                }
+                StoreWrite::Append { id, seq, fact } => Encoded::Append {
+                    id,
+                    seq,
+                    fact: to_json(&fact)?,
+                },
+                StoreWrite::Update(record) => Encoded::Update {
+                    id: record.id,
+                    summary: summarize(&record)?,
+                },
+                StoreWrite::PutMeta { key, value } => Encoded::PutMeta { key, value },
+            })
+        })
+        .collect()
+}
+
 /// The ids a group touches (the state [`plan`] needs), deduplicated.
-pub(crate) fn touched(group: &[Vec<StoreWrite>]) -> Vec<String> {
+pub(crate) fn touched(group: &[Vec<Encoded>]) -> Vec<String> {
     let mut ids: Vec<ExecutionId> = group
         .iter()
         .flatten()
-        .filter_map(|write| match write {
-            StoreWrite::Create { record, .. } | StoreWrite::Update(record) => Some(record.id),
-            StoreWrite::Append { id, .. } => Some(*id),
-            StoreWrite::PutMeta { .. } => None,
-        })
+        .filter_map(Encoded::execution)
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -93,13 +170,12 @@ pub(crate) fn touched(group: &[Vec<StoreWrite>]) -> Vec<String> {
 /// `Create` comes before its other writes). Such a group needs no stored state to be planned:
 /// the only way it can clash with the database is an id that exists already, which the
 /// database's primary key refuses.
-pub(crate) fn creates_only(group: &[Vec<StoreWrite>]) -> bool {
+pub(crate) fn creates_only(group: &[Vec<Encoded>]) -> bool {
     let mut created = std::collections::HashSet::new();
     group.iter().flatten().all(|write| match write {
-        StoreWrite::Create { record, .. } => created.insert(record.id),
-        StoreWrite::Update(record) => created.contains(&record.id),
-        StoreWrite::Append { id, .. } => created.contains(id),
-        StoreWrite::PutMeta { .. } => true,
+        Encoded::Create { id, .. } => created.insert(*id),
+        Encoded::Update { id, .. } | Encoded::Append { id, .. } => created.contains(id),
+        Encoded::PutMeta { .. } => true,
     })
 }
 
@@ -118,7 +194,7 @@ struct Slot {
 
 /// Checks and lays out `group` for the instance `me`, given the stored state of the touched
 /// executions (absent ones do not exist).
-pub(crate) fn plan(group: &[Vec<StoreWrite>], stored: HashMap<String, Stored>, me: &str) -> Plan {
+pub(crate) fn plan(group: &[Vec<Encoded>], stored: HashMap<String, Stored>, me: &str) -> Plan {
     let mut slots: HashMap<String, Slot> = stored
         .into_iter()
         .map(|(id, stored)| {
@@ -193,7 +269,7 @@ struct Effects {
 }
 
 fn check(
-    batch: &[StoreWrite],
+    batch: &[Encoded],
     stored: &HashMap<String, Slot>,
     me: &str,
 ) -> Result<Effects, StoreError> {
@@ -204,38 +280,29 @@ fn check(
     };
     for write in batch {
         match write {
-            StoreWrite::Create { record, started } => {
-                let Fact::Started { event, .. } = started else {
-                    return Err(StoreError::InvalidWrite(format!(
-                        "execution {}: the first fact must be Started",
-                        record.id
-                    )));
-                };
-                let key = record.id.to_string();
+            Encoded::Create {
+                id,
+                summary,
+                started,
+            } => {
+                let key = id.to_string();
                 if effects.slots.contains_key(&key) || stored.contains_key(&key) {
-                    return Err(StoreError::AlreadyExists(record.id));
+                    return Err(StoreError::AlreadyExists(*id));
                 }
-                let device = event
-                    .meta
-                    .get("device")
-                    .and_then(|device| device.as_str())
-                    .map(str::to_string);
-                let mut summary = summarize(record)?;
-                summary.device = device;
-                effects.facts.push((key.clone(), 0, encode(started)?));
+                effects.facts.push((key.clone(), 0, started.clone()));
                 effects.slots.insert(
                     key,
                     Slot {
                         next_seq: 1,
                         owner: Some(me.to_string()),
-                        finished: record.status.is_finished(),
+                        finished: summary.finished_at.is_some(),
                         new: true,
                         dirty: true,
-                        summary: Some(summary),
+                        summary: Some(summary.clone()),
                     },
                 );
             }
-            StoreWrite::Append { id, seq, fact } => {
+            Encoded::Append { id, seq, fact } => {
                 let key = id.to_string();
                 let mut slot = writable(&key, *id, &effects.slots, stored, me)?;
                 if *seq != slot.next_seq {
@@ -250,20 +317,20 @@ fn check(
                 })?;
                 effects
                     .facts
-                    .push((key.clone(), i64::from(*seq), encode(fact)?));
+                    .push((key.clone(), i64::from(*seq), fact.clone()));
                 effects.slots.insert(key, slot);
             }
-            StoreWrite::Update(record) => {
-                let key = record.id.to_string();
-                let mut slot = writable(&key, record.id, &effects.slots, stored, me)?;
-                let mut summary = summarize(record)?;
+            Encoded::Update { id, summary } => {
+                let key = id.to_string();
+                let mut slot = writable(&key, *id, &effects.slots, stored, me)?;
+                let mut summary = summary.clone();
                 // The device comes from the start event and stays.
                 summary.device = slot.summary.as_ref().and_then(|s| s.device.clone());
-                slot.finished = record.status.is_finished();
+                slot.finished = summary.finished_at.is_some();
                 slot.summary = Some(summary);
                 effects.slots.insert(key, slot);
             }
-            StoreWrite::PutMeta { key, value } => effects.meta.push((key.clone(), value.clone())),
+            Encoded::PutMeta { key, value } => effects.meta.push((key.clone(), value.clone())),
         }
     }
     Ok(effects)
@@ -301,11 +368,11 @@ fn summarize(record: &ExecutionRecord) -> Result<Summary, StoreError> {
         created_at: record.created_at.millis(),
         finished_at: finished.then(|| record.finished_at.unwrap_or(record.created_at).millis()),
         device: None,
-        record: encode(record)?,
+        record: to_json(record)?,
     })
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value)
         .map_err(|err| StoreError::InvalidWrite(format!("cannot encode: {err}")))
 }
@@ -318,7 +385,11 @@ mod tests {
     use reactor_core::store::StoreError;
     use reactor_core::store::conformance::{append, create, id, record};
 
-    use super::{Stored, plan};
+    use super::{Encoded, Stored, encode, plan};
+
+    fn encoded(group: Vec<Vec<reactor_core::store::StoreWrite>>) -> Vec<Vec<Encoded>> {
+        group.into_iter().map(|b| encode(b).unwrap()).collect()
+    }
 
     #[test]
     fn a_refused_batch_leaves_the_others() {
@@ -328,7 +399,7 @@ mod tests {
             vec![append(a.id, 1), append(a.id, 3)],
             vec![append(a.id, 1)],
         ];
-        let plan = plan(&group, HashMap::new(), "me");
+        let plan = plan(&encoded(group), HashMap::new(), "me");
         assert!(plan.outcomes[0].is_ok());
         assert!(matches!(
             plan.outcomes[1],
@@ -357,19 +428,29 @@ mod tests {
                 },
             )])
         };
-        let refused = plan(&[vec![append(a.id, 1)]], stored("other", false), "me");
+        let refused = plan(
+            &encoded(vec![vec![append(a.id, 1)]]),
+            stored("other", false),
+            "me",
+        );
         assert!(matches!(
             refused.outcomes[0],
             Err(StoreError::InvalidWrite(_))
         ));
         assert!(refused.is_empty());
-        let own = plan(&[vec![append(a.id, 1)]], stored("me", false), "me");
+        let own = plan(
+            &encoded(vec![vec![append(a.id, 1)]]),
+            stored("me", false),
+            "me",
+        );
         assert!(own.outcomes[0].is_ok());
         assert_eq!(own.updates.len(), 1);
         assert!(own.updates[0].summary.is_none());
         // A finished execution can be reopened by anyone, who then owns it.
         let reopened = plan(
-            &[vec![reactor_core::store::StoreWrite::Update(a.clone())]],
+            &encoded(vec![vec![reactor_core::store::StoreWrite::Update(
+                a.clone(),
+            )]]),
             stored("other", true),
             "me",
         );

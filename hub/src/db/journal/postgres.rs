@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
-use reactor_core::store::{Retention, StoreError, StoreWrite, prefix_end};
+use reactor_core::store::{Retention, StoreError, prefix_end};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row as _};
 
@@ -19,7 +19,7 @@ pub(crate) const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000):
 
 pub(super) async fn commit(
     pool: &PgPool,
-    group: &[Vec<StoreWrite>],
+    group: &[Vec<plan::Encoded>],
     me: &str,
 ) -> Result<Vec<Result<(), StoreError>>, Failure> {
     if plan::creates_only(group) {

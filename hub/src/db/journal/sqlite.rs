@@ -1,11 +1,16 @@
 //! The journal's statements on SQLite. Write transactions start with `BEGIN IMMEDIATE`: they
 //! take the file's write lock up front, so a read-then-write transaction never fails on a
 //! lock upgrade.
+//!
+//! Every statement is a round trip to the connection's worker thread, so a group is written
+//! with few of them whatever its size: rows go in multi-row statements of a few fixed shapes
+//! (the prepared-statement cache stays small), keys and small columns in one JSON array read
+//! by `json_each`.
 
 use std::collections::HashMap;
 
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
-use reactor_core::store::{Retention, StoreError, StoreWrite, prefix_end};
+use reactor_core::store::{Retention, StoreError, prefix_end};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row as _, Sqlite, SqliteConnection, Transaction};
 
@@ -18,7 +23,7 @@ async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::
 
 pub(super) async fn commit(
     pool: &SqlitePool,
-    group: &[Vec<StoreWrite>],
+    group: &[Vec<plan::Encoded>],
     me: &str,
 ) -> Result<Vec<Result<(), StoreError>>, Failure> {
     let mut tx = begin(pool).await.map_err(Failure::Rolledback)?;
@@ -43,7 +48,7 @@ async fn load(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    let ids = json(ids);
     let rows = sqlx::query(
         "SELECT id, next_seq, owner, finished_at IS NOT NULL FROM executions \
          WHERE id IN (SELECT value FROM json_each(?1))",
@@ -64,6 +69,11 @@ async fn load(
         );
     }
     Ok(stored)
+}
+
+/// A JSON array for `json_each` (plain strings and numbers: it cannot fail).
+fn json<T: serde::Serialize + ?Sized>(values: &T) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
 }
 
 /// Rows per multi-row INSERT, largest first: a few fixed shapes keep the prepared-statement
@@ -89,21 +99,30 @@ fn insert_sql(head: &str, columns: usize, rows: usize) -> String {
     format!("INSERT INTO {head} VALUES {}", vec![row; rows].join(", "))
 }
 
-async fn apply(conn: &mut SqliteConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let inserts: Vec<_> = plan
-        .inserts
-        .iter()
-        .filter_map(|row| row.summary.as_ref().map(|summary| (row, summary)))
-        .collect();
-    let mut rest = inserts.as_slice();
-    for shape in shapes(inserts.len()) {
+const EXECUTION_COLUMNS: &str =
+    "executions (id, workflow, status, created_at, finished_at, device, owner, next_seq, record)";
+
+/// Writes execution rows in multi-row statements: plain inserts for new executions; for
+/// stored ones an upsert whose conflict path (always taken: the rows were loaded under the
+/// write lock) updates everything but `device`, which comes from the start event and stays.
+async fn put_executions(
+    conn: &mut SqliteConnection,
+    rows: &[(&plan::Row, &plan::Summary)],
+    update: bool,
+) -> Result<(), sqlx::Error> {
+    let mut rest = rows;
+    for shape in shapes(rows.len()) {
         let (chunk, tail) = rest.split_at(shape);
         rest = tail;
-        let sql = insert_sql(
-            "executions (id, workflow, status, created_at, finished_at, device, owner, next_seq, record)",
-            9,
-            shape,
-        );
+        let mut sql = insert_sql(EXECUTION_COLUMNS, 9, shape);
+        if update {
+            sql.push_str(
+                " ON CONFLICT (id) DO UPDATE SET workflow = excluded.workflow, \
+                 status = excluded.status, created_at = excluded.created_at, \
+                 finished_at = excluded.finished_at, owner = excluded.owner, \
+                 next_seq = excluded.next_seq, record = excluded.record",
+            );
+        }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (row, summary) in chunk {
             query = query
@@ -119,33 +138,34 @@ async fn apply(conn: &mut SqliteConnection, plan: &Plan) -> Result<(), sqlx::Err
         }
         query.execute(&mut *conn).await?;
     }
-    for row in &plan.updates {
-        match &row.summary {
-            Some(summary) => {
-                sqlx::query(
-                    "UPDATE executions SET workflow = ?2, status = ?3, created_at = ?4, \
-                     finished_at = ?5, owner = ?6, next_seq = ?7, record = ?8 WHERE id = ?1",
-                )
-                .bind(&row.id)
-                .bind(&summary.workflow)
-                .bind(summary.status)
-                .bind(summary.created_at)
-                .bind(summary.finished_at)
-                .bind(&row.owner)
-                .bind(row.next_seq)
-                .bind(&summary.record)
-                .execute(&mut *conn)
-                .await?;
-            }
-            None => {
-                sqlx::query("UPDATE executions SET owner = ?2, next_seq = ?3 WHERE id = ?1")
-                    .bind(&row.id)
-                    .bind(&row.owner)
-                    .bind(row.next_seq)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
+    Ok(())
+}
+
+/// The rows that carry a new summary, with it.
+fn with_summary(rows: &[plan::Row]) -> Vec<(&plan::Row, &plan::Summary)> {
+    rows.iter()
+        .filter_map(|row| row.summary.as_ref().map(|summary| (row, summary)))
+        .collect()
+}
+
+async fn apply(conn: &mut SqliteConnection, plan: &Plan) -> Result<(), sqlx::Error> {
+    put_executions(conn, &with_summary(&plan.inserts), false).await?;
+    put_executions(conn, &with_summary(&plan.updates), true).await?;
+    // Stored executions that only got facts: their owner and next seq.
+    let appended: Vec<(&str, i64, &str)> = plan
+        .updates
+        .iter()
+        .filter(|row| row.summary.is_none())
+        .map(|row| (row.id.as_str(), row.next_seq, row.owner.as_str()))
+        .collect();
+    if !appended.is_empty() {
+        sqlx::query(
+            "UPDATE executions SET next_seq = u.value ->> 1, owner = u.value ->> 2 \
+             FROM json_each(?1) AS u WHERE executions.id = u.value ->> 0",
+        )
+        .bind(json(&appended))
+        .execute(&mut *conn)
+        .await?;
     }
     let mut rest = plan.facts.as_slice();
     for shape in shapes(plan.facts.len()) {
@@ -158,19 +178,21 @@ async fn apply(conn: &mut SqliteConnection, plan: &Plan) -> Result<(), sqlx::Err
         }
         query.execute(&mut *conn).await?;
     }
-    for (key, value) in &plan.meta_put {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut *conn)
-        .await?;
+    let mut rest = plan.meta_put.as_slice();
+    for shape in shapes(plan.meta_put.len()) {
+        let (chunk, tail) = rest.split_at(shape);
+        rest = tail;
+        let mut sql = insert_sql("meta (key, value)", 2, shape);
+        sql.push_str(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (key, value) in chunk {
+            query = query.bind(key).bind(value);
+        }
+        query.execute(&mut *conn).await?;
     }
-    for key in &plan.meta_delete {
-        sqlx::query("DELETE FROM meta WHERE key = ?1")
-            .bind(key)
+    if !plan.meta_delete.is_empty() {
+        sqlx::query("DELETE FROM meta WHERE key IN (SELECT value FROM json_each(?1))")
+            .bind(json(&plan.meta_delete))
             .execute(&mut *conn)
             .await?;
     }
@@ -309,8 +331,8 @@ pub(super) async fn list(
 }
 
 /// Removes finished executions beyond `retention`, [`PRUNE_CHUNK`] per transaction, then
-/// gives the freed pages back to the file system (`incremental_vacuum`) so the file stays
-/// bounded under a steady retention.
+/// gives the freed pages back to the file system (`incremental_vacuum`, then a truncating
+/// WAL checkpoint) so the files stay bounded under a steady retention.
 pub(super) async fn prune(
     pool: &SqlitePool,
     retention: Retention,
@@ -324,6 +346,13 @@ pub(super) async fn prune(
             .execute(pool)
             .await
             .map_err(|err| io("incremental vacuum", &err))?;
+        // The deletes went through the WAL; with the checkpoints off the writer's path
+        // (`checkpoint.rs`) nothing else would give its space back: copy it into the file
+        // and truncate it, once per prune (writers wait for that one checkpoint).
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(pool)
+            .await
+            .map_err(|err| io("checkpoint", &err))?;
     }
     Ok(removed)
 }
@@ -362,7 +391,7 @@ async fn prune_rows(
             tx.rollback().await?;
             break;
         }
-        let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+        let ids_json = json(&ids);
         sqlx::query("DELETE FROM journal WHERE execution IN (SELECT value FROM json_each(?1))")
             .bind(&ids_json)
             .execute(&mut *tx)

@@ -138,6 +138,12 @@ impl RedisTrigger {
         self.batch.map_or(BATCH, |batch| batch.size)
     }
 
+    /// Entries per read-ahead of new entries: with `batch:`, several batches.
+    fn ahead(&self) -> usize {
+        self.batch
+            .map_or(BATCH, |batch| crate::batch::ahead(batch.size))
+    }
+
     async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, RedisError> {
         let client = Client::open(self.connection.address.as_str())?;
         let config = AsyncConnectionConfig::new()

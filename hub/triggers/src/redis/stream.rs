@@ -106,8 +106,9 @@ impl StreamReader<'_> {
             if entries.is_empty() {
                 continue;
             }
-            // New entries: the next batch is read while this one is recorded, so Redis, the
-            // trigger and the journal work side by side. Not blocking: a blocked read would
+            // New entries: the next ones are read while these are recorded, so Redis, the
+            // trigger and the journal work side by side. With `batch:` up to
+            // `batch::IN_FLIGHT` batches are read at once and recorded together. Not blocking: a blocked read would
             // hold this connection's XACK back until it returned. (Not in the backlog:
             // reading from "0" again would return the same entries.)
             let complete = if backlog {
@@ -115,7 +116,7 @@ impl StreamReader<'_> {
             } else {
                 let entries = self.gather(&mut conn, entries).await?;
                 let mut reader = conn.clone();
-                let read = self.read_command(">", None);
+                let read = self.read_command_sized(">", None, self.trigger.ahead());
                 let next = async move {
                     read.query_async::<Option<StreamReadReply>>(&mut reader)
                         .await
@@ -252,9 +253,9 @@ impl StreamReader<'_> {
             Some(batch) => {
                 // Moved, not copied: the entries' fields move into the batch event.
                 let runs = batch::split(entries, batch.size, self.trigger.batch_bytes, entry_bytes);
-                self.submit_runs(runs).await
+                self.submit_runs(runs, fresh).await
             }
-            None => self.submit_each(entries).await,
+            None => self.submit_each(entries, fresh).await,
         };
         let mut acks = recovered.entries().to_vec();
         self.context
@@ -300,11 +301,19 @@ impl StreamReader<'_> {
         format!("redis/{}/{}/{id}", self.stream, self.group)
     }
 
+    /// The mark of an entry or run keyed `key`: `fresh` ones (read with `>`) are first
+    /// deliveries, whose marks cannot exist yet.
+    fn mark(key: &str, position: Value, fresh: bool) -> DedupeMark {
+        let mark = DedupeMark::new(key, position);
+        if fresh { mark.first() } else { mark }
+    }
+
     /// One execution per entry, each with its own mark.
-    async fn submit_each(&self, entries: Vec<StreamId>) -> Vec<Submitted> {
+    async fn submit_each(&self, entries: Vec<StreamId>, fresh: bool) -> Vec<Submitted> {
         let submissions = entries.into_iter().map(|entry| {
             let key = self.key(&entry.id);
-            let mark = DedupeMark::new(key.clone(), json!({"stream": self.stream, "id": entry.id}));
+            let position = json!({"stream": self.stream, "id": entry.id});
+            let mark = Self::mark(&key, position, fresh);
             let id = entry.id.clone();
             let event = self.event_for(entry);
             async move {
@@ -317,16 +326,14 @@ impl StreamReader<'_> {
 
     /// One execution per run of entries, with one mark keyed like its first entry whose
     /// position lists every entry of the run (`ids`): what recovery looks entries up in.
-    async fn submit_runs(&self, runs: Vec<Vec<StreamId>>) -> Vec<Submitted> {
+    async fn submit_runs(&self, runs: Vec<Vec<StreamId>>, fresh: bool) -> Vec<Submitted> {
         let submissions = runs.into_iter().map(|run| {
             let ids: Vec<String> = run.iter().map(|entry| entry.id.clone()).collect();
             let (first, last) = (&ids[0], &ids[ids.len() - 1]);
             let key = self.key(first);
-            let mark = DedupeMark::new(
-                key.clone(),
-                json!({"stream": self.stream, "id": first, "last": last, "count": ids.len(),
-                    "ids": ids}),
-            );
+            let position = json!({"stream": self.stream, "id": first, "last": last,
+                "count": ids.len(), "ids": ids});
+            let mark = Self::mark(&key, position, fresh);
             let meta = json!({
                 "stream": self.stream,
                 "group": self.group,

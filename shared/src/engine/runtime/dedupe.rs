@@ -20,6 +20,8 @@ pub struct DedupeMark {
     pub key: String,
     /// Where the message sits in its source (offset, stream id, LSN, binlog file:pos).
     pub position: Value,
+    /// The source delivers this message for the first time (see [`DedupeMark::first`]).
+    pub first: bool,
 }
 
 impl DedupeMark {
@@ -27,7 +29,18 @@ impl DedupeMark {
         DedupeMark {
             key: key.into(),
             position,
+            first: false,
         }
+    }
+
+    /// Marks a message its source hands out for the first time, so that no mark of its key
+    /// can exist (a Redis stream entry read with `>`: a group delivers an entry once; after
+    /// a crash it comes back only as a pending or claimed entry). [`Runtime::submit_once`]
+    /// then writes the mark without reading the store first — on the hub's SQL store that
+    /// read is a round trip per submission.
+    pub fn first(mut self) -> DedupeMark {
+        self.first = true;
+        self
     }
 }
 
@@ -132,8 +145,14 @@ impl Runtime {
             ))));
         }
         let stored_key = mark_key(&wf.name.to_string(), &mark.key);
-        let _serialised = MarkingGuard::lock(self, &stored_key).await;
-        if let Some(existing) = self.mark_at(&stored_key).await? {
+        // A first delivery has a key no other submission has: nothing to serialise with.
+        let _serialised = match mark.first {
+            true => None,
+            false => Some(MarkingGuard::lock(self, &stored_key).await),
+        };
+        if !mark.first
+            && let Some(existing) = self.mark_at(&stored_key).await?
+        {
             self.inner
                 .stats
                 .deduplicated
@@ -464,6 +483,28 @@ steps:
             );
             tokio::time::sleep(FORGET_LINGER / 5).await;
         }
+        assert_eq!(count(&runtime).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_first_delivery_writes_its_mark_without_reading_one() {
+        let runtime = testing::runtime(testing::memory(), &[FLOW]);
+        let mark = || DedupeMark::new("redis/s/g/1-0", json!({ "id": "1-0" }));
+        let accepted = |submission| match submission {
+            Submission::Accepted(id) => id,
+            other => panic!("not accepted: {other:?}"),
+        };
+        let once = runtime.submit_once("orders", event(1), json!({}), mark());
+        let first = accepted(once.await.unwrap());
+        // The caller vouches that the source never delivered it before: the store is not
+        // asked, so a recorded key is not found (and is overwritten).
+        let again = runtime.submit_once("orders", event(1), json!({}), mark().first());
+        let second = accepted(again.await.unwrap());
+        assert_ne!(first, second);
+        assert_eq!(count(&runtime).await, 2);
+        // A redelivery (not first) finds the mark the first delivery wrote.
+        let redelivered = runtime.submit_once("orders", event(1), json!({}), mark());
+        assert_eq!(accepted(redelivered.await.unwrap()), second);
         assert_eq!(count(&runtime).await, 2);
     }
 

@@ -323,16 +323,10 @@ impl Session<'_> {
             let mut bytes = message_bytes(&first);
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + wait;
-            while batch.len() < size && bytes < max_bytes {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(message)) => {
-                        let message = message.detach();
-                        bytes += message_bytes(&message);
-                        batch.push(message);
-                    }
-                    Ok(Err(_)) | Err(_) => break,
-                }
-            }
+            while batch.len() < size
+                && bytes < max_bytes
+                && self.receive(&mut batch, &mut bytes, Some(deadline)).await
+            {}
             // With `batch:`, more batches when their messages are waiting already: they are
             // recorded side by side (`batch::IN_FLIGHT`), each its own execution.
             if let Some(batch_size) = self.trigger.batch.map(|b| b.size) {
@@ -340,16 +334,10 @@ impl Session<'_> {
                     crate::batch::ahead(batch_size),
                     max_bytes.saturating_mul(crate::batch::IN_FLIGHT),
                 );
-                while batch.len() < most && bytes < most_bytes {
-                    match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                        Ok(Ok(message)) => {
-                            let message = message.detach();
-                            bytes += message_bytes(&message);
-                            batch.push(message);
-                        }
-                        Ok(Err(_)) | Err(_) => break,
-                    }
-                }
+                while batch.len() < most
+                    && bytes < most_bytes
+                    && self.receive(&mut batch, &mut bytes, None).await
+                {}
             }
             for message in &batch {
                 self.next_offsets.insert(
@@ -371,6 +359,30 @@ impl Session<'_> {
                 self.next_lag = Instant::now() + LAG_EVERY;
                 self.update_lag().await;
             }
+        }
+    }
+
+    /// Adds the next message to `batch` (and its size to `bytes`) if one comes before
+    /// `deadline` — with `None`, only one already waiting in librdkafka's queue. False when
+    /// none came (or the consumer reported an error: the gather ends there).
+    async fn receive(
+        &self,
+        batch: &mut Vec<OwnedMessage>,
+        bytes: &mut usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> bool {
+        let next = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
+            None => tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await,
+        };
+        match next {
+            Ok(Ok(message)) => {
+                let message = message.detach();
+                *bytes += message_bytes(&message);
+                batch.push(message);
+                true
+            }
+            Ok(Err(_)) | Err(_) => false,
         }
     }
 

@@ -425,12 +425,12 @@ impl Session<'_> {
     async fn submit_batches(&mut self, batch: Vec<OwnedMessage>) -> Result<Vec<Outcome>, Failure> {
         let mut outcomes = Vec::new();
         let mut fresh = Vec::new();
+        let size = self.trigger.batch.map_or(usize::MAX, |batch| batch.size);
         for (partition, mut run) in by_partition(batch) {
             self.skip_recorded(&partition, &mut run, &mut outcomes, true)
                 .await?;
             // Runs longer than a batch (several taken at once) go as several batches, in
             // order, so a failed one stops the commit before the ones after it.
-            let size = self.trigger.batch.map_or(usize::MAX, |batch| batch.size);
             for run in crate::batch::split(run, size, self.trigger.batch_bytes, message_bytes) {
                 fresh.push((partition.clone(), run));
             }

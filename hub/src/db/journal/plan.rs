@@ -1,9 +1,9 @@
 //! Turns a group of write batches into the rows one transaction writes.
 //!
-//! Each batch is [`encode`]d by its caller before it is queued (records and facts to JSON):
-//! callers encode side by side on their own tasks, so the single writer spends its time on
-//! the database only. The writer task loads the stored state of every execution the group names (its next seq,
-//! owner and whether it is finished), then [`plan`] checks each batch in turn against that
+//! Each batch is [`encode`]d by its caller before it is queued (records and facts to JSON,
+//! shared with the plan, not copied): callers encode side by side on their own tasks, so the
+//! single writer spends its time on the database only. The writer task loads the stored
+//! state of every execution the group names (its next seq, owner and whether it is finished), then [`plan`] checks each batch in turn against that
 //! state plus the effects of the batches before it, exactly as the agent's stores do: a batch
 //! that breaks a journal's order is refused whole and the others go on. Backend code then
 //! writes the resulting rows with a handful of statements, whatever the group's size.
@@ -14,6 +14,7 @@
 //! A finished execution may be updated by any instance (a retry reopens it), which then owns it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use reactor_core::engine::{ExecutionId, ExecutionRecord, Fact};
 use reactor_core::store::{StoreError, StoreWrite};
@@ -45,7 +46,8 @@ pub(crate) struct Summary {
     pub created_at: i64,
     pub finished_at: Option<i64>,
     pub device: Option<String>,
-    pub record: String,
+    /// Shared, not copied, between a batch and the plan (retries plan a group again).
+    pub record: Arc<str>,
 }
 
 /// The rows a group writes, and each batch's outcome.
@@ -57,7 +59,7 @@ pub(crate) struct Plan {
     /// Stored executions the group changed.
     pub updates: Vec<Row>,
     /// (execution, seq, fact JSON)
-    pub facts: Vec<(String, i64, String)>,
+    pub facts: Vec<(String, i64, Arc<str>)>,
     /// Meta keys set (last value per key).
     pub meta_put: Vec<(String, Vec<u8>)>,
     /// Meta keys deleted.
@@ -83,12 +85,12 @@ pub(crate) enum Encoded {
     Create {
         id: ExecutionId,
         summary: Summary,
-        started: String,
+        started: Arc<str>,
     },
     Append {
         id: ExecutionId,
         seq: u32,
-        fact: String,
+        fact: Arc<str>,
     },
     /// The new summary (`device` unset: it comes from the start event and stays).
     Update {
@@ -264,7 +266,7 @@ pub(crate) fn plan(group: &[Vec<Encoded>], stored: HashMap<String, Stored>, me: 
 /// The effects of one accepted batch.
 struct Effects {
     slots: HashMap<String, Slot>,
-    facts: Vec<(String, i64, String)>,
+    facts: Vec<(String, i64, Arc<str>)>,
     meta: Vec<(String, Option<Vec<u8>>)>,
 }
 
@@ -372,8 +374,9 @@ fn summarize(record: &ExecutionRecord) -> Result<Summary, StoreError> {
     })
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Arc<str>, StoreError> {
     serde_json::to_string(value)
+        .map(Arc::from)
         .map_err(|err| StoreError::InvalidWrite(format!("cannot encode: {err}")))
 }
 

@@ -111,14 +111,10 @@ async fn insert_new<'e>(
             .map(|(r, _)| seq32(r.next_seq))
             .collect::<Vec<_>>(),
     )
-    .bind(
-        rows.iter()
-            .map(|(_, s)| s.record.clone())
-            .collect::<Vec<_>>(),
-    )
+    .bind(rows.iter().map(|(_, s)| &*s.record).collect::<Vec<_>>())
     .bind(plan.facts.iter().map(|f| f.0.clone()).collect::<Vec<_>>())
     .bind(plan.facts.iter().map(|f| seq32(f.1)).collect::<Vec<_>>())
-    .bind(plan.facts.iter().map(|f| f.2.clone()).collect::<Vec<_>>())
+    .bind(plan.facts.iter().map(|f| &*f.2).collect::<Vec<_>>())
     .bind(
         plan.meta_put
             .iter()
@@ -210,7 +206,11 @@ async fn apply(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> 
         )
         .bind(rows.iter().map(|r| r.owner.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| seq32(r.next_seq)).collect::<Vec<_>>())
-        .bind(summary(&|s| Some(s.record.clone())))
+        .bind(
+            rows.iter()
+                .map(|r| r.summary.as_ref().map(|s| &*s.record))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
     }

@@ -107,10 +107,11 @@ impl StreamReader<'_> {
                 continue;
             }
             // New entries: the next ones are read while these are recorded, so Redis, the
-            // trigger and the journal work side by side. With `batch:` up to
-            // `batch::IN_FLIGHT` batches are read at once and recorded together. Not blocking: a blocked read would
-            // hold this connection's XACK back until it returned. (Not in the backlog:
-            // reading from "0" again would return the same entries.)
+            // trigger and the journal work side by side; with `batch:` up to
+            // `batch::IN_FLIGHT` batches are read at once and recorded together. Not
+            // blocking: a blocked read would hold this connection's XACK back until it
+            // returned. (Not in the backlog: reading from "0" again would return the same
+            // entries.)
             let complete = if backlog {
                 self.process(&mut conn, entries, false).await?
             } else {

@@ -9,7 +9,8 @@
 //! and only once all are recorded is the binlog position — the end of the last complete
 //! transaction — stored in the runtime's store (`cdc/{workflow}/mysql/{table}`). A restart
 //! resumes there: changes recorded but not yet covered by a stored position come again and
-//! start nothing new. The first start begins at the current end of the binlog (`SHOW MASTER
+//! start nothing new (rows past the highest position ever submitted, stored before they are
+//! submitted, skip the mark lookup: see [`crate::sql::Submitted`]). The first start begins at the current end of the binlog (`SHOW MASTER
 //! STATUS`): only later changes are reported. Needs `log_bin`, `binlog_format = ROW`,
 //! `binlog_row_image = FULL` (for complete `old` rows) and a user with `REPLICATION SLAVE`
 //! and `REPLICATION CLIENT` (scripts/services sets up the test server). Binlog files purged
@@ -52,6 +53,21 @@ const BATCH: usize = 500;
 const GATHER: Duration = Duration::from_millis(5);
 const POLL_LIMIT: usize = 500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A binlog position as one number, ordered as the binlog is: the file's sequence number
+/// (the digits after its last `.`) above the offset. 0 (before everything) when the name has
+/// no such number or either part is out of range.
+fn binlog_number(file: &str, pos: u64) -> u64 {
+    let sequence = file
+        .rsplit_once('.')
+        .and_then(|(_, n)| n.parse::<u64>().ok());
+    match sequence {
+        Some(sequence) if sequence <= u64::from(u32::MAX) && pos <= u64::from(u32::MAX) => {
+            sequence << 32 | pos
+        }
+        _ => 0,
+    }
+}
 
 /// A running `mysql` trigger.
 #[derive(Debug)]
@@ -201,6 +217,8 @@ impl Trigger for MysqlTrigger {
 struct Pending {
     key: String,
     event: Event,
+    /// Where its rows event sits in the binlog ([`binlog_number`]).
+    position: u64,
 }
 
 impl MysqlTrigger {
@@ -212,6 +230,8 @@ impl MysqlTrigger {
     ) -> Result<(), Failure> {
         let database = self.database();
         let position_key = self.position_key(&context.workflow);
+        let mut submitted =
+            sql::Submitted::load(&context.runtime, format!("{position_key}/submitted")).await?;
         let mut conn = self.connect().await?;
         let names: Vec<String> = conn
             .exec(
@@ -288,8 +308,15 @@ impl MysqlTrigger {
             };
             match next {
                 None => {
-                    self.flush(context, &position_key, &mut ready, &mut boundary, recorded)
-                        .await?;
+                    self.flush(
+                        context,
+                        &position_key,
+                        &mut ready,
+                        &mut boundary,
+                        &mut submitted,
+                        recorded,
+                    )
+                    .await?;
                     continue;
                 }
                 Some(None) => return Err(Failure::Retry("mysql: the binlog stream ended".into())),
@@ -370,14 +397,25 @@ impl MysqlTrigger {
                                     "mode": "cdc", "database": database, "table": self.table.table,
                                     "file": file, "pos": at,
                                 });
-                                open.push(Pending { key, event });
+                                open.push(Pending {
+                                    key,
+                                    event,
+                                    position: binlog_number(&file, at),
+                                });
                             }
                         }
                         _ => {}
                     }
                     if ready.len() >= BATCH {
-                        self.flush(context, &position_key, &mut ready, &mut boundary, recorded)
-                            .await?;
+                        self.flush(
+                            context,
+                            &position_key,
+                            &mut ready,
+                            &mut boundary,
+                            &mut submitted,
+                            recorded,
+                        )
+                        .await?;
                     }
                 }
             }
@@ -391,11 +429,19 @@ impl MysqlTrigger {
         position_key: &str,
         ready: &mut Vec<Pending>,
         boundary: &mut Option<BinlogPosition>,
+        submitted: &mut sql::Submitted,
         recorded: &mut u64,
     ) -> Result<(), Failure> {
         let batch = std::mem::take(ready);
+        // The binlog is written in commit order: rows past every one submitted before are
+        // first deliveries.
+        let high = batch.iter().map(|p| p.position).max().unwrap_or(0);
+        let submitted_before = submitted.raise(&context.runtime, high).await?;
         let submissions = batch.iter().map(|pending| {
-            let mark = DedupeMark::new(pending.key.clone(), pending.event.meta.clone());
+            let mut mark = DedupeMark::new(pending.key.clone(), pending.event.meta.clone());
+            if pending.position > submitted_before {
+                mark = mark.first();
+            }
             context.submit_once(pending.event.clone(), mark)
         });
         let results = futures::future::join_all(submissions).await;
@@ -673,6 +719,17 @@ fn json_param(value: &Value) -> MyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binlog_positions_order_by_file_then_offset() {
+        let early = binlog_number("mysql-bin.000009", 4_000_000);
+        let later = binlog_number("mysql-bin.000010", 4);
+        assert!(0 < early && early < later);
+        // Past six digits the names grow longer; the number still orders them.
+        assert!(binlog_number("mysql-bin.999999", 9) < binlog_number("mysql-bin.1000000", 4));
+        assert_eq!(binlog_number("mysql-bin", 4), 0);
+        assert_eq!(binlog_number("mysql-bin.000001", 1 << 40), 0);
+    }
 
     #[test]
     fn values_by_type() {

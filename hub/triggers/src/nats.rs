@@ -18,7 +18,8 @@
 //! message whose `ack_wait` ran out may have been redelivered into such a pull). A message that could not be recorded is
 //! negatively acknowledged and comes again; a message recorded but not acknowledged when the
 //! hub died is redelivered after `ack_wait` — to this hub or another one bound to the same
-//! durable — and starts nothing new. `meta` adds `{stream, consumer, stream_sequence,
+//! durable — and starts nothing new (a first delivery, `delivered` 1, writes its mark
+//! without reading the store first: only redeliveries look for one). `meta` adds `{stream, consumer, stream_sequence,
 //! consumer_sequence, delivered, pending}`; `lag` (trigger stats) is the consumer's pending
 //! count.
 //!
@@ -362,10 +363,15 @@ impl Reader<'_> {
                 return None;
             };
             let key = format!("nats/{}/{}", info.stream, info.stream_sequence);
-            let mark = DedupeMark::new(
+            let mut mark = DedupeMark::new(
                 key.clone(),
                 json!({"stream": info.stream, "stream_sequence": info.stream_sequence}),
             );
+            // The consumer hands this message out for the first time: no execution of it can
+            // have been recorded, so its mark is written without reading the store.
+            if info.delivered == 1 {
+                mark = mark.first();
+            }
             let pending = info.pending;
             let event = this.event_for(message, &info);
             let result = this.context.submit_once(event, mark).await;

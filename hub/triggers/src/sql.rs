@@ -110,6 +110,42 @@ pub(crate) async fn save_position(
         .map_err(|e| format!("storing the poll position: {e}"))
 }
 
+/// The highest source position a change-capture trigger ever submitted, kept in the
+/// runtime's store under `key`. A log that hands changes out in commit order (a PostgreSQL
+/// slot, a binlog) makes every change past it a first delivery: nothing can have recorded
+/// it yet, so its mark is written without being looked up ([`DedupeMark::first`]). The
+/// position is raised — durably — before the changes that pass it are submitted.
+///
+/// [`DedupeMark::first`]: reactor_core::engine::DedupeMark::first
+pub(crate) struct Submitted {
+    key: String,
+    /// `None` until known: a trigger that never stored one (first run, or an upgrade from a
+    /// version without it) or whose stored value is unreadable.
+    high: Option<u64>,
+}
+
+impl Submitted {
+    pub(crate) async fn load(runtime: &Runtime, key: String) -> Result<Submitted, Failure> {
+        let stored = load_position(runtime, &key).await.map_err(Failure::Retry)?;
+        let high = stored.and_then(|value| value.as_u64());
+        Ok(Submitted { key, high })
+    }
+
+    /// Stores `high` if it is past the stored position, before the caller submits changes
+    /// up to it; returns the position before: changes past that one are first deliveries
+    /// (none while it is unknown: that batch looks every mark up).
+    pub(crate) async fn raise(&mut self, runtime: &Runtime, high: u64) -> Result<u64, Failure> {
+        let before = self.high.unwrap_or(u64::MAX);
+        if high > 0 && self.high.is_none_or(|stored| high > stored) {
+            save_position(runtime, &self.key, &Value::from(high))
+                .await
+                .map_err(Failure::Retry)?;
+            self.high = Some(high);
+        }
+        Ok(before)
+    }
+}
+
 /// A de-duplication key for a poll row: the column value, hashed when long.
 pub(crate) fn poll_key(prefix: &str, position: &Value) -> String {
     let text = position.to_string();

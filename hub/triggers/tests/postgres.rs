@@ -176,6 +176,24 @@ async fn killed_between_record_and_slot_advance_no_second_execution() {
     exec(&format!("INSERT INTO {table} (item) VALUES ('late')")).await;
     let events = wait_events(&runtime, "orders", 6).await;
     assert_eq!(events.len(), 6, "five once, plus the new one");
+    // The late row was submitted as a first delivery: the stored high water (the commit LSN
+    // of the last transaction submitted) is past it.
+    let late = events
+        .iter()
+        .find(|e| e.data["new"]["item"] == "late")
+        .unwrap();
+    let lsn = |text: &str| {
+        let (high, low) = text.split_once('/').unwrap();
+        u64::from_str_radix(high, 16).unwrap() << 32 | u64::from_str_radix(low, 16).unwrap()
+    };
+    let stored = runtime
+        .store()
+        .meta(&format!("cdc/orders/postgres/{slot}/submitted"))
+        .await
+        .unwrap()
+        .expect("high water stored");
+    let high: u64 = serde_json::from_slice(&stored).unwrap();
+    assert!(high > lsn(late.meta["lsn"].as_str().unwrap()), "{high:x}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         executions(&runtime, "orders").await.len(),

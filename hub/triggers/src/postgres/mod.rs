@@ -12,6 +12,14 @@
 //! server makes a slot's advance durable only at its next checkpoint, the marks are
 //! forgotten 15 minutes after the advance (see docs/triggers.md).
 //!
+//! Reading a mark per change is a store round trip each; the slot hands out transactions in
+//! commit order, so the trigger stores the highest commit LSN it ever submitted
+//! (`cdc/{workflow}/postgres/{slot}/submitted`, written before the batch that raises it is
+//! submitted) and submits the changes of later-committed transactions as first deliveries
+//! ([`DedupeMark::first`]: the mark is written, not read first). Only a replay — changes at or
+//! below that LSN — reads marks. (A change's own LSN would not do: a transaction that
+//! commits later can hold changes with lower LSNs than one that committed before it.)
+//!
 //! The slot is created when missing, named `reactor_{hash of workflow and table}` (or
 //! [`PostgresTrigger::with_slot`]). Needs `wal_level = logical`, a user with the REPLICATION
 //! attribute (or superuser), and `REPLICA IDENTITY FULL` on the table for `old` values of
@@ -277,6 +285,11 @@ impl PostgresTrigger {
         backoff.reset();
         context.stats.record_success();
         let (schema, table) = self.qualified();
+        let mut submitted = sql::Submitted::load(
+            &context.runtime,
+            format!("cdc/{}/postgres/{slot}/submitted", context.workflow),
+        )
+        .await?;
         let mut next_lag = Instant::now();
         loop {
             forgetting.flush(&context.runtime, &context.workflow).await;
@@ -309,43 +322,26 @@ impl PostgresTrigger {
                 }
                 continue;
             };
-            let mut changes = Vec::new();
-            let mut previous_lsn = String::new();
-            let mut same_lsn = 0usize;
-            for (lsn, xid, data) in &rows {
-                if *lsn == previous_lsn {
-                    same_lsn += 1;
-                } else {
-                    previous_lsn.clone_from(lsn);
-                    same_lsn = 0;
+            let changes = read_changes(&rows, &slot, (&schema, &table), &self.operations)?;
+            // Transactions committed after every one this slot ever submitted are first
+            // deliveries (commit order is the slot's order).
+            let high = changes.iter().map(|c| c.commit).max().unwrap_or(0);
+            let submitted_before = submitted.raise(&context.runtime, high).await?;
+            let submissions = changes.iter().map(|pending| {
+                let mut mark = DedupeMark::new(
+                    pending.key.clone(),
+                    json!({"slot": slot, "lsn": pending.lsn}),
+                );
+                if pending.commit > submitted_before {
+                    mark = mark.first();
                 }
-                let change = match decoding::parse(data) {
-                    Ok(Line::Change(change)) => change,
-                    Ok(_) => continue,
-                    Err(error) => {
-                        return Err(Failure::Fatal(TriggerError::Source(format!(
-                            "postgres: cannot decode change at {lsn}: {error}"
-                        ))));
-                    }
-                };
-                if change.schema != schema
-                    || change.table != table
-                    || !self.operations.contains(&change.operation)
-                {
-                    continue;
-                }
-                let key = format!("pg/{slot}/{lsn}/{same_lsn}");
-                changes.push((key, lsn.clone(), xid.clone(), change));
-            }
-            let submissions = changes.iter().map(|(key, lsn, xid, change)| {
-                let mark = DedupeMark::new(key.clone(), json!({"slot": slot, "lsn": lsn}));
-                let event = cdc_event(change, lsn, xid.as_deref(), &slot);
+                let event = cdc_event(&pending.change, pending.lsn, pending.xid, &slot);
                 async move { context.submit_once(event, mark).await }
             });
             let results = futures::future::join_all(submissions).await;
             let mut complete = true;
             let mut keys = Vec::with_capacity(changes.len());
-            for ((key, ..), result) in changes.iter().zip(results) {
+            for (Pending { key, .. }, result) in changes.iter().zip(results) {
                 if handled(&context.workflow, key, &result) {
                     if matches!(result, Ok(Submission::Accepted(_))) {
                         *recorded += 1;
@@ -478,6 +474,78 @@ impl PostgresTrigger {
     }
 }
 
+/// The changes of `rows` (whole transactions) this trigger reports, each with the
+/// commit LSN of its transaction.
+fn read_changes<'r>(
+    rows: &'r [(String, Option<String>, String)],
+    slot: &str,
+    (schema, table): (&str, &str),
+    operations: &[&str],
+) -> Result<Vec<Pending<'r>>, Failure> {
+    let mut changes: Vec<Pending<'r>> = Vec::new();
+    let mut transaction_start = 0;
+    let mut previous_lsn = "";
+    let mut same_lsn = 0usize;
+    for (lsn, xid, data) in rows {
+        if lsn == previous_lsn {
+            same_lsn += 1;
+        } else {
+            previous_lsn = lsn;
+            same_lsn = 0;
+        }
+        let change = match decoding::parse(data) {
+            Ok(Line::Change(change)) => change,
+            Ok(Line::Commit) => {
+                let commit = lsn_number(lsn).unwrap_or(0);
+                for pending in &mut changes[transaction_start..] {
+                    pending.commit = commit;
+                }
+                transaction_start = changes.len();
+                continue;
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                return Err(Failure::Fatal(TriggerError::Source(format!(
+                    "postgres: cannot decode change at {lsn}: {error}"
+                ))));
+            }
+        };
+        if change.schema != schema
+            || change.table != table
+            || !operations.contains(&change.operation)
+        {
+            continue;
+        }
+        changes.push(Pending {
+            key: format!("pg/{slot}/{lsn}/{same_lsn}"),
+            lsn,
+            xid: xid.as_deref(),
+            // Until its COMMIT is seen: 0, i.e. "may have been submitted before".
+            commit: 0,
+            change,
+        });
+    }
+    Ok(changes)
+}
+
+/// A row change read from the slot, to submit.
+struct Pending<'r> {
+    key: String,
+    lsn: &'r str,
+    xid: Option<&'r str>,
+    /// The commit LSN of its transaction (0 when unknown).
+    commit: u64,
+    change: Box<Change>,
+}
+
+/// `16/B374D848` → its 64-bit position.
+fn lsn_number(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    let high = u64::from_str_radix(high, 16).ok()?;
+    let low = u64::from_str_radix(low, 16).ok()?;
+    (high <= u64::from(u32::MAX) && low <= u64::from(u32::MAX)).then_some(high << 32 | low)
+}
+
 fn cdc_event(change: &Change, lsn: &str, xid: Option<&str>, slot: &str) -> Event {
     let mut event = Event::new(
         "postgres",
@@ -498,4 +566,64 @@ fn cdc_event(change: &Change, lsn: &str, xid: Option<&str>, slot: &str) -> Event
         "slot": slot,
     });
     event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(lsn: &str, xid: &str, data: &str) -> (String, Option<String>, String) {
+        (lsn.into(), Some(xid.into()), data.into())
+    }
+
+    #[test]
+    fn lsns_read_as_positions() {
+        assert_eq!(lsn_number("0/1D9C518"), Some(0x1D9C518));
+        assert_eq!(lsn_number("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(lsn_number("FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
+        for bad in ["", "12", "x/1", "1/", "100000000/0"] {
+            assert_eq!(lsn_number(bad), None, "{bad}");
+        }
+    }
+
+    /// Two transactions interleaved in the WAL come out in commit order: the later-committed
+    /// one's row has the lower LSN, so only the commit LSN orders transactions.
+    #[test]
+    fn each_change_carries_its_transactions_commit() {
+        let rows = [
+            row("0/200", "8", "BEGIN 8"),
+            row("0/200", "8", "table public.t: INSERT: id[integer]:2"),
+            row("0/200", "8", "table public.t: INSERT: id[integer]:3"),
+            row("0/210", "8", "table public.other: INSERT: id[integer]:9"),
+            row("0/260", "8", "COMMIT 8"),
+            row("0/260", "7", "BEGIN 7"),
+            row("0/100", "7", "table public.t: DELETE: id[integer]:1"),
+            row("0/280", "7", "COMMIT 7"),
+            row("0/290", "9", "BEGIN 9"),
+            row("0/290", "9", "table public.t: INSERT: id[integer]:4"),
+        ];
+        let all = ["insert", "update", "delete"];
+        let Ok(changes) = read_changes(&rows, "s", ("public", "t"), &all) else {
+            panic!("rows decode");
+        };
+        let seen: Vec<(&str, &str, u64)> = changes
+            .iter()
+            .map(|c| (c.key.as_str(), c.xid.unwrap_or(""), c.commit))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("pg/s/0/200/1", "8", 0x260),
+                ("pg/s/0/200/2", "8", 0x260),
+                ("pg/s/0/100/0", "7", 0x280),
+                // No COMMIT read for it: treated as possibly submitted before.
+                ("pg/s/0/290/1", "9", 0),
+            ]
+        );
+        let Ok(inserts) = read_changes(&rows, "s", ("public", "t"), &["insert"]) else {
+            panic!("rows decode");
+        };
+        assert_eq!(inserts.len(), 3);
+        assert!(inserts.iter().all(|c| c.change.operation == "insert"));
+    }
 }

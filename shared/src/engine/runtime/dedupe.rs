@@ -37,7 +37,8 @@ impl DedupeMark {
     /// can exist (a Redis stream entry read with `>`: a group delivers an entry once; after
     /// a crash it comes back only as a pending or claimed entry). [`Runtime::submit_once`]
     /// then writes the mark without reading the store first — on the hub's SQL store that
-    /// read is a round trip per submission.
+    /// read is a round trip per submission. (It still holds the key's lock while it records,
+    /// so a redelivery arriving meanwhile waits for the mark.)
     pub fn first(mut self) -> DedupeMark {
         self.first = true;
         self
@@ -145,11 +146,9 @@ impl Runtime {
             ))));
         }
         let stored_key = mark_key(&wf.name.to_string(), &mark.key);
-        // A first delivery has a key no other submission has: nothing to serialise with.
-        let _serialised = match mark.first {
-            true => None,
-            false => Some(MarkingGuard::lock(self, &stored_key).await),
-        };
+        // Also a first delivery: a redelivery of it (say after the source's ack timeout) may
+        // arrive while it is still being recorded, and must then wait and find its mark.
+        let _serialised = MarkingGuard::lock(self, &stored_key).await;
         if !mark.first
             && let Some(existing) = self.mark_at(&stored_key).await?
         {
@@ -506,6 +505,26 @@ steps:
         let redelivered = runtime.submit_once("orders", event(1), json!({}), mark());
         assert_eq!(accepted(redelivered.await.unwrap()), second);
         assert_eq!(count(&runtime).await, 2);
+    }
+
+    /// A redelivery that arrives while the first delivery is still being recorded (its
+    /// write in the journal thread's queue) waits for it — the key's lock — and then finds
+    /// its mark.
+    #[tokio::test]
+    async fn a_redelivery_waits_for_the_first_delivery_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let store = Arc::new(RedbStore::open(&path, RedbOptions::default()).unwrap());
+        let runtime = testing::runtime(store.clone(), &[FLOW]);
+        let key = || DedupeMark::new("nats/s/9", json!(null));
+        let (first, redelivered) = futures::future::join(
+            runtime.submit_once("orders", event(9), json!({}), key().first()),
+            runtime.submit_once("orders", event(9), json!({}), key()),
+        )
+        .await;
+        assert_eq!(first.unwrap(), redelivered.unwrap());
+        assert_eq!(count(&runtime).await, 1);
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use reactor_core::engine::{
 };
 use reactor_core::store::{Retention, Store, StoreWrite};
 use reactor_hub::db::testing::TempPostgres;
-use reactor_hub::db::{Database, HubInstance, MARK_MAX_AGE, SqlStore};
+use reactor_hub::db::{Database, HubInstance, MARK_MAX_AGE, MARK_PRUNE_EVERY, SqlStore};
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -179,12 +179,53 @@ async fn many_marks_are_pruned_page_by_page(store: Arc<SqlStore>) {
     assert_eq!(kept, 500);
 }
 
+/// Marks are examined at most every `MARK_PRUNE_EVERY`, not with every prune of executions.
+async fn marks_are_examined_at_most_every_interval(store: Arc<SqlStore>) {
+    let start = Timestamp::now();
+    let old = |key: &str| StoreWrite::PutMeta {
+        key: format!("dedupe/spaced/{key}"),
+        value: Some(
+            serde_json::to_vec(&json!({"execution": "01J0000000000000000000000A",
+                "at": start.millis() - 8 * DAY, "position": null}))
+            .unwrap(),
+        ),
+    };
+    let present = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .meta(&format!("dedupe/spaced/{key}"))
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    let every = i64::try_from(MARK_PRUNE_EVERY.as_millis()).unwrap();
+    // Far from the other tests' instants, so the first prune here is due.
+    let at = |ms: i64| Timestamp(start.millis() + 30 * DAY + ms);
+    store.write(vec![old("a")]).await.unwrap();
+    store.prune(Retention::default(), at(0)).await.unwrap();
+    assert!(!present("a").await, "examined: the old mark went");
+    store.write(vec![old("b")]).await.unwrap();
+    store
+        .prune(Retention::default(), at(every - 1))
+        .await
+        .unwrap();
+    assert!(present("b").await, "not examined again so soon");
+    store.prune(Retention::default(), at(every)).await.unwrap();
+    assert!(
+        !present("b").await,
+        "examined again once the interval passed"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_prunes_old_marks() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _instance) = store(Database::open(None, dir.path()).await.unwrap()).await;
     marks_are_pruned_after_the_window(store.clone()).await;
-    many_marks_are_pruned_page_by_page(store).await;
+    many_marks_are_pruned_page_by_page(store.clone()).await;
+    marks_are_examined_at_most_every_interval(store).await;
 }
 
 #[tokio::test]
@@ -197,6 +238,7 @@ async fn postgres_prunes_old_marks() {
         .unwrap();
     let (store, instance) = store(db).await;
     marks_are_pruned_after_the_window(store.clone()).await;
-    many_marks_are_pruned_page_by_page(store).await;
+    many_marks_are_pruned_page_by_page(store.clone()).await;
+    marks_are_examined_at_most_every_interval(store).await;
     drop(instance);
 }

@@ -22,7 +22,7 @@ pub mod tokens;
 pub mod workflows;
 
 pub use self::instance::HubInstance;
-pub use self::journal::marks::MARK_MAX_AGE;
+pub use self::journal::marks::{MARK_MAX_AGE, MARK_PRUNE_EVERY};
 pub use self::journal::{ExecutionFilter, MAX_GROUP, PRUNE_CHUNK, SqlStore};
 pub use self::leader::{LEADER_LOCK, Leader, Leadership};
 

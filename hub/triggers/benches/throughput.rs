@@ -381,16 +381,17 @@ async fn postgres_bench(count: usize) {
             }
         }
     };
-    // Raw: peek 500, then advance (as the trigger does), without recording.
+    // Raw: peek as many as the trigger does, then advance, without recording.
     let slot = name("bench_raw");
     fill(slot.clone()).await;
     let started = Instant::now();
     let mut seen = 0usize;
     while seen < count {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, 500, 'include-xids', '1', 'skip-empty-xacts', '1')",
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2, 'include-xids', '1', 'skip-empty-xacts', '1')",
         )
         .bind(&slot)
+        .bind(reactor_hub_triggers::postgres::PEEK)
         .fetch_all(&mut conn)
         .await
         .unwrap();

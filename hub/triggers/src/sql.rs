@@ -1,8 +1,7 @@
-//! What the SQL sources (`postgres`, `mysql`) share: table and column names, the poll
-//! position, and delayed forgetting of de-duplication marks.
+//! What the SQL sources (`postgres`, `mysql`) share: table and column names, stored
+//! positions (the poll position, the highest change submitted).
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reactor_core::engine::{Runtime, Submission, SubmitError};
 use reactor_core::flow::{PollSettings, RowOperation};
@@ -163,46 +162,6 @@ pub(crate) fn fnv(bytes: &[u8]) -> u64 {
         hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     hash
-}
-
-/// Marks whose source position was advanced, forgotten only after `delay`: a database may
-/// lose a slot or position advance that it had not yet made durable (a checkpoint) and then
-/// deliver those changes again — the marks must outlive that window.
-#[derive(Debug)]
-pub(crate) struct Forgetting {
-    delay: Duration,
-    queue: VecDeque<(Instant, Vec<String>)>,
-}
-
-impl Forgetting {
-    pub(crate) fn new(delay: Duration) -> Forgetting {
-        Forgetting {
-            delay,
-            queue: VecDeque::new(),
-        }
-    }
-
-    pub(crate) fn push(&mut self, keys: Vec<String>) {
-        if !keys.is_empty() {
-            self.queue.push_back((Instant::now(), keys));
-        }
-    }
-
-    /// Forgets the marks whose delay has passed.
-    pub(crate) async fn flush(&mut self, runtime: &Runtime, workflow: &str) {
-        let mut due = Vec::new();
-        while let Some((at, _)) = self.queue.front() {
-            if at.elapsed() < self.delay {
-                break;
-            }
-            if let Some((_, keys)) = self.queue.pop_front() {
-                due.extend(keys);
-            }
-        }
-        if let Err(error) = runtime.forget_marks(workflow, &due).await {
-            tracing::debug!(%error, "forgetting de-duplication marks failed; they stay until pruned");
-        }
-    }
 }
 
 /// A polled batch after its submissions: how far the poll went and what is left to do.

@@ -204,6 +204,90 @@ async fn killed_between_record_and_slot_advance_no_second_execution() {
     cleanup(&table, &slot).await;
 }
 
+/// The server makes a slot's advance durable only at a checkpoint: a crash can hand out
+/// transactions again that were recorded, acknowledged and whose marks are gone. Simulated
+/// by putting back a copy of the slot taken before the trigger read it.
+#[tokio::test]
+async fn a_slot_that_lost_its_advance_replays_nothing() {
+    let table = table("rt_lost").await;
+    let slot = unique("rt_slot");
+    let backup = unique("rt_backup");
+    let create = |name: String| async move {
+        sqlx::query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')")
+            .bind(name)
+            .execute(&mut db().await)
+            .await
+            .unwrap();
+    };
+    create(slot.clone()).await;
+    exec(&format!(
+        "INSERT INTO {table} (item) SELECT 'i' || g FROM generate_series(1, 4) g"
+    ))
+    .await;
+    sqlx::query("SELECT pg_copy_logical_replication_slot($1, $2)")
+        .bind(&slot)
+        .bind(&backup)
+        .execute(&mut db().await)
+        .await
+        .unwrap();
+    let yaml = workflow(
+        "orders",
+        &format!("postgres: {{ table: {table}, operations: insert, url: \"{URL}\" }}"),
+    );
+    let runtime = runtime(&yaml);
+    let reading = Running::start(
+        &runtime,
+        "orders",
+        Box::new(trigger(&runtime, &Connections::default()).with_slot(&slot)),
+    );
+    assert_eq!(wait_events(&runtime, "orders", 4).await.len(), 4);
+    // The batch's marks go right after the advance.
+    assert!(
+        eventually(|| async { runtime.marks("orders", "pg/").await.unwrap().is_empty() }).await
+    );
+    reading.stop().await.unwrap();
+
+    // The slot as a crashed server would have it: back where it was before the read.
+    let mut conn = db().await;
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_copy_logical_replication_slot($1, $2)")
+        .bind(&backup)
+        .bind(&slot)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&backup)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    exec(&format!("INSERT INTO {table} (item) VALUES ('after')")).await;
+    let again = Running::start(
+        &runtime,
+        "orders",
+        Box::new(trigger(&runtime, &Connections::default()).with_slot(&slot)),
+    );
+    assert_eq!(wait_events(&runtime, "orders", 5).await.len(), 5);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut items: Vec<String> = events(&runtime, "orders")
+        .await
+        .iter()
+        .map(|e| e.data["new"]["item"].as_str().unwrap().to_string())
+        .collect();
+    items.sort();
+    assert_eq!(
+        items,
+        ["after", "i1", "i2", "i3", "i4"],
+        "the replay started nothing"
+    );
+    again.stop().await.unwrap();
+    cleanup(&table, &slot).await;
+}
+
 #[tokio::test]
 async fn reconnects_after_pg_terminate_backend() {
     let table = table("rt_term").await;

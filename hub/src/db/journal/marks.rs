@@ -18,6 +18,9 @@
 //! execution it names by default. A mark whose value does not decode is kept and reported
 //! (the submission it guards fails loudly instead of running twice).
 //!
+//! Pruning examines every mark (their age is inside the value), so it runs at most every
+//! [`MARK_PRUNE_EVERY`], not with every prune of executions.
+//!
 //! [`Runtime::submit_once`]: reactor_core::engine::Runtime::submit_once
 
 use std::time::Duration;
@@ -29,6 +32,11 @@ use crate::db::Database;
 
 /// Marks recorded longer ago than this are pruned (see the module docs).
 pub const MARK_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+
+/// Marks are examined for age at most this often (a prune comes every 1,024 executions by
+/// default, and each examines every mark: with a trigger keeping many marks, doing it every
+/// time made pruning quadratic). A week's window does not need a finer grain.
+pub const MARK_PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// Marks examined per round trip.
 const CHUNK: i64 = 1000;

@@ -29,7 +29,7 @@ mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use reactor_core::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timestamp};
@@ -99,6 +99,8 @@ struct Shared {
     busy_nanos: AtomicU64,
     /// SQLite: the WAL checkpoint task, told of every commit.
     checkpoints: Option<checkpoint::Checkpoints>,
+    /// When marks were last examined for age (ms since the epoch; `i64::MIN`: never).
+    marks_pruned_at: AtomicI64,
 }
 
 struct Request {
@@ -122,6 +124,7 @@ impl SqlStore {
             batches: AtomicU64::new(0),
             busy_nanos: AtomicU64::new(0),
             checkpoints,
+            marks_pruned_at: AtomicI64::new(i64::MIN),
         });
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
@@ -363,16 +366,26 @@ impl Store for SqlStore {
         }
     }
 
-    /// Removes finished executions beyond `retention` (returns how many), then the
-    /// de-duplication marks older than [`marks::MARK_MAX_AGE`].
+    /// Removes finished executions beyond `retention` (returns how many), then — at most
+    /// every [`marks::MARK_PRUNE_EVERY`] — the de-duplication marks older than
+    /// [`marks::MARK_MAX_AGE`].
     async fn prune(&self, retention: Retention, now: Timestamp) -> Result<usize, StoreError> {
         let removed = match &self.shared.db {
             Database::Sqlite(pool) => sqlite::prune(pool, retention, now).await,
             Database::Postgres(pool) => postgres::prune(pool, retention, now).await,
         }?;
-        marks::prune_marks(&self.shared.db, now, marks::MARK_MAX_AGE)
-            .await
-            .map_err(|err| io("prune de-duplication marks", &err))?;
+        let every = i64::try_from(marks::MARK_PRUNE_EVERY.as_millis()).unwrap_or(i64::MAX);
+        let last = self.shared.marks_pruned_at.load(Ordering::Relaxed);
+        // Also when the clock went back.
+        let due = now.millis() < last || now.millis() >= last.saturating_add(every);
+        if due {
+            self.shared
+                .marks_pruned_at
+                .store(now.millis(), Ordering::Relaxed);
+            marks::prune_marks(&self.shared.db, now, marks::MARK_MAX_AGE)
+                .await
+                .map_err(|err| io("prune de-duplication marks", &err))?;
+        }
         Ok(removed)
     }
 }

@@ -8,9 +8,12 @@
 //! with the de-duplication key `pg/{slot}/{lsn}/{n}` (`n` numbers changes sharing one WAL
 //! record, e.g. multi-row inserts), and only once all are recorded is the slot advanced
 //! (`pg_replication_slot_advance` to the last LSN read). A hub that dies in between
-//! leaves the slot where it was: the changes come again and start nothing new. Because the
-//! server makes a slot's advance durable only at its next checkpoint, the marks are
-//! forgotten 15 minutes after the advance (see docs/triggers.md).
+//! leaves the slot where it was: the changes come again and start nothing new. The server
+//! makes a slot's advance durable only at its next checkpoint, so before advancing, the
+//! trigger stores the LSN it advances to (`cdc/{workflow}/postgres/{slot}/recorded`):
+//! transactions committed at or before it, handed out again by a server that lost the
+//! advance, are skipped, and the marks are forgotten right after the advance (see
+//! docs/triggers.md).
 //!
 //! Reading a mark per change is a store round trip each; the slot hands out transactions in
 //! commit order, so the trigger stores the highest commit LSN it ever submitted
@@ -49,6 +52,7 @@ pub mod decoding;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
 use reactor_core::engine::{DedupeMark, Event, Submission};
 use reactor_core::flow::{self, CaptureMode, PollSettings};
 use reactor_core::trigger::{Trigger, TriggerContext, TriggerError};
@@ -61,16 +65,20 @@ use tracing::{debug, info};
 use self::decoding::{Change, Line};
 use crate::connections::{Connections, Resolved};
 use crate::retry::{self, Backoff, Failure, Leader, handled};
-use crate::sql::{self, Forgetting, TableName};
+use crate::sql::{self, TableName};
 
-/// Changes asked for per read (whole transactions are returned, so possibly more).
-const BATCH: i32 = 500;
+/// Changes asked for per read (whole transactions are returned, so possibly more). Large,
+/// because every read decodes the WAL again from the slot's `restart_lsn`, which trails
+/// the read position by up to one standby snapshot of the server's (logged every 15 s
+/// under load, at checkpoints, or when a slot is created): the fewer the reads, the less
+/// WAL is decoded more than once. See docs/triggers.md.
+pub const PEEK: i32 = 10_000;
+/// Changes of one read being recorded at a time (bounds the memory of a large read).
+const SUBMITTING: usize = 512;
 /// Rows per poll query.
 const POLL_LIMIT: i64 = 500;
 /// How often an idle slot is read again.
 const IDLE: Duration = Duration::from_millis(200);
-/// Marks outlive a slot advance this long (several default checkpoint intervals).
-const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 const LAG_EVERY: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,7 +93,6 @@ pub struct PostgresTrigger {
     options: PgConnectOptions,
     leader: Leader,
     slot: Option<String>,
-    forget_after: Duration,
     stop_before_ack: Option<u64>,
 }
 
@@ -125,7 +132,6 @@ impl PostgresTrigger {
             connection,
             leader: connections.leader(),
             slot: None,
-            forget_after: FORGET_AFTER,
             stop_before_ack: None,
         })
     }
@@ -188,7 +194,6 @@ impl Trigger for PostgresTrigger {
         let mut backoff = Backoff::default();
         let mut leader = self.leader.clone();
         let mut recorded = 0u64;
-        let mut forgetting = Forgetting::new(self.forget_after);
         loop {
             if !leader.wait_leading(&context.cancel).await {
                 return Ok(());
@@ -197,14 +202,8 @@ impl Trigger for PostgresTrigger {
                 let mut conn = self.connect(&context.workflow).await?;
                 match self.mode {
                     CaptureMode::Cdc => {
-                        self.cdc(
-                            &context,
-                            &mut conn,
-                            &mut backoff,
-                            &mut recorded,
-                            &mut forgetting,
-                        )
-                        .await
+                        self.cdc(&context, &mut conn, &mut backoff, &mut recorded)
+                            .await
                     }
                     CaptureMode::Poll => {
                         self.poll(&context, &mut conn, &mut backoff, &mut recorded)
@@ -245,7 +244,6 @@ impl PostgresTrigger {
         conn: &mut PgConnection,
         backoff: &mut Backoff,
         recorded: &mut u64,
-        forgetting: &mut Forgetting,
     ) -> Result<(), Failure> {
         let slot = self
             .slot
@@ -285,6 +283,12 @@ impl PostgresTrigger {
         backoff.reset();
         context.stats.record_success();
         let (schema, table) = self.qualified();
+        let recorded_key = format!("cdc/{}/postgres/{slot}/recorded", context.workflow);
+        let mut acknowledged = sql::load_position(&context.runtime, &recorded_key)
+            .await
+            .map_err(Failure::Retry)?
+            .and_then(|value| value.as_u64())
+            .unwrap_or(0);
         let mut submitted = sql::Submitted::load(
             &context.runtime,
             format!("cdc/{}/postgres/{slot}/submitted", context.workflow),
@@ -292,7 +296,6 @@ impl PostgresTrigger {
         .await?;
         let mut next_lag = Instant::now();
         loop {
-            forgetting.flush(&context.runtime, &context.workflow).await;
             if Instant::now() >= next_lag {
                 next_lag = Instant::now() + LAG_EVERY;
                 let lag: Option<(Option<i64>,)> = sqlx::query_as(
@@ -312,7 +315,7 @@ impl PostgresTrigger {
                  'include-xids', '1', 'skip-empty-xacts', '1')",
             )
             .bind(&slot)
-            .bind(BATCH)
+            .bind(PEEK)
             .fetch_all(&mut *conn)
             .await
             .map_err(db_error("peek changes"))?;
@@ -322,12 +325,17 @@ impl PostgresTrigger {
                 }
                 continue;
             };
-            let changes = read_changes(&rows, &slot, (&schema, &table), &self.operations)?;
+            let mut changes = read_changes(&rows, &slot, (&schema, &table), &self.operations)?;
+            // A slot whose advance the server lost (it becomes durable only at a checkpoint)
+            // hands out transactions recorded and acknowledged before: they start nothing.
+            changes.retain(|change| change.commit == 0 || change.commit > acknowledged);
             // Transactions committed after every one this slot ever submitted are first
             // deliveries (commit order is the slot's order).
             let high = changes.iter().map(|c| c.commit).max().unwrap_or(0);
             let submitted_before = submitted.raise(&context.runtime, high).await?;
-            let submissions = changes.iter().map(|pending| {
+            // By index: a closure over `&Pending` trips the `Send` check of the trait's future.
+            let submissions = (0..changes.len()).map(|n| {
+                let pending = &changes[n];
                 let mut mark = DedupeMark::new(
                     pending.key.clone(),
                     json!({"slot": slot, "lsn": pending.lsn}),
@@ -338,7 +346,10 @@ impl PostgresTrigger {
                 let event = cdc_event(&pending.change, pending.lsn, pending.xid, &slot);
                 async move { context.submit_once(event, mark).await }
             });
-            let results = futures::future::join_all(submissions).await;
+            let results: Vec<_> = futures::stream::iter(submissions)
+                .buffered(SUBMITTING)
+                .collect()
+                .await;
             let mut complete = true;
             let mut keys = Vec::with_capacity(changes.len());
             for (Pending { key, .. }, result) in changes.iter().zip(results) {
@@ -364,6 +375,16 @@ impl PostgresTrigger {
                     keys.len()
                 ))));
             }
+            // Everything up to the batch's last commit is recorded: stored before the slot
+            // moves, so the marks can go at once (a crash of the server that loses the advance
+            // replays transactions this position skips).
+            let end = lsn_number(&last_lsn).unwrap_or(0);
+            if end > acknowledged {
+                sql::save_position(&context.runtime, &recorded_key, &json!(end))
+                    .await
+                    .map_err(Failure::Retry)?;
+                acknowledged = end;
+            }
             // The last row is a COMMIT whose LSN is the end of its commit record: advancing
             // the slot there skips every transaction of the batch, and nothing after it.
             // `pg_replication_slot_advance` (PostgreSQL 11+) moves the slot without running
@@ -375,7 +396,7 @@ impl PostgresTrigger {
                 .await
                 .map_err(db_error("advance slot"))?;
             debug!(slot, lsn = %last_lsn, changes = keys.len(), "postgres slot advanced");
-            forgetting.push(keys);
+            retry::forget_soon(context, keys);
         }
     }
 

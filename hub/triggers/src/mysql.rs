@@ -10,8 +10,8 @@
 //! transaction — stored in the runtime's store (`cdc/{workflow}/mysql/{table}`). A restart
 //! resumes there: changes recorded but not yet covered by a stored position come again and
 //! start nothing new (rows past the highest position ever submitted, stored before they are
-//! submitted, skip the mark lookup: see [`crate::sql::Submitted`]). The first start begins at the current end of the binlog (`SHOW MASTER
-//! STATUS`): only later changes are reported. Needs `log_bin`, `binlog_format = ROW`,
+//! submitted, skip the mark lookup: see [`crate::sql::Submitted`]). The first start begins
+//! at the current end of the binlog (`SHOW MASTER STATUS`): only later changes are reported. Needs `log_bin`, `binlog_format = ROW`,
 //! `binlog_row_image = FULL` (for complete `old` rows) and a user with `REPLICATION SLAVE`
 //! and `REPLICATION CLIENT` (scripts/services sets up the test server). Binlog files purged
 //! before the hub read them are lost: keep `binlog_expire_logs_seconds` above the longest
@@ -214,6 +214,13 @@ impl Trigger for MysqlTrigger {
 }
 
 /// One row change waiting for its transaction to end.
+/// Changes of finished transactions not yet submitted, and where the last one ends.
+struct Finished {
+    ready: Vec<Pending>,
+    boundary: Option<BinlogPosition>,
+    submitted: sql::Submitted,
+}
+
 struct Pending {
     key: String,
     event: Event,
@@ -230,7 +237,7 @@ impl MysqlTrigger {
     ) -> Result<(), Failure> {
         let database = self.database();
         let position_key = self.position_key(&context.workflow);
-        let mut submitted =
+        let submitted =
             sql::Submitted::load(&context.runtime, format!("{position_key}/submitted")).await?;
         let mut conn = self.connect().await?;
         let names: Vec<String> = conn
@@ -293,10 +300,13 @@ impl MysqlTrigger {
         let mut file = start.file.clone();
         // Changes of the open transaction; changes of finished ones not yet submitted.
         let mut open: Vec<Pending> = Vec::new();
-        let mut ready: Vec<Pending> = Vec::new();
-        let mut boundary: Option<BinlogPosition> = None;
+        let mut finished = Finished {
+            ready: Vec::new(),
+            boundary: None,
+            submitted,
+        };
         loop {
-            let waiting = !ready.is_empty() || boundary.is_some();
+            let waiting = !finished.ready.is_empty() || finished.boundary.is_some();
             let next = if waiting {
                 tokio::time::timeout(GATHER, stream.next()).await.ok()
             } else {
@@ -308,15 +318,8 @@ impl MysqlTrigger {
             };
             match next {
                 None => {
-                    self.flush(
-                        context,
-                        &position_key,
-                        &mut ready,
-                        &mut boundary,
-                        &mut submitted,
-                        recorded,
-                    )
-                    .await?;
+                    self.flush(context, &position_key, &mut finished, recorded)
+                        .await?;
                     continue;
                 }
                 Some(None) => return Err(Failure::Retry("mysql: the binlog stream ended".into())),
@@ -334,7 +337,7 @@ impl MysqlTrigger {
                         // name may carry the checksum bytes: only real rotates switch files.
                         Some(EventData::RotateEvent(rotate)) if log_pos != 0 => {
                             file = rotate.name().into_owned();
-                            boundary = Some(BinlogPosition {
+                            finished.boundary = Some(BinlogPosition {
                                 file: file.clone(),
                                 pos: rotate.position(),
                             });
@@ -342,15 +345,15 @@ impl MysqlTrigger {
                         // A transaction ends with XID (transactional engines) or with a query
                         // other than BEGIN (COMMIT of other engines, DDL).
                         Some(EventData::XidEvent(_)) => {
-                            ready.append(&mut open);
-                            boundary = Some(BinlogPosition {
+                            finished.ready.append(&mut open);
+                            finished.boundary = Some(BinlogPosition {
                                 file: file.clone(),
                                 pos: log_pos,
                             });
                         }
                         Some(EventData::QueryEvent(query)) if query.query().trim() != "BEGIN" => {
-                            ready.append(&mut open);
-                            boundary = Some(BinlogPosition {
+                            finished.ready.append(&mut open);
+                            finished.boundary = Some(BinlogPosition {
                                 file: file.clone(),
                                 pos: log_pos,
                             });
@@ -406,16 +409,9 @@ impl MysqlTrigger {
                         }
                         _ => {}
                     }
-                    if ready.len() >= BATCH {
-                        self.flush(
-                            context,
-                            &position_key,
-                            &mut ready,
-                            &mut boundary,
-                            &mut submitted,
-                            recorded,
-                        )
-                        .await?;
+                    if finished.ready.len() >= BATCH {
+                        self.flush(context, &position_key, &mut finished, recorded)
+                            .await?;
                     }
                 }
             }
@@ -427,16 +423,14 @@ impl MysqlTrigger {
         &self,
         context: &TriggerContext,
         position_key: &str,
-        ready: &mut Vec<Pending>,
-        boundary: &mut Option<BinlogPosition>,
-        submitted: &mut sql::Submitted,
+        finished: &mut Finished,
         recorded: &mut u64,
     ) -> Result<(), Failure> {
-        let batch = std::mem::take(ready);
+        let batch = std::mem::take(&mut finished.ready);
         // The binlog is written in commit order: rows past every one submitted before are
         // first deliveries.
         let high = batch.iter().map(|p| p.position).max().unwrap_or(0);
-        let submitted_before = submitted.raise(&context.runtime, high).await?;
+        let submitted_before = finished.submitted.raise(&context.runtime, high).await?;
         let submissions = batch.iter().map(|pending| {
             let mut mark = DedupeMark::new(pending.key.clone(), pending.event.meta.clone());
             if pending.position > submitted_before {
@@ -464,7 +458,7 @@ impl MysqlTrigger {
                 "stopped before storing the binlog position (crash test)".into(),
             )));
         }
-        if let Some(position) = boundary.take() {
+        if let Some(position) = finished.boundary.take() {
             sql::save_position(&context.runtime, position_key, &json!(position))
                 .await
                 .map_err(Failure::Retry)?;

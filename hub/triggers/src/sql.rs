@@ -130,6 +130,17 @@ impl Submitted {
         Ok(Submitted { key, high })
     }
 
+    /// Whether the stored position is past `position`.
+    pub(crate) fn is_past(&self, position: u64) -> bool {
+        self.high.is_some_and(|high| high > position)
+    }
+
+    /// Drops the stored position (it belongs to another source): the next batch looks every
+    /// mark up and stores its own.
+    pub(crate) fn forget(&mut self) {
+        self.high = None;
+    }
+
     /// Stores `high` if it is past the stored position, before the caller submits changes
     /// up to it; returns the position before: changes past that one are first deliveries
     /// (none while it is unknown: that batch looks every mark up).

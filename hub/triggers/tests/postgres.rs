@@ -288,6 +288,44 @@ async fn a_slot_that_lost_its_advance_replays_nothing() {
     cleanup(&table, &slot).await;
 }
 
+/// Positions stored for another server (the database moved to a new cluster, whose LSNs
+/// start low again) are dropped, not used to skip this server's changes.
+#[tokio::test]
+async fn positions_past_the_servers_wal_are_dropped() {
+    let table = table("rt_moved").await;
+    let slot = unique("rt_slot");
+    let yaml = workflow(
+        "orders",
+        &format!("postgres: {{ table: {table}, operations: insert, url: \"{URL}\" }}"),
+    );
+    let runtime = runtime(&yaml);
+    let far = serde_json::to_vec(&json!(u64::MAX / 2)).unwrap();
+    let writes = ["recorded", "submitted"]
+        .map(|name| reactor_core::store::StoreWrite::PutMeta {
+            key: format!("cdc/orders/postgres/{slot}/{name}"),
+            value: Some(far.clone()),
+        })
+        .to_vec();
+    runtime.store().write(writes).await.unwrap();
+    let reading = Running::start(
+        &runtime,
+        "orders",
+        Box::new(trigger(&runtime, &Connections::default()).with_slot(&slot)),
+    );
+    assert!(eventually(|| slot_exists(&slot)).await);
+    exec(&format!("INSERT INTO {table} (item) VALUES ('a'), ('b')")).await;
+    assert_eq!(wait_events(&runtime, "orders", 2).await.len(), 2);
+    let stored = runtime
+        .store()
+        .meta(&format!("cdc/orders/postgres/{slot}/recorded"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(stored, far, "replaced by this server's position");
+    reading.stop().await.unwrap();
+    cleanup(&table, &slot).await;
+}
+
 #[tokio::test]
 async fn reconnects_after_pg_terminate_backend() {
     let table = table("rt_term").await;

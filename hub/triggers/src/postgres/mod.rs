@@ -60,7 +60,7 @@ use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 // Dynamic SQL only ever holds identifiers checked by `sql::check_identifier`, quoted.
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use self::decoding::{Change, Line};
 use crate::connections::{Connections, Resolved};
@@ -294,6 +294,19 @@ impl PostgresTrigger {
             format!("cdc/{}/postgres/{slot}/submitted", context.workflow),
         )
         .await?;
+        // Positions past the server's own are another server's (the database was moved to a
+        // new cluster, whose LSNs start again): they would skip its changes.
+        let (current,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error("current WAL position"))?;
+        let current = lsn_number(&current).unwrap_or(u64::MAX);
+        if acknowledged > current || submitted.is_past(current) {
+            warn!(workflow = %context.workflow, slot, "stored change-capture positions are past \
+                the server's WAL (another server?): they are dropped");
+            acknowledged = 0;
+            submitted.forget();
+        }
         let mut next_lag = Instant::now();
         loop {
             if Instant::now() >= next_lag {

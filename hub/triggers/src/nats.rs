@@ -19,9 +19,9 @@
 //! negatively acknowledged and comes again; a message recorded but not acknowledged when the
 //! hub died is redelivered after `ack_wait` — to this hub or another one bound to the same
 //! durable — and starts nothing new (a first delivery, `delivered` 1, writes its mark
-//! without reading the store first: only redeliveries look for one). `meta` adds `{stream, consumer, stream_sequence,
-//! consumer_sequence, delivered, pending}`; `lag` (trigger stats) is the consumer's pending
-//! count.
+//! without reading the store first: only redeliveries look for one). `meta` adds `{stream,
+//! consumer, stream_sequence, consumer_sequence, delivered, pending}`; `lag` (trigger
+//! stats) is the consumer's pending count.
 //!
 //! The client reconnects by itself (with backoff) and resubscribes; disconnections count as
 //! trigger errors, a working connection clears the failure streak.

@@ -14,6 +14,10 @@
 //! only drains librdkafka's prefetched queue (~1M/s from memory) instead of consuming from
 //! the broker.
 //!
+//! `postgres-steady` (not in the default set) writes `REACTOR_BENCH_RATE` rows/s (default
+//! 5,000) for `REACTOR_BENCH_SECONDS` (60) while the PostgreSQL trigger reads: change capture
+//! under constant write load rather than draining a backlog.
+//!
 //! Redis streams and Kafka also run with `batch: { size: 500 }` (one execution per 500
 //! messages at most), reported as `batch 500` against the same raw consumer.
 
@@ -470,6 +474,18 @@ fn main() {
         }
         if on("mysql") {
             sources::mysql_bench(count).await;
+        }
+        // Not in the default set: it runs for a fixed time.
+        if wanted.iter().any(|w| w == "postgres-steady") {
+            let rate = std::env::var("REACTOR_BENCH_RATE")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(5_000);
+            let seconds = std::env::var("REACTOR_BENCH_SECONDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(60);
+            sources::postgres_steady_bench(rate, seconds).await;
         }
     });
 }

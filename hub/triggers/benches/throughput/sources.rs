@@ -205,3 +205,90 @@ pub async fn mysql_bench(count: usize) {
     pool.disconnect().await.unwrap();
     report("mariadb cdc", count, raw, reactor);
 }
+
+/// PostgreSQL CDC at a steady rate instead of a backlog: `rate` rows/s (100-row
+/// transactions) for `seconds` while the trigger reads, as a database under constant write
+/// load. The slot's `restart_lsn` then trails by up to one standby snapshot (15 s), which
+/// every read decodes again; reported: rows recorded per second over the run, and how far
+/// behind the trigger was when the writes stopped (0 when it kept up).
+pub async fn postgres_steady_bench(rate: usize, seconds: u64) {
+    use sqlx::{Connection, Executor, PgConnection};
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let table = name("bench_steady");
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id serial PRIMARY KEY, item text)"
+    )))
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(
+        &dir,
+        &format!("postgres: {{ table: {table}, operations: insert, url: \"{url}\" }}"),
+    )
+    .await;
+    let spec = runtime.workflow("bench", None).unwrap().triggers[0].clone();
+    let trigger = reactor_hub_triggers::build(&spec, &Connections::default())
+        .unwrap()
+        .unwrap();
+    let context = reactor_core::trigger::TriggerContext::new(
+        "bench",
+        runtime.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let task = tokio::spawn(trigger.run(context.clone()));
+    let recorded = || {
+        context
+            .stats
+            .events
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // The slot exists once the trigger has read once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let transactions = rate * seconds as usize / 100;
+    let every = Duration::from_secs_f64(100.0 / rate as f64);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..transactions {
+        tick.tick().await;
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (item) SELECT 'item ' || g FROM generate_series(1, 100) g"
+        )))
+        .await
+        .unwrap();
+    }
+    let wrote = started.elapsed();
+    let behind = (transactions * 100) as u64 - recorded();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while recorded() < (transactions * 100) as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let total = started.elapsed();
+    println!(
+        "postgres steady {rate:>6}/s for {seconds} s  written at {:.0}/s  recorded {:.0}/s over the run  \
+         {behind} rows behind when writing stopped, caught up {:.1} s later",
+        (transactions * 100) as f64 / wrote.as_secs_f64(),
+        recorded() as f64 / total.as_secs_f64(),
+        (total - wrote).as_secs_f64(),
+    );
+    context.cancel.cancel();
+    let _ = task.await;
+    let slot = reactor_hub_triggers::postgres::PostgresTrigger::slot_name(
+        "bench",
+        &format!("\"{table}\""),
+    );
+    for _ in 0..50 {
+        let dropped = sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&slot)
+            .execute(&mut conn)
+            .await;
+        if dropped.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .await
+        .unwrap();
+}

@@ -71,8 +71,13 @@ use crate::sql::{self, TableName};
 /// because every read decodes the WAL again from the slot's `restart_lsn`, which trails
 /// the read position by up to one standby snapshot of the server's (logged every 15 s
 /// under load, at checkpoints, or when a slot is created): the fewer the reads, the less
-/// WAL is decoded more than once. See docs/triggers.md.
+/// WAL is decoded more than once. See docs/triggers.md. Fewer when rows are large: see
+/// [`peek_size`].
 pub const PEEK: i32 = 10_000;
+/// A read is sized to hold about this many bytes of decoded changes.
+const PEEK_BYTES: usize = 16 * 1024 * 1024;
+/// The fewest changes asked for per read.
+const PEEK_MIN: i32 = 100;
 /// Changes of one read being recorded at a time (bounds the memory of a large read).
 const SUBMITTING: usize = 512;
 /// Rows per poll query.
@@ -308,6 +313,7 @@ impl PostgresTrigger {
             submitted.forget();
         }
         let mut next_lag = Instant::now();
+        let mut peek = PEEK;
         loop {
             if Instant::now() >= next_lag {
                 next_lag = Instant::now() + LAG_EVERY;
@@ -328,10 +334,11 @@ impl PostgresTrigger {
                  'include-xids', '1', 'skip-empty-xacts', '1')",
             )
             .bind(&slot)
-            .bind(PEEK)
+            .bind(peek)
             .fetch_all(&mut *conn)
             .await
             .map_err(db_error("peek changes"))?;
+            peek = peek_size(&rows);
             let Some(last_lsn) = rows.last().map(|row| row.0.clone()) else {
                 if !retry::pause(&context.cancel, IDLE).await {
                     return Ok(());
@@ -562,6 +569,19 @@ fn read_changes<'r>(
     Ok(changes)
 }
 
+/// How many changes to ask for next, from the size of the rows of the last read: [`PEEK`],
+/// or fewer so that a read of rows this large stays near [`PEEK_BYTES`].
+fn peek_size(rows: &[(String, Option<String>, String)]) -> i32 {
+    if rows.is_empty() {
+        return PEEK;
+    }
+    let bytes: usize = rows.iter().map(|(lsn, _, data)| lsn.len() + data.len()).sum();
+    let average = (bytes / rows.len()).max(1);
+    i32::try_from(PEEK_BYTES / average)
+        .unwrap_or(PEEK)
+        .clamp(PEEK_MIN, PEEK)
+}
+
 /// A row change read from the slot, to submit.
 struct Pending<'r> {
     key: String,
@@ -608,6 +628,16 @@ mod tests {
 
     fn row(lsn: &str, xid: &str, data: &str) -> (String, Option<String>, String) {
         (lsn.into(), Some(xid.into()), data.into())
+    }
+
+    #[test]
+    fn reads_shrink_for_large_rows() {
+        let rows = |size: usize| vec![row("0/1", "1", &"x".repeat(size)); 3];
+        assert_eq!(peek_size(&[]), PEEK);
+        assert_eq!(peek_size(&rows(100)), PEEK);
+        // 64 KiB rows: about 16 MiB a read.
+        assert_eq!(peek_size(&rows(64 * 1024 - 3)), 256);
+        assert_eq!(peek_size(&rows(10 * 1024 * 1024)), PEEK_MIN);
     }
 
     #[test]

@@ -575,7 +575,10 @@ fn peek_size(rows: &[(String, Option<String>, String)]) -> i32 {
     if rows.is_empty() {
         return PEEK;
     }
-    let bytes: usize = rows.iter().map(|(lsn, _, data)| lsn.len() + data.len()).sum();
+    let bytes: usize = rows
+        .iter()
+        .map(|(lsn, _, data)| lsn.len() + data.len())
+        .sum();
     let average = (bytes / rows.len()).max(1);
     i32::try_from(PEEK_BYTES / average)
         .unwrap_or(PEEK)

@@ -101,12 +101,7 @@ async fn runtime(dir: &tempfile::TempDir, trigger: &str) -> Runtime {
 /// Runs the workflow's trigger until `count` source events are recorded (in as many
 /// executions, or fewer with `batch:`); returns events/s.
 async fn drive(runtime: &Runtime, count: usize) -> f64 {
-    let spec = runtime.workflow("bench", None).unwrap().triggers[0].clone();
-    let trigger: Box<dyn Trigger> = reactor_hub_triggers::build(&spec, &Connections::default())
-        .unwrap()
-        .unwrap();
-    let context = TriggerContext::new("bench", runtime.clone(), CancellationToken::new());
-    let task = tokio::spawn(trigger.run(context.clone()));
+    let (context, task) = start_trigger(runtime);
     let recorded = || context.stats.events.load(Ordering::Relaxed);
     // Timed from the first recorded execution: connecting and joining groups are not
     // throughput.
@@ -125,6 +120,22 @@ async fn drive(runtime: &Runtime, count: usize) -> f64 {
     context.cancel.cancel();
     let _ = task.await;
     rate
+}
+
+/// Starts the `bench` workflow's trigger: its context (counters, cancellation) and task.
+fn start_trigger(
+    runtime: &Runtime,
+) -> (
+    TriggerContext,
+    tokio::task::JoinHandle<Result<(), reactor_core::trigger::TriggerError>>,
+) {
+    let spec = runtime.workflow("bench", None).unwrap().triggers[0].clone();
+    let trigger: Box<dyn Trigger> = reactor_hub_triggers::build(&spec, &Connections::default())
+        .unwrap()
+        .unwrap();
+    let context = TriggerContext::new("bench", runtime.clone(), CancellationToken::new());
+    let task = tokio::spawn(trigger.run(context.clone()));
+    (context, task)
 }
 
 fn report(source: &str, count: usize, raw: f64, reactor: f64) {
@@ -428,11 +439,17 @@ async fn postgres_bench(count: usize) {
     )
     .await;
     let reactor = drive(&runtime, count).await;
-    // The trigger's connection may hold the slot a moment after it stopped.
+    drop_slot_and_table(&mut conn, &slot, &table).await;
+    report("postgres cdc", count, raw, reactor);
+}
+
+/// Removes a CDC run's slot (retrying: the trigger's connection may hold it a moment after
+/// the trigger stopped) and its table.
+async fn drop_slot_and_table(conn: &mut PgConnection, slot: &str, table: &str) {
     for _ in 0..50 {
         let dropped = sqlx::query("SELECT pg_drop_replication_slot($1)")
-            .bind(&slot)
-            .execute(&mut conn)
+            .bind(slot)
+            .execute(&mut *conn)
             .await;
         if dropped.is_ok() {
             break;
@@ -442,7 +459,6 @@ async fn postgres_bench(count: usize) {
     conn.execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .await
         .unwrap();
-    report("postgres cdc", count, raw, reactor);
 }
 
 fn main() {

@@ -227,16 +227,7 @@ pub async fn postgres_steady_bench(rate: usize, seconds: u64) {
         &format!("postgres: {{ table: {table}, operations: insert, url: \"{url}\" }}"),
     )
     .await;
-    let spec = runtime.workflow("bench", None).unwrap().triggers[0].clone();
-    let trigger = reactor_hub_triggers::build(&spec, &Connections::default())
-        .unwrap()
-        .unwrap();
-    let context = reactor_core::trigger::TriggerContext::new(
-        "bench",
-        runtime.clone(),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    let task = tokio::spawn(trigger.run(context.clone()));
+    let (context, task) = super::start_trigger(&runtime);
     let recorded = || {
         context
             .stats
@@ -278,17 +269,5 @@ pub async fn postgres_steady_bench(rate: usize, seconds: u64) {
         "bench",
         &format!("\"{table}\""),
     );
-    for _ in 0..50 {
-        let dropped = sqlx::query("SELECT pg_drop_replication_slot($1)")
-            .bind(&slot)
-            .execute(&mut conn)
-            .await;
-        if dropped.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    conn.execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
-        .await
-        .unwrap();
+    super::drop_slot_and_table(&mut conn, &slot, &table).await;
 }

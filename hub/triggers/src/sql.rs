@@ -109,25 +109,34 @@ pub(crate) async fn save_position(
         .map_err(|e| format!("storing the poll position: {e}"))
 }
 
-/// The highest source position a change-capture trigger ever submitted, kept in the
-/// runtime's store under `key`. A log that hands changes out in commit order (a PostgreSQL
-/// slot, a binlog) makes every change past it a first delivery: nothing can have recorded
-/// it yet, so its mark is written without being looked up ([`DedupeMark::first`]). The
-/// position is raised — durably — before the changes that pass it are submitted.
+/// A source position that only grows, kept in the runtime's store under `key` — a log
+/// position read as one number (a PostgreSQL LSN, a binlog file and offset). The
+/// change-capture triggers keep two:
+/// - the highest change they ever *submitted*, raised before the changes that pass it are
+///   submitted. A log that hands changes out in commit order (a slot, a binlog) makes every
+///   change past it a first delivery: nothing can have recorded it yet, so its mark is
+///   written without being looked up ([`DedupeMark::first`]);
+/// - PostgreSQL: the highest change *recorded and acknowledged*, raised before the slot
+///   advance, so changes a server hands out again after losing the advance are skipped.
 ///
 /// [`DedupeMark::first`]: reactor_core::engine::DedupeMark::first
-pub(crate) struct Submitted {
+pub(crate) struct HighWater {
     key: String,
     /// `None` until known: a trigger that never stored one (first run, or an upgrade from a
     /// version without it) or whose stored value is unreadable.
     high: Option<u64>,
 }
 
-impl Submitted {
-    pub(crate) async fn load(runtime: &Runtime, key: String) -> Result<Submitted, Failure> {
+impl HighWater {
+    pub(crate) async fn load(runtime: &Runtime, key: String) -> Result<HighWater, Failure> {
         let stored = load_position(runtime, &key).await.map_err(Failure::Retry)?;
         let high = stored.and_then(|value| value.as_u64());
-        Ok(Submitted { key, high })
+        Ok(HighWater { key, high })
+    }
+
+    /// The stored position, if known.
+    pub(crate) fn get(&self) -> Option<u64> {
+        self.high
     }
 
     /// Whether the stored position is past `position`.
@@ -135,24 +144,22 @@ impl Submitted {
         self.high.is_some_and(|high| high > position)
     }
 
-    /// Drops the stored position (it belongs to another source): the next batch looks every
-    /// mark up and stores its own.
+    /// Drops the stored position (it belongs to another source): unknown until the next
+    /// [`HighWater::raise`] stores this source's.
     pub(crate) fn forget(&mut self) {
         self.high = None;
     }
 
-    /// Stores `high` if it is past the stored position, before the caller submits changes
-    /// up to it; returns the position before: changes past that one are first deliveries
-    /// (none while it is unknown: that batch looks every mark up).
-    pub(crate) async fn raise(&mut self, runtime: &Runtime, high: u64) -> Result<u64, Failure> {
-        let before = self.high.unwrap_or(u64::MAX);
+    /// Stores `high` (durably) if it is past the stored position or none is known; 0 means
+    /// "no position" and stores nothing.
+    pub(crate) async fn raise(&mut self, runtime: &Runtime, high: u64) -> Result<(), Failure> {
         if high > 0 && self.high.is_none_or(|stored| high > stored) {
             save_position(runtime, &self.key, &Value::from(high))
                 .await
                 .map_err(Failure::Retry)?;
             self.high = Some(high);
         }
-        Ok(before)
+        Ok(())
     }
 }
 

@@ -3,10 +3,11 @@
 //! Each batch is [`encode`]d by its caller before it is queued (records and facts to JSON,
 //! shared with the plan, not copied): callers encode side by side on their own tasks, so the
 //! single writer spends its time on the database only. The writer task loads the stored
-//! state of every execution the group names (its next seq, owner and whether it is finished), then [`plan`] checks each batch in turn against that
-//! state plus the effects of the batches before it, exactly as the agent's stores do: a batch
-//! that breaks a journal's order is refused whole and the others go on. Backend code then
-//! writes the resulting rows with a handful of statements, whatever the group's size.
+//! state of every execution the group names (its next seq, owner and whether it is
+//! finished), then [`plan`] checks each batch in turn against that state plus the effects of
+//! the batches before it, exactly as the agent's stores do: a batch that breaks a journal's
+//! order is refused whole and the others go on. Backend code then writes the resulting rows
+//! with a handful of statements, whatever the group's size.
 //!
 //! Ownership (fencing between hubs sharing one database): a batch may append to or update an
 //! unfinished execution only when this instance owns it. A hub whose lease expired and whose

@@ -288,13 +288,12 @@ impl PostgresTrigger {
         backoff.reset();
         context.stats.record_success();
         let (schema, table) = self.qualified();
-        let recorded_key = format!("cdc/{}/postgres/{slot}/recorded", context.workflow);
-        let mut acknowledged = sql::load_position(&context.runtime, &recorded_key)
-            .await
-            .map_err(Failure::Retry)?
-            .and_then(|value| value.as_u64())
-            .unwrap_or(0);
-        let mut submitted = sql::Submitted::load(
+        let mut acknowledged = sql::HighWater::load(
+            &context.runtime,
+            format!("cdc/{}/postgres/{slot}/recorded", context.workflow),
+        )
+        .await?;
+        let mut submitted = sql::HighWater::load(
             &context.runtime,
             format!("cdc/{}/postgres/{slot}/submitted", context.workflow),
         )
@@ -306,10 +305,10 @@ impl PostgresTrigger {
             .await
             .map_err(db_error("current WAL position"))?;
         let current = lsn_number(&current).unwrap_or(u64::MAX);
-        if acknowledged > current || submitted.is_past(current) {
+        if acknowledged.is_past(current) || submitted.is_past(current) {
             warn!(workflow = %context.workflow, slot, "stored change-capture positions are past \
                 the server's WAL (another server?): they are dropped");
-            acknowledged = 0;
+            acknowledged.forget();
             submitted.forget();
         }
         let mut next_lag = Instant::now();
@@ -348,11 +347,14 @@ impl PostgresTrigger {
             let mut changes = read_changes(&rows, &slot, (&schema, &table), &self.operations)?;
             // A slot whose advance the server lost (it becomes durable only at a checkpoint)
             // hands out transactions recorded and acknowledged before: they start nothing.
-            changes.retain(|change| change.commit == 0 || change.commit > acknowledged);
+            let acknowledged_at = acknowledged.get().unwrap_or(0);
+            changes.retain(|change| change.commit == 0 || change.commit > acknowledged_at);
             // Transactions committed after every one this slot ever submitted are first
             // deliveries (commit order is the slot's order).
             let high = changes.iter().map(|c| c.commit).max().unwrap_or(0);
-            let submitted_before = submitted.raise(&context.runtime, high).await?;
+            // Unknown: this batch looks every mark up.
+            let submitted_before = submitted.get().unwrap_or(u64::MAX);
+            submitted.raise(&context.runtime, high).await?;
             // By index: a closure over `&Pending` trips the `Send` check of the trait's future.
             let submissions = (0..changes.len()).map(|n| {
                 let pending = &changes[n];
@@ -398,13 +400,9 @@ impl PostgresTrigger {
             // Everything up to the batch's last commit is recorded: stored before the slot
             // moves, so the marks can go at once (a crash of the server that loses the advance
             // replays transactions this position skips).
-            let end = lsn_number(&last_lsn).unwrap_or(0);
-            if end > acknowledged {
-                sql::save_position(&context.runtime, &recorded_key, &json!(end))
-                    .await
-                    .map_err(Failure::Retry)?;
-                acknowledged = end;
-            }
+            acknowledged
+                .raise(&context.runtime, lsn_number(&last_lsn).unwrap_or(0))
+                .await?;
             // The last row is a COMMIT whose LSN is the end of its commit record: advancing
             // the slot there skips every transaction of the batch, and nothing after it.
             // `pg_replication_slot_advance` (PostgreSQL 11+) moves the slot without running

@@ -18,7 +18,7 @@
 //! 5,000) for `REACTOR_BENCH_SECONDS` (60) while the PostgreSQL trigger reads: change capture
 //! under constant write load rather than draining a backlog.
 //!
-//! Redis streams and Kafka also run with `batch: { size: 500 }` (one execution per 500
+//! Redis streams, NATS JetStream and Kafka also run with `batch: { size: 500 }` (one execution per 500
 //! messages at most), reported as `batch 500` against the same raw consumer.
 
 use std::sync::Arc;

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use reactor_core::flow::{TriggerKind, TriggerSpec};
 use reactor_core::trigger::{LightTriggers, Trigger, TriggerError, TriggerFactory};
 
-#[cfg(any(feature = "kafka", feature = "redis"))]
+#[cfg(any(feature = "kafka", feature = "nats", feature = "redis"))]
 mod batch;
 pub mod connections;
 mod payload;
@@ -54,6 +54,9 @@ pub mod nats;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+#[cfg(any(feature = "nats", feature = "redis"))]
+mod recorded;
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod sql;

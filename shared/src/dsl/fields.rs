@@ -576,6 +576,7 @@ pub const NATS: Table = Table {
         f("queue", Ty::Str, "queue group"),
         f("stream", Ty::Str, "JetStream stream"),
         f("durable", Ty::Str, "JetStream durable consumer name"),
+        BATCH_FIELD,
         URL,
         CONNECTION,
     ],

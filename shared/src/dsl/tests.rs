@@ -197,6 +197,10 @@ fn invalid_snippets() {
             "4:26: batch applies to stream, not channel",
         ),
         (
+            "reactor: 1\nname: t\ntriggers:\n  - nats: { subject: s, batch: { size: 5 } }\nsteps: []\n",
+            "4:25: batch applies to JetStream (stream + durable), not core subjects",
+        ),
+        (
             "reactor: 1\nname: t\ntriggers:\n  - postgres: { table: t, mode: poll }\nsteps: []\n",
             "4:27: mode poll needs \"poll\" with column and every",
         ),
@@ -369,11 +373,12 @@ steps: []
 }
 
 #[test]
-fn batch_settings_of_kafka_and_redis_streams() {
+fn batch_settings_of_kafka_jetstream_and_redis_streams() {
     let triggers = "triggers:
   - kafka: { topic: a, batch: { size: 500, wait: 250ms } }
   - redis: { stream: s, group: g, batch: { size: 20 } }
   - kafka: { topic: b }
+  - nats: { subject: o.>, stream: S, durable: d, batch: { size: 300, wait: 50ms } }
 steps: []
 ";
     let w = match parse_workflow("w.yaml", &format!("{HEAD}{triggers}")) {
@@ -404,6 +409,16 @@ steps: []
         panic!()
     };
     assert_eq!(plain.batch, None);
+    let TriggerKind::Nats(nats) = &w.triggers[3].kind else {
+        panic!()
+    };
+    assert_eq!(
+        nats.batch,
+        Some(crate::flow::Batch {
+            size: 300,
+            wait: std::time::Duration::from_millis(50)
+        })
+    );
 }
 
 #[test]

@@ -179,12 +179,20 @@ impl Decoder<'_> {
                         "durable needs stream (JetStream)",
                     );
                 }
+                if stream.is_none() && f.has("batch") {
+                    self.error(
+                        f.key_location("batch"),
+                        "batch applies to JetStream (stream + durable), not core subjects",
+                    );
+                }
+                let batch = self.batch(f);
                 TriggerKind::Nats(NatsTrigger {
                     subject: self.string(f.get("subject")?, "subject")?,
                     queue: self.opt_string(f, "queue"),
                     stream,
                     durable,
                     connection: self.connection(f, "url")?,
+                    batch: batch?,
                 })
             }
             "redis" => TriggerKind::Redis(self.redis(f)?),

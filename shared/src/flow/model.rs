@@ -288,7 +288,7 @@ pub struct KafkaTrigger {
     pub batch: Option<Batch>,
 }
 
-/// `batch:` of the `kafka` and `redis` (stream) triggers: up to `size` source messages per
+/// `batch:` of the `kafka`, `nats` (JetStream) and `redis` (stream) triggers: up to `size` source messages per
 /// execution, gathered for at most `wait` after the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batch {
@@ -314,6 +314,8 @@ pub struct NatsTrigger {
     pub stream: Option<String>,
     pub durable: Option<String>,
     pub connection: Connection,
+    /// JetStream only: one execution per batch of messages instead of one per message.
+    pub batch: Option<Batch>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

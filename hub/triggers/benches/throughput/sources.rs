@@ -11,12 +11,13 @@ use reactor_core::store::StoreWrite;
 use reactor_hub_triggers::Connections;
 use reactor_hub_triggers::mysql::MysqlTrigger;
 
-use super::{drive, name, report, runtime};
+use super::{BATCH_SIZE, drive, name, report, runtime};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 const MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
 
-/// Pulls of 512 messages, each message double-acked (server-confirmed) as the trigger does.
+/// Pulls of up to 512 messages as the trigger pulls (what is waiting; when nothing is, the
+/// next message), each message double-acked (server-confirmed) as the trigger does.
 pub async fn nats_bench(count: usize) {
     let js = jetstream::new(async_nats::connect(NATS).await.unwrap());
     let fill = |stream: String, subject: String| {
@@ -65,16 +66,22 @@ pub async fn nats_bench(count: usize) {
     let started = Instant::now();
     let mut seen = 0;
     while seen < count {
-        let mut batch = consumer
-            .batch()
-            .max_messages(512)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .unwrap();
+        let mut batch = consumer.fetch().max_messages(512).messages().await.unwrap();
         let mut messages = Vec::new();
         while let Some(message) = batch.next().await {
             messages.push(message.unwrap());
+        }
+        if messages.is_empty() {
+            let mut next = consumer
+                .batch()
+                .max_messages(1)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(message) = next.next().await {
+                messages.push(message.unwrap());
+            }
         }
         seen += messages.len();
         let acks = messages.iter().map(|m| m.double_ack());
@@ -89,16 +96,31 @@ pub async fn nats_bench(count: usize) {
     let subject = name("bench.rt");
     fill(stream.clone(), subject.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime(
+    let plain = runtime(
         &dir,
         &format!(
             "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, url: \"{NATS}\" }}"
         ),
     )
     .await;
-    let reactor = drive(&runtime, count).await;
+    let reactor = drive(&plain, count).await;
     js.delete_stream(&stream).await.unwrap();
     report("nats jetstream", count, raw, reactor);
+    // Reactor with `batch:`.
+    let stream = name("BENCH_BATCH").to_uppercase();
+    let subject = name("bench.batch");
+    fill(stream.clone(), subject.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let batching = runtime(
+        &dir,
+        &format!(
+            "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, batch: {{ size: {BATCH_SIZE}, wait: 50ms }}, url: \"{NATS}\" }}"
+        ),
+    )
+    .await;
+    let batched = drive(&batching, count).await;
+    js.delete_stream(&stream).await.unwrap();
+    report(&format!("  batch {BATCH_SIZE}"), count, raw, batched);
 }
 
 /// The binlog position now (`SHOW MASTER STATUS`).

@@ -1,115 +1,36 @@
 //! Entries delivered again — this consumer's pending list re-read after a (re)connection, or
-//! claimed from a dead consumer — that an execution already recorded.
+//! claimed from a dead consumer — that an execution already recorded ([`crate::recorded`]).
 //!
 //! A mark is keyed like the first entry of what it recorded: one entry (`position.id`), or a
 //! `batch:` run whose `position.ids` lists every entry of it. A run's tail can come back
 //! without its head (a dead consumer's entries are claimed a few at a time, by several
-//! consumers), so a point lookup by entry is not enough: recovery reads every mark of the
-//! stream and group at once (few: a mark lives from its record to its acknowledgement) and
-//! looks entries up in them. New entries (`>`) need none of this.
+//! consumers), so recovery reads every mark of the stream and group at once. New entries
+//! (`>`) need none of this.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use reactor_core::trigger::TriggerContext;
 use redis::RedisError;
 use redis::streams::StreamId;
-use serde_json::Value;
 
-use crate::retry::Failure;
+use crate::recorded::Recovered;
 
-/// The marks of one stream and group: which entries each covers.
-pub(super) struct Recorded {
-    /// (mark key, its entries).
-    marks: Vec<(String, Vec<String>)>,
-    /// Entry id → index in `marks`.
-    by_entry: HashMap<String, usize>,
-}
-
-impl Recorded {
-    /// Reads every mark under `prefix` (`redis/{stream}/{group}/`).
-    pub(super) async fn load(context: &TriggerContext, prefix: &str) -> Result<Recorded, Failure> {
-        let found = context
-            .runtime
-            .marks(&context.workflow, prefix)
-            .await
-            .map_err(|e| Failure::Retry(format!("redis: reading marks: {e}")))?;
-        let mut marks = Vec::with_capacity(found.len());
-        let mut by_entry = HashMap::new();
-        for (key, mark) in found {
-            let entries = match mark.position.get("ids").and_then(Value::as_array) {
-                Some(ids) => ids
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect(),
-                // One entry's mark: the entry is in its key.
-                None => vec![key[prefix.len()..].to_string()],
-            };
-            for entry in &entries {
-                by_entry.insert(entry.clone(), marks.len());
-            }
-            marks.push((key, entries));
+/// Once the recovered entries are acknowledged: the keys of the marks that can go, those
+/// none of whose entries is still pending in the group (a batch's other entries may wait at
+/// another consumer, and its mark must stay until they are acknowledged too). A mark kept
+/// here is pruned with old marks at the latest.
+pub(super) async fn settled(
+    mut recovered: Recovered<StreamId>,
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<String>, RedisError> {
+    let (mut settled, partial) = recovered.whole_marks();
+    for (key, entries) in partial {
+        if !still_pending(conn, stream, group, &entries).await? {
+            settled.push(key);
         }
-        Ok(Recorded { marks, by_entry })
     }
-
-    /// Splits `entries` into those no mark covers (to run) and the recovered ones.
-    pub(super) fn split(mut self, entries: Vec<StreamId>) -> (Vec<StreamId>, Recovered) {
-        let mut recovered = Recovered::default();
-        let mut touched = vec![false; self.marks.len()];
-        let mut unrecorded = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match self.by_entry.get(&entry.id) {
-                Some(&mark) => {
-                    touched[mark] = true;
-                    recovered.entries.push(entry.id);
-                }
-                None => unrecorded.push(entry),
-            }
-        }
-        recovered.marks = self
-            .marks
-            .drain(..)
-            .zip(touched)
-            .filter_map(|(mark, touched)| touched.then_some(mark))
-            .collect();
-        (unrecorded, recovered)
-    }
-}
-
-/// Entries found recorded, to acknowledge, and the marks that cover them.
-#[derive(Debug, Default)]
-pub(super) struct Recovered {
-    entries: Vec<String>,
-    marks: Vec<(String, Vec<String>)>,
-}
-
-impl Recovered {
-    pub(super) fn entries(&self) -> &[String] {
-        &self.entries
-    }
-
-    /// Once the recovered entries are acknowledged: the keys of the marks that can go, those
-    /// none of whose entries is still pending in the group (a batch's other entries may
-    /// wait at another consumer, and its mark must stay until they are acknowledged too).
-    /// A mark kept here is pruned with old marks at the latest.
-    pub(super) async fn settled(
-        self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        stream: &str,
-        group: &str,
-    ) -> Result<Vec<String>, RedisError> {
-        let acknowledged: HashSet<&str> = self.entries.iter().map(String::as_str).collect();
-        let mut settled = Vec::with_capacity(self.marks.len());
-        for (key, entries) in self.marks {
-            if entries.iter().all(|id| acknowledged.contains(id.as_str()))
-                || !still_pending(conn, stream, group, &entries).await?
-            {
-                settled.push(key);
-            }
-        }
-        Ok(settled)
-    }
+    Ok(settled)
 }
 
 /// Pending entries examined per check: a batch's most.

@@ -12,10 +12,11 @@ use redis::{RedisError, Value as RedisValue};
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::recovery::Recorded;
+use super::recovery;
 use super::{BLOCK, RedisTrigger};
 use crate::batch;
 use crate::payload::decode_payload;
+use crate::recorded::Recorded;
 use crate::retry::{self, Backoff, Failure, handled};
 
 /// The entries of an `XREADGROUP` reply.
@@ -246,9 +247,9 @@ impl StreamReader<'_> {
         let (entries, recovered) = if fresh {
             (entries, Default::default())
         } else {
-            Recorded::load(self.context, &self.key(""))
+            Recorded::load(self.context, &self.key(""), "ids")
                 .await?
-                .split(entries)
+                .split(entries, |entry| entry.id.clone())
         };
         let submitted = match self.trigger.batch {
             Some(batch) => {
@@ -258,7 +259,7 @@ impl StreamReader<'_> {
             }
             None => self.submit_each(entries, fresh).await,
         };
-        let mut acks = recovered.entries().to_vec();
+        let mut acks = recovered.ids.clone();
         self.context
             .runtime
             .stats()
@@ -288,7 +289,7 @@ impl StreamReader<'_> {
         self.ack(conn, &acks).await?;
         // Acknowledged entries are never delivered again: their marks can go — a recovered
         // batch's once none of its entries is pending anywhere in the group.
-        keys.extend(recovered.settled(conn, self.stream, self.group).await?);
+        keys.extend(recovery::settled(recovered, conn, self.stream, self.group).await?);
         retry::forget_soon(self.context, keys);
         if !complete {
             retry::pause(&self.context.cancel, Duration::from_millis(500)).await;

@@ -317,13 +317,34 @@ pub(crate) fn age_cut(retention: Retention, now: Timestamp) -> Option<i64> {
 #[async_trait]
 impl Store for SqlStore {
     async fn write(&self, batch: Vec<StoreWrite>) -> Result<(), StoreError> {
-        let batch = plan::encode(batch)?;
+        self.write_returning(batch).await.0
+    }
+
+    fn returns_batches(&self) -> bool {
+        true
+    }
+
+    /// Encoded here, on the caller's thread (the writer only executes statements); the
+    /// writes go back to the caller with the outcome, so a finished record need not be
+    /// copied to be written.
+    async fn write_returning(
+        &self,
+        batch: Vec<StoreWrite>,
+    ) -> (Result<(), StoreError>, Vec<StoreWrite>) {
+        let encoded = match plan::encode(&batch) {
+            Ok(encoded) => encoded,
+            Err(error) => return (Err(error), batch),
+        };
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Request { batch, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let request = Request {
+            batch: encoded,
+            reply,
+        };
+        if self.sender.send(request).await.is_err() {
+            return (Err(StoreError::Closed), batch);
+        }
+        let outcome = answer.await.unwrap_or(Err(StoreError::Closed));
+        (outcome, batch)
     }
 
     async fn unfinished(&self) -> Result<Vec<(ExecutionRecord, Vec<Fact>)>, StoreError> {

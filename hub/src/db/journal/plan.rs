@@ -117,20 +117,21 @@ impl Encoded {
 }
 
 /// Encodes one batch for the writer. A batch that cannot be encoded is refused whole, as the
-/// writer would refuse it.
-pub(crate) fn encode(batch: Vec<StoreWrite>) -> Result<Vec<Encoded>, StoreError> {
+/// writer would refuse it. Borrowed: the caller gets its writes back after the commit
+/// ([`Store::write_returning`](reactor_core::store::Store::write_returning)).
+pub(crate) fn encode(batch: &[StoreWrite]) -> Result<Vec<Encoded>, StoreError> {
     batch
-        .into_iter()
+        .iter()
         .map(|write| {
             Ok(match write {
                 StoreWrite::Create { record, started } => {
-                    let Fact::Started { event, .. } = &started else {
+                    let Fact::Started { event, .. } = started else {
                         return Err(StoreError::InvalidWrite(format!(
                             "execution {}: the first fact must be Started",
                             record.id
                         )));
                     };
-                    let mut summary = summarize(&record)?;
+                    let mut summary = summarize(record)?;
                     summary.device = event
                         .meta
                         .get("device")
@@ -139,19 +140,22 @@ pub(crate) fn encode(batch: Vec<StoreWrite>) -> Result<Vec<Encoded>, StoreError>
                     Encoded::Create {
                         id: record.id,
                         summary,
-                        started: to_json(&started)?,
+                        started: to_json(started)?,
                     }
                 }
                 StoreWrite::Append { id, seq, fact } => Encoded::Append {
-                    id,
-                    seq,
-                    fact: to_json(&fact)?,
+                    id: *id,
+                    seq: *seq,
+                    fact: to_json(fact)?,
                 },
                 StoreWrite::Update(record) => Encoded::Update {
                     id: record.id,
-                    summary: summarize(&record)?,
+                    summary: summarize(record)?,
                 },
-                StoreWrite::PutMeta { key, value } => Encoded::PutMeta { key, value },
+                StoreWrite::PutMeta { key, value } => Encoded::PutMeta {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
             })
         })
         .collect()
@@ -392,7 +396,7 @@ mod tests {
     use super::{Encoded, Stored, encode, plan};
 
     fn encoded(group: Vec<Vec<reactor_core::store::StoreWrite>>) -> Vec<Vec<Encoded>> {
-        group.into_iter().map(|b| encode(b).unwrap()).collect()
+        group.into_iter().map(|b| encode(&b).unwrap()).collect()
     }
 
     #[test]

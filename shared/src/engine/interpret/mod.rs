@@ -168,6 +168,21 @@ impl Ctx {
             self.h.lock().record_step(id.as_str(), view);
         }
     }
+
+    /// Records a step that succeeded with `output`: copied only for a step with an id, the
+    /// only ones the record keeps (a batch's list of messages passed on by a step without
+    /// one is not copied for nothing).
+    fn record_success(&self, step: &Step, output: &Value, attempts: u32) {
+        if step.id.is_some() {
+            let view = StepView {
+                status: StepStatus::Succeeded,
+                output: output.clone(),
+                error: None,
+                attempts,
+            };
+            self.record(step, view);
+        }
+    }
 }
 
 /// A duration computed at run time: a duration string, or a number of seconds.
@@ -311,25 +326,13 @@ fn run_step<'a>(ctx: &'a Ctx, step: &'a Step, path: String, locals: Locals) -> B
             let error = match result {
                 Ok(Flow::Return(value)) => {
                     guard.armed = false;
-                    let view = StepView {
-                        status: StepStatus::Succeeded,
-                        output: value.clone(),
-                        error: None,
-                        attempts: attempt,
-                    };
-                    ctx.record(step, view);
+                    ctx.record_success(step, &value, attempt);
                     return Ok(Flow::Return(value));
                 }
                 Ok(Flow::Ran(result)) => match step_output(ctx, step, &locals, result) {
                     Ok(output) => {
                         guard.armed = false;
-                        let view = StepView {
-                            status: StepStatus::Succeeded,
-                            output: output.clone(),
-                            error: None,
-                            attempts: attempt,
-                        };
-                        ctx.record(step, view);
+                        ctx.record_success(step, &output, attempt);
                         return Ok(Flow::Ran(output));
                     }
                     Err(e) => with_step(e),

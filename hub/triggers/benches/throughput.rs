@@ -19,7 +19,8 @@
 //! under constant write load rather than draining a backlog.
 //!
 //! Redis streams, NATS JetStream and Kafka also run with `batch: { size: 500 }` (one execution per 500
-//! messages at most), reported as `batch 500` against the same raw consumer.
+//! messages at most), reported as `batch 500` against the same raw consumer;
+//! `REACTOR_BENCH_BATCH_ONLY=1` runs only those (and the raw consumers).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -254,15 +255,17 @@ async fn redis_bench(count: usize) {
         .unwrap();
     // Reactor.
     let stream = name("bench_rt");
-    fill(stream.clone(), conn.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let plain = runtime(
-        &dir,
-        &format!("redis: {{ stream: {stream}, group: hub, url: \"redis://127.0.0.1:6379\" }}"),
-    )
-    .await;
-    let reactor = drive(&plain, count).await;
-    report("redis stream", count, raw, reactor);
+    if per_message() {
+        fill(stream.clone(), conn.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = runtime(
+            &dir,
+            &format!("redis: {{ stream: {stream}, group: hub, url: \"redis://127.0.0.1:6379\" }}"),
+        )
+        .await;
+        let reactor = drive(&plain, count).await;
+        report("redis stream", count, raw, reactor);
+    }
     // Reactor with `batch:` (500 entries per execution).
     let batched_stream = name("bench_batch");
     fill(batched_stream.clone(), conn.clone()).await;
@@ -281,6 +284,12 @@ async fn redis_bench(count: usize) {
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+/// Whether the per-message Reactor runs of the sources with `batch:` run too
+/// (`REACTOR_BENCH_BATCH_ONLY=1` skips them: the batched runs alone, e.g. under a profiler).
+fn per_message() -> bool {
+    std::env::var("REACTOR_BENCH_BATCH_ONLY").map_or(true, |v| v != "1")
 }
 
 /// Messages per execution in the `batch:` runs (gathered for 50 ms at most: only the
@@ -342,17 +351,21 @@ async fn kafka_bench(count: usize) {
     let raw = count as f64 / started.elapsed().as_secs_f64();
     drop(consumer);
     // Reactor.
-    let topic = name("bench_rt");
-    cluster.create_topic(&topic, 4, 1).unwrap();
-    fill(topic.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let plain = runtime(
-        &dir,
-        &format!("kafka: {{ topic: {topic}, group: rt, from: earliest, brokers: \"{brokers}\" }}"),
-    )
-    .await;
-    let reactor = drive(&plain, count).await;
-    report("kafka (mock)", count, raw, reactor);
+    if per_message() {
+        let topic = name("bench_rt");
+        cluster.create_topic(&topic, 4, 1).unwrap();
+        fill(topic.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = runtime(
+            &dir,
+            &format!(
+                "kafka: {{ topic: {topic}, group: rt, from: earliest, brokers: \"{brokers}\" }}"
+            ),
+        )
+        .await;
+        let reactor = drive(&plain, count).await;
+        report("kafka (mock)", count, raw, reactor);
+    }
     // Reactor with `batch:` (500 messages per execution at most, per partition).
     let topic = name("bench_batch");
     cluster.create_topic(&topic, 4, 1).unwrap();

@@ -96,35 +96,63 @@ impl TriggerContext {
 
     /// One execution for `messages` source messages gathered by a trigger's `batch:`, at most
     /// once per `mark` (the batch's: its position says which messages it holds). Counts
-    /// `messages` events.
+    /// `messages` events. See [`TriggerContext::start_batch`].
     pub async fn submit_batch(
         &self,
         event: Event,
         mark: DedupeMark,
         messages: usize,
     ) -> Result<Submission, SubmitError> {
-        let result = self
-            .runtime
-            .submit_once(
-                &self.workflow,
-                event,
-                Value::Object(Default::default()),
-                mark,
-            )
-            .await;
-        match &result {
-            Ok(_) => {
-                self.stats.count_events(messages as u64);
-                self.stats.record_success();
+        self.start_batch(event, mark, messages).result().await
+    }
+
+    /// Starts [`TriggerContext::submit_batch`] on a task of its own and returns at once.
+    ///
+    /// A trigger submits what one read brought side by side, and its own task is one core:
+    /// spawned, the executions are built, run and encoded for the store on every core, and
+    /// a trigger can read and start its next messages while these are recorded. Dropping
+    /// the handle leaves the submission running to its end (its message, not acknowledged,
+    /// comes again and finds its mark).
+    pub fn start_batch(&self, event: Event, mark: DedupeMark, messages: usize) -> Submitting {
+        let (runtime, workflow, stats) = (
+            self.runtime.clone(),
+            self.workflow.clone(),
+            self.stats.clone(),
+        );
+        Submitting(tokio::spawn(async move {
+            let result = runtime
+                .submit_once(&workflow, event, Value::Object(Default::default()), mark)
+                .await;
+            match &result {
+                Ok(_) => {
+                    stats.count_events(messages as u64);
+                    stats.record_success();
+                }
+                Err(error) => stats.record_error(&error.to_string()),
             }
-            Err(error) => self.stats.record_error(&error.to_string()),
-        }
-        result
+            result
+        }))
     }
 
     /// Whether a new execution would have to wait for a slot (the *shed* policy's test).
     pub fn saturated(&self) -> bool {
         self.runtime.saturated()
+    }
+}
+
+/// A submission started by [`TriggerContext::start_batch`].
+#[derive(Debug)]
+pub struct Submitting(tokio::task::JoinHandle<Result<Submission, SubmitError>>);
+
+impl Submitting {
+    /// Waits for the submission: once its execution is durably recorded, skipped or
+    /// dropped.
+    pub async fn result(self) -> Result<Submission, SubmitError> {
+        match self.0.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(SubmitError::ShuttingDown),
+        }
     }
 }
 

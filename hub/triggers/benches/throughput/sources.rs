@@ -11,7 +11,7 @@ use reactor_core::store::StoreWrite;
 use reactor_hub_triggers::Connections;
 use reactor_hub_triggers::mysql::MysqlTrigger;
 
-use super::{BATCH_SIZE, drive, name, report, runtime};
+use super::{BATCH_SIZE, drive, name, per_message, report, runtime};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 const MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
@@ -92,20 +92,22 @@ pub async fn nats_bench(count: usize) {
     let raw = count as f64 / started.elapsed().as_secs_f64();
     js.delete_stream(&stream).await.unwrap();
     // Reactor.
-    let stream = name("BENCH_RT").to_uppercase();
-    let subject = name("bench.rt");
-    fill(stream.clone(), subject.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let plain = runtime(
-        &dir,
-        &format!(
-            "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, url: \"{NATS}\" }}"
-        ),
-    )
-    .await;
-    let reactor = drive(&plain, count).await;
-    js.delete_stream(&stream).await.unwrap();
-    report("nats jetstream", count, raw, reactor);
+    if per_message() {
+        let stream = name("BENCH_RT").to_uppercase();
+        let subject = name("bench.rt");
+        fill(stream.clone(), subject.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = runtime(
+            &dir,
+            &format!(
+                "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, url: \"{NATS}\" }}"
+            ),
+        )
+        .await;
+        let reactor = drive(&plain, count).await;
+        js.delete_stream(&stream).await.unwrap();
+        report("nats jetstream", count, raw, reactor);
+    }
     // Reactor with `batch:`.
     let stream = name("BENCH_BATCH").to_uppercase();
     let subject = name("bench.batch");

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use reactor_core::engine::{DedupeMark, Event, Submission, SubmitError};
-use reactor_core::trigger::{TriggerContext, TriggerError};
+use reactor_core::engine::{DedupeMark, Event, Submission};
+use reactor_core::trigger::{Submitting, TriggerContext, TriggerError};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{RedisError, Value as RedisValue};
 use serde_json::{Value, json};
@@ -16,7 +16,7 @@ use super::recovery;
 use super::{BLOCK, RedisTrigger};
 use crate::batch;
 use crate::payload::decode_payload;
-use crate::recorded::Recorded;
+use crate::recorded::{Recorded, Recovered};
 use crate::retry::{self, Backoff, Failure, handled};
 
 /// The entries of an `XREADGROUP` reply.
@@ -72,8 +72,12 @@ impl StreamReader<'_> {
         let mut next_lag = Instant::now();
         // A batch read while the previous one was recorded.
         let mut ahead: Option<Vec<StreamId>> = None;
+        // New entries whose executions are being recorded, acknowledged while the next
+        // ones are started (two groups in flight).
+        let mut in_flight: Option<Group> = None;
         loop {
             if self.context.cancel.is_cancelled() {
+                self.settle(&mut conn, &mut in_flight).await?;
                 return Ok(());
             }
             if Instant::now() >= next_lag {
@@ -82,6 +86,9 @@ impl StreamReader<'_> {
             }
             if Instant::now() >= next_claim {
                 next_claim = Instant::now() + self.trigger.claim_every;
+                if !self.settle(&mut conn, &mut in_flight).await? {
+                    backlog = true;
+                }
                 self.claim(&mut conn).await?;
                 continue;
             }
@@ -95,6 +102,12 @@ impl StreamReader<'_> {
             } else if let Some(entries) = ahead.take() {
                 entries
             } else {
+                // Nothing read ahead: the stream has gone quiet; what is in flight is
+                // acknowledged before waiting.
+                if !self.settle(&mut conn, &mut in_flight).await? {
+                    backlog = true;
+                    continue;
+                }
                 let read = self.read(&mut conn, ">", Some(BLOCK));
                 tokio::select! {
                     biased;
@@ -107,16 +120,25 @@ impl StreamReader<'_> {
             if entries.is_empty() {
                 continue;
             }
-            // New entries: the next ones are read while these are recorded, so Redis, the
-            // trigger and the journal work side by side; with `batch:` up to
-            // `batch::IN_FLIGHT` batches are read at once and recorded together. Not
-            // blocking: a blocked read would hold this connection's XACK back until it
-            // returned. (Not in the backlog: reading from "0" again would return the same
-            // entries.)
+            // New entries: their executions start, then the previous group's are awaited
+            // and acknowledged while the next entries are read — so Redis, the trigger, the
+            // executions and the journal's writer work side by side, two groups in flight;
+            // with `batch:` up to `batch::IN_FLIGHT` batches are read at once and recorded
+            // together. Not blocking: a blocked read would hold this connection's XACK back
+            // until it returned. (Not in the backlog: reading from "0" again would return
+            // the same entries.)
             let complete = if backlog {
                 self.process(&mut conn, entries, false).await?
             } else {
+                if !self.full(&entries) && !self.settle(&mut conn, &mut in_flight).await? {
+                    // A short group gathers for up to `wait`: what is in flight does not
+                    // wait for it.
+                    backlog = true;
+                    continue;
+                }
                 let entries = self.gather(&mut conn, entries).await?;
+                let group = self.start(entries, true).await?;
+                let previous = in_flight.replace(group);
                 let mut reader = conn.clone();
                 let read = self.read_command_sized(">", None, self.trigger.ahead());
                 let next = async move {
@@ -124,9 +146,20 @@ impl StreamReader<'_> {
                         .await
                         .map(ids)
                 };
-                let (complete, next) = tokio::join!(self.process(&mut conn, entries, true), next);
+                let finished = async {
+                    match previous {
+                        Some(previous) => self.finish(&mut conn, previous).await,
+                        None => Ok(true),
+                    }
+                };
+                let (complete, next) = tokio::join!(finished, next);
                 let complete = complete?;
                 ahead = Some(next?).filter(|next| !next.is_empty());
+                if !complete {
+                    // Not everything was recorded: the group started after it is settled
+                    // too before our pending entries are read again.
+                    self.settle(&mut conn, &mut in_flight).await?;
+                }
                 complete
             };
             if !complete {
@@ -199,6 +232,15 @@ impl StreamReader<'_> {
         Ok(())
     }
 
+    /// Whether `entries` go without gathering more: always without `batch:`, else once
+    /// they fill a batch (by count or bytes).
+    fn full(&self, entries: &[StreamId]) -> bool {
+        self.trigger.batch.is_none_or(|batch| {
+            entries.len() >= batch.size
+                || entries.iter().map(entry_bytes).sum::<usize>() >= self.trigger.batch_bytes
+        })
+    }
+
     /// `batch:` — new entries fewer than a batch: read more until the batch is full or its
     /// `wait` is over.
     async fn gather(
@@ -210,11 +252,7 @@ impl StreamReader<'_> {
             return Ok(entries);
         };
         let deadline = Instant::now() + batch.wait;
-        let full = |entries: &[StreamId]| {
-            entries.len() >= batch.size
-                || entries.iter().map(entry_bytes).sum::<usize>() >= self.trigger.batch_bytes
-        };
-        while !full(&entries) {
+        while !self.full(&entries) {
             let left = deadline.saturating_duration_since(Instant::now());
             // BLOCK 0 would wait for ever: the last stretch is one read that does not block.
             let block = (left >= Duration::from_millis(1)).then_some(left);
@@ -244,6 +282,13 @@ impl StreamReader<'_> {
         entries: Vec<StreamId>,
         fresh: bool,
     ) -> Result<bool, Failure> {
+        let group = self.start(entries, fresh).await?;
+        self.finish(conn, group).await
+    }
+
+    /// Starts the executions of `entries` (each on a task of its own) — those no mark
+    /// covers, for entries that are not `fresh`.
+    async fn start(&self, entries: Vec<StreamId>, fresh: bool) -> Result<Group, Failure> {
         let (entries, recovered) = if fresh {
             (entries, Default::default())
         } else {
@@ -255,10 +300,27 @@ impl StreamReader<'_> {
             Some(batch) => {
                 // Moved, not copied: the entries' fields move into the batch event.
                 let runs = batch::split(entries, batch.size, self.trigger.batch_bytes, entry_bytes);
-                self.submit_runs(runs, fresh).await
+                self.submit_runs(runs, fresh)
             }
-            None => self.submit_each(entries, fresh).await,
+            None => self.submit_each(entries, fresh),
         };
+        Ok(Group {
+            submitted,
+            recovered,
+        })
+    }
+
+    /// Waits for a started group, then acknowledges what is recorded; false when some entry
+    /// was not recorded (it stays pending).
+    async fn finish(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        group: Group,
+    ) -> Result<bool, Failure> {
+        let Group {
+            submitted,
+            recovered,
+        } = group;
         let mut acks = recovered.ids.clone();
         self.context
             .runtime
@@ -267,7 +329,8 @@ impl StreamReader<'_> {
             .fetch_add(acks.len() as u64, Ordering::Relaxed);
         let mut keys = Vec::with_capacity(submitted.len());
         let mut complete = true;
-        for (ids, key, result) in submitted {
+        for (ids, key, submitting) in submitted {
+            let result = submitting.result().await;
             if handled(&self.context.workflow, &ids[0], &result) {
                 if matches!(result, Ok(Submission::Accepted(_))) {
                     *self.recorded += ids.len() as u64;
@@ -297,6 +360,18 @@ impl StreamReader<'_> {
         Ok(complete)
     }
 
+    /// Finishes the group in flight, if any; false when some entry was not recorded.
+    async fn settle(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        in_flight: &mut Option<Group>,
+    ) -> Result<bool, Failure> {
+        match in_flight.take() {
+            Some(group) => self.finish(conn, group).await,
+            None => Ok(true),
+        }
+    }
+
     /// An entry's de-duplication key; `key("")` is the prefix of every mark of this stream
     /// and group.
     fn key(&self, id: &str) -> String {
@@ -311,24 +386,23 @@ impl StreamReader<'_> {
     }
 
     /// One execution per entry, each with its own mark.
-    async fn submit_each(&self, entries: Vec<StreamId>, fresh: bool) -> Vec<Submitted> {
-        let submissions = entries.into_iter().map(|entry| {
-            let key = self.key(&entry.id);
-            let position = json!({"stream": self.stream, "id": entry.id});
-            let mark = Self::mark(&key, position, fresh);
-            let id = entry.id.clone();
-            let event = self.event_for(entry);
-            async move {
-                let result = self.context.submit_once(event, mark).await;
-                (vec![id], key, result)
-            }
-        });
-        futures::future::join_all(submissions).await
+    fn submit_each(&self, entries: Vec<StreamId>, fresh: bool) -> Vec<Submitted> {
+        entries
+            .into_iter()
+            .map(|entry| {
+                let key = self.key(&entry.id);
+                let position = json!({"stream": self.stream, "id": entry.id});
+                let mark = Self::mark(&key, position, fresh);
+                let id = entry.id.clone();
+                let event = self.event_for(entry);
+                (vec![id], key, self.context.start_batch(event, mark, 1))
+            })
+            .collect()
     }
 
     /// One execution per run of entries, with one mark keyed like its first entry whose
     /// position lists every entry of the run (`ids`): what recovery looks entries up in.
-    async fn submit_runs(&self, runs: Vec<Vec<StreamId>>, fresh: bool) -> Vec<Submitted> {
+    fn submit_runs(&self, runs: Vec<Vec<StreamId>>, fresh: bool) -> Vec<Submitted> {
         let submissions = runs.into_iter().map(|run| {
             let ids: Vec<String> = run.iter().map(|entry| entry.id.clone()).collect();
             let (first, last) = (&ids[0], &ids[ids.len() - 1]);
@@ -357,13 +431,10 @@ impl StreamReader<'_> {
                 items,
                 meta,
             );
-            async move {
-                let messages = ids.len();
-                let result = self.context.submit_batch(event, mark, messages).await;
-                (ids, key, result)
-            }
+            let started = self.context.start_batch(event, mark, ids.len());
+            (ids, key, started)
         });
-        futures::future::join_all(submissions).await
+        submissions.collect()
     }
 
     async fn ack(
@@ -439,7 +510,15 @@ impl StreamReader<'_> {
 
 /// Entries (their ids), the key of the mark to forget once they are acknowledged, and the
 /// outcome of the execution that holds them.
-type Submitted = (Vec<String>, String, Result<Submission, SubmitError>);
+/// A started execution: the entries it holds, its mark's key, its submission.
+type Submitted = (Vec<String>, String, Submitting);
+
+/// Entries whose executions were started and are not acknowledged yet, and the entries
+/// found recorded before (acknowledged with them).
+struct Group {
+    submitted: Vec<Submitted>,
+    recovered: Recovered<StreamId>,
+}
 
 /// What an entry weighs in a batch: its field names and values.
 fn entry_bytes(entry: &StreamId) -> usize {

@@ -29,6 +29,7 @@ async fn exec(sql: &str) {
 
 /// A fresh table (REPLICA IDENTITY FULL) and slot names for one test.
 async fn table(prefix: &str) -> String {
+    drop_orphaned_slots().await;
     let name = unique(prefix);
     exec(&format!(
         "CREATE TABLE {name} (id serial PRIMARY KEY, item text NOT NULL, qty integer, doc jsonb, \
@@ -36,6 +37,32 @@ async fn table(prefix: &str) -> String {
     ))
     .await;
     name
+}
+
+/// Drops the replication slots that a test process which is gone left behind — a failed
+/// assertion skips its test's cleanup. An abandoned slot holds every WAL segment after it
+/// on a machine that runs these tests again and again. Names from [`unique`] carry the
+/// creating process's id; a slot of a live process (this one's, or a parallel run's) stays.
+async fn drop_orphaned_slots() {
+    let mut conn = db().await;
+    let slots: Vec<(String,)> = sqlx::query_as(
+        "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'rt\\_%' AND NOT active",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for (slot,) in slots {
+        let Some(pid) = slot.split('_').find_map(|part| part.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&slot)
+            .execute(&mut conn)
+            .await;
+    }
 }
 
 async fn cleanup(table: &str, slot: &str) {

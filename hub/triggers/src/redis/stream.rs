@@ -508,9 +508,8 @@ impl StreamReader<'_> {
     }
 }
 
-/// Entries (their ids), the key of the mark to forget once they are acknowledged, and the
-/// outcome of the execution that holds them.
-/// A started execution: the entries it holds, its mark's key, its submission.
+/// A started execution: the entries it holds (their ids), the key of the mark to forget
+/// once they are acknowledged, its submission.
 type Submitted = (Vec<String>, String, Submitting);
 
 /// Entries whose executions were started and are not acknowledged yet, and the entries

@@ -205,6 +205,8 @@ impl Reader<'_> {
             config.ack_wait,
             self.trigger.pull_wait,
         );
+        // The consumer's own `ack_wait` (a durable created elsewhere may have another).
+        let report_every = (config.ack_wait / 2).max(Duration::from_millis(500));
         let mut issued = 0u64;
         // Recovered batches' marks waiting for the ack floor; when it was last asked.
         let mut below_floor: Vec<(String, u64)> = Vec::new();
@@ -228,7 +230,7 @@ impl Reader<'_> {
             let recorded = if messages.is_empty() {
                 None
             } else {
-                let progress = in_progress(&messages, self.trigger.ack_wait / 2);
+                let progress = in_progress(&messages, report_every);
                 let recorded = tokio::select! {
                     recorded = self.record(&messages) => recorded,
                     never = progress => match never {},

@@ -11,11 +11,11 @@
 //! resumes there: changes recorded but not yet covered by a stored position come again and
 //! start nothing new (rows past the highest position ever submitted, stored before they are
 //! submitted, skip the mark lookup: see [`crate::sql::HighWater`]). The first start begins
-//! at the current end of the binlog (`SHOW MASTER STATUS`): only later changes are reported. Needs `log_bin`, `binlog_format = ROW`,
-//! `binlog_row_image = FULL` (for complete `old` rows) and a user with `REPLICATION SLAVE`
-//! and `REPLICATION CLIENT` (scripts/services sets up the test server). Binlog files purged
-//! before the hub read them are lost: keep `binlog_expire_logs_seconds` above the longest
-//! outage.
+//! at the current end of the binlog (`SHOW MASTER STATUS`): only later changes are
+//! reported. Needs `log_bin`, `binlog_format = ROW`, `binlog_row_image = FULL` (for
+//! complete `old` rows) and a user with `REPLICATION SLAVE` and `REPLICATION CLIENT`
+//! (scripts/services sets up the test server). Binlog files purged before the hub read them
+//! are lost: keep `binlog_expire_logs_seconds` above the longest outage.
 //!
 //! Event: type `mysql`, source `reactor:mysql/{database}.{table}`, `data` = `{operation,
 //! table, new, old}` (numbers typed, JSON columns parsed, dates as text, binary as base64),
@@ -213,14 +213,15 @@ impl Trigger for MysqlTrigger {
     }
 }
 
-/// One row change waiting for its transaction to end.
-/// Changes of finished transactions not yet submitted, and where the last one ends.
+/// Changes of finished transactions not yet submitted, where the last one ends, and the
+/// highest position ever submitted.
 struct Finished {
     ready: Vec<Pending>,
     boundary: Option<BinlogPosition>,
     submitted: sql::HighWater,
 }
 
+/// One row change waiting for its transaction to end.
 struct Pending {
     key: String,
     event: Event,

@@ -8,7 +8,7 @@
 //! at once — few: a mark lives from its record to its acknowledgement — and looks the
 //! redelivered messages up in them. First deliveries need none of this.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use reactor_core::trigger::TriggerContext;
 use serde_json::Value;
@@ -109,8 +109,7 @@ impl<T> Recovered<T> {
     /// can go once these are acknowledged) and the rest (some message of theirs may still
     /// come again).
     pub(crate) fn whole_marks(&mut self) -> (Vec<String>, Vec<(String, Vec<String>)>) {
-        let recovered: std::collections::HashSet<&str> =
-            self.ids.iter().map(String::as_str).collect();
+        let recovered: HashSet<&str> = self.ids.iter().map(String::as_str).collect();
         let (whole, partial): (Vec<_>, Vec<_>) = std::mem::take(&mut self.marks)
             .into_iter()
             .partition(|(_, ids)| ids.iter().all(|id| recovered.contains(id.as_str())));

@@ -288,8 +288,8 @@ pub struct KafkaTrigger {
     pub batch: Option<Batch>,
 }
 
-/// `batch:` of the `kafka`, `nats` (JetStream) and `redis` (stream) triggers: up to `size` source messages per
-/// execution, gathered for at most `wait` after the first.
+/// `batch:` of the `kafka`, `nats` (JetStream) and `redis` (stream) triggers: up to `size`
+/// source messages per execution, gathered for at most `wait` after the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub size: usize,

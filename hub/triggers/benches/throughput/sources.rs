@@ -91,38 +91,34 @@ pub async fn nats_bench(count: usize) {
     }
     let raw = count as f64 / started.elapsed().as_secs_f64();
     js.delete_stream(&stream).await.unwrap();
-    // Reactor.
+    // Reactor, per message and with `batch:`, each over a stream of its own.
+    let reactor = |prefix: &'static str, batch: String| {
+        let fill = &fill;
+        let js = js.clone();
+        async move {
+            let stream = name(&prefix.replace('.', "_")).to_uppercase();
+            let subject = name(prefix);
+            fill(stream.clone(), subject.clone()).await;
+            let dir = tempfile::tempdir().unwrap();
+            let runtime = runtime(
+                &dir,
+                &format!(
+                    "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, {batch} url: \"{NATS}\" }}"
+                ),
+            )
+            .await;
+            let rate = drive(&runtime, count).await;
+            js.delete_stream(&stream).await.unwrap();
+            rate
+        }
+    };
     if per_message() {
-        let stream = name("BENCH_RT").to_uppercase();
-        let subject = name("bench.rt");
-        fill(stream.clone(), subject.clone()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let plain = runtime(
-            &dir,
-            &format!(
-                "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, url: \"{NATS}\" }}"
-            ),
-        )
-        .await;
-        let reactor = drive(&plain, count).await;
-        js.delete_stream(&stream).await.unwrap();
-        report("nats jetstream", count, raw, reactor);
+        let rate = reactor("bench.rt", String::new()).await;
+        report("nats jetstream", count, raw, rate);
     }
-    // Reactor with `batch:`.
-    let stream = name("BENCH_BATCH").to_uppercase();
-    let subject = name("bench.batch");
-    fill(stream.clone(), subject.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let batching = runtime(
-        &dir,
-        &format!(
-            "nats: {{ subject: \"{subject}.>\", stream: {stream}, durable: hub, batch: {{ size: {BATCH_SIZE}, wait: 50ms }}, url: \"{NATS}\" }}"
-        ),
-    )
-    .await;
-    let batched = drive(&batching, count).await;
-    js.delete_stream(&stream).await.unwrap();
-    report(&format!("  batch {BATCH_SIZE}"), count, raw, batched);
+    let batch = format!("batch: {{ size: {BATCH_SIZE}, wait: 50ms }},");
+    let rate = reactor("bench.batch", batch).await;
+    report(&format!("  batch {BATCH_SIZE}"), count, raw, rate);
 }
 
 /// The binlog position now (`SHOW MASTER STATUS`).

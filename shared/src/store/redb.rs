@@ -17,6 +17,13 @@
 //! coordinating with readers); reads are short next to a commit's fsync, and the big one
 //! (`unfinished`) runs at startup before traffic.
 //!
+//! Durability: a group is committed to redb without a sync and made durable by one
+//! sequential append to the write-ahead log beside the file (`journal.wal` for
+//! `journal.redb`; see `wal.rs`); every `wal::CHECKPOINT_GROUPS` groups a group is committed
+//! durably instead and the log starts over. Opening replays what the log holds beyond redb's
+//! durable state. Writes that do not go through groups (pruning, the outbox's tables) commit
+//! durably on their own.
+//!
 //! Failures: a batch refused by validation gets its error and the others of its group commit.
 //! A commit that fails with an I/O error answers `Io` to every writer of the group — the
 //! outcome of such a batch is unknown (the fsync may have reached the disk), as with any
@@ -45,6 +52,9 @@ mod row;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod wal;
+#[cfg(test)]
+mod wal_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,10 +62,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ::redb::{Builder, Database, DatabaseError};
+use ::redb::backends::FileBackend;
+use ::redb::{Builder, Database, DatabaseError, StorageBackend};
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
+use self::wal::{Wal, WalOpener};
 use super::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
 use crate::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
 
@@ -147,31 +159,50 @@ pub struct RedbStore {
 #[derive(Debug, Default)]
 struct Stats {
     commits: AtomicU64,
+    checkpoints: AtomicU64,
     batches: AtomicU64,
 }
 
 impl RedbStore {
     /// Opens or creates the journal at `path`. Blocks while redb opens the file (and repairs it
     /// after a crash): call it at startup or from `spawn_blocking`.
+    /// The write-ahead log is the file beside it with the extension `wal`.
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let file = path.clone();
         let cache = options.cache_size;
         let opener: Opener = Box::new(move || Builder::new().set_cache_size(cache).create(&file));
-        let mut store = RedbStore::open_with(opener, options)?;
+        let log = path.with_extension("wal");
+        let wal_opener: WalOpener = Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&log)?;
+            let backend = FileBackend::new(file).map_err(std::io::Error::other)?;
+            Ok(Box::new(backend) as Box<dyn StorageBackend>)
+        });
+        let mut store = RedbStore::open_with(opener, wal_opener, options)?;
         store.path = Some(path);
         Ok(store)
     }
 
-    /// Opens with any database opener (tests use a fault-injecting backend).
-    fn open_with(mut opener: Opener, options: RedbOptions) -> Result<RedbStore, StoreError> {
-        let db = opener().map_err(|err| tables::redb_error("open database", err))?;
-        tables::init(&db)?;
+    /// Opens with any database and log openers (tests use a fault-injecting backend).
+    fn open_with(
+        mut opener: Opener,
+        mut wal_opener: WalOpener,
+        options: RedbOptions,
+    ) -> Result<RedbStore, StoreError> {
+        let (db, wal, lsn) = open_files(&mut opener, &mut wal_opener)?;
         let (sender, receiver) = mpsc::channel(COMMAND_CAPACITY);
         let stats = Arc::new(Stats::default());
         let worker = StoreThread {
             db: Some(db),
+            wal: Some(wal),
+            lsn,
             opener,
+            wal_opener,
             options,
             stats: Arc::clone(&stats),
             last_slow_warning: None,
@@ -193,6 +224,11 @@ impl RedbStore {
     /// Write transactions committed so far (each holds one or more batches).
     pub fn commits(&self) -> u64 {
         self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Group commits that were durable in redb itself (checkpoints of the write-ahead log).
+    pub fn checkpoints(&self) -> u64 {
+        self.stats.checkpoints.load(Ordering::Relaxed)
     }
 
     /// Batches committed so far (refused ones excluded).
@@ -336,7 +372,12 @@ impl Store for RedbStore {
 struct StoreThread {
     /// `None` after an I/O error that reopening could not repair: the store is closed.
     db: Option<Database>,
+    /// `None` exactly when `db` is.
+    wal: Option<Wal>,
+    /// The LSN of the last group committed.
+    lsn: u64,
     opener: Opener,
+    wal_opener: WalOpener,
     options: RedbOptions,
     stats: Arc<Stats>,
     /// Slow-commit warnings are rate-limited: a slow SD card must not fill itself with logs.
@@ -431,13 +472,32 @@ impl StoreThread {
                     while self.pruning.is_some() {
                         self.prune_alone();
                     }
+                    self.checkpoint();
                     let _ = reply.send(());
                     break;
                 }
             }
         }
+        self.checkpoint();
         // Dropping the database here (on this thread) releases the file.
         self.db = None;
+        self.wal = None;
+    }
+
+    /// Makes every group durable in redb, so the next open replays nothing.
+    fn checkpoint(&mut self) {
+        if let (Some(db), Some(wal)) = (&self.db, &mut self.wal)
+            && wal.groups() > 0
+        {
+            match tables::checkpoint(db, self.lsn) {
+                Ok(()) => {
+                    wal.restart();
+                    self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                // The log still holds the groups: the next open replays them.
+                Err(err) => tracing::warn!(error = %err, "journal checkpoint at close failed"),
+            }
+        }
     }
 
     /// One prune transaction of its own (no group commit to ride on).
@@ -508,7 +568,17 @@ impl StoreThread {
             now: pruning.now,
             max: group.len() + PRUNE_SLACK,
         });
-        match tables::commit_group(db, &group, prune) {
+        let lsn = self.lsn + 1;
+        let durable = self.wal.as_ref().is_none_or(|wal| {
+            wal.wants_checkpoint(Wal::payload_len(group.iter().map(tables::Encoded::logged)))
+        });
+        let committed = tables::commit_group(db, &group, prune, tables::Commit { lsn, durable })
+            .and_then(|(outcomes, pruned)| {
+                self.lsn = lsn;
+                self.log(lsn, durable, &group, &outcomes)?;
+                Ok((outcomes, pruned))
+            });
+        match committed {
             Ok((outcomes, pruned)) => {
                 let elapsed = started.elapsed();
                 let committed = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
@@ -547,6 +617,34 @@ impl StoreThread {
         }
     }
 
+    /// Makes group `lsn`, just committed, durable: by the commit itself (a checkpoint: the
+    /// log starts over) or by appending its accepted batches to the log.
+    fn log(
+        &mut self,
+        lsn: u64,
+        durable: bool,
+        group: &[tables::Encoded],
+        outcomes: &[Result<(), StoreError>],
+    ) -> Result<(), StoreError> {
+        let Some(wal) = &mut self.wal else {
+            return Err(StoreError::Closed);
+        };
+        if durable {
+            wal.restart();
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let accepted = group
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| outcome.is_ok())
+            .map(|(batch, _)| batch.logged());
+        // The group is visible in redb but not durable: on error its outcome is unknown (the
+        // reopen either keeps it or not), as with a failed commit.
+        wal.append(lsn, accepted)
+            .map_err(|err| StoreError::Io(format!("write-ahead log: {err}")))
+    }
+
     fn slow_commit(&mut self, elapsed: Duration, batches: usize) {
         self.slow_since_warning += 1;
         if self
@@ -569,14 +667,75 @@ impl StoreThread {
     /// (redb repairs it from the last durable commit). On failure the store is closed.
     fn reopen(&mut self) {
         self.db = None;
-        match (self.opener)() {
-            Ok(db) => {
+        self.wal = None;
+        match open_files(&mut self.opener, &mut self.wal_opener) {
+            Ok((db, wal, lsn)) => {
                 tracing::warn!("journal database reopened after an I/O error");
                 self.db = Some(db);
+                self.wal = Some(wal);
+                self.lsn = lsn;
             }
             Err(err) => {
                 tracing::error!(error = %err, "cannot reopen the journal database: store closed");
             }
         }
     }
+}
+
+/// Opens the database and its log and replays the log (see [`recover`]).
+fn open_files(
+    opener: &mut Opener,
+    wal_opener: &mut WalOpener,
+) -> Result<(Database, Wal, u64), StoreError> {
+    let db = opener().map_err(|err| tables::redb_error("open database", err))?;
+    let durable = tables::init(&db)?;
+    let file =
+        wal_opener().map_err(|err| StoreError::Io(format!("open the write-ahead log: {err}")))?;
+    let mut wal = Wal::new(file);
+    let lsn = recover(&db, &mut wal, durable)?;
+    Ok((db, wal, lsn))
+}
+
+/// Replays the log's groups beyond redb's durable state (`durable`, its LSN) in one durable
+/// commit; returns the LSN the journal is at. A journal that had no LSN (new, or written
+/// before the log existed) owns no record of the file, which is emptied.
+fn recover(db: &Database, wal: &mut Wal, durable: Option<u64>) -> Result<u64, StoreError> {
+    let io = |err: std::io::Error| StoreError::Io(format!("read the write-ahead log: {err}"));
+    let Some(durable) = durable else {
+        wal.clear().map_err(io)?;
+        return Ok(0);
+    };
+    let records = wal.recover(durable).map_err(io)?;
+    let Some(&(last, _)) = records.last() else {
+        wal.restart();
+        return Ok(durable);
+    };
+    let corrupt = |lsn: u64| {
+        move |codec::Malformed(why)| {
+            StoreError::Corrupt(format!("write-ahead log record {lsn}: {why}"))
+        }
+    };
+    let mut batches = Vec::new();
+    for (lsn, payload) in &records {
+        for bytes in wal::batches(payload).map_err(corrupt(*lsn))? {
+            let writes = wal::decode_batch(bytes).map_err(corrupt(*lsn))?;
+            batches.push(tables::Encoded::new(writes));
+        }
+    }
+    let commit = tables::Commit {
+        lsn: last,
+        durable: true,
+    };
+    let (outcomes, _) = tables::commit_group(db, &batches, None, commit)?;
+    for error in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+        // Accepted once against the same state, so this is a bug; the rest still applies.
+        tracing::error!(%error, "a batch of the write-ahead log was refused on replay");
+    }
+    tracing::info!(
+        groups = records.len(),
+        batches = batches.len(),
+        "journal: replayed the write-ahead log"
+    );
+    wal.restart();
+    Ok(last)
 }

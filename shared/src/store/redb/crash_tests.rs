@@ -16,7 +16,7 @@ use crate::store::{Store, StoreError, StoreWrite};
 const LONG: u64 = 10_000;
 
 fn open(disk: &FaultDisk) -> Result<RedbStore, StoreError> {
-    RedbStore::open_with(disk.opener(), RedbOptions::default())
+    RedbStore::open_with(disk.opener(), disk.wal_opener(), RedbOptions::default())
 }
 
 /// Batch `i`: a new execution with three facts and a meta value; the first batch of round

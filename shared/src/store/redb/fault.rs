@@ -6,13 +6,16 @@
 //! `current` and are logged; `sync_data` replays the log onto `durable`. A crash keeps only
 //! `durable`, i.e. every unsynced write is lost.
 //!
-//! Counted operations are `write`, `set_len` and `sync_data`, numbered from 1 after arming.
+//! A disk holds several files (the journal and its write-ahead log: [`FaultDisk::sibling`])
+//! that share one clock: counted operations are `write`, `set_len` and `sync_data` on any of
+//! them, numbered from 1 after arming, and a crash takes every file down at once.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::redb::{Builder, StorageBackend};
 
 use super::Opener;
+use super::wal::WalOpener;
 
 #[derive(Debug)]
 enum Unsynced {
@@ -20,11 +23,17 @@ enum Unsynced {
     SetLen(u64),
 }
 
+/// One file of the disk.
 #[derive(Debug, Default)]
-struct Disk {
+struct Image {
     current: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<Unsynced>,
+}
+
+#[derive(Debug, Default)]
+struct Disk {
+    files: Vec<Image>,
     /// Counted operations since the last arming.
     ops: u64,
     /// This counted operation fails once with an I/O error.
@@ -34,19 +43,46 @@ struct Disk {
     crashed: bool,
 }
 
-/// A shared in-memory disk; every [`FaultBackend`] made from it sees the same bytes.
-#[derive(Clone, Debug, Default)]
-pub(super) struct FaultDisk(Arc<Mutex<Disk>>);
+/// One file of a shared in-memory disk; every [`FaultBackend`] made from it sees the same
+/// bytes.
+#[derive(Clone, Debug)]
+pub(super) struct FaultDisk {
+    disk: Arc<Mutex<Disk>>,
+    file: usize,
+}
 
 impl FaultDisk {
     pub(super) fn new() -> FaultDisk {
-        FaultDisk::default()
+        FaultDisk {
+            disk: Arc::new(Mutex::new(Disk {
+                files: vec![Image::default()],
+                ..Disk::default()
+            })),
+            file: 0,
+        }
+    }
+
+    /// Another file on the same disk (same clock, same crash), created empty the first time
+    /// and the same file after that: the journal's write-ahead log.
+    pub(super) fn sibling(&self) -> FaultDisk {
+        let mut disk = self.lock();
+        if disk.files.len() < 2 {
+            disk.files.push(Image::default());
+        }
+        FaultDisk {
+            disk: Arc::clone(&self.disk),
+            file: 1,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Disk> {
-        self.0
+        self.disk
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn image<'a>(&self, disk: &'a mut Disk) -> &'a mut Image {
+        &mut disk.files[self.file]
     }
 
     /// The `n`th counted operation from now fails once.
@@ -70,12 +106,47 @@ impl FaultDisk {
 
     /// A new disk holding what survived a crash now: the synced image only.
     pub(super) fn after_crash(&self) -> FaultDisk {
-        let durable = self.lock().durable.clone();
-        FaultDisk(Arc::new(Mutex::new(Disk {
-            current: durable.clone(),
-            durable,
-            ..Disk::default()
-        })))
+        let files = self
+            .lock()
+            .files
+            .iter()
+            .map(|image| Image {
+                current: image.durable.clone(),
+                durable: image.durable.clone(),
+                unsynced: Vec::new(),
+            })
+            .collect();
+        FaultDisk {
+            disk: Arc::new(Mutex::new(Disk {
+                files,
+                ..Disk::default()
+            })),
+            file: self.file,
+        }
+    }
+
+    /// Opens this disk's second file as the journal's write-ahead log.
+    pub(super) fn wal_opener(&self) -> WalOpener {
+        let log = self.sibling();
+        Box::new(move || Ok(Box::new(FaultBackend(log.clone())) as Box<dyn StorageBackend>))
+    }
+
+    /// The bytes of this file that survive a crash now.
+    pub(super) fn durable_bytes(&self) -> Vec<u8> {
+        let mut disk = self.lock();
+        self.image(&mut disk).durable.clone()
+    }
+
+    /// Overwrites bytes of this file, synced (tests plant torn or stale records).
+    pub(super) fn plant(&self, offset: u64, data: &[u8]) {
+        let mut disk = self.lock();
+        let image = self.image(&mut disk);
+        let op = Unsynced::Write {
+            offset,
+            data: data.to_vec(),
+        };
+        apply(&mut image.current, &op);
+        apply(&mut image.durable, &op);
     }
 
     /// Opens redb on this disk.
@@ -134,20 +205,22 @@ pub(super) struct FaultBackend(FaultDisk);
 
 impl StorageBackend for FaultBackend {
     fn len(&self) -> std::io::Result<u64> {
-        let disk = self.0.lock();
+        let mut disk = self.0.lock();
         if disk.crashed {
             return Err(dead());
         }
-        Ok(disk.current.len() as u64)
+        Ok(self.0.image(&mut disk).current.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        let disk = self.0.lock();
+        let mut disk = self.0.lock();
         if disk.crashed {
             return Err(dead());
         }
         let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        let bytes = disk
+        let bytes = self
+            .0
+            .image(&mut disk)
             .current
             .get(start..start + out.len())
             .ok_or_else(|| std::io::Error::other("read past the end"))?;
@@ -158,18 +231,19 @@ impl StorageBackend for FaultBackend {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         let mut disk = self.0.lock();
         disk.count()?;
+        let image = self.0.image(&mut disk);
         let op = Unsynced::SetLen(len);
-        apply(&mut disk.current, &op);
-        disk.unsynced.push(op);
+        apply(&mut image.current, &op);
+        image.unsynced.push(op);
         Ok(())
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
         let mut disk = self.0.lock();
         disk.count()?;
-        let unsynced = std::mem::take(&mut disk.unsynced);
-        for op in &unsynced {
-            apply(&mut disk.durable, op);
+        let image = self.0.image(&mut disk);
+        for op in std::mem::take(&mut image.unsynced) {
+            apply(&mut image.durable, &op);
         }
         Ok(())
     }
@@ -177,12 +251,13 @@ impl StorageBackend for FaultBackend {
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let mut disk = self.0.lock();
         disk.count()?;
+        let image = self.0.image(&mut disk);
         let op = Unsynced::Write {
             offset,
             data: data.to_vec(),
         };
-        apply(&mut disk.current, &op);
-        disk.unsynced.push(op);
+        apply(&mut image.current, &op);
+        image.unsynced.push(op);
         Ok(())
     }
 }

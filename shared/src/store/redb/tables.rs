@@ -9,6 +9,7 @@
 //! - `finished`: (finished time ms, id) → () for every finished execution: retention order
 //! - `by_workflow`: (workflow, id) → () for every execution
 //! - `meta`: key → bytes (stored raw, not versioned: callers own their format)
+//! - `wal`: 0 → the log sequence number of the last group committed (see `wal.rs`)
 //!
 //! Invariant: the three index tables always agree with `executions`; every write that
 //! changes a record changes its index entries in the same transaction.
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec;
 use super::row::{self, FORMAT_INLINE};
+use super::wal;
 use crate::engine::{ExecutionId, ExecutionRecord, ExecutionStatus, Fact, Timestamp};
 use crate::store::batch::{beyond_retention, finished_time, validate};
 use crate::store::{Retention, StoreError, StoreWrite};
@@ -42,6 +44,7 @@ const FINISHED: TableDefinition<(i64, &IdBytes), ()> = TableDefinition::new("fin
 pub(super) const BY_WORKFLOW: TableDefinition<(&str, &IdBytes), ()> =
     TableDefinition::new("by_workflow");
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const WAL: TableDefinition<u8, u64> = TableDefinition::new("wal");
 
 /// The format byte of records and facts written as JSON (before [`codec::FORMAT_V2`]); still
 /// read.
@@ -149,26 +152,60 @@ pub(super) fn decode_fact(bytes: &[u8], id: ExecutionId, seq: u32) -> Result<Fac
     })
 }
 
-/// Creates every table, so read transactions never meet a missing one.
-pub(super) fn init(db: &Database) -> Result<(), StoreError> {
-    let txn = begin(db)?;
+/// Creates every table, so read transactions never meet a missing one. Returns the LSN of
+/// the last group in the durable state; `None` for a journal that never had a write-ahead
+/// log (new, or written by an older version), whose LSN is now 0.
+pub(super) fn init(db: &Database) -> Result<Option<u64>, StoreError> {
+    let txn = begin(db, true)?;
+    let lsn = {
+        let mut wal = txn.open_table(WAL).context("create wal")?;
+        let lsn = wal.get(0).context("read wal")?.map(|v| v.value());
+        if lsn.is_none() {
+            wal.insert(0, 0).context("start wal")?;
+        }
+        lsn
+    };
     txn.open_table(EXECUTIONS).context("create executions")?;
     txn.open_table(JOURNAL).context("create journal")?;
     txn.open_table(UNFINISHED).context("create unfinished")?;
     txn.open_table(FINISHED).context("create finished")?;
     txn.open_table(BY_WORKFLOW).context("create by_workflow")?;
     txn.open_table(META).context("create meta")?;
-    txn.commit().context("commit table creation")
+    txn.commit().context("commit table creation")?;
+    Ok(lsn)
 }
 
-fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+fn begin(db: &Database, durable: bool) -> Result<WriteTransaction, StoreError> {
     let mut txn = db.begin_write().context("begin write")?;
-    txn.set_durability(Durability::Immediate)
-        .context("set durability")?;
+    let durability = if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability).context("set durability")?;
     Ok(txn)
 }
 
-/// Applies each batch in one write transaction and commits it durably.
+/// How a group commit ends.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Commit {
+    /// The group's log sequence number, stored with it.
+    pub lsn: u64,
+    /// Durable (a checkpoint), or left to the write-ahead log.
+    pub durable: bool,
+}
+
+/// A durable commit that only records `lsn`: the checkpoint at close.
+pub(super) fn checkpoint(db: &Database, lsn: u64) -> Result<(), StoreError> {
+    let txn = begin(db, true)?;
+    txn.open_table(WAL)
+        .context("open wal")?
+        .insert(0, lsn)
+        .context("record lsn")?;
+    txn.commit().context("commit checkpoint")
+}
+
+/// Applies each batch in one write transaction and commits it as `commit` says, with its LSN.
 ///
 /// `Ok` holds one outcome per batch: a batch refused by validation gets its error and leaves
 /// no trace, the others are committed. `Err` means the transaction did not commit (or its
@@ -181,8 +218,13 @@ pub(super) fn commit_group(
     db: &Database,
     batches: &[Encoded],
     prune: Option<PruneSlice>,
+    commit: Commit,
 ) -> Result<(Vec<Result<(), StoreError>>, usize), StoreError> {
-    let txn = begin(db)?;
+    let txn = begin(db, commit.durable)?;
+    txn.open_table(WAL)
+        .context("open wal")?
+        .insert(0, commit.lsn)
+        .context("record lsn")?;
     let mut outcomes = Vec::with_capacity(batches.len());
     let pruned;
     {
@@ -224,6 +266,8 @@ pub(super) fn commit_group(
 pub(super) struct Encoded {
     writes: Vec<StoreWrite>,
     payloads: Vec<Payload>,
+    /// The batch as the write-ahead log stores it ([`wal::encode_batch`]).
+    logged: Vec<u8>,
 }
 
 /// The stored value(s) of one write.
@@ -282,7 +326,18 @@ impl Encoded {
             payloads.push(payload);
         }
         mark_folds(&writes, &mut payloads);
-        Encoded { writes, payloads }
+        let mut logged = Vec::with_capacity(512);
+        wal::encode_batch(&writes, &mut logged);
+        Encoded {
+            writes,
+            payloads,
+            logged,
+        }
+    }
+
+    /// The batch as the write-ahead log stores it.
+    pub(super) fn logged(&self) -> &[u8] {
+        &self.logged
     }
 
     /// The writes, as they were given (the encoded bytes are dropped).
@@ -653,7 +708,7 @@ pub(super) fn id_of(bytes: &IdBytes) -> ExecutionId {
 /// One durable transaction removing up to `slice.max` executions beyond the retention (when
 /// no group commit is there to carry the work); returns how many.
 pub(super) fn prune(db: &Database, slice: PruneSlice) -> Result<usize, StoreError> {
-    let txn = begin(db)?;
+    let txn = begin(db, true)?;
     let removed = Tables::open(&txn)?.prune_slice(slice)?;
     if removed == 0 {
         txn.abort().context("abort empty prune")?;
@@ -684,7 +739,7 @@ pub(super) fn put_raw_execution(
     record: &[u8],
     fact: &[u8],
 ) -> Result<(), StoreError> {
-    let txn = begin(db)?;
+    let txn = begin(db, true)?;
     {
         let k = key(id);
         let mut tables = Tables::open(&txn)?;

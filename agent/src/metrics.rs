@@ -174,8 +174,14 @@ pub fn render(state: &AgentState) -> String {
         families.push(Family::single(
             "reactor_store_commits_total",
             Kind::Counter,
-            "Durable journal transactions committed (each carries one or more batches).",
+            "Journal group commits (each carries one or more batches; durable through the write-ahead log or as a checkpoint).",
             journal.commits() as f64,
+        ));
+        families.push(Family::single(
+            "reactor_store_checkpoints_total",
+            Kind::Counter,
+            "Journal commits made durable in redb itself, after which the write-ahead log starts over.",
+            journal.checkpoints() as f64,
         ));
         families.push(Family::single(
             "reactor_store_batches_total",

@@ -38,15 +38,23 @@ done
 # The agent's CPU time (user + system, clock ticks) around the run: CPU per request is the
 # figure that compares builds on a shared machine, where req/s moves with the other load.
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+# Bytes the device holding the data folder wrote during the run (field 7 of the block
+# device's stat: 512-byte sectors): the journal's wear on an SD card.
+device=$(basename "$(df --output=source "$work" | tail -1)")
+sectors() { if [ -r "/sys/class/block/$device/stat" ]; then awk '{print $7}' "/sys/class/block/$device/stat"; else echo 0; fi; }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+sectors_before=$(sectors)
 cpu_before=$(cpu)
 wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$here/rule.lua" "$url" | tee "$work/wrk.out"
 cpu_after=$(cpu)
+sectors_after=$(sectors)
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
 ticks=$(getconf CLK_TCK)
 awk -v c=$((cpu_after - cpu_before)) -v t="$ticks" -v n="$requests" \
   'BEGIN { printf "agent CPU %.2f s for %d requests = %.1f us per request\n", c / t, n, c / t / n * 1e6 }'
+awk -v s=$((sectors_after - sectors_before)) -v n="$requests" -v d="$device" \
+  'BEGIN { printf "device %s wrote %.1f MiB = %.0f bytes per request (whole machine)\n", d, s * 512 / 1048576, s * 512 / n }'
 
 echo "RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
 # File-backed RSS is mostly the binary's own code: ~6 MiB for the shipped static release-small

@@ -1,12 +1,12 @@
-//! [`RedbStore`]: the agent's journal in one redb file.
+//! [`RedbStore`]: the agent's journal in one redb file and its write-ahead log.
 //!
 //! One std thread named `reactor-store` owns the [`Database`] and takes commands over a
 //! bounded channel ([`COMMAND_CAPACITY`]; a full queue makes writers wait: backpressure).
 //!
 //! Group commit: the thread takes a write, then drains every write already queued (up to
-//! [`MAX_GROUP`] batches) into ONE write transaction committed with `Durability::Immediate`,
-//! and only then answers each writer. On an SD card a fsync costs milliseconds, so sharing it
-//! is what makes many concurrent executions affordable.
+//! [`MAX_GROUP`] batches) into ONE write transaction, makes it durable (below), and only then
+//! answers each writer. On an SD card a sync costs milliseconds, so sharing it is what makes
+//! many concurrent executions affordable.
 //!
 //! Reads go through the same thread, each in its own read transaction run between commits.
 //! Reads queued while a group is gathered run after its commit (they see every write queued

@@ -3,9 +3,10 @@
 //!
 //! Every record (an event or an execution summary, as opaque bytes the caller encodes) gets
 //! the next number of ONE per-device sequence, starting at 1, and stays until the hub acks a
-//! seq at or above it ([`Outbox::ack`]). Appends are durable when they return (the store
-//! thread commits with `Durability::Immediate`), so a kill -9 loses nothing that was appended
-//! and re-sends nothing that was acked.
+//! seq at or above it ([`Outbox::ack`]). Appends are durable when they return (through the
+//! journal's write-ahead log, like a group commit: the log's entry holds the append's inputs
+//! and a replay repeats it; acks and expiry are durable commits of their own), so a kill -9
+//! loses nothing that was appended and re-sends nothing that was acked.
 //!
 //! Bounds: the records' bytes (payload plus [`RECORD_OVERHEAD`] each) stay within
 //! `max_bytes`, and no record is kept longer than `max_age`. When an append does not fit:
@@ -32,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::engine::Timestamp;
-use crate::store::{RedbStore, StoreError};
+use crate::store::{Logged, RedbStore, StoreError};
 
 /// Bytes counted per record on top of its payload (key, header, redb's own overhead).
 pub const RECORD_OVERHEAD: u64 = 32;
@@ -244,6 +245,14 @@ pub struct Outbox {
     handed_out: Arc<AtomicU64>,
 }
 
+/// Replays an append the journal's write-ahead log holds (the store calls it on open).
+pub(crate) fn replay_append(
+    txn: &::redb::WriteTransaction,
+    entry: &[u8],
+) -> Result<(), StoreError> {
+    tables::replay_append(txn, entry)
+}
+
 impl Outbox {
     /// Opens the outbox in `store`'s file (creating its tables on first use).
     pub async fn open(store: Arc<RedbStore>, limits: OutboxLimits) -> Result<Outbox, OutboxError> {
@@ -290,9 +299,14 @@ impl Outbox {
         }
         let limits = self.limits;
         let handed_out = self.handed_out.load(Ordering::Acquire);
+        // Durable through the journal's write-ahead log: the entry holds every input, so a
+        // replay after a crash repeats this append exactly.
+        let entry = Logged::OutboxAppend(tables::encode_append(&records, limits, now, handed_out));
         let (range, freed) = self
             .store
-            .run(move |db| tables::append(db, &records, limits, now, handed_out))
+            .write_logged(entry, move |txn| {
+                tables::append_in(txn, &records, limits, now, handed_out)
+            })
             .await??;
         if freed {
             self.space.notify_waiters();

@@ -277,15 +277,90 @@ fn max_age_ms(limits: OutboxLimits) -> i64 {
 /// Result of an append: `Ok((first, last), freed)`, or the policy's refusal.
 pub(super) type AppendOutcome = Result<((u64, u64), bool), OutboxError>;
 
-pub(super) fn append(
-    db: &Database,
+/// An append as the journal's write-ahead log stores it: the records with every input that
+/// decides the outcome, so replaying it on the same state repeats it exactly.
+/// `[max_bytes u64][max_age ms i64][policy][now i64][handed_out u64][count u32]` then per
+/// record `[len u32][stored record]` (little endian).
+pub(super) fn encode_append(
+    new: &[NewRecord],
+    limits: OutboxLimits,
+    now: Timestamp,
+    handed_out: u64,
+) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(
+        37 + new
+            .iter()
+            .map(|r| 4 + HEADER + r.payload.len())
+            .sum::<usize>(),
+    );
+    bytes.extend_from_slice(&limits.max_bytes.to_le_bytes());
+    bytes.extend_from_slice(&max_age_ms(limits).to_le_bytes());
+    bytes.push(match limits.policy {
+        OverflowPolicy::DropOldest => 0,
+        OverflowPolicy::BlockTriggers => 1,
+    });
+    bytes.extend_from_slice(&now.0.to_le_bytes());
+    bytes.extend_from_slice(&handed_out.to_le_bytes());
+    bytes.extend_from_slice(&(new.len() as u32).to_le_bytes());
+    for record in new {
+        let stored = encode_record(record);
+        bytes.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&stored);
+    }
+    bytes
+}
+
+/// Replays an append the log holds ([`encode_append`]) in `txn`.
+pub(super) fn replay_append(txn: &WriteTransaction, bytes: &[u8]) -> Result<(), StoreError> {
+    let corrupt = || StoreError::Corrupt("outbox append in the write-ahead log".into());
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Result<&[u8], StoreError> {
+        if rest.len() < n {
+            return Err(corrupt());
+        }
+        let (taken, after) = rest.split_at(n);
+        rest = after;
+        Ok(taken)
+    };
+    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let max_bytes = u64_at(take(8)?);
+    let max_age = u64_at(take(8)?);
+    let policy = match take(1)?[0] {
+        0 => OverflowPolicy::DropOldest,
+        1 => OverflowPolicy::BlockTriggers,
+        _ => return Err(corrupt()),
+    };
+    let now = Timestamp(u64_at(take(8)?) as i64);
+    let handed_out = u64_at(take(8)?);
+    let count = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4]));
+    let mut new = Vec::with_capacity((count as usize).min(1024));
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4])) as usize;
+        let record = decode_record(0, take(len)?).ok_or_else(corrupt)?;
+        new.push(NewRecord {
+            kind: record.kind,
+            created: record.created,
+            payload: record.payload,
+        });
+    }
+    let limits = OutboxLimits {
+        max_bytes,
+        max_age: std::time::Duration::from_millis(max_age),
+        policy,
+    };
+    append_in(txn, &new, limits, now, handed_out).map(|_| ())
+}
+
+/// Appends in the caller's transaction (the store thread's, which commits it and makes it
+/// durable through the journal's write-ahead log).
+pub(super) fn append_in(
+    txn: &WriteTransaction,
     new: &[NewRecord],
     limits: OutboxLimits,
     now: Timestamp,
     handed_out: u64,
 ) -> Result<AppendOutcome, StoreError> {
-    let txn = begin(db)?;
-    let mut state = read_state(&txn)?;
+    let mut state = read_state(txn)?;
     let needed: u64 = new
         .iter()
         .map(|r| r.payload.len() as u64 + RECORD_OVERHEAD)
@@ -314,8 +389,7 @@ pub(super) fn append(
                     drop(dropper);
                     if expired > 0 {
                         // Keep the expiry (it is due whatever happens to this append).
-                        write_state(&txn, &state)?;
-                        txn.commit().context("commit outbox expiry")?;
+                        write_state(txn, &state)?;
                     }
                     return Ok(Err(refusal));
                 }
@@ -338,8 +412,7 @@ pub(super) fn append(
     state.next_seq = first + new.len() as u64;
     state.records += new.len() as u64;
     state.bytes += needed;
-    write_state(&txn, &state)?;
-    txn.commit().context("commit outbox append")?;
+    write_state(txn, &state)?;
     Ok(Ok(((first, state.next_seq - 1), freed)))
 }
 

@@ -30,6 +30,8 @@ mod redb;
 
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redb")]
+pub(crate) use self::redb::Logged;
+#[cfg(feature = "redb")]
 pub use self::redb::{RedbOptions, RedbStore};
 
 /// One write; a batch of writes is applied atomically.

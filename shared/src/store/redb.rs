@@ -21,8 +21,9 @@
 //! sequential append to the write-ahead log beside the file (`journal.wal` for
 //! `journal.redb`; see `wal.rs`); every `wal::CHECKPOINT_GROUPS` groups a group is committed
 //! durably instead and the log starts over. Opening replays what the log holds beyond redb's
-//! durable state. Writes that do not go through groups (pruning, the outbox's tables) commit
-//! durably on their own.
+//! durable state. Other parts of the file can log their writes the same way
+//! ([`RedbStore::write_logged`]: the fleet outbox's appends); writes that do neither (pruning
+//! alone, the outbox's acks and expiry) commit durably on their own.
 //!
 //! Failures: a batch refused by validation gets its error and the others of its group commit.
 //! A commit that fails with an I/O error answers `Io` to every writer of the group — the
@@ -63,10 +64,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::redb::backends::FileBackend;
-use ::redb::{Builder, Database, DatabaseError, StorageBackend};
+use ::redb::{Builder, Database, DatabaseError, StorageBackend, WriteTransaction};
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
+use self::tables::Context;
 use self::wal::{Wal, WalOpener};
 use super::{ExecutionQuery, Retention, Store, StoreError, StoreWrite};
 use crate::engine::{ExecutionId, ExecutionRecord, Fact, Timestamp};
@@ -112,6 +114,12 @@ enum Command {
         reply: WriteReply,
     },
     Run(Job),
+    /// A write to other tables of the file made durable through the log (see
+    /// [`RedbStore::write_logged`]).
+    Logged {
+        entry: Vec<u8>,
+        job: LoggedJob,
+    },
     /// A read that may run before the commit of the group being gathered: it sees every
     /// write acknowledged before it was sent, none of that group (meta lookups).
     Peek(Job),
@@ -144,6 +152,22 @@ const PRUNE_SLACK: usize = 16;
 /// A read (or maintenance) job run on the store thread; returns whether the database must be
 /// reopened after an I/O error.
 type Job = Box<dyn FnOnce(&Database) -> bool + Send>;
+
+/// A logged write: applies itself in the transaction it is given (or, given an error, answers
+/// it and returns `None`); on success returns how to answer once the write is durable.
+type LoggedJob = Box<dyn FnOnce(Result<&WriteTransaction, StoreError>) -> Option<Answer> + Send>;
+
+/// Answers a logged write's caller with the outcome of making it durable.
+type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A write to tables beside the journal's that goes through the write-ahead log: its entry
+/// holds what replaying it needs.
+#[derive(Debug)]
+pub(crate) enum Logged {
+    /// The fleet outbox's append (`outbox::tables::encode_append`).
+    #[cfg_attr(not(feature = "outbox"), allow(dead_code))]
+    OutboxAppend(Vec<u8>),
+}
 
 /// A [`Store`] in one redb file, served by a dedicated thread (see the module docs).
 #[derive(Debug)]
@@ -262,6 +286,39 @@ impl RedbStore {
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.job(read, Command::Run).await
+    }
+
+    /// Runs `apply` in a write transaction of its own on the store thread and answers once it
+    /// is durable — through the write-ahead log like a journal group, with `entry` as its
+    /// record, so a crash before the next checkpoint replays it. `apply` must do on replay
+    /// exactly what it did (`entry` carries every input it depends on). An error from
+    /// `apply` rolls its transaction back.
+    #[cfg_attr(not(feature = "outbox"), allow(dead_code))]
+    pub(crate) async fn write_logged<T: Send + 'static>(
+        &self,
+        entry: Logged,
+        apply: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let entry = match entry {
+            Logged::OutboxAppend(body) => {
+                let mut entry = Vec::with_capacity(1 + body.len());
+                entry.push(wal::OUTBOX_APPEND);
+                entry.extend_from_slice(&body);
+                entry
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let job: LoggedJob = Box::new(move |txn| match txn.and_then(apply) {
+            Ok(value) => Some(Box::new(move |durable: Result<(), StoreError>| {
+                let _ = reply.send(durable.map(|()| value));
+            })),
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                None
+            }
+        });
+        self.send(Command::Logged { entry, job }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Like [`RedbStore::run`], as a [`Command::Peek`].
@@ -448,6 +505,7 @@ impl StoreThread {
                     }
                 }
                 Command::Run(job) | Command::Peek(job) => self.run_job(job),
+                Command::Logged { entry, job } => self.logged(&entry, job),
                 Command::Prune {
                     retention,
                     now,
@@ -575,7 +633,12 @@ impl StoreThread {
         let committed = tables::commit_group(db, &group, prune, tables::Commit { lsn, durable })
             .and_then(|(outcomes, pruned)| {
                 self.lsn = lsn;
-                self.log(lsn, durable, &group, &outcomes)?;
+                let accepted = group
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, outcome)| outcome.is_ok())
+                    .map(|(batch, _)| batch.logged());
+                self.make_durable(lsn, durable, accepted)?;
                 Ok((outcomes, pruned))
             });
         match committed {
@@ -617,14 +680,13 @@ impl StoreThread {
         }
     }
 
-    /// Makes group `lsn`, just committed, durable: by the commit itself (a checkpoint: the
-    /// log starts over) or by appending its accepted batches to the log.
-    fn log(
+    /// Makes transaction `lsn`, just committed, durable: by the commit itself (a checkpoint:
+    /// the log starts over) or by appending `entries` to the log.
+    fn make_durable<'a>(
         &mut self,
         lsn: u64,
         durable: bool,
-        group: &[tables::Encoded],
-        outcomes: &[Result<(), StoreError>],
+        entries: impl Iterator<Item = &'a [u8]>,
     ) -> Result<(), StoreError> {
         let Some(wal) = &mut self.wal else {
             return Err(StoreError::Closed);
@@ -634,15 +696,45 @@ impl StoreThread {
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let accepted = group
-            .iter()
-            .zip(outcomes)
-            .filter(|(_, outcome)| outcome.is_ok())
-            .map(|(batch, _)| batch.logged());
-        // The group is visible in redb but not durable: on error its outcome is unknown (the
-        // reopen either keeps it or not), as with a failed commit.
-        wal.append(lsn, accepted)
+        // The transaction is visible in redb but not durable: on error its outcome is unknown
+        // (the reopen either keeps it or not), as with a failed commit.
+        wal.append(lsn, entries)
             .map_err(|err| StoreError::Io(format!("write-ahead log: {err}")))
+    }
+
+    /// A logged write ([`RedbStore::write_logged`]): its own transaction, made durable like a
+    /// group.
+    fn logged(&mut self, entry: &[u8], job: LoggedJob) {
+        let (Some(db), Some(wal)) = (&self.db, &self.wal) else {
+            // Dropping the job drops its reply sender: the caller sees `Closed`.
+            return;
+        };
+        let lsn = self.lsn + 1;
+        let durable = wal.wants_checkpoint(Wal::payload_len(std::iter::once(entry)));
+        let txn = match tables::begin_group(db, tables::Commit { lsn, durable }) {
+            Ok(txn) => txn,
+            Err(error) => {
+                let io_failed = matches!(error, StoreError::Io(_));
+                job(Err(error));
+                if io_failed {
+                    self.reopen();
+                }
+                return;
+            }
+        };
+        let Some(answer) = job(Ok(&txn)) else {
+            let _ = txn.abort();
+            return;
+        };
+        let result = txn.commit().context("commit logged write").and_then(|()| {
+            self.lsn = lsn;
+            self.make_durable(lsn, durable, std::iter::once(entry))
+        });
+        let io_failed = matches!(result, Err(StoreError::Io(_)));
+        answer(result);
+        if io_failed {
+            self.reopen();
+        }
     }
 
     fn slow_commit(&mut self, elapsed: Duration, batches: usize) {
@@ -715,27 +807,60 @@ fn recover(db: &Database, wal: &mut Wal, durable: Option<u64>) -> Result<u64, St
             StoreError::Corrupt(format!("write-ahead log record {lsn}: {why}"))
         }
     };
-    let mut batches = Vec::new();
+    // Each record again as it was first committed, without a sync; then one checkpoint.
+    let mut batches = 0;
     for (lsn, payload) in &records {
-        for bytes in wal::batches(payload).map_err(corrupt(*lsn))? {
-            let writes = wal::decode_batch(bytes).map_err(corrupt(*lsn))?;
-            batches.push(tables::Encoded::new(writes));
+        let commit = tables::Commit {
+            lsn: *lsn,
+            durable: false,
+        };
+        let mut group = Vec::new();
+        let mut others = Vec::new();
+        for entry in wal::entries(payload).map_err(corrupt(*lsn))? {
+            match entry.split_first() {
+                Some((&wal::JOURNAL_BATCH, body)) => {
+                    let writes = wal::decode_batch(body).map_err(corrupt(*lsn))?;
+                    group.push(tables::Encoded::new(writes));
+                }
+                Some((&kind, body)) => others.push((kind, body)),
+                None => return Err(corrupt(*lsn)(codec::Malformed("empty entry"))),
+            }
+        }
+        // A record holds a group's batches or one logged write, never both.
+        if others.is_empty() {
+            batches += group.len();
+            let (outcomes, _) = tables::commit_group(db, &group, None, commit)?;
+            for error in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+                // Accepted once against the same state, so this is a bug; the rest applies.
+                tracing::error!(%error, "a batch of the write-ahead log was refused on replay");
+            }
+        }
+        for (kind, body) in others {
+            let txn = tables::begin_group(db, commit)?;
+            replay_entry(&txn, kind, body)?;
+            txn.commit().context("commit a replayed write")?;
         }
     }
-    let commit = tables::Commit {
-        lsn: last,
-        durable: true,
-    };
-    let (outcomes, _) = tables::commit_group(db, &batches, None, commit)?;
-    for error in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
-        // Accepted once against the same state, so this is a bug; the rest still applies.
-        tracing::error!(%error, "a batch of the write-ahead log was refused on replay");
-    }
+    tables::checkpoint(db, last)?;
     tracing::info!(
-        groups = records.len(),
-        batches = batches.len(),
+        records = records.len(),
+        batches,
         "journal: replayed the write-ahead log"
     );
     wal.restart();
     Ok(last)
+}
+
+/// Replays a logged write of another part of the file.
+fn replay_entry(txn: &WriteTransaction, kind: u8, body: &[u8]) -> Result<(), StoreError> {
+    match kind {
+        #[cfg(feature = "outbox")]
+        wal::OUTBOX_APPEND => crate::outbox::replay_append(txn, body),
+        _ => {
+            let _ = (txn, body);
+            Err(StoreError::Corrupt(format!(
+                "write-ahead log entry of unknown kind {kind}"
+            )))
+        }
+    }
 }

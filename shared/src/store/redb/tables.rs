@@ -195,6 +195,16 @@ pub(super) struct Commit {
     pub durable: bool,
 }
 
+/// Begins the write transaction of group `commit.lsn` and records its LSN in it.
+pub(super) fn begin_group(db: &Database, commit: Commit) -> Result<WriteTransaction, StoreError> {
+    let txn = begin(db, commit.durable)?;
+    txn.open_table(WAL)
+        .context("open wal")?
+        .insert(0, commit.lsn)
+        .context("record lsn")?;
+    Ok(txn)
+}
+
 /// A durable commit that only records `lsn`: the checkpoint at close.
 pub(super) fn checkpoint(db: &Database, lsn: u64) -> Result<(), StoreError> {
     let txn = begin(db, true)?;
@@ -220,11 +230,7 @@ pub(super) fn commit_group(
     prune: Option<PruneSlice>,
     commit: Commit,
 ) -> Result<(Vec<Result<(), StoreError>>, usize), StoreError> {
-    let txn = begin(db, commit.durable)?;
-    txn.open_table(WAL)
-        .context("open wal")?
-        .insert(0, commit.lsn)
-        .context("record lsn")?;
+    let txn = begin_group(db, commit)?;
     let mut outcomes = Vec::with_capacity(batches.len());
     let pruned;
     {
@@ -266,7 +272,8 @@ pub(super) fn commit_group(
 pub(super) struct Encoded {
     writes: Vec<StoreWrite>,
     payloads: Vec<Payload>,
-    /// The batch as the write-ahead log stores it ([`wal::encode_batch`]).
+    /// The batch as the write-ahead log stores it: [`wal::JOURNAL_BATCH`], then
+    /// [`wal::encode_batch`]'s bytes.
     logged: Vec<u8>,
 }
 
@@ -327,6 +334,7 @@ impl Encoded {
         }
         mark_folds(&writes, &mut payloads);
         let mut logged = Vec::with_capacity(512);
+        logged.push(wal::JOURNAL_BATCH);
         wal::encode_batch(&writes, &mut logged);
         Encoded {
             writes,

@@ -15,8 +15,11 @@
 //! records after that LSN, in order, in one durable commit.
 //!
 //! File: records back to back from offset 0, each `len u32 | crc32 u32 | lsn u64 | payload`
-//! (little endian; the CRC covers the LSN and the payload). The payload is the group's
-//! batches, each a `uvar` length and the batch's writes ([`encode_batch`]). The file is
+//! (little endian; the CRC covers the LSN and the payload). The payload is a list of
+//! entries, each a `uvar` length, a kind byte and its body: a group's journal batches
+//! ([`JOURNAL_BATCH`], the batch's writes as [`encode_batch`] writes them), or one logged
+//! operation of another part of the file ([`OUTBOX_APPEND`]: the fleet outbox's append with
+//! its inputs, replayed by `outbox::replay_append`). The file is
 //! written over from the start after each checkpoint, so past the last record of the
 //! current cycle lie older records: recovery reads from the start and stops at the first
 //! record that is torn (short or bad CRC) or out of sequence (an LSN other than the next);
@@ -38,6 +41,11 @@ pub(super) const CAPACITY: u64 = 4 * 1024 * 1024;
 
 /// `len`, `crc`, `lsn`.
 const HEADER: usize = 16;
+
+/// Entry kind: a batch of journal writes.
+pub(super) const JOURNAL_BATCH: u8 = 0;
+/// Entry kind: an append to the fleet outbox.
+pub(super) const OUTBOX_APPEND: u8 = 1;
 
 /// Opens the log's file (again, after an I/O error).
 pub(super) type WalOpener = Box<dyn FnMut() -> std::io::Result<Box<dyn StorageBackend>> + Send>;
@@ -123,8 +131,8 @@ impl Wal {
         self.groups
     }
 
-    /// Appends the record of group `lsn`, made of `batches` (each a [`encode_batch`] output),
-    /// and syncs it. On error the record's state is unknown: the caller checkpoints (or
+    /// Appends the record of group `lsn`, made of `batches` (entries: a kind byte and its
+    /// body), and syncs it. On error the record's state is unknown: the caller checkpoints (or
     /// reopens) before the log is used again.
     pub(super) fn append<'a>(
         &mut self,
@@ -180,16 +188,16 @@ fn next_record(bytes: &[u8]) -> Option<(u64, &[u8], &[u8])> {
     Some((lsn, &bytes[HEADER..HEADER + len], &bytes[HEADER + len..]))
 }
 
-/// Splits a record's payload into its batches' bytes.
-pub(super) fn batches(mut payload: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
+/// Splits a record's payload into its entries (each a kind byte and its body).
+pub(super) fn entries(mut payload: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
     let mut out = Vec::new();
     while !payload.is_empty() {
         let (len, used) = codec::read_uvar(payload)?;
-        let len = usize::try_from(len).map_err(|_| Malformed("batch too long"))?;
+        let len = usize::try_from(len).map_err(|_| Malformed("entry too long"))?;
         let end = used
             .checked_add(len)
             .filter(|end| *end <= payload.len())
-            .ok_or(Malformed("truncated batch"))?;
+            .ok_or(Malformed("truncated entry"))?;
         out.push(&payload[used..end]);
         payload = &payload[end..];
     }

@@ -211,7 +211,8 @@ async fn a_record_that_does_not_decode_refuses_the_open() {
     let log = disk.sibling().durable_bytes();
     let (at, len) = records(&log)[1];
     let lsn = u64::from_le_bytes(log[at + 8..at + 16].try_into().expect("8 bytes"));
-    let payload = [3u8, 0xee, 0xee, 0xee];
+    // One entry: a journal batch (kind 0) whose writes do not decode.
+    let payload = [4u8, 0, 0xee, 0xee, 0xee];
     let mut record = Vec::new();
     record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     let mut covered = lsn.to_le_bytes().to_vec();
@@ -252,4 +253,71 @@ fn every_write_round_trips_through_the_log_format() {
         let _ = wal::decode_batch(&bytes[..cut]);
     }
     assert!(wal::decode_batch(&bytes[..bytes.len() - 1]).is_err());
+}
+
+/// The fleet outbox's appends go through the log too: between checkpoints a crash keeps every
+/// acknowledged append, with its seqs, and an append after the replay continues the sequence;
+/// an ack (a durable commit of its own) in between keeps its effect.
+#[cfg(feature = "outbox")]
+#[tokio::test]
+async fn outbox_appends_survive_a_crash_through_the_log() {
+    use std::sync::Arc;
+
+    use crate::engine::Timestamp;
+    use crate::outbox::{NewRecord, Outbox, OutboxLimits, Pending, RecordKind};
+
+    fn batch_of(from: u8, count: u8) -> Vec<NewRecord> {
+        (from..from + count)
+            .map(|n| NewRecord {
+                kind: RecordKind::Event,
+                created: Timestamp::now(),
+                payload: vec![n; 40],
+            })
+            .collect()
+    }
+    async fn seqs(outbox: &Outbox) -> Vec<(u64, u8)> {
+        let pending = outbox.pending(0, 100, 1 << 20).await.expect("pending");
+        pending
+            .iter()
+            .map(|item| match item {
+                Pending::Record(record) => (record.seq, record.payload[0]),
+                Pending::Gap(gap) => panic!("unexpected gap {gap:?}"),
+            })
+            .collect()
+    }
+
+    let disk = FaultDisk::new();
+    let store = Arc::new(open(&disk).expect("open"));
+    let outbox = Outbox::open(Arc::clone(&store), OutboxLimits::default())
+        .await
+        .expect("outbox");
+    outbox
+        .append(batch_of(1, 3), Timestamp::now())
+        .await
+        .expect("append");
+    outbox.ack(1).await.expect("ack");
+    outbox
+        .append(batch_of(4, 2), Timestamp::now())
+        .await
+        .expect("append");
+    assert_eq!(store.checkpoints(), 0);
+    assert_eq!(
+        records(&disk.sibling().durable_bytes()).len(),
+        2,
+        "each append is a record of the log (the ack is a durable commit of its own)"
+    );
+    drop(outbox);
+    let store = Arc::into_inner(store).expect("one owner");
+    let disk = crash(&disk, store);
+
+    let store = Arc::new(open(&disk).expect("reopen"));
+    let outbox = Outbox::open(Arc::clone(&store), OutboxLimits::default())
+        .await
+        .expect("outbox");
+    assert_eq!(seqs(&outbox).await, vec![(2, 2), (3, 3), (4, 4), (5, 5)]);
+    outbox
+        .append(batch_of(6, 1), Timestamp::now())
+        .await
+        .expect("append");
+    assert_eq!(seqs(&outbox).await.last(), Some(&(6, 6)));
 }

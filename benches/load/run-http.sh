@@ -6,6 +6,7 @@
 #   cargo build --release -p reactor-agent
 #   benches/load/run-http.sh                  # 64 connections, 2 threads, 30 s
 #   DURATION=15s CONNECTIONS=64 benches/load/run-http.sh
+#   ENROLLED=1 benches/load/run-http.sh       # enrolled in a fleet, offline: summaries to the outbox too
 #
 # Needs wrk (apt-get install -y wrk) and curl. AGENT overrides the binary
 # (default $CARGO_TARGET_DIR/release/reactor-agent, else target/release/reactor-agent).
@@ -22,6 +23,24 @@ url=http://127.0.0.1:$port
 work=$(mktemp -d)
 mkdir "$work/workflows"
 cp "$here/workflows/rule-http.yaml" "$work/workflows/"
+# ENROLLED=1: the agent is enrolled in a fleet whose broker is unreachable (an offline
+# device): every finished execution's summary also goes to the outbox, store-and-forward.
+if [ "${ENROLLED:-0}" = 1 ]; then
+  mkdir -p "$work/data/fleet"
+  python3 - "$work/data/fleet/enrollment.json" <<'PY'
+import base64, hashlib, json, os, sys
+key = os.urandom(32)
+device = "bench-offline"
+json.dump({
+    "protocol_version": 1,
+    "device_id": device,
+    "broker": {"url": "mqtt://127.0.0.1:1", "client_id": device, "username": device,
+               "password": "unused", "topic_prefix": f"reactor/v1/d/{device}/"},
+    "bundle_signing_key": {"algorithm": "ed25519", "key_id": hashlib.sha256(key).hexdigest()[:16],
+                           "public_key": base64.b64encode(key).decode()},
+}, open(sys.argv[1], "w"))
+PY
+fi
 RUST_LOG=${RUST_LOG:-warn} "$agent" run --workflows "$work/workflows" --data "$work/data" \
   --listen "127.0.0.1:$port" 2>"$work/agent.log" &
 pid=$!
@@ -61,5 +80,5 @@ echo "RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status), peak $(awk '/Vm
 # agent, ~12 MiB for a --release build (the budgets are the shipped agent's).
 echo "  of which heap and stacks (RssAnon) $(awk '/RssAnon/ {print $2, $3}' /proc/$pid/status), binary and files (RssFile) $(awk '/RssFile/ {print $2, $3}' /proc/$pid/status)"
 echo "journal $(du -h "$work/data/journal.redb" | cut -f1)"
-curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits_total|store_batches_total)' || true
+curl -s "$url/metrics" | grep -E '^reactor_(executions_total|http_requests_shed_total|store_commits_total|store_checkpoints_total|store_batches_total)' || true
 if [ -s "$work/agent.log" ]; then echo "--- agent log (warnings):"; tail -5 "$work/agent.log"; fi

@@ -12,7 +12,7 @@
 //!
 //! Every write transaction also stores the log sequence number (LSN) of its group in the
 //! `wal` table, so the durable state of redb says which groups it holds. Opening replays the
-//! records after that LSN, in order, in one durable commit.
+//! records after that LSN, in order, each committed as it first was, then checkpoints.
 //!
 //! File: records back to back from offset 0, each `len u32 | crc32 u32 | lsn u64 | payload`
 //! (little endian; the CRC covers the LSN and the payload). The payload is a list of
@@ -131,21 +131,21 @@ impl Wal {
         self.groups
     }
 
-    /// Appends the record of group `lsn`, made of `batches` (entries: a kind byte and its
+    /// Appends the record of transaction `lsn`, made of `entries` (each a kind byte and its
     /// body), and syncs it. On error the record's state is unknown: the caller checkpoints (or
     /// reopens) before the log is used again.
     pub(super) fn append<'a>(
         &mut self,
         lsn: u64,
-        batches: impl Iterator<Item = &'a [u8]>,
+        entries: impl Iterator<Item = &'a [u8]>,
     ) -> std::io::Result<()> {
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.clear();
         buffer.resize(HEADER, 0);
         buffer[8..16].copy_from_slice(&lsn.to_le_bytes());
-        for batch in batches {
-            codec::uvar(&mut buffer, batch.len() as u64);
-            buffer.extend_from_slice(batch);
+        for entry in entries {
+            codec::uvar(&mut buffer, entry.len() as u64);
+            buffer.extend_from_slice(entry);
         }
         let len = u32::try_from(buffer.len() - HEADER)
             .map_err(|_| std::io::Error::other("write-ahead record too large"))?;
@@ -162,10 +162,10 @@ impl Wal {
         written
     }
 
-    /// Bytes the record of these batches takes beyond its header.
-    pub(super) fn payload_len<'a>(batches: impl Iterator<Item = &'a [u8]>) -> usize {
-        batches
-            .map(|batch| uvar_len(batch.len()) + batch.len())
+    /// Bytes the record of these entries takes beyond its header.
+    pub(super) fn payload_len<'a>(entries: impl Iterator<Item = &'a [u8]>) -> usize {
+        entries
+            .map(|entry| uvar_len(entry.len()) + entry.len())
             .sum()
     }
 }
@@ -211,14 +211,16 @@ const PUT_META: u8 = 3;
 const DELETE_META: u8 = 4;
 
 /// Appends a batch's writes as the log stores them: per write a tag byte, then its parts,
-/// each record and fact a `uvar` length and its [`codec`] bytes.
+/// each (record, fact, meta key or value) a `u32` little-endian length and its bytes
+/// ([`codec`] for records and facts). The length is a fixed four bytes so that each part is
+/// encoded in place and its length written after it.
 pub(super) fn encode_batch(writes: &[StoreWrite], out: &mut Vec<u8>) {
-    let mut scratch = Vec::new();
-    let mut part = |out: &mut Vec<u8>, encode: &dyn Fn(&mut Vec<u8>)| {
-        scratch.clear();
-        encode(&mut scratch);
-        codec::uvar(out, scratch.len() as u64);
-        out.extend_from_slice(&scratch);
+    let part = |out: &mut Vec<u8>, encode: &dyn Fn(&mut Vec<u8>)| {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        encode(out);
+        let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     };
     for write in writes {
         match write {
@@ -268,7 +270,10 @@ pub(super) fn decode_batch(mut bytes: &[u8]) -> Result<Vec<StoreWrite>, Malforme
         Ok(n)
     }
     fn part<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], Malformed> {
-        let len = usize::try_from(uvar(bytes)?).map_err(|_| Malformed("part too long"))?;
+        let len: [u8; 4] = take(bytes, 4)?
+            .try_into()
+            .map_err(|_| Malformed("length"))?;
+        let len = usize::try_from(u32::from_le_bytes(len)).map_err(|_| Malformed("length"))?;
         take(bytes, len)
     }
     let mut writes = Vec::new();

@@ -58,6 +58,22 @@ fn crash(disk: &FaultDisk, store: RedbStore) -> FaultDisk {
     disk.after_crash()
 }
 
+/// Writes batches `range` on a new disk, one group each, then crashes: the disk that
+/// survives and its log's durable bytes.
+async fn written_then_crashed(range: std::ops::Range<u64>) -> (FaultDisk, Vec<u8>) {
+    let disk = FaultDisk::new();
+    let store = open(&disk).expect("open");
+    write(&store, range).await;
+    let disk = crash(&disk, store);
+    let log = disk.sibling().durable_bytes();
+    (disk, log)
+}
+
+/// The LSN of the record at `at` in the log's bytes.
+fn lsn_at(log: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(log[at + 8..at + 16].try_into().expect("8 bytes"))
+}
+
 /// The (offset, length) of each record in the log's durable bytes, in order.
 fn records(log: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -113,7 +129,7 @@ async fn every_so_many_groups_redb_commits_durably_and_the_log_starts_over() {
     let lsns: Vec<u64> = records(&log)
         .iter()
         .take(2)
-        .map(|&(at, _)| u64::from_le_bytes(log[at + 8..at + 16].try_into().expect("8 bytes")))
+        .map(|&(at, _)| lsn_at(&log, at))
         .collect();
     assert_eq!(lsns, [total - 1, total]);
     let (at, len) = records(&log)[1];
@@ -126,12 +142,8 @@ async fn every_so_many_groups_redb_commits_durably_and_the_log_starts_over() {
 
 #[tokio::test]
 async fn replay_stops_at_a_torn_record() {
-    let disk = FaultDisk::new();
-    let store = open(&disk).expect("open");
-    write(&store, 0..4).await;
-    let disk = crash(&disk, store);
+    let (disk, log) = written_then_crashed(0..4).await;
     // Tear the third record: one byte of its payload changes.
-    let log = disk.sibling().durable_bytes();
     let (at, len) = records(&log)[2];
     let byte = log[at + len - 1];
     disk.sibling().plant((at + len - 1) as u64, &[byte ^ 0xff]);
@@ -183,11 +195,7 @@ async fn stale_records_of_an_older_cycle_are_not_replayed() {
 
 #[tokio::test]
 async fn a_log_left_by_another_journal_is_not_replayed() {
-    let disk = FaultDisk::new();
-    let store = open(&disk).expect("open");
-    write(&store, 0..3).await;
-    let disk = crash(&disk, store);
-    let log = disk.sibling().durable_bytes();
+    let (_, log) = written_then_crashed(0..3).await;
     // A new, empty journal file beside the old log (the journal was deleted by hand).
     let fresh = FaultDisk::new();
     fresh.sibling().plant(0, &log);
@@ -202,15 +210,11 @@ async fn a_log_left_by_another_journal_is_not_replayed() {
 
 #[tokio::test]
 async fn a_record_that_does_not_decode_refuses_the_open() {
-    let disk = FaultDisk::new();
-    let store = open(&disk).expect("open");
-    write(&store, 0..2).await;
-    let disk = crash(&disk, store);
+    let (disk, log) = written_then_crashed(0..2).await;
     // A record with a valid checksum around a payload that is not a batch: a bug, not a
     // torn write, so the journal is not opened on a guess.
-    let log = disk.sibling().durable_bytes();
     let (at, len) = records(&log)[1];
-    let lsn = u64::from_le_bytes(log[at + 8..at + 16].try_into().expect("8 bytes"));
+    let lsn = lsn_at(&log, at);
     // One entry: a journal batch (kind 0) whose writes do not decode.
     let payload = [4u8, 0, 0xee, 0xee, 0xee];
     let mut record = Vec::new();

@@ -788,8 +788,8 @@ fn open_files(
     Ok((db, wal, lsn))
 }
 
-/// Replays the log's groups beyond redb's durable state (`durable`, its LSN) in one durable
-/// commit; returns the LSN the journal is at. A journal that had no LSN (new, or written
+/// Replays the log's records beyond redb's durable state (`durable`, its LSN), each committed
+/// as it first was, then checkpoints; returns the LSN the journal is at. A journal that had no LSN (new, or written
 /// before the log existed) owns no record of the file, which is emptied.
 fn recover(db: &Database, wal: &mut Wal, durable: Option<u64>) -> Result<u64, StoreError> {
     let io = |err: std::io::Error| StoreError::Io(format!("read the write-ahead log: {err}"));
@@ -826,8 +826,9 @@ fn recover(db: &Database, wal: &mut Wal, durable: Option<u64>) -> Result<u64, St
                 None => return Err(corrupt(*lsn)(codec::Malformed("empty entry"))),
             }
         }
-        // A record holds a group's batches or one logged write, never both.
-        if others.is_empty() {
+        // A record holds a group's batches (possibly none: all were refused) or one logged
+        // write; should one hold both, the batches go first, as they were queued first.
+        if !group.is_empty() || others.is_empty() {
             batches += group.len();
             let (outcomes, _) = tables::commit_group(db, &group, None, commit)?;
             for error in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
